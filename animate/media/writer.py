@@ -1,0 +1,207 @@
+"""Browser-playable output: H.264 High, yuv420p, even dimensions, ``moov`` before ``mdat`` (faststart)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from animate.media.errors import MediaError
+from animate.media.video import _OPEN_OPTIONS
+
+_AUDIO_RATE = 48_000
+
+
+@dataclass(frozen=True)
+class WrittenVideo:
+    path: Path
+    frame_count: int
+    width: int
+    height: int
+    fps: float
+    has_audio: bool
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad a frame to even width/height by repeating its last row/column (yuv420p needs even sizes)."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frame
+
+
+class _AudioCopier:
+    """Re-encodes the driving video's first audio track to AAC, interleaved with the video as it grows."""
+
+    def __init__(self, source: Path, output: av.container.OutputContainer) -> None:
+        self._input = av.open(str(source), options=_OPEN_OPTIONS)
+        in_stream = self._input.streams.audio[0]
+        self._stream = output.add_stream("aac", rate=_AUDIO_RATE, layout="stereo")
+        self._stream.bit_rate = 128_000
+        self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=_AUDIO_RATE)
+        self._frames = self._input.decode(in_stream)
+        self._output = output
+        self._written = 0  # samples
+        self._start: float | None = None
+        self._exhausted = False
+
+    def write_until(self, seconds: float) -> None:
+        limit = round(seconds * _AUDIO_RATE)
+        while not self._exhausted and self._written < limit:
+            try:
+                frame = next(self._frames)
+            except (StopIteration, av.error.FFmpegError):
+                self._exhausted = True
+                break
+            if self._start is None:
+                self._start = frame.time or 0.0
+            frame.pts = None
+            for resampled in self._resampler.resample(frame):
+                self._encode(resampled, limit)
+
+    def _encode(self, frame: av.AudioFrame, limit: int) -> None:
+        keep = min(frame.samples, limit - self._written)
+        if keep <= 0:
+            return
+        if keep < frame.samples:  # trim the last frame to the video's end
+            data = frame.to_ndarray()[:, :keep]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout="stereo")
+            frame.sample_rate = _AUDIO_RATE
+        frame.pts = self._written
+        frame.time_base = Fraction(1, _AUDIO_RATE)
+        self._written += frame.samples
+        for packet in self._stream.encode(frame):
+            self._output.mux(packet)
+
+    def finish(self, seconds: float) -> None:
+        self.write_until(seconds)
+        for packet in self._stream.encode(None):
+            self._output.mux(packet)
+        self._input.close()
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    *,
+    crf: int = 18,
+    preset: str = "medium",
+    audio_from: str | Path | None = None,
+) -> WrittenVideo:
+    """Encode RGB uint8 frames (H, W, 3) to an mp4 a browser plays; the file appears atomically.
+
+    audio_from: a media file whose first audio track is copied (re-encoded to AAC), trimmed to the
+        video's length. Ignored when that file has no audio.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not 0 < fps <= 240:
+        raise MediaError("invalid_option", f"fps must be in (0, 240], got {fps}")
+    rate = Fraction(fps).limit_denominator(1001)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4.part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    count = 0
+    try:
+        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
+            iterator: Iterator[np.ndarray] = iter(frames)
+            first = next(iterator, None)
+            if first is None:
+                raise MediaError("empty_media", "no frames to write")
+            first = _even(_check_frame(first))
+            height, width = first.shape[:2]
+            stream = output.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": preset, "profile": "high", "movflags": "+faststart"}
+            stream.codec_context.colorspace = 1  # BT.709 tags, matching the conversion below
+            stream.codec_context.color_primaries = 1
+            stream.codec_context.color_trc = 1
+            audio = None
+            if audio_from is not None:
+                with av.open(str(audio_from), options=_OPEN_OPTIONS) as probe:
+                    has_audio = bool(probe.streams.audio)
+                audio = _AudioCopier(Path(audio_from), output) if has_audio else None
+
+            def encode(frame: av.VideoFrame) -> None:
+                nonlocal count
+                frame.pts = count
+                for packet in stream.encode(frame):
+                    output.mux(packet)
+                count += 1
+                if audio is not None:
+                    audio.write_until(count / fps)
+
+            def checked(array: np.ndarray) -> np.ndarray:
+                array = _even(_check_frame(array))
+                if array.shape[:2] != (height, width):
+                    raise MediaError(
+                        "invalid_frame", f"frame {count} is {array.shape[1]}x{array.shape[0]}, not {width}x{height}"
+                    )
+                return array
+
+            for frame in _converted(itertools.chain([first], map(checked, iterator))):
+                encode(frame)
+            for packet in stream.encode(None):
+                output.mux(packet)
+            if audio is not None:
+                audio.finish(count / fps)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return WrittenVideo(path, count, width, height, float(rate), audio is not None)
+
+
+def _to_yuv(array: np.ndarray) -> av.VideoFrame:
+    # swscale's BGR input path is SIMD-optimised; the channel swap costs less than the slower RGB path.
+    bgr = np.ascontiguousarray(array[..., ::-1])
+    return av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p", dst_colorspace="itu709")
+
+
+def _converted(arrays: Iterator[np.ndarray], depth: int = 4) -> Iterator[av.VideoFrame]:
+    """RGB -> yuv420p on a helper thread (swscale drops the GIL), overlapping with x264's own threads."""
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for array in arrays:
+                if stop.is_set():
+                    return
+                slots.put(_to_yuv(array))
+        except BaseException as exc:  # handed to the consumer, raised there
+            slots.put(exc)
+            return
+        slots.put(done)
+
+    worker = threading.Thread(target=produce, name="rgb-to-yuv", daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)
+
+
+def _check_frame(array: np.ndarray) -> np.ndarray:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise MediaError("invalid_frame", f"frames must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
+    return np.ascontiguousarray(array)

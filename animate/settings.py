@@ -1,0 +1,36 @@
+"""One settings object for the whole service, read from ``ANIMATE_*`` environment variables.
+
+Nested groups use ``__``: ``ANIMATE_MEDIA__MAX_VIDEO_SECONDS=30``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MediaLimits(BaseModel):
+    """What the service accepts from strangers. Every limit is checked before any heavy decoding."""
+
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, gt=0, description="Upload size cap, both kinds.")
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="Decoded image area cap (bombs).")
+    min_image_side: int = Field(default=32, gt=0, description="A smaller reference holds no usable person.")
+    max_video_seconds: float = Field(default=600.0, gt=0)
+    max_video_pixels: int = Field(default=3840 * 2160, gt=0, description="Width x height of one frame.")
+    max_video_frames: int = Field(default=36_000, gt=0)
+    min_video_side: int = Field(default=16, gt=0)
+    video_containers: tuple[str, ...] = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi")
+    video_codecs: tuple[str, ...] = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "prores")
+    image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANIMATE_", env_nested_delimiter="__", extra="ignore")
+
+    weights_dir: Path = Field(default=Path("weights"), description="Where user-supplied weights live.")
+    data_dir: Path = Field(default=Path("data"), description="Uploads, outputs, job database.")
+    media: MediaLimits = Field(default_factory=MediaLimits)
+    output_crf: int = Field(default=18, ge=0, le=51, description="H.264 quality of rendered videos.")
+    output_preset: str = "medium"

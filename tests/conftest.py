@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: The shared sample media (see ../shared/data/SOURCES.md); never copied into the repository.
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DANCE = DATA / "driving" / "dance_musepose.mp4"
+TALKING_HEAD = DATA / "driving" / "talking_head_animateanyone.mp4"
+SKELETON_ONLY = DATA / "driving" / "skeleton_only_animateanyone.mp4"
+WOMAN_JPG = DATA / "reference" / "woman_street_mimicmotion.jpg"
+ANIME_PNG = DATA / "reference" / "anime_girl_musepose.png"
+HERO_RGBA = DATA / "reference" / "hero_rgba_animateanyone.png"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"shared sample media not found at {DATA}")
+    return DATA
