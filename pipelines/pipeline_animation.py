@@ -1,0 +1,637 @@
+"""``AnimationPipeline``: SVD img2vid-xt backbone + pose guider + guidance encoders, any video length.
+
+Reads top to bottom like diffusers' ``StableVideoDiffusionPipeline``: output dataclass, the pipeline class,
+small private steps, then ``__call__`` in numbered sections. Differences from SVD:
+
+- features from the pose guider and the guidance encoders are added after the UNet's ``conv_in`` through a
+  forward hook (``pipelines.injection``: why hooks, not a UNet subclass), for the conditional half only;
+- frames are denoised in tiles fused per step (``pipelines.tiling``); with ``prepend_reference`` frame 0
+  is the reference (conditioned on the reference's own pose), it is in every tile and dropped from the output;
+- classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B).
+
+With no guidance, ``prepend_reference=False`` and one tile covering every frame, the computation is
+exactly SVD's (the oracle test compares frames).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import PipelineImageInput
+from diffusers.models import AutoencoderKLTemporalDecoder, ModelMixin, UNetSpatioTemporalConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _append_dims,
+    _resize_with_antialiasing,
+)
+from diffusers.schedulers import EulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import is_compiled_module, randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+from controlnets import GuidanceFusion, PoseGuider
+from pipelines.injection import UNetInjector
+from pipelines.tiling import tile_indices, triangular_weights
+
+CFG_MODES = ("batched", "sequential")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+GUIDER_CHUNK = 16  # frames per pose-guider / encoder call; bounds activation memory at full resolution
+
+FrameInput = torch.Tensor | np.ndarray | Sequence[PIL.Image.Image]
+
+
+@dataclass
+class AnimationPipelineOutput(BaseOutput):
+    """``frames``: per video a list of PIL images, or an array / tensor ``(batch, frames, ...)``; for
+    ``output_type="latent"`` the latents ``(batch, frames, 4, h, w)``."""
+
+    frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor
+
+
+class AnimationPipeline(DiffusionPipeline):
+    r"""Animate a reference image with pose images and body-render guidance maps on an SVD backbone.
+
+    Args:
+        vae: ``AutoencoderKLTemporalDecoder``. image_encoder: CLIP vision model with projection.
+        unet: diffusers' ``UNetSpatioTemporalConditionModel`` (SVD-xt, or MimicMotion's fine-tune).
+        scheduler: ``EulerDiscreteScheduler`` (v-prediction, Karras sigmas).
+        feature_extractor: ``CLIPImageProcessor``.
+        pose_guider: ``controlnets.PoseGuider`` (optional). guidance_encoders: ``controlnets.GuidanceFusion``
+        (optional). motion_controlnet: reserved for the DisPose ControlNet (not yet supported).
+    """
+
+    model_cpu_offload_seq = "image_encoder->pose_guider->guidance_encoders->unet->vae"
+    _optional_components: ClassVar[list[str]] = ["pose_guider", "guidance_encoders", "motion_controlnet"]
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "noise_pred"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKLTemporalDecoder,
+        image_encoder: CLIPVisionModelWithProjection,
+        unet: UNetSpatioTemporalConditionModel,
+        scheduler: EulerDiscreteScheduler,
+        feature_extractor: CLIPImageProcessor,
+        pose_guider: PoseGuider | None = None,
+        guidance_encoders: GuidanceFusion | None = None,
+        motion_controlnet: ModelMixin | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            image_encoder=image_encoder,
+            unet=unet,
+            scheduler=scheduler,
+            feature_extractor=feature_extractor,
+            pose_guider=pose_guider,
+            guidance_encoders=guidance_encoders,
+            motion_controlnet=motion_controlnet,
+        )
+        self.vae_scale_factor = (
+            2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        )
+        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+
+    def _encode_image(
+        self, image: PipelineImageInput, device: torch.device, num_videos_per_prompt: int, do_cfg: bool
+    ) -> torch.Tensor:
+        """CLIP image embedding, one token per video; the unconditional half is zeros (as SVD)."""
+        dtype = next(self.image_encoder.parameters()).dtype
+        if not isinstance(image, torch.Tensor):
+            pixels = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(image))
+            # SVD resizes to 224 in [-1, 1] with antialiasing, then hands [0, 1] to the CLIP normaliser.
+            pixels = (_resize_with_antialiasing(pixels * 2.0 - 1.0, (224, 224)) + 1.0) / 2.0
+        else:
+            pixels = image
+        pixels = self.feature_extractor(
+            images=pixels,
+            do_normalize=True,
+            do_center_crop=False,
+            do_resize=False,
+            do_rescale=False,
+            return_tensors="pt",
+        ).pixel_values
+        embeddings = self.image_encoder(pixels.to(device=device, dtype=dtype)).image_embeds.unsqueeze(1)
+        embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0)
+        if do_cfg:
+            embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
+        return embeddings
+
+    def _encode_vae_image(
+        self, image: torch.Tensor, device: torch.device, num_videos_per_prompt: int, do_cfg: bool
+    ) -> torch.Tensor:
+        """Reference latent (``latent_dist.mode()``, unscaled, as SVD), ``(B, 1, 4, h, w)``; zeros when
+        unconditional."""
+        image = image.to(device=device, dtype=self.vae.dtype)
+        latents = self.vae.encode(image).latent_dist.mode()
+        latents = latents.repeat(num_videos_per_prompt, 1, 1, 1)
+        if do_cfg:
+            latents = torch.cat([torch.zeros_like(latents), latents])
+        return latents.unsqueeze(1)
+
+    def _get_add_time_ids(
+        self,
+        fps: int,
+        motion_bucket_id: int,
+        noise_aug_strength: float,
+        dtype: torch.dtype,
+        batch: int,
+        do_cfg: bool,
+    ) -> torch.Tensor:
+        time_ids = [fps, motion_bucket_id, noise_aug_strength]
+        expected = self.unet.add_embedding.linear_1.in_features
+        if self.unet.config.addition_time_embed_dim * len(time_ids) != expected:
+            raise ValueError(
+                f"the UNet expects {expected} added time features; its config does not fit SVD's 3 ids"
+            )
+        time_ids = torch.tensor([time_ids], dtype=dtype).repeat(batch, 1)
+        return torch.cat([time_ids, time_ids]) if do_cfg else time_ids
+
+    def _prepare_condition_frames(
+        self, frames: FrameInput, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Pose images / guidance maps -> ``(F, 3, height, width)`` in ``[-1, 1]``.
+
+        Accepts a list of PIL images, a uint8 or [0, 1] float array ``(F, H, W, 3)``, or a tensor
+        ``(F, 3, H, W)`` in ``[0, 1]`` (diffusers' convention; a tensor already in ``[-1, 1]`` is kept).
+        """
+        if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
+            frames = frames.astype(np.float32) / 255.0
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = frames[None]
+        if isinstance(frames, torch.Tensor) and frames.ndim == 3:
+            frames = frames[None]
+        if isinstance(frames, PIL.Image.Image):
+            frames = [frames]
+        pixels = self.video_processor.preprocess(frames, height=height, width=width)
+        return pixels.to(device=device, dtype=dtype)
+
+    def _run_chunked(self, module: torch.nn.Module, pixels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.cat(
+            [module(pixels[i : i + GUIDER_CHUNK], **kwargs) for i in range(0, len(pixels), GUIDER_CHUNK)]
+        )
+
+    def _fused_chunked(
+        self, maps: Mapping[str, torch.Tensor], scales: Mapping[str, float]
+    ) -> torch.Tensor | None:
+        length = len(next(iter(maps.values())))
+        parts = []
+        for start in range(0, length, GUIDER_CHUNK):
+            part = self.guidance_encoders(
+                {k: v[start : start + GUIDER_CHUNK] for k, v in maps.items()}, scales
+            )
+            if part is None:
+                return None
+            parts.append(part)
+        return torch.cat(parts)
+
+    def _encode_guidance(
+        self,
+        pose_images: FrameInput | None,
+        guidance_maps: Mapping[str, FrameInput] | None,
+        reference_pose_image: FrameInput | None,
+        reference_guidance_maps: Mapping[str, FrameInput] | None,
+        scales: Mapping[str, float],
+        num_frames: int,
+        prepend_reference: bool,
+        height: int,
+        width: int,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """Features to add after ``conv_in`` for every frame of the internal sequence, ``(L, C, h, w)``;
+        ``None`` when no guidance contributes. The reference frame gets its own pose/maps, else nothing."""
+        dtype = self.unet.dtype
+        sequences: list[tuple[FrameInput | None, FrameInput | None, str]] = []
+        if self.pose_guider is not None and scales.get("pose", 1.0) != 0:
+            sequences.append((pose_images, reference_pose_image, "pose"))
+        total: torch.Tensor | None = None
+
+        def add(features: torch.Tensor | None, ref_features: torch.Tensor | None) -> None:
+            nonlocal total
+            if features is None:
+                return
+            features = features.to(dtype)
+            if prepend_reference:
+                ref = torch.zeros_like(features[:1]) if ref_features is None else ref_features.to(dtype)
+                features = torch.cat([ref, features])
+            total = features if total is None else total + features
+
+        for frames, ref_frame, _ in sequences:
+            if frames is None:
+                continue
+            scale = scales.get("pose", 1.0)
+            pixels = self._prepare_condition_frames(frames, height, width, device, self.pose_guider.dtype)
+            features = self._run_chunked(self.pose_guider, pixels) * scale
+            ref = None
+            if ref_frame is not None and prepend_reference:
+                ref_pixels = self._prepare_condition_frames(
+                    ref_frame, height, width, device, self.pose_guider.dtype
+                )
+                ref = self.pose_guider(ref_pixels[:1]) * scale
+            add(features, ref)
+
+        if guidance_maps and self.guidance_encoders is not None:
+            enc_dtype = self.guidance_encoders.dtype
+            maps = {
+                k: self._prepare_condition_frames(v, height, width, device, enc_dtype)
+                for k, v in guidance_maps.items()
+            }
+            ref = None
+            if reference_guidance_maps and prepend_reference:
+                ref_maps = {
+                    k: self._prepare_condition_frames(v, height, width, device, enc_dtype)[:1]
+                    for k, v in reference_guidance_maps.items()
+                }
+                ref = self.guidance_encoders(ref_maps, scales)
+            add(self._fused_chunked(maps, scales), ref)
+
+        if total is not None and total.shape[0] != num_frames + int(prepend_reference):
+            raise ValueError(
+                f"guidance covers {total.shape[0]} frames, expected {num_frames + int(prepend_reference)}"
+            )
+        return total
+
+    def decode_latents(
+        self, latents: torch.Tensor, num_frames: int, decode_chunk_size: int = 14
+    ) -> torch.Tensor:
+        """``(B, F, 4, h, w)`` -> ``(B, 3, F, H, W)`` float32, ``decode_chunk_size`` frames per VAE call."""
+        latents = (1 / self.vae.config.scaling_factor) * latents.flatten(0, 1)
+        forward = self.vae._orig_mod.forward if is_compiled_module(self.vae) else self.vae.forward
+        takes_num_frames = "num_frames" in inspect.signature(forward).parameters
+        frames = []
+        for start in range(0, latents.shape[0], decode_chunk_size):
+            chunk = latents[start : start + decode_chunk_size]
+            kwargs = {"num_frames": chunk.shape[0]} if takes_num_frames else {}
+            frames.append(self.vae.decode(chunk, **kwargs).sample)
+        video = torch.cat(frames).reshape(-1, num_frames, *frames[0].shape[1:]).permute(0, 2, 1, 3, 4)
+        return video.float()
+
+    def check_inputs(
+        self,
+        image: Any,
+        height: int,
+        width: int,
+        tile_size: int,
+        tile_overlap: int,
+        cfg_mode: str,
+        output_type: str,
+        conditioning_scales: Mapping[str, float],
+        guidance_maps: Mapping[str, Any] | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> None:
+        if not isinstance(image, torch.Tensor | PIL.Image.Image | list):
+            raise ValueError(
+                f"`image` must be a torch.Tensor, PIL.Image.Image or list of them, got {type(image)}"
+            )
+        if height % 8 != 0 or width % 8 != 0:
+            raise ValueError(f"`height` and `width` must be divisible by 8, got {height} and {width}")
+        if cfg_mode not in CFG_MODES:
+            raise ValueError(f"`cfg_mode` must be one of {CFG_MODES}, got {cfg_mode!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if tile_size < 1 or not 0 <= tile_overlap < tile_size:
+            raise ValueError(
+                f"need tile_size >= 1 and 0 <= tile_overlap < tile_size, got {tile_size}, {tile_overlap}"
+            )
+        known = {
+            "pose",
+            *(self.guidance_encoders.guidance_types if self.guidance_encoders is not None else ()),
+        }
+        if set(conditioning_scales) - known:
+            raise ValueError(
+                f"unknown conditioning scales {sorted(set(conditioning_scales) - known)}; "
+                f"known: {sorted(known)}"
+            )
+        if guidance_maps and self.guidance_encoders is None:
+            raise ValueError("`guidance_maps` given but the pipeline has no `guidance_encoders`")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback tensor inputs {bad} not in {self._callback_tensor_inputs}")
+        for name, module in (
+            ("pose_guider", self.pose_guider),
+            ("guidance_encoders", self.guidance_encoders),
+        ):
+            if module is None:
+                continue
+            if module.downsample_factor != self.vae_scale_factor:
+                raise ValueError(
+                    f"{name} downsamples by {module.downsample_factor}, the VAE by {self.vae_scale_factor}"
+                )
+            if module.config.out_channels != self.unet.config.block_out_channels[0]:
+                raise ValueError(
+                    f"{name} outputs {module.config.out_channels} channels, "
+                    f"the UNet's conv_in {self.unet.config.block_out_channels[0]}"
+                )
+        if self.motion_controlnet is not None:
+            raise NotImplementedError("motion_controlnet is reserved for the DisPose ControlNet (issue 7)")
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_frames: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        shape = (
+            batch_size,
+            num_frames,
+            num_channels_latents // 2,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"{len(generator)} generators for an effective batch of {batch_size}")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    @property
+    def guidance_scale(self) -> float | torch.Tensor:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        if isinstance(self.guidance_scale, int | float):
+            return self.guidance_scale > 1
+        return bool(self.guidance_scale.max() > 1)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def _predict_tile(
+        self,
+        injector: UNetInjector,
+        latent_input: torch.Tensor,
+        t: torch.Tensor,
+        image_latents: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        features: torch.Tensor | None,
+        guidance_scale: torch.Tensor,
+        cfg_mode: str,
+    ) -> torch.Tensor:
+        """One tile's guided prediction, ``(B, n, 4, h, w)``."""
+        batch, frames = latent_input.shape[:2]
+        residual = features.repeat(batch, 1, 1, 1) if features is not None else None
+        image_latents = image_latents.expand(-1, frames, -1, -1, -1)
+
+        def unet(sample: torch.Tensor, rows: slice, skip_rows: int, with_residual: bool) -> torch.Tensor:
+            with injector.conv_in_residual(residual if with_residual else None, skip_rows):
+                return self.unet(
+                    sample,
+                    t,
+                    encoder_hidden_states=image_embeddings[rows],
+                    added_time_ids=added_time_ids[rows],
+                    return_dict=False,
+                )[0]
+
+        if not self.do_classifier_free_guidance:
+            return unet(torch.cat([latent_input, image_latents], dim=2), slice(None), 0, True)
+        if cfg_mode == "batched":
+            sample = torch.cat([torch.cat([latent_input] * 2), image_latents], dim=2)
+            uncond, cond = unet(sample, slice(None), batch * frames, True).chunk(2)
+        else:
+            uncond = unet(torch.cat([latent_input, image_latents[:batch]], dim=2), slice(0, batch), 0, False)
+            cond = unet(torch.cat([latent_input, image_latents[batch:]], dim=2), slice(batch, None), 0, True)
+        return uncond + guidance_scale * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor,
+        pose_images: FrameInput | None = None,
+        guidance_maps: Mapping[str, FrameInput] | None = None,
+        reference_pose_image: FrameInput | None = None,
+        reference_guidance_maps: Mapping[str, FrameInput] | None = None,
+        height: int = 576,
+        width: int = 1024,
+        num_frames: int | None = None,
+        tile_size: int = 16,
+        tile_overlap: int = 6,
+        prepend_reference: bool = True,
+        num_inference_steps: int = 25,
+        sigmas: list[float] | None = None,
+        min_guidance_scale: float = 2.0,
+        max_guidance_scale: float = 2.0,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.0,
+        decode_chunk_size: int | None = None,
+        num_videos_per_prompt: int = 1,
+        conditioning_scales: Mapping[str, float] | None = None,
+        cfg_mode: str = "batched",
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, Any, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> AnimationPipelineOutput | tuple:
+        r"""Animate ``image`` with ``pose_images`` (and ``guidance_maps``).
+
+        Args:
+            image: the reference (PIL, list of PIL, or tensor ``(B, 3, H, W)`` in ``[0, 1]``).
+            pose_images: skeleton images, one per output frame (list of PIL, array ``(F, H, W, 3)``, tensor
+                ``(F, 3, H, W)`` in ``[0, 1]``); the same sequence drives every video of the batch.
+            guidance_maps: ``{"depth" | "normal" | "semantic" | ...: frames}``, same forms and length.
+            reference_pose_image, reference_guidance_maps: the reference's own pose / maps, used for the
+                prepended reference frame (zero features when absent).
+            num_frames: output frames; default: the guidance's length, else ``unet.config.num_frames``.
+            tile_size, tile_overlap: frames per UNet call and the overlap of consecutive tiles (counting the
+                shared reference frame when ``prepend_reference``). Any length works, from 1 frame up.
+            prepend_reference: denoise the reference as frame 0 of every tile (MimicMotion); not returned.
+            min_guidance_scale, max_guidance_scale: per-frame CFG scale, ``linspace`` over the sequence.
+            fps, motion_bucket_id, noise_aug_strength: SVD micro-conditioning (the UNet sees ``fps - 1``).
+            decode_chunk_size: frames per VAE decode call (peak memory); defaults to all frames.
+            conditioning_scales: ``{"pose": s, "<guidance type>": s}``, default 1; 0 switches a path off.
+            cfg_mode: ``"batched"`` (one UNet call of 2B) or ``"sequential"`` (two calls of B, less memory).
+            generator, latents: as diffusers; ``latents`` has shape ``(B, L, 4, h, w)`` with ``L`` including
+                the prepended reference frame.
+            output_type: ``"pil" | "np" | "pt" | "latent"``. return_dict: output dataclass or a tuple.
+            callback_on_step_end, callback_on_step_end_tensor_inputs: as diffusers; the callback may return
+                ``{"latents": ...}`` to replace the latents; set ``pipe._interrupt = True`` to stop.
+        """
+        # 0. Defaults
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        conditioning_scales = dict(conditioning_scales or {})
+        if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        guidance_lengths = {
+            len(frames) for frames in [pose_images, *(guidance_maps or {}).values()] if frames is not None
+        }
+        if len(guidance_lengths) > 1:
+            raise ValueError(f"pose images and guidance maps differ in length: {sorted(guidance_lengths)}")
+        if num_frames is None:
+            num_frames = guidance_lengths.pop() if guidance_lengths else self.unet.config.num_frames
+        elif guidance_lengths and guidance_lengths != {num_frames}:
+            raise ValueError(f"num_frames={num_frames} but the guidance has {guidance_lengths.pop()} frames")
+        sequence_length = num_frames + int(prepend_reference)
+        decode_chunk_size = decode_chunk_size or num_frames
+
+        # 1. Check inputs
+        self.check_inputs(
+            image,
+            height,
+            width,
+            tile_size,
+            tile_overlap,
+            cfg_mode,
+            output_type,
+            conditioning_scales,
+            guidance_maps,
+            callback_on_step_end_tensor_inputs,
+        )
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+
+        # 2. Call parameters
+        if isinstance(image, PIL.Image.Image):
+            batch_size = 1
+        elif isinstance(image, list):
+            batch_size = len(image)
+        else:
+            batch_size = image.shape[0]
+        effective_batch = batch_size * num_videos_per_prompt
+        device = self._execution_device
+        self._guidance_scale = max_guidance_scale
+        self._interrupt = False
+        do_cfg = self.do_classifier_free_guidance
+
+        # 3. Encode the reference with CLIP
+        image_embeddings = self._encode_image(image, device, num_videos_per_prompt, do_cfg)
+
+        # 4. Encode the reference with the VAE (noise-augmented), SVD's order of random draws
+        pixels = self.video_processor.preprocess(image, height=height, width=width).to(device)
+        noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+        pixels = pixels + noise_aug_strength * noise
+        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float32)
+        image_latents = self._encode_vae_image(pixels, device, num_videos_per_prompt, do_cfg)
+        image_latents = image_latents.to(image_embeddings.dtype)
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float16)
+
+        # 5. Encode pose images and guidance maps into conv_in features, once for all steps
+        features = self._encode_guidance(
+            pose_images,
+            guidance_maps,
+            reference_pose_image,
+            reference_guidance_maps,
+            conditioning_scales,
+            num_frames,
+            prepend_reference,
+            height,
+            width,
+            device,
+        )
+
+        # 6. Added time ids (SVD was trained on fps - 1)
+        added_time_ids = self._get_add_time_ids(
+            fps - 1, motion_bucket_id, noise_aug_strength, image_embeddings.dtype, effective_batch, do_cfg
+        ).to(device)
+
+        # 7. Timesteps
+        if sigmas is not None:
+            self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 8. Latents for the whole sequence
+        latents = self.prepare_latents(
+            effective_batch,
+            sequence_length,
+            self.unet.config.in_channels,
+            height,
+            width,
+            image_embeddings.dtype,
+            device,
+            generator,
+            latents,
+        )
+
+        # 9. Per-frame guidance scale and tiles
+        guidance_scale = torch.linspace(min_guidance_scale, max_guidance_scale, sequence_length).unsqueeze(0)
+        guidance_scale = _append_dims(
+            guidance_scale.to(device, latents.dtype).repeat(effective_batch, 1), latents.ndim
+        )
+        self._guidance_scale = guidance_scale
+        tiles = tile_indices(sequence_length, tile_size, tile_overlap, anchor_first=prepend_reference)
+
+        # 10. Denoising loop: every tile predicts, predictions fused, one scheduler step on the full length
+        with UNetInjector(self.unet) as injector, self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                latent_input = self.scheduler.scale_model_input(latents, t)
+                if len(tiles) == 1:
+                    noise_pred = self._predict_tile(
+                        injector, latent_input, t, image_latents, image_embeddings, added_time_ids,
+                        features, guidance_scale, cfg_mode,
+                    )  # fmt: skip
+                else:
+                    noise_pred = torch.zeros_like(latents)
+                    weight_sum = latents.new_zeros(sequence_length)
+                    for idx in tiles:
+                        weights = triangular_weights(len(idx), device, latents.dtype)
+                        tile_features = features[idx] if features is not None else None
+                        prediction = self._predict_tile(
+                            injector, latent_input[:, idx], t, image_latents, image_embeddings,
+                            added_time_ids, tile_features, guidance_scale[:, idx], cfg_mode,
+                        )  # fmt: skip
+                        noise_pred[:, idx] += prediction * weights[:, None, None, None]
+                        weight_sum[idx] += weights
+                    noise_pred = noise_pred / weight_sum[:, None, None, None]
+
+                latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+
+                if callback_on_step_end is not None:
+                    available = {"latents": latents, "noise_pred": noise_pred}
+                    callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 11. Drop the reference frame and decode
+        if prepend_reference:
+            latents = latents[:, 1:]
+        if output_type == "latent":
+            frames = latents
+        else:
+            if needs_upcasting:
+                self.vae.to(dtype=torch.float16)
+            video = self.decode_latents(latents, num_frames, decode_chunk_size)
+            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (frames,)
+        return AnimationPipelineOutput(frames=frames)

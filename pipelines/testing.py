@@ -1,0 +1,119 @@
+"""Tiny random components in the real classes, for tests, benchmarks and smoke runs without weights.
+
+Same shapes as diffusers' own SVD fast tests (block channels (32, 64), VAE downsampling 2, 32x32 frames);
+the pose guider and guidance encoders are sized to match (one stride-2 stage, 32 output channels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from controlnets import GuidanceFusion, PoseGuider
+
+TINY_GUIDANCE_TYPES = ("depth", "normal", "semantic")
+
+
+def tiny_unet() -> UNetSpatioTemporalConditionModel:
+    return UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=32,
+        num_attention_heads=8,
+        projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32,
+    )
+
+
+def svd_scheduler() -> EulerDiscreteScheduler:
+    """The SVD-xt scheduler config (v-prediction, Karras sigmas, continuous timesteps)."""
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        interpolation_type="linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        sigma_max=700.0,
+        sigma_min=0.002,
+        steps_offset=1,
+        timestep_spacing="leading",
+        timestep_type="continuous",
+        trained_betas=None,
+        use_karras_sigmas=True,
+    )
+
+
+def tiny_pose_guider() -> PoseGuider:
+    return PoseGuider(block_out_channels=(8, 16), out_channels=32)
+
+
+def tiny_guidance_encoders(fusion: str = "sum") -> GuidanceFusion:
+    return GuidanceFusion(
+        guidance_types=TINY_GUIDANCE_TYPES,
+        block_out_channels=(8, 16),
+        out_channels=32,
+        attention_num_heads=2,
+        attention_norm_num_groups=8,
+        fusion=fusion,
+    )
+
+
+def tiny_components(with_guidance_encoders: bool = True, fusion: str = "sum") -> dict[str, Any]:
+    """Components for ``AnimationPipeline(**components)``; seeded so two calls build identical weights."""
+    torch.manual_seed(0)
+    unet = tiny_unet()
+    scheduler = svd_scheduler()
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        latent_channels=4,
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=32,
+            num_hidden_layers=5,
+            num_attention_heads=4,
+            image_size=32,
+            intermediate_size=37,
+            patch_size=1,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(crop_size=32, size=32)
+    torch.manual_seed(0)
+    pose_guider = tiny_pose_guider()
+    torch.manual_seed(0)
+    guidance_encoders = tiny_guidance_encoders(fusion) if with_guidance_encoders else None
+    return {
+        "unet": unet,
+        "image_encoder": image_encoder,
+        "scheduler": scheduler,
+        "vae": vae,
+        "feature_extractor": feature_extractor,
+        "pose_guider": pose_guider,
+        "guidance_encoders": guidance_encoders,
+    }
+
+
+def reinit_zero_layers(module: torch.nn.Module, seed: int = 1, std: float = 0.5) -> None:
+    """Give the zero-initialised output layers non-zero weights, so a conditioning path has an effect."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in module.named_parameters():
+        if (
+            name.startswith("final_proj") or name.endswith(("conv_out.weight", "conv_out.bias"))
+        ) and param.abs().max() == 0:
+            with torch.no_grad():
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
