@@ -1,0 +1,238 @@
+"""Retargeting: the driving motion, re-drawn with the reference person's proportions and placement.
+
+``retarget`` (default) walks a kinematic tree over the 133 keypoints from a root (pelvis, else neck, else
+nose): every bone keeps the driving frame's direction and takes the reference's length, so joint angles
+come from the driver and proportions from the reference. The root follows the driver's displacement
+scaled by the torso ratio, starting at the reference's root; with feet visible on both sides, the lowest
+foot follows the driver's ground line instead, so legs of a different length neither float nor sink.
+Bones the reference does not show (a head-and-shoulders photo has no legs) take the driver's length times
+the torso ratio. ``global_fit`` is MimicMotion's alignment (one scale and offset for the clip), for parity.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from animate.pose.errors import PoseError
+from animate.pose.layout import (
+    FACE,
+    HAND_EDGES,
+    L_ANKLE,
+    L_EAR,
+    L_ELBOW,
+    L_EYE,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_WRIST,
+    LEFT_HAND_ROOT,
+    NOSE,
+    NUM_KEYPOINTS,
+    R_ANKLE,
+    R_EAR,
+    R_ELBOW,
+    R_EYE,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_WRIST,
+    RIGHT_HAND_ROOT,
+    openpose18,
+)
+from animate.pose.types import Pose, PoseSequence
+
+NECK, PELVIS = NUM_KEYPOINTS, NUM_KEYPOINTS + 1  # virtual joints appended after the 133 keypoints
+GROUND = (L_ANKLE, R_ANKLE, *range(17, 23))  # ankles, toes, heels
+
+BONES: tuple[tuple[int, int], ...] = (
+    (PELVIS, L_HIP), (PELVIS, R_HIP), (PELVIS, NECK),
+    (NECK, L_SHOULDER), (NECK, R_SHOULDER), (NECK, NOSE),
+    (NOSE, L_EYE), (NOSE, R_EYE), (L_EYE, L_EAR), (R_EYE, R_EAR),
+    (L_SHOULDER, L_ELBOW), (L_ELBOW, L_WRIST), (R_SHOULDER, R_ELBOW), (R_ELBOW, R_WRIST),
+    (L_HIP, L_KNEE), (L_KNEE, L_ANKLE), (R_HIP, R_KNEE), (R_KNEE, R_ANKLE),
+    (L_ANKLE, 17), (L_ANKLE, 18), (L_ANKLE, 19), (R_ANKLE, 20), (R_ANKLE, 21), (R_ANKLE, 22),
+    (L_WRIST, LEFT_HAND_ROOT), (R_WRIST, RIGHT_HAND_ROOT),
+    *((LEFT_HAND_ROOT + a, LEFT_HAND_ROOT + b) for a, b in HAND_EDGES),
+    *((RIGHT_HAND_ROOT + a, RIGHT_HAND_ROOT + b) for a, b in HAND_EDGES),
+    *((NOSE, i) for i in range(FACE.start, FACE.stop)),  # the face as a star around the nose
+)  # fmt: skip
+
+Anchor = Literal["auto", "hips", "feet"]
+
+
+@dataclass(frozen=True)
+class RetargetOptions:
+    threshold: float = 0.3  # keypoints below this score count as not seen
+    anchor: Anchor = "auto"  # "auto": feet when both sides show them, else hips (or the root)
+    min_root_fraction: float = 0.5  # the root must be seen in this share of driving frames
+
+
+def _extended(keypoints: np.ndarray) -> np.ndarray:
+    """(..., 133, 3) -> (..., 135, 3) with the neck and pelvis midpoints (score: the weaker side)."""
+    sh = keypoints[..., [L_SHOULDER, R_SHOULDER], :]
+    hp = keypoints[..., [L_HIP, R_HIP], :]
+    mids = []
+    for pair in (sh, hp):
+        mid = pair.mean(axis=-2, keepdims=True)
+        mid[..., 2] = pair[..., 2].min(axis=-1, keepdims=True)
+        mids.append(mid)
+    return np.concatenate([keypoints, *mids], axis=-2)
+
+
+def _tree(root: int) -> tuple[list[int], dict[int, int]]:
+    """Breadth-first order from ``root`` and each node's parent, over the undirected bone graph."""
+    neighbours: dict[int, list[int]] = {}
+    for a, b in BONES:
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    order, parent, queue = [root], {}, deque([root])
+    while queue:
+        node = queue.popleft()
+        for nxt in neighbours[node]:
+            if nxt != root and nxt not in parent:
+                parent[nxt] = node
+                order.append(nxt)
+                queue.append(nxt)
+    return order, parent
+
+
+def _median_length(points: np.ndarray, a: int, b: int, threshold: float) -> float:
+    """Median |a-b| over the frames (rows) where both are seen; nan when never."""
+    both = (points[:, a, 2] >= threshold) & (points[:, b, 2] >= threshold)
+    if not both.any():
+        return float("nan")
+    return float(np.median(np.linalg.norm(points[both, a, :2] - points[both, b, :2], axis=1)))
+
+
+def body_scale_ratio(reference: np.ndarray, driving: np.ndarray, threshold: float = 0.3) -> float:
+    """Reference size / driver size from the torso, else shoulder width, else eye distance (px per px)."""
+    for a, b in ((NECK, PELVIS), (L_SHOULDER, R_SHOULDER), (L_EYE, R_EYE)):
+        ref = _median_length(reference[None], a, b, threshold)
+        drv = _median_length(driving, a, b, threshold)
+        if np.isfinite(ref) and np.isfinite(drv) and ref > 1 and drv > 1:
+            return ref / drv
+    raise PoseError("retarget_failed", "reference and driving video share no torso, shoulders or eyes")
+
+
+def _first_seen(points: np.ndarray, index: int, threshold: float) -> np.ndarray | None:
+    seen = np.flatnonzero(points[:, index, 2] >= threshold)
+    return points[seen[0], index, :2] if len(seen) else None
+
+
+def _ground(points: np.ndarray, threshold: float) -> float | None:
+    """Lowest (largest y) foot point seen in one frame's keypoints."""
+    feet = points[list(GROUND)]
+    feet = feet[feet[:, 2] >= threshold]
+    return float(feet[:, 1].max()) if len(feet) else None
+
+
+def retarget(
+    driving: PoseSequence,
+    reference: Pose,
+    ref_width: int,
+    ref_height: int,
+    options: RetargetOptions | None = None,
+) -> PoseSequence:
+    """The driving poses with the reference's bone lengths, placed on the reference image (its pixels)."""
+    options = options or RetargetOptions()
+    thr = options.threshold
+    ref = _extended(reference.keypoints[None])[0]
+    drv = _extended(driving.keypoints)
+    drv[~driving.detected, :, 2] = 0.0
+    scale = body_scale_ratio(ref, drv, thr)
+    root = next(
+        (
+            r
+            for r in (PELVIS, NECK, NOSE)
+            if ref[r, 2] >= thr and (drv[:, r, 2] >= thr).mean() >= options.min_root_fraction
+        ),
+        None,
+    )
+    if root is None:
+        raise PoseError("retarget_failed", "reference and driving video share no pelvis, neck or nose")
+    order, parent = _tree(root)
+    ref_len = np.full(len(ref), np.nan)
+    for child, par in parent.items():
+        if ref[child, 2] >= thr and ref[par, 2] >= thr:
+            ref_len[child] = float(np.linalg.norm(ref[child, :2] - ref[par, :2]))
+    drv_root0 = _first_seen(drv, root, thr)
+    use_feet = options.anchor != "hips" and _ground(ref, thr) is not None
+    if options.anchor == "feet" and not use_feet:
+        raise PoseError("retarget_failed", "anchor 'feet' needs the reference's feet")
+    grounds = [_ground(frame, thr) for frame in drv]
+    drv_ground0 = next((g for g in grounds if g is not None), None)
+    ref_ground = _ground(ref, thr)
+
+    out = np.zeros((len(drv), NUM_KEYPOINTS, 3), np.float32)
+    for t, frame in enumerate(drv):
+        if not driving.detected[t]:
+            continue
+        pts = np.zeros_like(frame)
+        pts[:, 2] = frame[:, 2]
+        placed = np.zeros(len(frame), bool)
+        if frame[root, 2] >= thr:
+            pts[root, :2] = ref[root, :2] + (frame[root, :2] - drv_root0) * scale
+            placed[root] = True
+        else:
+            # Without the root this frame is only scaled and shifted, as a whole.
+            pts[:, :2] = ref[root, :2] + (frame[:, :2] - drv_root0) * scale
+            out[t] = pts[:NUM_KEYPOINTS]
+            continue
+        for node in order[1:]:
+            anchor = parent[node]
+            while not placed[anchor]:
+                anchor = parent[anchor]
+            delta = frame[node, :2] - frame[anchor, :2]
+            if frame[node, 2] >= thr and anchor == parent[node]:
+                norm = float(np.hypot(*delta))
+                length = ref_len[node] if np.isfinite(ref_len[node]) else norm * scale
+                if norm > 1e-6:
+                    pts[node, :2] = pts[anchor, :2] + delta / norm * length
+                else:  # a zero-length driving bone has no direction: borrow the reference's
+                    pts[node, :2] = pts[anchor, :2] + (ref[node, :2] - ref[anchor, :2])
+                placed[node] = True
+            else:
+                pts[node, :2] = pts[anchor, :2] + delta * scale
+                placed[node] = frame[node, 2] >= thr
+        if use_feet and grounds[t] is not None and drv_ground0 is not None and ref_ground is not None:
+            target = ref_ground + (grounds[t] - drv_ground0) * scale
+            current = _ground(pts, thr)
+            if current is not None:
+                pts[:, 1] += target - current
+        out[t] = pts[:NUM_KEYPOINTS]
+    result = driving.with_keypoints(out)
+    frames = [replace(p, mask=None) for p in result.frames]
+    return PoseSequence(frames, ref_width, ref_height, driving.fps, {"retarget": "bones", "scale": scale})
+
+
+# MimicMotion fits on these OpenPose-18 points: nose, neck, shoulders, hips, eyes, ears.
+GLOBAL_FIT_POINTS = (0, 1, 2, 5, 8, 11, 14, 15, 16, 17)
+
+
+def global_fit(
+    driving: PoseSequence, reference: Pose, ref_width: int, ref_height: int, threshold: float = 0.3
+) -> PoseSequence:
+    """MimicMotion's alignment: one pixel scale (least squares on y) and offset for the whole clip."""
+    ref18 = openpose18(reference.keypoints)
+    ids = [i for i in GLOBAL_FIT_POINTS if ref18[i, 2] >= threshold]
+    if len(ids) < 2 or not len(driving):
+        raise PoseError("retarget_failed", "the reference shows too few head and torso points to fit")
+    frames18 = np.stack([openpose18(p.keypoints) for p in driving.frames])
+    usable = driving.detected & (frames18[:, ids, 2] >= threshold).all(axis=1)
+    if not usable.any():
+        raise PoseError("retarget_failed", "no driving frame shows the reference's head and torso points")
+    drv = frames18[usable][:, ids]
+    ref_pts = np.tile(ref18[ids, :2], (len(drv), 1))
+    k, by = np.polyfit(drv[:, :, 1].ravel(), ref_pts[:, 1], 1)
+    bx = float(np.mean(ref_pts[:, 0] - drv[:, :, 0].ravel() * k))
+    kp = driving.keypoints.copy()
+    kp[:, :, 0] = kp[:, :, 0] * k + bx
+    kp[:, :, 1] = kp[:, :, 1] * k + by
+    result = driving.with_keypoints(kp)
+    frames = [replace(p, mask=None) for p in result.frames]
+    meta = {"retarget": "global_fit", "scale": float(k)}
+    return PoseSequence(frames, ref_width, ref_height, driving.fps, meta)
