@@ -1,10 +1,10 @@
-# Everything runs inside .venv; `make test` and `make run-example` install first when needed.
+# Everything runs inside .venv; `make test` and `make demo` install first when needed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format run-example clean
+.PHONY: install test lint format demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+# The longest path that runs end to end today: decode + scale the shared dance video, encode H.264.
+demo: $(STAMP)
+	$(BIN)/animate media transcode ../shared/data/driving/dance_musepose.mp4 out/dance_576x1024.mp4 --size 576x1024

@@ -14,14 +14,14 @@ import numpy as np
 
 def index_frame(i: int, width: int, height: int) -> np.ndarray:
     """A frame whose brightness encodes its index (decodable after lossy coding) plus a red left half."""
-    frame = np.full((height, width, 3), (i * 20) % 250, dtype=np.uint8)
+    frame = np.full((height, width, 3), (i * 12) % 252, dtype=np.uint8)
     frame[:, : width // 2, 0] = 255
     return frame
 
 
 def frame_index(frame: np.ndarray) -> int:
     """Inverse of ``index_frame`` on the right half (blue channel carries the brightness)."""
-    return round(float(frame[:, frame.shape[1] // 2 :, 2].mean()) / 20)
+    return round(float(frame[:, frame.shape[1] // 2 :, 2].mean()) / 12)
 
 
 def make_video(

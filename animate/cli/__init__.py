@@ -10,7 +10,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 
 from animate import __version__
@@ -53,12 +52,13 @@ def run(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="animate", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument, bad value
+        show = getattr(exc, "show", None)
+        show() if show else typer.echo(f"error: {exc.format_message()}", err=True)
         return EXIT_BAD_INPUT
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
     except AnimateError as exc:
@@ -70,7 +70,9 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("ANIMATE_DEBUG"):
             traceback.print_exc()
-        typer.echo(f"internal error: {type(exc).__name__}: {exc} (set ANIMATE_DEBUG=1 for a traceback)", err=True)
+        typer.echo(
+            f"internal error: {type(exc).__name__}: {exc} (set ANIMATE_DEBUG=1 for a traceback)", err=True
+        )
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
 

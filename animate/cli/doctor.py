@@ -39,7 +39,9 @@ def collect(settings: Settings) -> dict:
             "version": torch.__version__,
             "cuda_available": cuda,
             "cuda_version": torch.version.cuda,
-            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if cuda
+            else [],
             "threads": torch.get_num_threads(),
         },
         "ffmpeg": {
@@ -66,11 +68,17 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         t, f, w = report["torch"], report["ffmpeg"], report["weights"]
         typer.echo(f"python      {report['python']} ({report['platform']})")
         gpus = ", ".join(t["devices"]) or "none"
-        typer.echo(f"torch       {t['version']}  CUDA: {'yes' if t['cuda_available'] else 'no'}  GPUs: {gpus}")
+        typer.echo(
+            f"torch       {t['version']}  CUDA: {'yes' if t['cuda_available'] else 'no'}  GPUs: {gpus}"
+        )
         typer.echo(f"ffmpeg      {f['version']}  libx264: {'yes' if f['h264_encoder'] else 'NO'}")
         for name, version in report["packages"].items():
             typer.echo(f"  {name:<18} {version or 'MISSING'}")
-        state = f"{w['files']} files, {w['bytes'] / 2**30:.2f} GiB" if w["exists"] else "missing (warp engine only)"
+        state = (
+            f"{w['files']} files, {w['bytes'] / 2**30:.2f} GiB"
+            if w["exists"]
+            else "missing (warp engine only)"
+        )
         typer.echo(f"weights     {w['dir']}: {state}")
     missing = [name for name, version in report["packages"].items() if version is None]
     if missing or not report["ffmpeg"]["h264_encoder"]:

@@ -21,7 +21,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or min(int(match[1]), int(match[2])) < 2:
-        raise AnimateError("invalid_option", f"size must look like WIDTHxHEIGHT (e.g. 576x1024), got {text!r}")
+        raise AnimateError(
+            "invalid_option", f"size must look like WIDTHxHEIGHT (e.g. 576x1024), got {text!r}"
+        )
     return int(match[1]), int(match[2])
 
 
@@ -53,7 +55,9 @@ def transcode(
     settings = Settings()
     target_size = parse_size(size)
     video = open_video(source, settings.media)
-    with typer.progressbar(length=video.output_frame_count(fps, max_frames), label="transcode", file=None) as bar:
+    with typer.progressbar(
+        length=video.output_frame_count(fps, max_frames), label="transcode", file=None
+    ) as bar:
 
         def frames():
             for frame in video.frames(fps=fps, max_frames=max_frames, size=target_size):
@@ -68,4 +72,6 @@ def transcode(
             preset=settings.output_preset,
             audio_from=source if audio and video.info.has_audio else None,
         )
-    typer.echo(f"wrote {written.path} ({written.width}x{written.height}, {written.frame_count} frames, {written.fps:g} fps)")
+    typer.echo(
+        f"wrote {written.path} ({written.width}x{written.height}, {written.frame_count} frames, {written.fps:g} fps)"
+    )

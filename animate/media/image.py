@@ -52,7 +52,9 @@ def _read_bytes(source: ImageSource, limits: MediaLimits) -> bytes:
             raise MediaError("not_found", f"no such file: {path}")
         size = path.stat().st_size
         if size > limits.max_file_bytes:
-            raise MediaError("too_large", f"{path.name} is {size} bytes; the limit is {limits.max_file_bytes}")
+            raise MediaError(
+                "too_large", f"{path.name} is {size} bytes; the limit is {limits.max_file_bytes}"
+            )
         data = path.read_bytes()
     else:
         data = source.read(limits.max_file_bytes + 1)
@@ -85,9 +87,13 @@ def load_image(source: ImageSource, limits: MediaLimits | None = None) -> Refere
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise MediaError("unsupported_format", "not an image in a supported format (JPEG, PNG, WebP)") from exc
+        raise MediaError(
+            "unsupported_format", "not an image in a supported format (JPEG, PNG, WebP)"
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise MediaError("too_large", f"the image has too many pixels (limit {limits.max_image_pixels})") from exc
+        raise MediaError(
+            "too_large", f"the image has too many pixels (limit {limits.max_image_pixels})"
+        ) from exc
     except OSError as exc:
         raise MediaError("corrupt_media", f"the image could not be read: {exc}") from exc
 

@@ -84,12 +84,14 @@ def _open_container(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r", options=_OPEN_OPTIONS)
     except av.error.FFmpegError as exc:
         if _looks_like_container(path):
-            raise MediaError("corrupt_media", f"{path.name} is damaged or truncated ({exc.strerror})") from exc
+            raise MediaError(
+                "corrupt_media", f"{path.name} is damaged or truncated ({exc.strerror})"
+            ) from exc
         raise MediaError("unsupported_format", f"{path.name} is not a video file we can read") from exc
 
 
 def _normalise_rotation(ccw_degrees: float) -> int:
-    return int(round(ccw_degrees / 90.0)) % 4 * 90
+    return round(ccw_degrees / 90.0) % 4 * 90
 
 
 def probe_video(path: str | Path, limits: MediaLimits | None = None) -> VideoInfo:
@@ -99,20 +101,24 @@ def probe_video(path: str | Path, limits: MediaLimits | None = None) -> VideoInf
     with _open_container(path) as container:
         fmt = container.format.name
         if fmt not in limits.video_containers:
-            raise MediaError("unsupported_format", f"{fmt} files are not accepted; send MP4, MOV, MKV or WebM")
+            raise MediaError(
+                "unsupported_format", f"{fmt} files are not accepted; send MP4, MOV, MKV or WebM"
+            )
         if not container.streams.video:
             raise MediaError("no_video_stream", f"{path.name} has no video stream")
         stream = container.streams.video[0]
         codec = stream.codec_context.name
         if codec not in limits.video_codecs:
-            raise MediaError("unsupported_codec", f"{codec} video is not accepted; use H.264, HEVC, VP9 or AV1")
+            raise MediaError(
+                "unsupported_codec", f"{codec} video is not accepted; use H.264, HEVC, VP9 or AV1"
+            )
 
-        first = None
         try:
-            for first in container.decode(stream):
-                break
+            first = next(container.decode(stream), None)
         except av.error.FFmpegError as exc:
-            raise MediaError("corrupt_media", f"{path.name}: the video cannot be decoded ({exc.strerror})") from exc
+            raise MediaError(
+                "corrupt_media", f"{path.name}: the video cannot be decoded ({exc.strerror})"
+            ) from exc
         if first is None:
             raise MediaError("empty_media", f"{path.name} holds no decodable video frame")
 
@@ -159,7 +165,8 @@ def _check_limits(info: VideoInfo, limits: MediaLimits) -> None:
     name = Path(info.path).name
     if info.width * info.height > limits.max_video_pixels:
         raise MediaError(
-            "too_large", f"{name} is {info.width}x{info.height}; the limit is {limits.max_video_pixels} pixels"
+            "too_large",
+            f"{name} is {info.width}x{info.height}; the limit is {limits.max_video_pixels} pixels",
         )
     if min(info.width, info.height) < limits.min_video_side:
         raise MediaError("too_small", f"{name} is {info.width}x{info.height}; too small to hold a person")
@@ -247,7 +254,9 @@ class DrivingVideo:
             except av.error.FFmpegError as exc:
                 # A damaged tail still leaves the frames before it usable; nothing usable is an error.
                 if yielded == 0:
-                    raise MediaError("corrupt_media", f"{path.name} cannot be decoded ({exc.strerror})") from exc
+                    raise MediaError(
+                        "corrupt_media", f"{path.name} cannot be decoded ({exc.strerror})"
+                    ) from exc
             if graph is None:
                 raise MediaError("empty_media", f"{path.name} holds no decodable video frame")
             graph.vpush(None)
@@ -258,7 +267,11 @@ class DrivingVideo:
                     return
 
     def _build_graph(
-        self, stream: av.video.stream.VideoStream, first: av.VideoFrame, fps: Fraction, size: tuple[int, int] | None
+        self,
+        stream: av.video.stream.VideoStream,
+        first: av.VideoFrame,
+        fps: Fraction,
+        size: tuple[int, int] | None,
     ) -> av.filter.Graph:
         graph = av.filter.Graph()
         nodes = [graph.add_buffer(template=stream)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import threading
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,52 +41,65 @@ def _even(frame: np.ndarray) -> np.ndarray:
 
 
 class _AudioCopier:
-    """Re-encodes the driving video's first audio track to AAC, interleaved with the video as it grows."""
+    """Re-encodes the driving video's first audio track to AAC, interleaved with the video as it grows.
+
+    Audio is written up to the video's current end; the final call trims it to the video's length.
+    """
 
     def __init__(self, source: Path, output: av.container.OutputContainer) -> None:
         self._input = av.open(str(source), options=_OPEN_OPTIONS)
-        in_stream = self._input.streams.audio[0]
         self._stream = output.add_stream("aac", rate=_AUDIO_RATE, layout="stereo")
         self._stream.bit_rate = 128_000
         self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=_AUDIO_RATE)
-        self._frames = self._input.decode(in_stream)
+        self._decoded = self._input.decode(self._input.streams.audio[0])
         self._output = output
-        self._written = 0  # samples
-        self._start: float | None = None
+        self._pending: list[av.AudioFrame] = []
+        self._written = 0  # samples handed to the encoder
         self._exhausted = False
 
-    def write_until(self, seconds: float) -> None:
-        limit = round(seconds * _AUDIO_RATE)
-        while not self._exhausted and self._written < limit:
-            try:
-                frame = next(self._frames)
-            except (StopIteration, av.error.FFmpegError):
-                self._exhausted = True
-                break
-            if self._start is None:
-                self._start = frame.time or 0.0
+    def _pull(self) -> bool:
+        """Resample the next decoded frame into ``_pending``; False once the source is used up."""
+        if self._exhausted:
+            return False
+        try:
+            frame = next(self._decoded)
+        except (StopIteration, av.error.FFmpegError):
+            frame = None  # a damaged audio tail ends the track; the video is unaffected
+        if frame is None:
+            self._exhausted = True
+            self._pending += self._resampler.resample(None)
+        else:
             frame.pts = None
-            for resampled in self._resampler.resample(frame):
-                self._encode(resampled, limit)
+            self._pending += self._resampler.resample(frame)
+        return True
 
-    def _encode(self, frame: av.AudioFrame, limit: int) -> None:
-        keep = min(frame.samples, limit - self._written)
-        if keep <= 0:
-            return
-        if keep < frame.samples:  # trim the last frame to the video's end
-            data = frame.to_ndarray()[:, :keep]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout="stereo")
-            frame.sample_rate = _AUDIO_RATE
-        frame.pts = self._written
-        frame.time_base = Fraction(1, _AUDIO_RATE)
-        self._written += frame.samples
-        for packet in self._stream.encode(frame):
-            self._output.mux(packet)
+    def write_until(self, seconds: float, final: bool = False) -> None:
+        limit = round(seconds * _AUDIO_RATE)
+        while self._written < limit:
+            if not self._pending and not self._pull():
+                return
+            if not self._pending:
+                continue
+            frame = self._pending[0]
+            room = limit - self._written
+            if frame.samples > room:
+                if not final:
+                    return  # wait until the video has grown past this frame
+                data = np.ascontiguousarray(frame.to_ndarray()[:, :room])
+                frame = av.AudioFrame.from_ndarray(data, format="fltp", layout="stereo")
+                frame.sample_rate = _AUDIO_RATE
+            self._pending.pop(0)
+            frame.pts, frame.time_base = self._written, Fraction(1, _AUDIO_RATE)
+            self._written += frame.samples
+            for packet in self._stream.encode(frame):
+                self._output.mux(packet)
 
     def finish(self, seconds: float) -> None:
-        self.write_until(seconds)
+        self.write_until(seconds, final=True)
         for packet in self._stream.encode(None):
             self._output.mux(packet)
+
+    def close(self) -> None:
         self._input.close()
 
 
@@ -113,6 +126,7 @@ def write_video(
     os.close(fd)
     tmp = Path(tmp_name)
     count = 0
+    audio: _AudioCopier | None = None
     try:
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as output:
             iterator: Iterator[np.ndarray] = iter(frames)
@@ -127,7 +141,6 @@ def write_video(
             stream.codec_context.colorspace = 1  # BT.709 tags, matching the conversion below
             stream.codec_context.color_primaries = 1
             stream.codec_context.color_trc = 1
-            audio = None
             if audio_from is not None:
                 with av.open(str(audio_from), options=_OPEN_OPTIONS) as probe:
                     has_audio = bool(probe.streams.audio)
@@ -146,7 +159,8 @@ def write_video(
                 array = _even(_check_frame(array))
                 if array.shape[:2] != (height, width):
                     raise MediaError(
-                        "invalid_frame", f"frame {count} is {array.shape[1]}x{array.shape[0]}, not {width}x{height}"
+                        "invalid_frame",
+                        f"frame {count} is {array.shape[1]}x{array.shape[0]}, not {width}x{height}",
                     )
                 return array
 
@@ -158,6 +172,8 @@ def write_video(
                 audio.finish(count / fps)
         os.replace(tmp, path)
     finally:
+        if audio is not None:
+            audio.close()
         tmp.unlink(missing_ok=True)
     return WrittenVideo(path, count, width, height, float(rate), audio is not None)
 
@@ -203,5 +219,7 @@ def _converted(arrays: Iterator[np.ndarray], depth: int = 4) -> Iterator[av.Vide
 
 def _check_frame(array: np.ndarray) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise MediaError("invalid_frame", f"frames must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
+        raise MediaError(
+            "invalid_frame", f"frames must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}"
+        )
     return np.ascontiguousarray(array)

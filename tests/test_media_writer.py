@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from _media import make_video, top_level_boxes
+from conftest import DANCE
+
+from animate.media import MediaError, open_video, write_video
+
+
+def test_round_trip_dance_576x1024(tmp_path, data_dir):
+    source = open_video(DANCE)
+    out = tmp_path / "dance_576.mp4"
+    written = write_video(out, source.frames(size=(576, 1024)), source.info.fps, crf=18, audio_from=DANCE)
+    assert (written.width, written.height, written.frame_count) == (576, 1024, 288)
+
+    info = open_video(out).info
+    assert (info.codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 576, 1024)
+    assert info.frame_count == 288 and info.fps == pytest.approx(24.0)
+    boxes = top_level_boxes(out)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: playable while downloading
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.profile == "High"
+        audio = container.streams.audio[0]
+        seconds = sum(frame.samples for frame in container.decode(audio)) / audio.rate
+        assert abs(seconds - 12.0) < 0.1  # the source's 12 s of audio, whole
+    # The picture survives: the re-decoded frames match a fresh decode of the source.
+    first_out = next(open_video(out).frames())
+    first_src = next(source.frames(size=(576, 1024)))
+    assert np.abs(first_out.astype(int) - first_src.astype(int)).mean() < 3
+
+
+def test_audio_trimmed_to_video_length(tmp_path, data_dir):
+    source = open_video(DANCE)
+    out = write_video(
+        tmp_path / "short.mp4", source.frames(max_frames=48, size=(144, 256)), 24, audio_from=DANCE
+    )
+    assert out.has_audio and out.frame_count == 48
+    with av.open(str(out.path)) as container:
+        audio = container.streams.audio[0]
+        seconds = sum(frame.samples for frame in container.decode(audio)) / audio.rate
+    assert abs(seconds - 2.0) < 0.05
+
+
+def test_no_audio_source_means_no_audio(tmp_path):
+    silent = make_video(tmp_path / "silent.mp4", n_frames=3)
+    out = write_video(tmp_path / "o.mp4", open_video(silent).frames(), 10, audio_from=silent)
+    assert not out.has_audio and not open_video(out.path).info.has_audio
+
+
+def test_odd_frames_padded_to_even(tmp_path):
+    frames = [np.full((47, 63, 3), 100, np.uint8) for _ in range(3)]
+    out = write_video(tmp_path / "odd.mp4", frames, 12)
+    assert (out.width, out.height) == (64, 48)
+    assert open_video(out.path).info.frame_count == 3
+
+
+def test_fractional_fps(tmp_path):
+    frames = (np.full((32, 32, 3), i * 10, np.uint8) for i in range(10))
+    out = write_video(tmp_path / "ntsc.mp4", frames, 30000 / 1001)
+    assert open_video(out.path).info.fps == pytest.approx(29.97, abs=0.01)
+
+
+def test_errors_leave_no_file(tmp_path):
+    target = tmp_path / "out.mp4"
+    with pytest.raises(MediaError) as excinfo:
+        write_video(target, [], 24)
+    assert excinfo.value.code == "empty_media"
+    frames = [np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)]
+    with pytest.raises(MediaError) as excinfo:
+        write_video(target, frames, 24)
+    assert excinfo.value.code == "invalid_frame"
+    with pytest.raises(MediaError):
+        write_video(target, [np.zeros((32, 32), np.float32)], 24)
+
+    def failing():
+        yield np.zeros((32, 32, 3), np.uint8)
+        raise RuntimeError("renderer crashed")
+
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        write_video(target, failing(), 24)
+    # Atomic output: no half-written video and no temporary file remain.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_is_atomic(tmp_path):
+    target = tmp_path / "out.mp4"
+    write_video(target, [np.zeros((32, 32, 3), np.uint8)] * 2, 24)
+    write_video(target, [np.full((32, 32, 3), 200, np.uint8)] * 5, 24)
+    assert open_video(target).info.frame_count == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
