@@ -15,6 +15,7 @@ import typer
 from animate import __version__
 from animate.cli import doctor as doctor_cmd
 from animate.cli import media as media_cmd
+from animate.cli import pose as pose_cmd
 from animate.errors import AnimateError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -45,6 +46,7 @@ def _root(
 
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(media_cmd.app, name="media")
+app.command("pose")(pose_cmd.pose)
 
 
 def run(argv: list[str] | None = None) -> int:
