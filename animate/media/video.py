@@ -286,7 +286,7 @@ class DrivingVideo:
         width, height = self.info.width, self.info.height
         if size is not None and (size[0], size[1]) != (width, height):
             scaled_w, scaled_h = cover_size(width, height, size[0], size[1])
-            nodes.append(graph.add("scale", f"{scaled_w}:{scaled_h}:flags=bicubic"))
+            nodes.append(graph.add("scale", f"{scaled_w}:{scaled_h}:flags=area"))
             if (scaled_w, scaled_h) != tuple(size):
                 nodes.append(graph.add("crop", f"{size[0]}:{size[1]}"))
         nodes.append(graph.add("format", "rgb24"))
