@@ -31,7 +31,7 @@ def test_sparse_motion_written_at_reference_positions():
 
 
 def test_trajectory_flow_is_blurred_and_follows_motion():
-    reference, frames = _keypoints(4)
+    _, frames = _keypoints(4)
     frames[1, :17, 0] += 4
     frames[2, :17, 0] += 4  # no motion between 1 and 2
     frames[3, :17, 1] += 6
