@@ -26,12 +26,15 @@ class TrackingOptions:
 
 
 def salience(box: Box, width: int, height: int) -> float:
-    """Large and central scores high: area fraction times closeness of the box centre to the frame's."""
+    """Large and central scores high: box diagonal (share of the frame's) weighted by centrality.
+
+    The diagonal, not the area, measures size, so a person seen edge-on (a thin box) still counts as large.
+    """
     x0, y0, x1, y1 = box
-    area = max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(width * height)
+    size = float(np.hypot(x1 - x0, y1 - y0) / np.hypot(width, height))
     cx, cy = (x0 + x1) / 2 / width - 0.5, (y0 + y1) / 2 / height - 0.5
     centrality = max(0.0, 1.0 - 2.0 * float(np.hypot(cx, cy)) / np.sqrt(2.0))
-    return float(np.sqrt(area)) * (0.5 + 0.5 * centrality)
+    return size * (0.5 + 0.5 * centrality) + 1e-3 * centrality  # centrality breaks ties
 
 
 def _diag(box: Box) -> float:
