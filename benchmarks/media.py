@@ -53,7 +53,8 @@ def main() -> None:
             )
             rows.append((f"encode {width}x{height} H.264 CRF 18 {preset}", n, fps, target))
         fps, n = best_fps(
-            lambda: write_video(out, frames, video.fps, crf=18, audio_from=args.video).frame_count, args.repeat
+            lambda: write_video(out, frames, video.fps, crf=18, audio_from=args.video).frame_count,
+            args.repeat,
         )
         rows.append((f"encode {width}x{height} CRF 18 medium + AAC audio", n, fps, ""))
 
