@@ -1,8 +1,9 @@
 """Skeleton images in the DWPose/OpenPose convention: what MimicMotion-style pose guiders were trained on.
 
 18-point body (COCO-17 plus a neck) with OpenPose's 17 limb colours, hands with one HSV hue per edge,
-face as white dots; every colour is multiplied by the keypoint confidences. Drawn on a canvas whose short
-side is 2160 px (as DWPose does) and downsampled with area averaging, which antialiases the result.
+face as white dots; every colour is multiplied by the keypoint confidences. Stroke sizes are DWPose's on
+its 2160 px short-side canvas; we draw at an integer multiple of the output size near that (exact area
+averaging when downsampling, which antialiases) and only around the person (speed).
 The colour tables are in DWPose's BGR canvas order, converted to RGB at the end exactly as they do.
 """
 
@@ -38,41 +39,55 @@ def _scaled(color: tuple[float, ...], factor: float) -> tuple[int, int, int]:
     return tuple(int(float(c) * factor) for c in color)  # type: ignore[return-value]
 
 
-def _draw_body(canvas: np.ndarray, body: np.ndarray, k: float) -> None:
+class _Canvas:
+    """A supersampled region of the output: output pixel (x, y) -> canvas ((x - x0) * k, (y - y0) * k)."""
+
+    def __init__(self, x0: int, y0: int, x1: int, y1: int, k: int, unit: float) -> None:
+        self.x0, self.y0, self.k = x0, y0, k
+        self.size = k * unit  # canvas pixels per DWPose canvas pixel
+        self.image = np.zeros(((y1 - y0) * k, (x1 - x0) * k, 3), np.uint8)
+
+    def at(self, x: float, y: float) -> tuple[int, int]:
+        return int((x - self.x0) * self.k), int((y - self.y0) * self.k)
+
+    def px(self, dwpose_pixels: float) -> int:
+        return max(1, round(dwpose_pixels * self.size))
+
+
+def _draw_body(c: _Canvas, body: np.ndarray) -> None:
     for i, (a, b) in enumerate(LIMBS):
         pa, pb = body[a - 1], body[b - 1]
         if pa[2] < THRESHOLD or pb[2] < THRESHOLD:
             continue
-        mx, my = (pa[0] + pb[0]) / 2 * k, (pa[1] + pb[1]) / 2 * k
-        length = math.hypot(pa[0] - pb[0], pa[1] - pb[1]) * k
+        centre = c.at((pa[0] + pb[0]) / 2, (pa[1] + pb[1]) / 2)
+        length = math.hypot(pa[0] - pb[0], pa[1] - pb[1]) * c.k
         angle = math.degrees(math.atan2(pa[1] - pb[1], pa[0] - pb[0]))
-        poly = cv2.ellipse2Poly((int(mx), int(my)), (int(length / 2), 4), int(angle), 0, 360, 1)
-        cv2.fillConvexPoly(canvas, poly, _scaled(COLORS[i], float(pa[2] * pb[2])))
+        poly = cv2.ellipse2Poly(centre, (int(length / 2), c.px(4)), int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(c.image, poly, _scaled(COLORS[i], float(pa[2] * pb[2])))
     # DWPose dims the limbs so the joint dots stand out.
-    np.multiply(canvas, 0.6, out=canvas, casting="unsafe")
+    cv2.convertScaleAbs(c.image, c.image, 0.6)
     for i, (x, y, s) in enumerate(body):
         if s >= THRESHOLD:
-            cv2.circle(canvas, (int(x * k), int(y * k)), 4, _scaled(COLORS[i], float(s)), thickness=-1)
+            cv2.circle(c.image, c.at(x, y), c.px(4), _scaled(COLORS[i], float(s)), thickness=-1)
 
 
-def _draw_hand(canvas: np.ndarray, hand: np.ndarray, k: float) -> None:
+def _draw_hand(c: _Canvas, hand: np.ndarray) -> None:
     for i, (a, b) in enumerate(HAND_EDGES):
         pa, pb = hand[a], hand[b]
         if pa[2] < THRESHOLD or pb[2] < THRESHOLD:
             continue
         color = _scaled(HAND_COLORS[i], float(pa[2] * pb[2]) * 255.0)
-        p0, p1 = (int(pa[0] * k), int(pa[1] * k)), (int(pb[0] * k), int(pb[1] * k))
-        cv2.line(canvas, p0, p1, color, thickness=2)
+        cv2.line(c.image, c.at(pa[0], pa[1]), c.at(pb[0], pb[1]), color, thickness=c.px(2))
     for x, y, s in hand:
         if s >= THRESHOLD:
-            cv2.circle(canvas, (int(x * k), int(y * k)), 4, (0, 0, int(s * 255)), thickness=-1)
+            cv2.circle(c.image, c.at(x, y), c.px(4), (0, 0, int(s * 255)), thickness=-1)
 
 
-def _draw_face(canvas: np.ndarray, face: np.ndarray, k: float) -> None:
+def _draw_face(c: _Canvas, face: np.ndarray) -> None:
     for x, y, s in face:
         if s >= THRESHOLD:
-            c = int(s * 255)
-            cv2.circle(canvas, (int(x * k), int(y * k)), 3, (c, c, c), thickness=-1)
+            v = int(s * 255)
+            cv2.circle(c.image, c.at(x, y), c.px(3), (v, v, v), thickness=-1)
 
 
 def draw_pose(
@@ -85,21 +100,29 @@ def draw_pose(
     face: bool = True,
     canvas_short_side: int = CANVAS_SHORT_SIDE,
 ) -> np.ndarray:
-    """An (height, width, 3) uint8 RGB skeleton image of ``pose`` (pixel coordinates of that size).
-
-    Stroke widths are DWPose's on a 2160 px short side canvas, so skeletons look alike at every output size.
-    """
-    out_k = canvas_short_side / min(width, height)
-    canvas = np.zeros((round(height * out_k), round(width * out_k), 3), np.uint8)
-    if pose.detected:
-        # Strokes have fixed sizes in canvas pixels (as in DWPose); positions scale by out_k.
-        kp = pose.keypoints
-        if body:
-            _draw_body(canvas, openpose18(kp), out_k)
-        if hands:
-            _draw_hand(canvas, kp[LEFT_HAND], out_k)
-            _draw_hand(canvas, kp[RIGHT_HAND], out_k)
-        if face:
-            _draw_face(canvas, kp[FACE], out_k)
-    small = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(small[:, :, ::-1])
+    """An (height, width, 3) uint8 RGB skeleton image of ``pose`` (pixel coordinates of that size)."""
+    out = np.zeros((height, width, 3), np.uint8)
+    kp = pose.keypoints
+    shown = kp[:, 2] >= THRESHOLD
+    if not pose.detected or not shown.any():
+        return out
+    unit = min(width, height) / canvas_short_side  # output pixels per DWPose canvas pixel
+    k = max(1, round(1 / unit))
+    margin = math.ceil(6 * unit) + 2  # the widest stroke (a radius-4 joint dot) around the keypoints
+    lo = np.floor(kp[shown, :2].min(axis=0)).astype(int) - margin
+    hi = np.ceil(kp[shown, :2].max(axis=0)).astype(int) + margin
+    x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
+    x1, y1 = min(width, int(hi[0])), min(height, int(hi[1]))
+    if x1 <= x0 or y1 <= y0:
+        return out
+    canvas = _Canvas(x0, y0, x1, y1, k, unit)
+    if body:
+        _draw_body(canvas, openpose18(kp))
+    if hands:
+        _draw_hand(canvas, kp[LEFT_HAND])
+        _draw_hand(canvas, kp[RIGHT_HAND])
+    if face:
+        _draw_face(canvas, kp[FACE])
+    small = cv2.resize(canvas.image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    out[y0:y1, x0:x1] = small[:, :, ::-1]  # DWPose's BGR canvas, handed out as RGB like they do
+    return out

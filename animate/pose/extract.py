@@ -7,6 +7,8 @@ and tiled views before concluding that nobody is there, because references come 
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,6 +98,39 @@ def estimate_frames(
     return out
 
 
+def prefetch(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
+    """Decode ahead in a thread (FFmpeg releases the GIL), so decoding overlaps pose inference."""
+    items: queue.Queue = queue.Queue(depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                items.put(frame)
+        except BaseException as exc:  # handed to the consumer, which re-raises it in its own thread
+            items.put(exc)
+            return
+        items.put(done)
+
+    worker = threading.Thread(target=produce, name="pose-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
+
+
 def estimate_video(
     video: object,
     estimator: PoseEstimator | None = None,
@@ -119,7 +154,7 @@ def estimate_video(
     estimator = estimator or _default_estimator(static=False, segmentation=options.keep_masks)
     try:
         candidates = estimate_frames(
-            video.frames(fps=fps, max_frames=max_frames, size=size),
+            prefetch(video.frames(fps=fps, max_frames=max_frames, size=size)),
             estimator,
             width=video.width,
             height=video.height,
