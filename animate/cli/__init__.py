@@ -16,6 +16,7 @@ from animate import __version__
 from animate.cli import doctor as doctor_cmd
 from animate.cli import media as media_cmd
 from animate.cli import pose as pose_cmd
+from animate.cli import run as run_cmd
 from animate.errors import AnimateError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -44,6 +45,7 @@ def _root(
     """Animate a reference photo of a person with the motion of a driving video."""
 
 
+app.command("run")(run_cmd.run)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(media_cmd.app, name="media")
 app.command("pose")(pose_cmd.pose)

@@ -12,6 +12,8 @@ import numpy as np
 class GuidanceBundle:
     """Guidance for T output frames of ``size`` = (width, height), all in output pixels.
 
+    Per-frame image stacks are optional: an engine that needs them (diffusion) has them filled in; the
+    warp engine streams from the keypoints, so memory stays flat for long videos.
     Images are uint8 RGB (T, H, W, 3); masks uint8 (.., H, W) with 0/255; flows float32 (T, H, W, 2) in
     pixels (x, y); keypoints float32 (T, 133, 3) COCO-WholeBody, retargeted onto the reference.
     ``dense_flow[t]`` moves reference pixels to frame t; ``trajectory_flow[t]`` is frame t-1 -> t.
@@ -21,9 +23,9 @@ class GuidanceBundle:
     reference_mask: np.ndarray  # (H, W) the reference person
     reference_keypoints: np.ndarray  # (133, 3)
     keypoints: np.ndarray  # (T, 133, 3)
-    pose_images: np.ndarray  # (T, H, W, 3) skeletons, DWPose convention
     fps: float
     size: tuple[int, int]
+    pose_images: np.ndarray | None = None  # (T, H, W, 3) skeletons, DWPose convention
     depth: np.ndarray | None = None  # (T, H, W, 3)
     normal: np.ndarray | None = None  # (T, H, W, 3)
     semantic: np.ndarray | None = None  # (T, H, W, 3)

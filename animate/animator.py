@@ -1,0 +1,284 @@
+"""The one way in: ``Animator(settings).run(reference, driving, ...)`` -> an mp4 and its artifacts.
+
+The CLI, the server's workers and the tests all call this facade. Stages, in order: decode, pose, body,
+motion, render, encode (render and encode stream together, frame by frame). Progress is reported through
+one callback type; cancellation is cooperative (``should_cancel`` is polled between frames).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from animate.engines import ENGINE_NAMES, select_engine
+from animate.errors import AnimateError
+from animate.media import ReferenceImage, cover_size, load_image, open_video, write_video
+from animate.motion.bundle import GuidanceBundle
+from animate.motion.visualize import flow_to_color
+from animate.settings import Settings
+
+#: Share of the whole run each stage takes, for one overall ``fraction`` (rough CPU proportions).
+STAGE_WEIGHTS = {"decode": 0.02, "pose": 0.38, "body": 0.0, "motion": 0.05, "render": 0.5, "encode": 0.05}
+STAGES = tuple(STAGE_WEIGHTS)
+MAX_SIDE, SHORT_SIDE = 1024, 576
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # one of STAGES
+    fraction: float  # overall, 0..1, never decreasing; 1.0 is reported exactly once, at the end
+    step: int  # within the stage
+    total: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Canceled(AnimateError):
+    code = "canceled"
+
+
+@dataclass(frozen=True)
+class AnimationOptions:
+    engine: str = "auto"  # auto | warp | diffusion
+    size: tuple[int, int] | None = None  # (width, height); default: the reference's aspect in 576x1024
+    fps: float | None = None  # default: the driving video's
+    max_frames: int | None = None
+    seed: int = 0
+    steps: int = 25  # diffusion only
+    guidance_scale: float = 2.0  # diffusion only
+    retarget: str = "bones"  # bones | global (MimicMotion's one scale + offset)
+    audio: bool = True  # keep the driving video's audio
+
+    def validate(self) -> None:
+        if self.engine not in ENGINE_NAMES:
+            raise AnimateError("invalid_option", f"engine must be one of {', '.join(ENGINE_NAMES)}")
+        if self.size is not None and (
+            min(self.size) < 64 or max(self.size) > 4096 or self.size[0] % 2 or self.size[1] % 2
+        ):
+            raise AnimateError("invalid_option", f"size must be even and within 64..4096, got {self.size}")
+        if self.fps is not None and not 1 <= self.fps <= 60:
+            raise AnimateError("invalid_option", f"fps must be within 1..60, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise AnimateError("invalid_option", f"max_frames must be >= 1, got {self.max_frames}")
+        if self.retarget not in ("bones", "global"):
+            raise AnimateError("invalid_option", "retarget must be 'bones' or 'global'")
+        if not 1 <= self.steps <= 200:
+            raise AnimateError("invalid_option", f"steps must be within 1..200, got {self.steps}")
+
+
+@dataclass
+class AnimationResult:
+    video: Path
+    engine: str
+    frames: int
+    fps: float
+    size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "video": str(self.video),
+            "engine": self.engine,
+            "frames": self.frames,
+            "fps": self.fps,
+            "width": self.size[0],
+            "height": self.size[1],
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "artifacts": {k: str(v) for k, v in self.artifacts.items()},
+        }
+
+
+def default_size(width: int, height: int) -> tuple[int, int]:
+    """The reference's aspect inside 576x1024 (or 1024x576), sides multiples of 8."""
+    box = (SHORT_SIDE, MAX_SIDE) if height >= width else (MAX_SIDE, SHORT_SIDE)
+    scale = min(box[0] / width, box[1] / height)
+    if min(width, height) * scale < SHORT_SIDE:  # short side 576 unless that breaks the long-side cap
+        scale = min(SHORT_SIDE / min(width, height), MAX_SIDE / max(width, height))
+    return max(64, round(width * scale / 8) * 8), max(64, round(height * scale / 8) * 8)
+
+
+def fit_reference(image: ReferenceImage, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference (and its alpha mask) scaled to cover ``size`` and centre-cropped."""
+    width, height = size
+    scaled = cover_size(image.width, image.height, width, height)
+    shrink = scaled[0] < image.width
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    x0, y0 = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+    rgb = cv2.resize(image.rgb, scaled, interpolation=interp)[y0 : y0 + height, x0 : x0 + width]
+    mask = None
+    if image.mask is not None:
+        mask = cv2.resize(image.mask, scaled, interpolation=cv2.INTER_LINEAR)[
+            y0 : y0 + height, x0 : x0 + width
+        ]
+    return np.ascontiguousarray(rgb), mask
+
+
+class _Reporter:
+    """Turns per-stage steps into one monotonic overall fraction; 1.0 is sent once, by ``finish``."""
+
+    def __init__(self, callback: ProgressCallback | None, should_cancel: Callable[[], bool] | None) -> None:
+        self.callback = callback
+        self.should_cancel = should_cancel
+        self.last = 0.0
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise Canceled("canceled", "the job was canceled")
+        done = sum(STAGE_WEIGHTS[s] for s in STAGES[: STAGES.index(stage)])
+        fraction = done + STAGE_WEIGHTS[stage] * (step / total if total else 1.0)
+        self.last = max(self.last, min(fraction, 0.999))
+        if self.callback is not None:
+            self.callback(Progress(stage, self.last, step, total))
+
+    def finish(self, total: int) -> None:
+        self.last = 1.0
+        if self.callback is not None:
+            self.callback(Progress("encode", 1.0, total, total))
+
+
+class Animator:
+    """Holds the settings and the models loaded for them; reuse one instance across jobs."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+
+    def run(
+        self,
+        reference: str | Path,
+        driving: str | Path,
+        output: str | Path,
+        options: AnimationOptions | None = None,
+        *,
+        artifacts_dir: str | Path | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> AnimationResult:
+        from animate.pose import PoseError, draw_pose, estimate_image, estimate_video, global_fit, retarget
+
+        options = options or AnimationOptions()
+        options.validate()
+        report = _Reporter(progress, should_cancel)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - clock
+            clock = now
+
+        # 1. decode: validate both inputs before any heavy work
+        report("decode", 0, 1)
+        media = self.settings.media
+        image = load_image(reference, media)
+        video = open_video(driving, media)
+        engine = select_engine(options.engine, self.settings)
+        size = options.size or default_size(image.width, image.height)
+        fps = float(options.fps or video.fps)
+        ref_rgb, ref_alpha = fit_reference(image, size)
+        report("decode", 1, 1)
+        lap("decode")
+
+        # 2. pose: reference (static, with segmentation) and driving video, then retarget onto the reference
+        ref_pose = estimate_image(ref_rgb if ref_alpha is None else ReferenceImage(ref_rgb, ref_alpha, "PNG"))
+        expected = video.output_frame_count(options.fps, options.max_frames)
+        driving_poses = estimate_video(
+            video,
+            fps=options.fps,
+            max_frames=options.max_frames,
+            progress=lambda done, total: report("pose", done, max(total, expected)),
+        )
+        fit = global_fit if options.retarget == "global" else retarget
+        try:
+            targets = fit(driving_poses, ref_pose, size[0], size[1])
+        except PoseError:
+            raise
+        keypoints = targets.keypoints
+        if ref_alpha is not None:
+            person = ref_alpha
+        elif ref_pose.mask is not None:
+            person = ref_pose.mask
+        else:
+            raise AnimateError("no_person_detected", "the reference person could not be segmented")
+        lap("pose")
+
+        # 3. motion: keypoint guidance (the dense field is computed per frame by the engine)
+        bundle = GuidanceBundle(
+            reference=ref_rgb,
+            reference_mask=np.where(person > 127, 255, 0).astype(np.uint8),
+            reference_keypoints=ref_pose.keypoints,
+            keypoints=keypoints,
+            fps=fps,
+            size=size,
+        )
+        bundle.validate()
+        artifacts: dict[str, Path] = {}
+        if artifacts_dir is not None:
+            artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, draw_pose, report)
+        report("motion", 1, 1)
+        lap("motion")
+
+        # 4-5. render + encode, streamed frame by frame
+        total = bundle.num_frames
+
+        def frames() -> Iterator[np.ndarray]:
+            yield from engine.render(
+                bundle,
+                progress=lambda done, n: report("render", done, n),
+                should_cancel=report.should_cancel,
+            )
+            if report.should_cancel is not None and report.should_cancel():
+                raise Canceled("canceled", "the job was canceled")
+
+        written = write_video(
+            output,
+            frames(),
+            fps,
+            crf=self.settings.output_crf,
+            preset=self.settings.output_preset,
+            audio_from=driving if options.audio and video.info.has_audio else None,
+        )
+        lap("render")
+        report("encode", 1, 1)
+        report.finish(total)
+        return AnimationResult(
+            video=written.path,
+            engine=engine.name,
+            frames=written.frame_count,
+            fps=written.fps,
+            size=(written.width, written.height),
+            timings=timings,
+            artifacts=artifacts,
+        )
+
+    def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, draw_pose, report) -> dict:
+        """Guidance previews a person can check by eye: skeletons, keypoints, motion colours."""
+        from animate.motion.keypoint_flow import trajectory_flow
+
+        directory.mkdir(parents=True, exist_ok=True)
+        width, height = bundle.size
+        out: dict[str, Path] = {}
+        targets.save(directory / "poses.json")
+        out["poses"] = directory / "poses.json"
+        skeletons = (draw_pose(pose, width, height) for pose in targets)
+        out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons, bundle.fps).path
+
+        def motion_frames() -> Iterator[np.ndarray]:
+            # Trajectory flow in chunks, so memory stays bounded for long videos.
+            chunk = 32
+            for start in range(0, bundle.num_frames, chunk):
+                lo = max(0, start - 1)
+                flows = trajectory_flow(bundle.keypoints[lo : start + chunk], bundle.size)
+                for flow in flows[start - lo :]:
+                    yield flow_to_color(flow, max_magnitude=max(4.0, 0.01 * height))
+                report("motion", min(start + chunk, bundle.num_frames), bundle.num_frames)
+
+        out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps).path
+        return out

@@ -1,0 +1,59 @@
+"""``animate run``: reference photo + driving video -> mp4, through the ``Animator`` facade."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from animate.animator import AnimationOptions, Animator, Progress
+from animate.cli.media import parse_size
+from animate.settings import Settings
+
+
+def run(
+    reference: Path = typer.Argument(..., help="Reference image of the person (JPEG, PNG, WebP)."),
+    driving: Path = typer.Argument(..., help="Driving video with the motion."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output mp4."),
+    engine: str = typer.Option("auto", help="auto | warp | diffusion (auto: diffusion with weights + GPU)."),
+    artifacts: Path | None = typer.Option(None, help="Also write guidance previews into this directory."),
+    size: str | None = typer.Option(None, help="WIDTHxHEIGHT (default: the reference's aspect in 576x1024)."),
+    fps: float | None = typer.Option(None, help="Output frame rate (default: the driving video's)."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Only the first N frames."),
+    seed: int = typer.Option(0, help="Random seed (diffusion)."),
+    retarget: str = typer.Option("bones", help="bones (reference bone lengths) | global (one scale+offset)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Animate REFERENCE with the motion of DRIVING and write an mp4."""
+    options = AnimationOptions(
+        engine=engine,
+        size=parse_size(size),
+        fps=fps,
+        max_frames=max_frames,
+        seed=seed,
+        retarget=retarget,
+    )
+    options.validate()
+    with typer.progressbar(length=1000, label="animate", file=None, show_eta=True) as bar:
+        shown = 0
+
+        def on_progress(p: Progress) -> None:
+            nonlocal shown
+            target = int(p.fraction * 1000)
+            if target > shown:
+                bar.label = f"{p.stage:<7}"
+                bar.update(target - shown)
+                shown = target
+
+        result = Animator(Settings()).run(
+            reference, driving, output, options, artifacts_dir=artifacts, progress=on_progress
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        w, h = result.size
+        typer.echo(
+            f"wrote {result.video} ({w}x{h}, {result.frames} frames, {result.fps:g} fps, {result.engine})"
+        )
+        typer.echo("  " + "  ".join(f"{stage} {seconds:.1f}s" for stage, seconds in result.timings.items()))

@@ -1,0 +1,51 @@
+"""Renderers: each turns a ``GuidanceBundle`` into frames. ``select_engine`` implements ``--engine auto``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+
+from animate.errors import AnimateError
+from animate.motion.bundle import GuidanceBundle
+from animate.settings import Settings
+
+ENGINE_NAMES = ("auto", "warp", "diffusion")
+
+
+class Engine(Protocol):
+    name: str
+
+    def render(
+        self,
+        bundle: GuidanceBundle,
+        progress: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[np.ndarray]: ...
+
+
+def diffusion_unavailable_reason(settings: Settings) -> str | None:
+    """Why the diffusion engine cannot run here, or None when it can."""
+    try:
+        from animate.engines.diffusion import DiffusionEngine
+    except ImportError:
+        return "this build has no diffusion engine module (animate.engines.diffusion)"
+    return DiffusionEngine.unavailable_reason(settings)
+
+
+def select_engine(name: str, settings: Settings) -> Engine:
+    """``auto`` takes diffusion only when its weights and a GPU are present, else warp."""
+    if name not in ENGINE_NAMES:
+        raise AnimateError("invalid_option", f"engine must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    if name != "warp":
+        reason = diffusion_unavailable_reason(settings)
+        if reason is None:
+            from animate.engines.diffusion import DiffusionEngine
+
+            return DiffusionEngine.from_settings(settings)
+        if name == "diffusion":
+            raise AnimateError("engine_unavailable", f"the diffusion engine cannot run: {reason}")
+    from animate.engines.warp import WarpEngine
+
+    return WarpEngine()

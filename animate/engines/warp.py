@@ -1,0 +1,141 @@
+"""The CPU engine: no weights, it moves the reference person's own pixels along the dense motion field.
+
+Per frame, reference person pixels are carried to their target positions (forward splatting with a
+depth order by body part), the target silhouette is closed, each target pixel looks up its exact
+source position (a first-order inverse of the field) and samples the reference bilinearly; the result
+is composited with a soft edge over the reference background, whose person was removed and filled once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from animate.motion.bundle import GuidanceBundle
+from animate.motion.skeleton_field import SkeletonField
+
+FrameProgress = Callable[[int, int], None]
+
+
+def fill_background(image: np.ndarray, person: np.ndarray, scale: int = 4) -> np.ndarray:
+    """The image with the person region inpainted (at 1/scale resolution, pasted back with a soft edge)."""
+    height, width = person.shape
+    grown = cv2.dilate(person.astype(np.uint8), np.ones((9, 9), np.uint8), iterations=2)
+    if not grown.any():
+        return image.copy()
+    small_size = (max(8, width // scale), max(8, height // scale))
+    small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
+    small_mask = (cv2.resize(grown, small_size, interpolation=cv2.INTER_NEAREST) > 0).astype(np.uint8)
+    small_mask = cv2.dilate(small_mask, np.ones((3, 3), np.uint8))
+    filled = cv2.inpaint(small, small_mask, 5, cv2.INPAINT_TELEA)
+    filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_CUBIC)
+    alpha = cv2.GaussianBlur(grown.astype(np.float32), (0, 0), 2.0)[..., None]
+    return (image * (1 - alpha) + filled * alpha + 0.5).astype(np.uint8)
+
+
+class WarpEngine:
+    """Engine protocol: ``render(bundle, progress, should_cancel)`` yields (H, W, 3) uint8 frames."""
+
+    name = "warp"
+
+    def __init__(self, edge_sigma: float = 1.0) -> None:
+        self.edge_sigma = edge_sigma
+
+    def render(
+        self,
+        bundle: GuidanceBundle,
+        progress: FrameProgress | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[np.ndarray]:
+        width, height = bundle.size
+        reference = bundle.reference
+        person = bundle.reference_mask > 127
+        background = fill_background(reference, person)
+        ys, xs = np.nonzero(person)
+        pixels = np.stack([xs, ys], 1).astype(np.float64)
+        field = SkeletonField(bundle.reference_keypoints, pixels)
+        grid_index = np.full((height, width), -1, np.int64)
+        grid_index[ys, xs] = np.arange(len(xs))
+        total = bundle.num_frames
+        for t in range(total):
+            if should_cancel is not None and should_cancel():
+                return
+            positions = field.positions(bundle.keypoints[t])
+            yield self._compose(reference, background, pixels, positions, field.layer, grid_index)
+            if progress is not None:
+                progress(t + 1, total)
+
+    def _compose(
+        self,
+        reference: np.ndarray,
+        background: np.ndarray,
+        pixels: np.ndarray,
+        positions: np.ndarray,
+        layer: np.ndarray,
+        grid_index: np.ndarray,
+    ) -> np.ndarray:
+        height, width = grid_index.shape
+        target = np.rint(positions).astype(np.int64)
+        inside = (target[:, 0] >= 0) & (target[:, 0] < width) & (target[:, 1] >= 0) & (target[:, 1] < height)
+        idx = np.flatnonzero(inside)
+        keys = target[idx, 1] * width + target[idx, 0]
+        # Front-most part wins where several source pixels land on one target pixel.
+        order = np.lexsort((layer[idx], keys))
+        keys, idx = keys[order], idx[order]
+        last = np.ones(len(keys), bool)
+        last[:-1] = keys[1:] != keys[:-1]
+        keys, idx = keys[last], idx[last]
+
+        source = np.full(height * width, -1, np.int64)
+        source[keys] = idx
+        source = source.reshape(height, width)
+        covered = source >= 0
+        silhouette = ndimage.binary_closing(covered, structure=np.ones((3, 3)), iterations=2)
+        silhouette = ndimage.binary_fill_holes(silhouette) & ndimage.binary_dilation(covered, iterations=3)
+        if not silhouette.any():
+            return background.copy()
+        # Holes inside the silhouette (stretched limbs) borrow their nearest covered neighbour's source.
+        _, (near_y, near_x) = ndimage.distance_transform_edt(~covered, return_indices=True)
+        source = np.where(silhouette, source[near_y, near_x], -1)
+
+        ty, tx = np.nonzero(silhouette)
+        src = source[ty, tx]
+        # First-order inverse: step back from where the source pixel landed to this pixel's centre.
+        jac_inv = self._inverse_jacobian(positions, grid_index, pixels, src)
+        offset = np.stack([tx, ty], 1) - positions[src]
+        step = np.einsum("nij,nj->ni", jac_inv, offset)
+        step = np.clip(step, -1.5, 1.5)
+        map_x = np.full((height, width), -1, np.float32)
+        map_y = np.full((height, width), -1, np.float32)
+        map_x[ty, tx] = pixels[src, 0] + step[:, 0]
+        map_y[ty, tx] = pixels[src, 1] + step[:, 1]
+        warped = cv2.remap(reference, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.GaussianBlur(silhouette.astype(np.float32), (0, 0), self.edge_sigma)[..., None]
+        alpha *= ndimage.binary_dilation(silhouette, iterations=1)[..., None]
+        return (background * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
+
+    @staticmethod
+    def _inverse_jacobian(
+        positions: np.ndarray, grid_index: np.ndarray, pixels: np.ndarray, src: np.ndarray
+    ) -> np.ndarray:
+        """Per source pixel, the inverse of d(target)/d(source), from neighbouring bound pixels."""
+        height, width = grid_index.shape
+        x = pixels[src, 0].astype(np.int64)
+        y = pixels[src, 1].astype(np.int64)
+        jac = np.tile(np.eye(2), (len(src), 1, 1))
+        for axis, (dx, dy) in enumerate(((1, 0), (0, 1))):
+            nx, ny = np.clip(x + dx, 0, width - 1), np.clip(y + dy, 0, height - 1)
+            neighbour = grid_index[ny, nx]
+            ok = neighbour >= 0
+            jac[ok, :, axis] = positions[neighbour[ok]] - positions[src[ok]]
+        det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+        bad = np.abs(det) < 0.05
+        jac[bad] = np.eye(2)
+        det[bad] = 1.0
+        inv = np.empty_like(jac)
+        inv[:, 0, 0], inv[:, 1, 1] = jac[:, 1, 1] / det, jac[:, 0, 0] / det
+        inv[:, 0, 1], inv[:, 1, 0] = -jac[:, 0, 1] / det, -jac[:, 1, 0] / det
+        return inv

@@ -1,0 +1,214 @@
+"""A dense motion field from the 2D skeleton alone: linear blend skinning of reference pixels onto bones.
+
+Each reference person pixel is bound to the bones near it (Gaussian weights on its distance to each bone
+segment). In a target frame every bone carries its pixels along: a limb maps its bone-local frame (along
+the bone, normalised by length; across it, in pixels) onto the target bone, so foreshortening stretches a
+limb without making it thinner; the torso follows the affine map of shoulders and hips; the head follows
+the neck-to-nose similarity. Bones missing in a frame inherit their parent's motion.
+
+This field needs no body model; ``animate.body`` supplies a 3D-aware field where it is available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from animate.pose.layout import (
+    L_ANKLE,
+    L_BIG_TOE,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_WRIST,
+    LEFT_HAND_ROOT,
+    NOSE,
+    R_ANKLE,
+    R_BIG_TOE,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_WRIST,
+    RIGHT_HAND_ROOT,
+)  # fmt: skip
+
+NECK = -1  # virtual: mid-shoulder
+MIDDLE_MCP = 9  # middle finger base within a 21-point hand
+
+
+@dataclass(frozen=True)
+class Bone:
+    name: str
+    start: int
+    end: int
+    parent: str | None
+    layer: int  # drawing order where bones overlap: higher is in front
+
+
+BONES: tuple[Bone, ...] = (
+    Bone("torso", NECK, -2, None, 0),
+    Bone("head", NECK, NOSE, "torso", 1),
+    Bone("l_thigh", L_HIP, L_KNEE, "torso", 1),
+    Bone("r_thigh", R_HIP, R_KNEE, "torso", 1),
+    Bone("l_shin", L_KNEE, L_ANKLE, "l_thigh", 2),
+    Bone("r_shin", R_KNEE, R_ANKLE, "r_thigh", 2),
+    Bone("l_foot", L_ANKLE, L_BIG_TOE, "l_shin", 2),
+    Bone("r_foot", R_ANKLE, R_BIG_TOE, "r_shin", 2),
+    Bone("l_upper_arm", L_SHOULDER, L_ELBOW, "torso", 3),
+    Bone("r_upper_arm", R_SHOULDER, R_ELBOW, "torso", 3),
+    Bone("l_forearm", L_ELBOW, L_WRIST, "l_upper_arm", 4),
+    Bone("r_forearm", R_ELBOW, R_WRIST, "r_upper_arm", 4),
+    Bone("l_hand", L_WRIST, LEFT_HAND_ROOT + MIDDLE_MCP, "l_forearm", 5),
+    Bone("r_hand", R_WRIST, RIGHT_HAND_ROOT + MIDDLE_MCP, "r_forearm", 5),
+)
+_INDEX = {bone.name: i for i, bone in enumerate(BONES)}
+TORSO_POINTS = (L_SHOULDER, R_SHOULDER, L_HIP, R_HIP)
+
+
+def _point(keypoints: np.ndarray, index: int, threshold: float) -> np.ndarray | None:
+    if index == NECK:
+        pair = keypoints[[L_SHOULDER, R_SHOULDER]]
+        return pair[:, :2].mean(0) if (pair[:, 2] >= threshold).all() else None
+    return keypoints[index, :2] if keypoints[index, 2] >= threshold else None
+
+
+def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ab = b - a
+    t = np.clip(((points - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
+def _affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 affine map src -> dst (>= 3 points)."""
+    design = np.hstack([src, np.ones((len(src), 1))])
+    solution, *_ = np.linalg.lstsq(design, dst, rcond=None)
+    return solution.T
+
+
+class SkeletonField:
+    """Binds reference pixels to bones once; ``positions(target)`` gives where each pixel goes."""
+
+    def __init__(
+        self,
+        reference_keypoints: np.ndarray,
+        pixels: np.ndarray,
+        *,
+        threshold: float = 0.3,
+        sigma: float | None = None,
+    ) -> None:
+        """pixels: (N, 2) float x, y of the reference pixels to move (the person and a margin around it)."""
+        self.threshold = threshold
+        self.reference = np.asarray(reference_keypoints, np.float32)
+        self.pixels = np.asarray(pixels, np.float64)
+        ref = self.reference
+        seen = ref[:17, 2] >= threshold
+        span = ref[:17][seen, :2]
+        height = float(np.ptp(span[:, 1])) if len(span) >= 2 else 100.0
+        self.sigma = sigma if sigma is not None else max(4.0, 0.035 * max(height, 50.0))
+        self.ref_segments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        distances = np.full((len(self.pixels), len(BONES)), np.inf)
+        torso = self._torso_points(ref)
+        if torso is not None:
+            # Distance to the torso quad: 0 inside, else to its nearest edge.
+            corners = torso[[0, 1, 3, 2]]
+            edges = [_segment_distance(self.pixels, corners[i], corners[(i + 1) % 4]) for i in range(4)]
+            inside = _inside_polygon(self.pixels, corners)
+            distances[:, 0] = np.where(inside, 0.0, np.min(edges, axis=0))
+        for i, bone in enumerate(BONES[1:], start=1):
+            a, b = _point(ref, bone.start, threshold), _point(ref, bone.end, threshold)
+            if a is None or b is None or np.allclose(a, b):
+                continue
+            self.ref_segments[i] = (a.astype(np.float64), b.astype(np.float64))
+            distances[:, i] = _segment_distance(self.pixels, a, b)
+        if not np.isfinite(distances).any():
+            raise ValueError("the reference has no usable bones")
+        nearest = distances.min(axis=1, keepdims=True)
+        # Weights relative to the nearest bone: sharp bindings, smooth only where bones meet.
+        logits = -((distances**2 - nearest**2) / (2 * self.sigma**2))
+        weights = np.exp(np.where(np.isfinite(logits), logits, -np.inf))
+        weights[weights < 1e-3] = 0.0
+        self.weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+        self.dominant = self.weights.argmax(axis=1)
+        self.layer = np.array([BONES[i].layer for i in self.dominant], np.int32)
+        self.active = np.flatnonzero(self.weights.any(axis=0))
+
+    def _torso_points(self, keypoints: np.ndarray) -> np.ndarray | None:
+        pts = keypoints[list(TORSO_POINTS)]
+        return pts[:, :2].astype(np.float64) if (pts[:, 2] >= self.threshold).all() else None
+
+    def _bone_maps(self, target: np.ndarray) -> dict[int, np.ndarray | None]:
+        """Per bone, a function of the reference pixels giving their target positions (None: inherit)."""
+        maps: dict[int, np.ndarray | None] = {}
+        ref_torso, tgt_torso = self._torso_points(self.reference), self._torso_points(target)
+        if ref_torso is not None and tgt_torso is not None:
+            maps[0] = _affine(ref_torso, tgt_torso) @ np.vstack([self.pixels.T, np.ones(len(self.pixels))])
+        else:
+            shift = self._mean_shift(target)
+            maps[0] = (self.pixels + shift).T
+        for i, bone in enumerate(BONES):
+            if i == 0 or i not in self.ref_segments:
+                continue
+            a0, b0 = self.ref_segments[i]
+            a1, b1 = _point(target, bone.start, self.threshold), _point(target, bone.end, self.threshold)
+            if a1 is None or b1 is None:
+                maps[i] = None
+                continue
+            axis0 = b0 - a0
+            length0 = float(np.linalg.norm(axis0))
+            unit0 = axis0 / length0
+            normal0 = np.array([-unit0[1], unit0[0]])
+            rel = self.pixels - a0
+            along, across = rel @ unit0 / length0, rel @ normal0
+            axis1 = b1.astype(np.float64) - a1
+            length1 = max(float(np.linalg.norm(axis1)), 1e-6)
+            unit1 = axis1 / length1
+            normal1 = np.array([-unit1[1], unit1[0]])
+            if bone.name == "head":  # a head turns and scales as a whole; it does not stretch
+                scale = np.clip(length1 / length0, 0.7, 1.4)
+                maps[i] = (
+                    a1 + along[:, None] * length0 * scale * unit1 + across[:, None] * scale * normal1
+                ).T
+            else:
+                maps[i] = (a1 + along[:, None] * axis1 + across[:, None] * normal1).T
+        # Bones not seen in this frame move with their parent.
+        for i, bone in enumerate(BONES):
+            if i in self.ref_segments and maps.get(i) is None:
+                parent = bone.parent
+                while parent is not None and maps.get(_INDEX[parent]) is None:
+                    parent = BONES[_INDEX[parent]].parent
+                maps[i] = maps[_INDEX[parent]] if parent is not None else maps[0]
+        return maps
+
+    def _mean_shift(self, target: np.ndarray) -> np.ndarray:
+        both = (self.reference[:17, 2] >= self.threshold) & (target[:17, 2] >= self.threshold)
+        if not both.any():
+            return np.zeros(2)
+        return (target[:17][both, :2] - self.reference[:17][both, :2]).mean(0)
+
+    def positions(self, target_keypoints: np.ndarray) -> np.ndarray:
+        """(N, 2) target positions of the bound reference pixels for one frame's keypoints."""
+        maps = self._bone_maps(np.asarray(target_keypoints, np.float32))
+        out = np.zeros((len(self.pixels), 2))
+        for i in self.active:
+            moved = maps.get(int(i))
+            if moved is None:
+                moved = maps[0]
+            out += self.weights[:, i, None] * moved.T
+        return out
+
+
+def _inside_polygon(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Even-odd rule for a small polygon."""
+    x, y = points[:, 0], points[:, 1]
+    inside = np.zeros(len(points), bool)
+    n = len(corners)
+    for i in range(n):
+        (x0, y0), (x1, y1) = corners[i], corners[(i + 1) % n]
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < x_cross)
+    return inside
