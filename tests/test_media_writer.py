@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import av
 import numpy as np
 import pytest
@@ -90,3 +92,10 @@ def test_overwrite_is_atomic(tmp_path):
     write_video(target, [np.full((32, 32, 3), 200, np.uint8)] * 5, 24)
     assert open_video(target).info.frame_count == 5
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
+def test_output_permissions_follow_umask(tmp_path):
+    out = write_video(tmp_path / "o.mp4", [np.zeros((32, 32, 3), np.uint8)], 24)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -81,7 +81,14 @@ class WarpEngine:
         target = np.rint(positions).astype(np.int64)
         inside = (target[:, 0] >= 0) & (target[:, 0] < width) & (target[:, 1] >= 0) & (target[:, 1] < height)
         idx = np.flatnonzero(inside)
-        keys = target[idx, 1] * width + target[idx, 0]
+        if len(idx) == 0:
+            return background.copy()
+        # Work inside the person's bounding box (plus a margin for the closing and the soft edge).
+        margin = 6
+        x0, y0 = np.maximum(target[idx].min(0) - margin, 0)
+        x1, y1 = np.minimum(target[idx].max(0) + margin + 1, (width, height))
+        box_w, box_h = int(x1 - x0), int(y1 - y0)
+        keys = (target[idx, 1] - y0) * box_w + (target[idx, 0] - x0)
         # Front-most part wins where several source pixels land on one target pixel.
         order = np.lexsort((layer[idx], keys))
         keys, idx = keys[order], idx[order]
@@ -89,33 +96,37 @@ class WarpEngine:
         last[:-1] = keys[1:] != keys[:-1]
         keys, idx = keys[last], idx[last]
 
-        source = np.full(height * width, -1, np.int64)
+        source = np.full(box_h * box_w, -1, np.int64)
         source[keys] = idx
-        source = source.reshape(height, width)
+        source = source.reshape(box_h, box_w)
         covered = source >= 0
         silhouette = ndimage.binary_closing(covered, structure=np.ones((3, 3)), iterations=2)
         silhouette = ndimage.binary_fill_holes(silhouette) & ndimage.binary_dilation(covered, iterations=3)
-        if not silhouette.any():
-            return background.copy()
         # Holes inside the silhouette (stretched limbs) borrow their nearest covered neighbour's source.
-        _, (near_y, near_x) = ndimage.distance_transform_edt(~covered, return_indices=True)
-        source = np.where(silhouette, source[near_y, near_x], -1)
+        holes = silhouette & ~covered
+        if holes.any():
+            _, (near_y, near_x) = ndimage.distance_transform_edt(~covered, return_indices=True)
+            source = np.where(holes, source[near_y, near_x], source)
+        source[~silhouette] = -1
 
         ty, tx = np.nonzero(silhouette)
         src = source[ty, tx]
         # First-order inverse: step back from where the source pixel landed to this pixel's centre.
         jac_inv = self._inverse_jacobian(positions, grid_index, pixels, src)
-        offset = np.stack([tx, ty], 1) - positions[src]
-        step = np.einsum("nij,nj->ni", jac_inv, offset)
-        step = np.clip(step, -1.5, 1.5)
-        map_x = np.full((height, width), -1, np.float32)
-        map_y = np.full((height, width), -1, np.float32)
+        offset = np.stack([tx + x0, ty + y0], 1) - positions[src]
+        step = np.clip(np.einsum("nij,nj->ni", jac_inv, offset), -1.5, 1.5)
+        map_x = np.full((box_h, box_w), -1, np.float32)
+        map_y = np.full((box_h, box_w), -1, np.float32)
         map_x[ty, tx] = pixels[src, 0] + step[:, 0]
         map_y[ty, tx] = pixels[src, 1] + step[:, 1]
         warped = cv2.remap(reference, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.GaussianBlur(silhouette.astype(np.float32), (0, 0), self.edge_sigma)[..., None]
-        alpha *= ndimage.binary_dilation(silhouette, iterations=1)[..., None]
-        return (background * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
+        alpha = cv2.GaussianBlur(silhouette.astype(np.float32), (0, 0), self.edge_sigma)
+        alpha *= ndimage.binary_dilation(silhouette, iterations=1)
+        alpha = alpha[..., None]
+        frame = background.copy()
+        region = frame[y0:y1, x0:x1].astype(np.float32)
+        frame[y0:y1, x0:x1] = (region * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
+        return frame
 
     @staticmethod
     def _inverse_jacobian(

@@ -32,6 +32,12 @@ class WrittenVideo:
     has_audio: bool
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _even(frame: np.ndarray) -> np.ndarray:
     """Pad a frame to even width/height by repeating its last row/column (yuv420p needs even sizes)."""
     pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
@@ -125,6 +131,7 @@ def write_video(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4.part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp's private 0600 would survive the rename
     count = 0
     audio: _AudioCopier | None = None
     try:

@@ -6,6 +6,7 @@ All keypoint arrays are (T, K, 3): x, y in output pixels and a confidence score.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -57,15 +58,19 @@ def trajectory_flow(
     size: tuple[int, int],
     threshold: float = 0.3,
     sigma: float | None = None,
+    downsample: int = 4,
 ) -> np.ndarray:
     """Frame-to-frame keypoint displacement written at the keypoint and Gaussian-blurred.
 
-    Frame 0 has zero flow. The blur is separable (two 1-D passes), truncated where DisPose's kernel ends;
-    it is normalised by the blurred point density so a lone keypoint keeps its displacement at its centre.
+    Frame 0 has zero flow. The blur is truncated where DisPose's kernel ends and normalised by the blurred
+    point density, so the strongest keypoint keeps its full displacement at its centre. A Gaussian this
+    wide is smooth, so it is computed at 1/``downsample`` resolution and upsampled (bilinear).
     """
     width, height = size
     frames = np.asarray(frames, np.float32)
     sigma = trajectory_sigma(size) if sigma is None else sigma
+    factor = max(1, min(downsample, int(sigma // 2)))
+    small_w, small_h = max(1, -(-width // factor)), max(1, -(-height // factor))
     truncate = (TRAJECTORY_KERNEL_AT_1024 // 2) / TRAJECTORY_SIGMA_AT_1024
     out = np.zeros((len(frames), height, width, 2), np.float32)
     for t in range(1, len(frames)):
@@ -73,20 +78,22 @@ def trajectory_flow(
         seen = (prev[:, 2] >= threshold) & (cur[:, 2] >= threshold)
         if not seen.any():
             continue
-        px = _pixel(cur[seen, :2], width, height)
-        planes = np.zeros((3, height, width), np.float32)
+        px = _pixel(cur[seen, :2] / factor, small_w, small_h)
+        planes = np.zeros((3, small_h, small_w), np.float32)
         delta = cur[seen, :2] - prev[seen, :2]
         np.add.at(planes[0], (px[:, 1], px[:, 0]), delta[:, 0])
         np.add.at(planes[1], (px[:, 1], px[:, 0]), delta[:, 1])
         np.add.at(planes[2], (px[:, 1], px[:, 0]), 1.0)
-        blurred = ndimage.gaussian_filter(planes, sigma=(0, sigma, sigma), mode="constant", truncate=truncate)
-        # Weight by density, normalised so the strongest point keeps its full displacement.
+        s = sigma / factor
+        blurred = ndimage.gaussian_filter(planes, sigma=(0, s, s), mode="constant", truncate=truncate)
         density = blurred[2]
         peak = density.max()
         if peak <= 0:
             continue
-        weight = density / peak
-        safe = np.maximum(density, 1e-12)
-        out[t, ..., 0] = blurred[0] / safe * weight
-        out[t, ..., 1] = blurred[1] / safe * weight
+        # Weight by density, normalised so the strongest point keeps its full displacement.
+        scale = (density / peak) / np.maximum(density, 1e-12)
+        small = np.stack([blurred[0] * scale, blurred[1] * scale], -1)
+        if factor > 1:
+            small = cv2.resize(small, (small_w * factor, small_h * factor), interpolation=cv2.INTER_LINEAR)
+        out[t] = small[:height, :width]
     return out

@@ -125,6 +125,14 @@ class SkeletonField:
             distances[:, i] = _segment_distance(self.pixels, a, b)
         if not np.isfinite(distances).any():
             raise ValueError("the reference has no usable bones")
+        # A limb only takes pixels within its own reach; loose clothes beside it stay with the torso.
+        nearest_any = distances.min(axis=1)
+        for i, (a, b) in self.ref_segments.items():
+            if BONES[i].name == "head":
+                continue
+            reach = 0.35 * float(np.linalg.norm(b - a)) + self.sigma
+            far = distances[:, i] > reach
+            distances[far & (nearest_any < distances[:, i]) | far & np.isfinite(distances[:, 0]), i] = np.inf
         nearest = distances.min(axis=1, keepdims=True)
         # Weights relative to the nearest bone: sharp bindings, smooth only where bones meet.
         logits = -((distances**2 - nearest**2) / (2 * self.sigma**2))
