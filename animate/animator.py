@@ -143,28 +143,40 @@ class _Reporter:
             self.callback(Progress("encode", 1.0, total, total))
 
 
+@dataclass
+class Prepared:
+    """What ``Animator.prepare`` computed: the engine's input and the records kept for artifacts."""
+
+    bundle: GuidanceBundle
+    targets: object  # PoseSequence: the retargeted driving poses in output pixels
+    engine: object  # the selected Engine
+    has_audio: bool
+    timings: dict[str, float]
+    artifacts: dict[str, Path]
+
+
 class Animator:
     """Holds the settings and the models loaded for them; reuse one instance across jobs."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
 
-    def run(
+    def prepare(
         self,
         reference: str | Path,
         driving: str | Path,
-        output: str | Path,
         options: AnimationOptions | None = None,
         *,
         artifacts_dir: str | Path | None = None,
         progress: ProgressCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
-    ) -> AnimationResult:
-        from animate.pose import PoseError, draw_pose, estimate_image, estimate_video, global_fit, retarget
+    ) -> Prepared:
+        """Stages decode, pose, body and motion: everything an engine needs, in one ``GuidanceBundle``."""
+        from animate.pose import draw_pose, estimate_image, estimate_video, global_fit, retarget
 
         options = options or AnimationOptions()
         options.validate()
-        report = _Reporter(progress, should_cancel)
+        report = progress if isinstance(progress, _Reporter) else _Reporter(progress, should_cancel)
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -196,25 +208,18 @@ class Animator:
             progress=lambda done, total: report("pose", done, max(total, expected)),
         )
         fit = global_fit if options.retarget == "global" else retarget
-        try:
-            targets = fit(driving_poses, ref_pose, size[0], size[1])
-        except PoseError:
-            raise
-        keypoints = targets.keypoints
-        if ref_alpha is not None:
-            person = ref_alpha
-        elif ref_pose.mask is not None:
-            person = ref_pose.mask
-        else:
+        targets = fit(driving_poses, ref_pose, size[0], size[1])
+        person = ref_alpha if ref_alpha is not None else ref_pose.mask
+        if person is None:
             raise AnimateError("no_person_detected", "the reference person could not be segmented")
         lap("pose")
 
-        # 3. motion: keypoint guidance (the dense field is computed per frame by the engine)
+        # 3. motion: keypoint guidance (the warp engine derives its dense field per frame)
         bundle = GuidanceBundle(
             reference=ref_rgb,
             reference_mask=np.where(person > 127, 255, 0).astype(np.uint8),
             reference_keypoints=ref_pose.keypoints,
-            keypoints=keypoints,
+            keypoints=targets.keypoints,
             fps=fps,
             size=size,
         )
@@ -224,30 +229,46 @@ class Animator:
             artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, draw_pose, report)
         report("motion", 1, 1)
         lap("motion")
+        return Prepared(bundle, targets, engine, video.info.has_audio, timings, artifacts)
+
+    def run(
+        self,
+        reference: str | Path,
+        driving: str | Path,
+        output: str | Path,
+        options: AnimationOptions | None = None,
+        *,
+        artifacts_dir: str | Path | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> AnimationResult:
+        """All stages: the mp4 at ``output`` (written atomically) and, optionally, guidance previews."""
+        options = options or AnimationOptions()
+        report = _Reporter(progress, should_cancel)
+        prepared = self.prepare(reference, driving, options, artifacts_dir=artifacts_dir, progress=report)
+        bundle, engine = prepared.bundle, prepared.engine
+        start = time.perf_counter()
 
         # 4-5. render + encode, streamed frame by frame
-        total = bundle.num_frames
-
         def frames() -> Iterator[np.ndarray]:
             yield from engine.render(
                 bundle,
                 progress=lambda done, n: report("render", done, n),
                 should_cancel=report.should_cancel,
             )
-            if report.should_cancel is not None and report.should_cancel():
-                raise Canceled("canceled", "the job was canceled")
+            report("render", bundle.num_frames, bundle.num_frames)  # raises Canceled if asked to stop
 
         written = write_video(
             output,
             frames(),
-            fps,
+            bundle.fps,
             crf=self.settings.output_crf,
             preset=self.settings.output_preset,
-            audio_from=driving if options.audio and video.info.has_audio else None,
+            audio_from=driving if options.audio and prepared.has_audio else None,
         )
-        lap("render")
+        timings = {**prepared.timings, "render": time.perf_counter() - start}
         report("encode", 1, 1)
-        report.finish(total)
+        report.finish(bundle.num_frames)
         return AnimationResult(
             video=written.path,
             engine=engine.name,
@@ -255,7 +276,7 @@ class Animator:
             fps=written.fps,
             size=(written.width, written.height),
             timings=timings,
-            artifacts=artifacts,
+            artifacts=prepared.artifacts,
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, draw_pose, report) -> dict:

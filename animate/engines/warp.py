@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from animate.motion.bundle import GuidanceBundle
-from animate.motion.skeleton_field import SkeletonField
+from animate.motion.skeleton_field import BONES, SkeletonField
 
 FrameProgress = Callable[[int, int], None]
 
@@ -43,6 +43,7 @@ class WarpEngine:
 
     def __init__(self, edge_sigma: float = 1.0) -> None:
         self.edge_sigma = edge_sigma
+        self.last_silhouette: np.ndarray | None = None  # the person's pixels in the last frame yielded
 
     def render(
         self,
@@ -59,14 +60,81 @@ class WarpEngine:
         field = SkeletonField(bundle.reference_keypoints, pixels)
         grid_index = np.full((height, width), -1, np.int64)
         grid_index[ys, xs] = np.arange(len(xs))
+        hidden = self._hidden_torso(reference, field, person)
         total = bundle.num_frames
         for t in range(total):
             if should_cancel is not None and should_cancel():
                 return
             positions = field.positions(bundle.keypoints[t])
-            yield self._compose(reference, background, pixels, positions, field.layer, grid_index)
+            frame, under = background, None
+            if hidden is not None:
+                # The torso behind the reference's arms, filled once, goes down first.
+                hidden_field, hidden_image, hidden_grid = hidden
+                frame, under = self._compose(
+                    hidden_image,
+                    background,
+                    hidden_field.pixels,
+                    hidden_field.positions(bundle.keypoints[t]),
+                    hidden_field.layer,
+                    hidden_grid,
+                )
+            frame, silhouette = self._compose(reference, frame, pixels, positions, field.layer, grid_index)
+            self.last_silhouette = silhouette if under is None else silhouette | under
+            yield frame
             if progress is not None:
                 progress(t + 1, total)
+
+    @staticmethod
+    def _hidden_torso(
+        reference: np.ndarray, field: SkeletonField, person: np.ndarray
+    ) -> tuple[SkeletonField, np.ndarray, np.ndarray] | None:
+        """Torso and thigh surface the reference's arms cover: its pixels (bound to the torso) and inpainted colours.
+
+        When an arm moves away in a frame, this is what shows where it was, instead of a hole.
+        """
+        quad = field.torso_quad()
+        if quad is None:
+            return None
+        height, width = person.shape
+        torso_region = np.zeros((height, width), np.uint8)
+        cv2.fillConvexPoly(torso_region, np.rint(quad).astype(np.int32), 1)
+        arm_bones = [i for i, bone in enumerate(BONES) if "arm" in bone.name or "hand" in bone.name]
+        on_arm = np.isin(field.dominant, arm_bones)
+        ys, xs = field.pixels[on_arm, 1].astype(int), field.pixels[on_arm, 0].astype(int)
+        arm = np.zeros((height, width), np.uint8)
+        arm[ys, xs] = 1
+        # Also the hips and thighs, where hands in pockets or hanging arms lie over the legs.
+        for name in ("l_thigh", "r_thigh"):
+            i = next(k for k, bone in enumerate(BONES) if bone.name == name)
+            if i in field.ref_segments:
+                a, b = np.rint(field.ref_segments[i]).astype(np.int32)
+                radius = max(2, round(0.25 * float(np.linalg.norm(b - a))))
+                cv2.line(
+                    torso_region, tuple(int(v) for v in a), tuple(int(v) for v in b), 1, thickness=2 * radius
+                )
+        under_arm = (arm & torso_region).astype(bool)
+        if under_arm.sum() < 50:
+            return None
+        # The whole torso region goes into this base layer, so tears where skin stretches show torso too.
+        covered = torso_region.astype(bool) & person
+        visible_torso = person & torso_region.astype(bool) & ~arm.astype(bool)
+        if visible_torso.sum() < 50:
+            return None
+        # Fill the covered torso from the visible torso only (inpainting at half resolution).
+        scale = 2
+        small = (width // scale, height // scale)
+        hole = cv2.resize((~visible_torso).astype(np.uint8), small, interpolation=cv2.INTER_NEAREST)
+        filled = cv2.inpaint(
+            cv2.resize(reference, small, interpolation=cv2.INTER_AREA), hole, 5, cv2.INPAINT_TELEA
+        )
+        filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_LINEAR)
+        image = np.where(under_arm[..., None], filled, reference)
+        hy, hx = np.nonzero(covered)
+        pixels = np.stack([hx, hy], 1).astype(np.float64)
+        hidden_field = SkeletonField(field.reference, pixels, bones=("torso", "l_thigh", "r_thigh"))
+        grid = np.full((height, width), -1, np.int64)
+        grid[hy, hx] = np.arange(len(hx))
+        return hidden_field, image, grid
 
     def _compose(
         self,
@@ -76,13 +144,14 @@ class WarpEngine:
         positions: np.ndarray,
         layer: np.ndarray,
         grid_index: np.ndarray,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The frame with these pixels carried to ``positions``, and the (H, W) silhouette they cover."""
         height, width = grid_index.shape
         target = np.rint(positions).astype(np.int64)
         inside = (target[:, 0] >= 0) & (target[:, 0] < width) & (target[:, 1] >= 0) & (target[:, 1] < height)
         idx = np.flatnonzero(inside)
         if len(idx) == 0:
-            return background.copy()
+            return background.copy(), np.zeros((height, width), bool)
         # Work inside the person's bounding box (plus a margin for the closing and the soft edge).
         margin = 6
         x0, y0 = np.maximum(target[idx].min(0) - margin, 0)
@@ -126,7 +195,9 @@ class WarpEngine:
         frame = background.copy()
         region = frame[y0:y1, x0:x1].astype(np.float32)
         frame[y0:y1, x0:x1] = (region * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
-        return frame
+        full = np.zeros((height, width), bool)
+        full[y0:y1, x0:x1] = silhouette
+        return frame, full
 
     @staticmethod
     def _inverse_jacobian(

@@ -98,8 +98,12 @@ class SkeletonField:
         *,
         threshold: float = 0.3,
         sigma: float | None = None,
+        bones: tuple[str, ...] | None = None,
     ) -> None:
-        """pixels: (N, 2) float x, y of the reference pixels to move (the person and a margin around it)."""
+        """pixels: (N, 2) float x, y of the reference pixels to move (the person and a margin around it).
+
+        bones: bind only to these bones (by name); default all.
+        """
         self.threshold = threshold
         self.reference = np.asarray(reference_keypoints, np.float32)
         self.pixels = np.asarray(pixels, np.float64)
@@ -123,6 +127,8 @@ class SkeletonField:
                 continue
             self.ref_segments[i] = (a.astype(np.float64), b.astype(np.float64))
             distances[:, i] = _segment_distance(self.pixels, a, b)
+        if bones is not None:
+            distances[:, [i for i, bone in enumerate(BONES) if bone.name not in bones]] = np.inf
         if not np.isfinite(distances).any():
             raise ValueError("the reference has no usable bones")
         # A limb only takes pixels within its own reach; loose clothes beside it stay with the torso.
@@ -142,6 +148,11 @@ class SkeletonField:
         self.dominant = self.weights.argmax(axis=1)
         self.layer = np.array([BONES[i].layer for i in self.dominant], np.int32)
         self.active = np.flatnonzero(self.weights.any(axis=0))
+
+    def torso_quad(self) -> np.ndarray | None:
+        """The reference torso (shoulders and hips) as a (4, 2) polygon, or None when not seen."""
+        torso = self._torso_points(self.reference)
+        return None if torso is None else torso[[0, 1, 3, 2]]
 
     def _torso_points(self, keypoints: np.ndarray) -> np.ndarray | None:
         pts = keypoints[list(TORSO_POINTS)]

@@ -1,0 +1,175 @@
+"""The facade end to end on the shared media: ``animate run`` with the CPU warp engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import DANCE, HERO_RGBA, WOMAN_JPG
+
+from animate.animator import AnimationOptions, Animator, Canceled, default_size
+from animate.cli import run as cli_run
+from animate.engines.warp import WarpEngine
+from animate.media import MediaError, open_video
+from animate.pose import MediaPipeEstimator, PoseSequence
+
+FRAMES = 16
+
+
+@pytest.fixture(scope="session")
+def animated(tmp_path_factory, data_dir):
+    """One CLI run (MimicMotion's reference on the dance video) shared by the checks below."""
+    out = tmp_path_factory.mktemp("run")
+    assert (
+        cli_run(
+            [
+                "run",
+                str(WOMAN_JPG),
+                str(DANCE),
+                "-o",
+                str(out / "out.mp4"),
+                "--max-frames",
+                str(FRAMES),
+                "--artifacts",
+                str(out / "artifacts"),
+                "--engine",
+                "warp",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared(data_dir):
+    """The same job's guidance and the engine's frames and silhouettes."""
+    animator = Animator()
+    prep = animator.prepare(WOMAN_JPG, DANCE, AnimationOptions(engine="warp", max_frames=FRAMES))
+    engine = WarpEngine()
+    frames, silhouettes = [], []
+    for frame in engine.render(prep.bundle):
+        frames.append(frame)
+        silhouettes.append(engine.last_silhouette.copy())
+    return prep, frames, silhouettes
+
+
+def test_run_writes_valid_mp4(animated):
+    info = open_video(animated / "out.mp4").info
+    assert (info.codec, info.pix_fmt) == ("h264", "yuv420p")
+    assert (info.width, info.height, info.frame_count, info.fps) == (576, 1024, FRAMES, 24.0)
+    assert info.has_audio
+    artifacts = animated / "artifacts"
+    assert open_video(artifacts / "skeleton.mp4").info.frame_count == FRAMES
+    assert open_video(artifacts / "motion.mp4").info.frame_count == FRAMES
+    poses = json.loads((artifacts / "poses.json").read_text())
+    assert poses["layout"] == "coco_wholebody_133" and len(poses["frames"]) == FRAMES
+
+
+def test_output_moves_like_the_driver(prepared):
+    """MediaPipe on the output frames finds the body where the retargeted driving keypoints put it."""
+    prep, frames, _ = prepared
+    targets = prep.bundle.keypoints
+    ref = prep.bundle.reference_keypoints
+    body = ref[:17]
+    height = float(np.ptp(body[body[:, 2] > 0.5, 1]))
+    errors = []
+    with MediaPipeEstimator(static=False, segmentation=False) as estimator:
+        for t, frame in enumerate(frames):
+            found = estimator.detect(frame)
+            assert found, f"no person found in output frame {t}"
+            seen = (found[0].keypoints[:17, 2] > 0.5) & (targets[t, :17, 2] > 0.5)
+            errors += list(
+                np.linalg.norm(found[0].keypoints[:17][seen, :2] - targets[t, :17][seen, :2], axis=1)
+            )
+    assert len(errors) > FRAMES * 8
+    assert np.median(errors) <= 0.05 * height, (np.median(errors), height)
+
+
+def test_output_person_covers_the_target_silhouette(prepared):
+    _prep, frames, silhouettes = prepared
+    ious = []
+    with MediaPipeEstimator(static=True, segmentation=True, whole_body=False) as estimator:
+        for frame, silhouette in list(zip(frames, silhouettes, strict=True))[::4]:
+            mask = estimator.detect(frame)[0].mask > 127
+            ious.append((mask & silhouette).sum() / (mask | silhouette).sum())
+    assert min(ious) >= 0.7, ious
+
+
+def test_output_looks_like_the_reference(prepared):
+    prep, frames, silhouettes = prepared
+    reference = prep.bundle.reference.astype(float)
+    ref_person = prep.bundle.reference_mask > 127
+    ref_colour = reference[ref_person].mean(0)
+    grown_ref = _grow(ref_person, 12)
+    for frame, silhouette in zip(frames, silhouettes, strict=True):
+        out_colour = frame[silhouette].astype(float).mean(0)
+        assert np.abs(out_colour - ref_colour).max() < 20, (out_colour, ref_colour)
+        # Away from both the old and the new person, the background is the reference's own.
+        away = ~grown_ref & ~_grow(silhouette, 12)
+        assert np.abs(frame[away].astype(float) - reference[away]).mean() < 4
+
+
+def test_cancel_stops_within_one_frame(tmp_path, data_dir):
+    rendered = []
+
+    def on_progress(p):
+        if p.stage == "render":
+            rendered.append(p.step)
+
+    out = tmp_path / "canceled.mp4"
+    with pytest.raises(Canceled):
+        Animator().run(
+            HERO_RGBA, DANCE, out, AnimationOptions(engine="warp", max_frames=40),
+            progress=on_progress, should_cancel=lambda: len(rendered) >= 3,
+        )  # fmt: skip
+    assert max(rendered) <= 4
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_progress_reaches_one_exactly_once(tmp_path, data_dir):
+    seen = []
+    Animator().run(
+        HERO_RGBA,
+        DANCE,
+        tmp_path / "o.mp4",
+        AnimationOptions(engine="warp", max_frames=6),
+        progress=seen.append,
+    )
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions)
+    assert fractions.count(1.0) == 1 and fractions[-1] == 1.0
+    assert next(p.stage for p in seen) == "decode" and {"pose", "render"} <= {p.stage for p in seen}
+
+
+def test_bad_inputs_are_refused_before_work(tmp_path, data_dir):
+    text = tmp_path / "v.mp4"
+    text.write_text("nope")
+    with pytest.raises(MediaError) as excinfo:
+        Animator().run(WOMAN_JPG, text, tmp_path / "o.mp4")
+    assert excinfo.value.code == "unsupported_format"
+    assert cli_run(["run", str(WOMAN_JPG), str(DANCE), "-o", str(tmp_path / "o.mp4"), "--engine", "x"]) == 2
+    assert (
+        cli_run(["run", str(WOMAN_JPG), str(DANCE), "-o", str(tmp_path / "o.mp4"), "--engine", "diffusion"])
+        == 2
+    )
+
+
+def test_default_size_follows_the_reference():
+    assert default_size(1080, 1920) == (576, 1024)
+    assert default_size(576, 768) == (576, 768)
+    assert default_size(1920, 1080) == (1024, 576)
+    w, h = default_size(704, 1216)
+    assert w <= 576 and h <= 1024 and w % 8 == 0 and h % 8 == 0 and abs(w / h - 704 / 1216) < 0.02
+
+
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=pixels)
+
+
+def test_poses_artifact_loads(animated):
+    seq = PoseSequence.load(animated / "artifacts" / "poses.json")
+    assert len(seq) == FRAMES and (seq.width, seq.height) == (576, 1024)
