@@ -367,9 +367,9 @@ class AnimationPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        if isinstance(self.guidance_scale, int | float):
-            return self.guidance_scale > 1
-        return bool(self.guidance_scale.max() > 1)
+        # Decided once from max_guidance_scale: SVD re-derives it from the per-frame scales, which for one
+        # frame (linspace -> [min]) flips it mid-call and crashes.
+        return self._do_classifier_free_guidance
 
     @property
     def num_timesteps(self) -> int:
@@ -519,6 +519,7 @@ class AnimationPipeline(DiffusionPipeline):
         effective_batch = batch_size * num_videos_per_prompt
         device = self._execution_device
         self._guidance_scale = max_guidance_scale
+        self._do_classifier_free_guidance = max_guidance_scale > 1
         self._interrupt = False
         do_cfg = self.do_classifier_free_guidance
 

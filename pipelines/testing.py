@@ -97,6 +97,11 @@ def tiny_components(with_guidance_encoders: bool = True, fusion: str = "sum") ->
     pose_guider = tiny_pose_guider()
     torch.manual_seed(0)
     guidance_encoders = tiny_guidance_encoders(fusion) if with_guidance_encoders else None
+    # eval mode, as from_pretrained leaves them: a fresh transformers module in train mode takes another
+    # attention kernel and differs by ~1e-7, which two Euler steps from sigma 700 amplify to ~1e-4
+    for module in (unet, vae, image_encoder, pose_guider, guidance_encoders):
+        if module is not None:
+            module.eval()
     return {
         "unet": unet,
         "image_encoder": image_encoder,
