@@ -3,6 +3,15 @@
 Layering: imports ``controlnets``, diffusers and transformers; never ``animate`` or ``server``.
 """
 
+from pipelines.checkpoints import (
+    CheckpointError,
+    KeyReport,
+    build_pipeline,
+    check_mimicmotion,
+    load_champ_guidance_encoders,
+    load_mimicmotion,
+    read_checkpoint,
+)
 from pipelines.injection import UNetInjector
 from pipelines.pipeline_animation import AnimationPipeline, AnimationPipelineOutput
 from pipelines.tiling import tile_indices, triangular_weights
@@ -10,7 +19,14 @@ from pipelines.tiling import tile_indices, triangular_weights
 __all__ = [
     "AnimationPipeline",
     "AnimationPipelineOutput",
+    "CheckpointError",
+    "KeyReport",
     "UNetInjector",
+    "build_pipeline",
+    "check_mimicmotion",
+    "load_champ_guidance_encoders",
+    "load_mimicmotion",
+    "read_checkpoint",
     "tile_indices",
     "triangular_weights",
 ]
