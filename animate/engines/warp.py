@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.skeleton_field import BONES, SkeletonField
@@ -51,35 +50,34 @@ class WarpEngine:
         progress: FrameProgress | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
-        width, height = bundle.size
+        width = bundle.size[0]
         reference = bundle.reference
         person = bundle.reference_mask > 127
         background = fill_background(reference, person)
         ys, xs = np.nonzero(person)
-        pixels = np.stack([xs, ys], 1).astype(np.float64)
-        field = SkeletonField(bundle.reference_keypoints, pixels)
-        grid_index = np.full((height, width), -1, np.int64)
-        grid_index[ys, xs] = np.arange(len(xs))
+        field = SkeletonField(bundle.reference_keypoints, np.stack([xs, ys], 1).astype(np.float64))
+        fields, layers, source = [field], [field.layer], reference
         hidden = self._hidden_torso(reference, field, person)
+        if hidden is not None:
+            # The torso behind the reference's arms, filled once, lies under everything. Its colours sit
+            # in a second image beside the reference, so one splat and one remap draw both layers.
+            hidden_field, hidden_image = hidden
+            fields.append(hidden_field)
+            layers.append(np.full(len(hidden_field.pixels), -1, np.int32))
+            source = np.concatenate([reference, hidden_image], axis=1)
+        pixels = np.concatenate([f.pixels for f in fields])
+        if hidden is not None:
+            pixels[len(field.pixels) :, 0] += width
+        layer = np.concatenate(layers)
         total = bundle.num_frames
         for t in range(total):
             if should_cancel is not None and should_cancel():
                 return
-            positions = field.positions(bundle.keypoints[t])
-            frame, under = background, None
-            if hidden is not None:
-                # The torso behind the reference's arms, filled once, goes down first.
-                hidden_field, hidden_image, hidden_grid = hidden
-                frame, under = self._compose(
-                    hidden_image,
-                    background,
-                    hidden_field.pixels,
-                    hidden_field.positions(bundle.keypoints[t]),
-                    hidden_field.layer,
-                    hidden_grid,
-                )
-            frame, silhouette = self._compose(reference, frame, pixels, positions, field.layer, grid_index)
-            self.last_silhouette = silhouette if under is None else silhouette | under
+            matrices = [f.pixel_matrices(bundle.keypoints[t]) for f in fields]
+            positions = np.concatenate([f.positions(None, m) for f, m in zip(fields, matrices, strict=True)])
+            frame, self.last_silhouette = self._compose(
+                source, background, pixels, positions, layer, np.concatenate(matrices)[:, :, :2]
+            )
             yield frame
             if progress is not None:
                 progress(t + 1, total)
@@ -87,7 +85,7 @@ class WarpEngine:
     @staticmethod
     def _hidden_torso(
         reference: np.ndarray, field: SkeletonField, person: np.ndarray
-    ) -> tuple[SkeletonField, np.ndarray, np.ndarray] | None:
+    ) -> tuple[SkeletonField, np.ndarray] | None:
         """Torso and thigh surface the reference's arms cover: its pixels (bound to the torso) and inpainted colours.
 
         When an arm moves away in a frame, this is what shows where it was, instead of a hole.
@@ -131,10 +129,7 @@ class WarpEngine:
         image = np.where(under_arm[..., None], filled, reference)
         hy, hx = np.nonzero(covered)
         pixels = np.stack([hx, hy], 1).astype(np.float64)
-        hidden_field = SkeletonField(field.reference, pixels, bones=("torso", "l_thigh", "r_thigh"))
-        grid = np.full((height, width), -1, np.int64)
-        grid[hy, hx] = np.arange(len(hx))
-        return hidden_field, image, grid
+        return SkeletonField(field.reference, pixels, bones=("torso", "l_thigh", "r_thigh")), image
 
     def _compose(
         self,
@@ -143,10 +138,13 @@ class WarpEngine:
         pixels: np.ndarray,
         positions: np.ndarray,
         layer: np.ndarray,
-        grid_index: np.ndarray,
+        jacobians: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The frame with these pixels carried to ``positions``, and the (H, W) silhouette they cover."""
-        height, width = grid_index.shape
+        """The frame with these pixels carried to ``positions``, and the (H, W) silhouette they cover.
+
+        jacobians: (N, 2, 2) d(target)/d(source) per pixel, to invert the field to first order.
+        """
+        height, width = background.shape[:2]
         target = np.rint(positions).astype(np.int64)
         inside = (target[:, 0] >= 0) & (target[:, 0] < width) & (target[:, 1] >= 0) & (target[:, 1] < height)
         idx = np.flatnonzero(inside)
@@ -158,39 +156,45 @@ class WarpEngine:
         x1, y1 = np.minimum(target[idx].max(0) + margin + 1, (width, height))
         box_w, box_h = int(x1 - x0), int(y1 - y0)
         keys = (target[idx, 1] - y0) * box_w + (target[idx, 0] - x0)
-        # Front-most part wins where several source pixels land on one target pixel.
-        order = np.lexsort((layer[idx], keys))
-        keys, idx = keys[order], idx[order]
-        last = np.ones(len(keys), bool)
-        last[:-1] = keys[1:] != keys[:-1]
-        keys, idx = keys[last], idx[last]
-
+        # Front-most part wins where several source pixels land on one target pixel: layers are written
+        # back to front (within one assignment numpy keeps the last write to a repeated index).
         source = np.full(box_h * box_w, -1, np.int64)
-        source[keys] = idx
+        point_layer = layer[idx]
+        for value in np.unique(point_layer):
+            chosen = point_layer == value
+            source[keys[chosen]] = idx[chosen]
         source = source.reshape(box_h, box_w)
-        covered = source >= 0
-        silhouette = ndimage.binary_closing(covered, structure=np.ones((3, 3)), iterations=2)
-        silhouette = ndimage.binary_fill_holes(silhouette) & ndimage.binary_dilation(covered, iterations=3)
+        covered = (source >= 0).astype(np.uint8)
+        kernel = np.ones((3, 3), np.uint8)
+        closed = cv2.morphologyEx(covered, cv2.MORPH_CLOSE, kernel, iterations=2)
+        silhouette = _fill_holes(closed) & cv2.dilate(covered, kernel, iterations=3)
         # Holes inside the silhouette (stretched limbs) borrow their nearest covered neighbour's source.
-        holes = silhouette & ~covered
+        holes = silhouette.astype(bool) & ~covered.astype(bool)
         if holes.any():
-            _, (near_y, near_x) = ndimage.distance_transform_edt(~covered, return_indices=True)
-            source = np.where(holes, source[near_y, near_x], source)
+            _, labels = cv2.distanceTransformWithLabels(
+                1 - covered, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+            )
+            cover_y, cover_x = np.nonzero(covered)  # label k is the k-th covered pixel in scan order
+            nearest = np.zeros(len(cover_y) + 1, np.int64)
+            nearest[1:] = source[cover_y, cover_x]
+            source = np.where(holes, nearest[labels], source)
+        silhouette = silhouette.astype(bool)
         source[~silhouette] = -1
 
         ty, tx = np.nonzero(silhouette)
         src = source[ty, tx]
         # First-order inverse: step back from where the source pixel landed to this pixel's centre.
-        jac_inv = self._inverse_jacobian(positions, grid_index, pixels, src)
+        jac_inv = _inverse_2x2(jacobians[src])
         offset = np.stack([tx + x0, ty + y0], 1) - positions[src]
-        step = np.clip(np.einsum("nij,nj->ni", jac_inv, offset), -1.5, 1.5)
+        step = jac_inv[:, :, 0] * offset[:, :1] + jac_inv[:, :, 1] * offset[:, 1:]
+        step = np.clip(step, -1.5, 1.5)
         map_x = np.full((box_h, box_w), -1, np.float32)
         map_y = np.full((box_h, box_w), -1, np.float32)
         map_x[ty, tx] = pixels[src, 0] + step[:, 0]
         map_y[ty, tx] = pixels[src, 1] + step[:, 1]
         warped = cv2.remap(reference, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         alpha = cv2.GaussianBlur(silhouette.astype(np.float32), (0, 0), self.edge_sigma)
-        alpha *= ndimage.binary_dilation(silhouette, iterations=1)
+        alpha *= cv2.dilate(silhouette.astype(np.uint8), kernel)
         alpha = alpha[..., None]
         frame = background.copy()
         region = frame[y0:y1, x0:x1].astype(np.float32)
@@ -199,25 +203,22 @@ class WarpEngine:
         full[y0:y1, x0:x1] = silhouette
         return frame, full
 
-    @staticmethod
-    def _inverse_jacobian(
-        positions: np.ndarray, grid_index: np.ndarray, pixels: np.ndarray, src: np.ndarray
-    ) -> np.ndarray:
-        """Per source pixel, the inverse of d(target)/d(source), from neighbouring bound pixels."""
-        height, width = grid_index.shape
-        x = pixels[src, 0].astype(np.int64)
-        y = pixels[src, 1].astype(np.int64)
-        jac = np.tile(np.eye(2), (len(src), 1, 1))
-        for axis, (dx, dy) in enumerate(((1, 0), (0, 1))):
-            nx, ny = np.clip(x + dx, 0, width - 1), np.clip(y + dy, 0, height - 1)
-            neighbour = grid_index[ny, nx]
-            ok = neighbour >= 0
-            jac[ok, :, axis] = positions[neighbour[ok]] - positions[src[ok]]
-        det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
-        bad = np.abs(det) < 0.05
-        jac[bad] = np.eye(2)
-        det[bad] = 1.0
-        inv = np.empty_like(jac)
-        inv[:, 0, 0], inv[:, 1, 1] = jac[:, 1, 1] / det, jac[:, 0, 0] / det
-        inv[:, 0, 1], inv[:, 1, 0] = -jac[:, 0, 1] / det, -jac[:, 1, 0] / det
-        return inv
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """uint8 0/1 mask with enclosed background regions set to 1 (flood fill from the border)."""
+    padded = np.pad(mask, 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8), (0, 0), 1)
+    return (padded | (1 - flood))[1:-1, 1:-1]
+
+
+def _inverse_2x2(jac: np.ndarray) -> np.ndarray:
+    """Batched inverse; near-singular maps (a limb seen end-on) fall back to the identity."""
+    det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+    bad = np.abs(det) < 0.05
+    jac = np.where(bad[:, None, None], np.eye(2, dtype=jac.dtype), jac)
+    det = np.where(bad, 1.0, det)
+    inv = np.empty_like(jac)
+    inv[:, 0, 0], inv[:, 1, 1] = jac[:, 1, 1] / det, jac[:, 0, 0] / det
+    inv[:, 0, 1], inv[:, 1, 0] = -jac[:, 0, 1] / det, -jac[:, 1, 0] / det
+    return inv

@@ -158,48 +158,47 @@ class SkeletonField:
         pts = keypoints[list(TORSO_POINTS)]
         return pts[:, :2].astype(np.float64) if (pts[:, 2] >= self.threshold).all() else None
 
-    def _bone_maps(self, target: np.ndarray) -> dict[int, np.ndarray | None]:
-        """Per bone, a function of the reference pixels giving their target positions (None: inherit)."""
-        maps: dict[int, np.ndarray | None] = {}
+    def bone_matrices(self, target_keypoints: np.ndarray) -> np.ndarray:
+        """(B, 2, 3) affine map of each bone from the reference to this frame (unseen bones: the parent's)."""
+        target = np.asarray(target_keypoints, np.float32)
+        mats: list[np.ndarray | None] = [None] * len(BONES)
         ref_torso, tgt_torso = self._torso_points(self.reference), self._torso_points(target)
         if ref_torso is not None and tgt_torso is not None:
-            maps[0] = _affine(ref_torso, tgt_torso) @ np.vstack([self.pixels.T, np.ones(len(self.pixels))])
+            mats[0] = _affine(ref_torso, tgt_torso)
         else:
-            shift = self._mean_shift(target)
-            maps[0] = (self.pixels + shift).T
+            mats[0] = np.hstack([np.eye(2), self._mean_shift(target)[:, None]])
         for i, bone in enumerate(BONES):
             if i == 0 or i not in self.ref_segments:
                 continue
-            a0, b0 = self.ref_segments[i]
             a1, b1 = _point(target, bone.start, self.threshold), _point(target, bone.end, self.threshold)
             if a1 is None or b1 is None:
-                maps[i] = None
                 continue
+            a0, b0 = self.ref_segments[i]
             axis0 = b0 - a0
             length0 = float(np.linalg.norm(axis0))
             unit0 = axis0 / length0
             normal0 = np.array([-unit0[1], unit0[0]])
-            rel = self.pixels - a0
-            along, across = rel @ unit0 / length0, rel @ normal0
             axis1 = b1.astype(np.float64) - a1
             length1 = max(float(np.linalg.norm(axis1)), 1e-6)
             unit1 = axis1 / length1
             normal1 = np.array([-unit1[1], unit1[0]])
             if bone.name == "head":  # a head turns and scales as a whole; it does not stretch
-                scale = np.clip(length1 / length0, 0.7, 1.4)
-                maps[i] = (
-                    a1 + along[:, None] * length0 * scale * unit1 + across[:, None] * scale * normal1
-                ).T
+                scale = float(np.clip(length1 / length0, 0.7, 1.4))
+                along_to, across_to = unit1 * scale, normal1 * scale
             else:
-                maps[i] = (a1 + along[:, None] * axis1 + across[:, None] * normal1).T
+                along_to, across_to = axis1 / length0, normal1
+            # p -> a1 + ((p - a0).u0) * along_to + ((p - a0).n0) * across_to, as one 2x3 matrix
+            linear = np.outer(along_to, unit0) + np.outer(across_to, normal0)
+            mats[i] = np.hstack([linear, (a1 - linear @ a0)[:, None]])
         # Bones not seen in this frame move with their parent.
         for i, bone in enumerate(BONES):
-            if i in self.ref_segments and maps.get(i) is None:
-                parent = bone.parent
-                while parent is not None and maps.get(_INDEX[parent]) is None:
-                    parent = BONES[_INDEX[parent]].parent
-                maps[i] = maps[_INDEX[parent]] if parent is not None else maps[0]
-        return maps
+            parent = bone.parent
+            while mats[i] is None and parent is not None:
+                mats[i] = mats[_INDEX[parent]]
+                parent = BONES[_INDEX[parent]].parent
+            if mats[i] is None:
+                mats[i] = mats[0]
+        return np.stack(mats)
 
     def _mean_shift(self, target: np.ndarray) -> np.ndarray:
         both = (self.reference[:17, 2] >= self.threshold) & (target[:17, 2] >= self.threshold)
@@ -207,16 +206,18 @@ class SkeletonField:
             return np.zeros(2)
         return (target[:17][both, :2] - self.reference[:17][both, :2]).mean(0)
 
-    def positions(self, target_keypoints: np.ndarray) -> np.ndarray:
+    def pixel_matrices(self, target_keypoints: np.ndarray) -> np.ndarray:
+        """(N, 2, 3) per-pixel blended affine maps (linear blend skinning)."""
+        mats = self.bone_matrices(target_keypoints).reshape(len(BONES), 6).astype(np.float32)
+        return (self.weights @ mats).reshape(-1, 2, 3)
+
+    def positions(self, target_keypoints: np.ndarray, matrices: np.ndarray | None = None) -> np.ndarray:
         """(N, 2) target positions of the bound reference pixels for one frame's keypoints."""
-        maps = self._bone_maps(np.asarray(target_keypoints, np.float32))
-        out = np.zeros((len(self.pixels), 2))
-        for i in self.active:
-            moved = maps.get(int(i))
-            if moved is None:
-                moved = maps[0]
-            out += self.weights[:, i, None] * moved.T
-        return out
+        m = self.pixel_matrices(target_keypoints) if matrices is None else matrices
+        x, y = self.pixels[:, 0], self.pixels[:, 1]
+        return np.stack(
+            [m[:, 0, 0] * x + m[:, 0, 1] * y + m[:, 0, 2], m[:, 1, 0] * x + m[:, 1, 1] * y + m[:, 1, 2]], 1
+        )
 
 
 def _inside_polygon(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
