@@ -28,6 +28,7 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
 
-# The longest path that runs end to end today: decode + scale the shared dance video, encode H.264.
+# The main job on the embedded default (CPU warp engine, no weights): the shared photo dances.
 demo: $(STAMP)
-	$(BIN)/animate media transcode ../shared/data/driving/dance_musepose.mp4 out/dance_576x1024.mp4 --size 576x1024
+	$(BIN)/animate run ../shared/data/reference/woman_street_mimicmotion.jpg \
+		../shared/data/driving/dance_musepose.mp4 -o out/demo.mp4 --artifacts out/demo_artifacts
