@@ -107,6 +107,25 @@ def split_mimicmotion(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]
     return parts
 
 
+def pose_guider_config_from_shapes(shapes: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``PoseGuider`` config read off ``pose_net.*`` / guider key shapes (prefix optional): layer ``0`` is
+    ``c -> c``, then per stage a stride-2 conv and a 3x3 conv, a last 3x3 conv, ``final_proj``."""
+    shapes = {k.removeprefix("pose_net."): tuple(getattr(v, "shape", v)) for k, v in shapes.items()}
+    convs = sorted(
+        int(k.split(".")[1]) for k in shapes if k.startswith("conv_layers.") and k.endswith(".weight")
+    )
+    if not convs or "final_proj.weight" not in shapes or len(convs) % 2:
+        raise CheckpointError("no pose guider layout (conv_layers.*, final_proj) in the checkpoint")
+    widths = [shapes[f"conv_layers.{i}.weight"][0] for i in convs[1:-1:2]] + [
+        shapes[f"conv_layers.{convs[-1]}.weight"][0]
+    ]
+    return {
+        "conditioning_channels": shapes[f"conv_layers.{convs[0]}.weight"][1],
+        "block_out_channels": tuple(widths),
+        "out_channels": shapes["final_proj.weight"][0],
+    }
+
+
 def check_mimicmotion(
     shapes: Mapping[str, Any],
     unet_config: Mapping[str, Any],
@@ -116,11 +135,12 @@ def check_mimicmotion(
     parts = split_mimicmotion(shapes)
     with torch.device("meta"):
         unet = UNetSpatioTemporalConditionModel.from_config(dict(unet_config))
-        guider = PoseGuider(**(pose_guider_config or {}))
-    return {
-        "unet": compare_keys(unet, parts["unet"]),
-        "pose_guider": compare_keys(guider, parts["pose_guider"]),
-    }
+        guider = PoseGuider(**(pose_guider_config or pose_guider_config_from_shapes(parts["pose_guider"])))
+    guider_report = compare_keys(guider, parts["pose_guider"])
+    if guider.config.out_channels != unet.config.block_out_channels[0]:
+        widths = ((guider.config.out_channels,), (unet.config.block_out_channels[0],))
+        guider_report.mismatched.append(("final_proj out channels vs the UNet's conv_in", *widths))
+    return {"unet": compare_keys(unet, parts["unet"]), "pose_guider": guider_report}
 
 
 def _assign(
@@ -143,14 +163,15 @@ def load_mimicmotion(
 ) -> tuple[UNetSpatioTemporalConditionModel, PoseGuider]:
     """Build the UNet and the pose guider on the meta device and assign MimicMotion's weights, strictly.
 
-    ``unet_config`` is the SVD-xt UNet config (``weights/<svd>/unet/config.json``); ``dtype`` casts the
-    weights (the file is fp16); the modules come back in eval mode.
+    ``unet_config`` is the SVD-xt UNet config (``weights/<svd>/unet/config.json``); the guider's config is
+    read off the file's shapes unless given (MimicMotion's is ``PoseGuider()``'s default); ``dtype`` casts
+    the weights (the file is fp16); the modules come back in eval mode.
     """
     state_dict = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
     parts = split_mimicmotion(state_dict)
     with torch.device("meta"):
         unet = UNetSpatioTemporalConditionModel.from_config(dict(unet_config))
-        guider = PoseGuider(**(pose_guider_config or {}))
+        guider = PoseGuider(**(pose_guider_config or pose_guider_config_from_shapes(parts["pose_guider"])))
     _assign(unet, parts["unet"], dtype, "MimicMotion unet.*")
     _assign(guider, parts["pose_guider"], dtype, "MimicMotion pose_net.*")
     return unet.eval(), guider.eval()
@@ -222,7 +243,8 @@ def build_pipeline(
     guidance_encoders = None
     if champ_files:
         guidance_encoders, _ = load_champ_guidance_encoders(champ_files)
-        guidance_encoders.to(dtype=dtype)
+        if dtype not in (None, torch.float32):
+            guidance_encoders.to(dtype=dtype)
     return AnimationPipeline(
         vae=vae,
         image_encoder=image_encoder,

@@ -285,6 +285,7 @@ class AnimationPipeline(DiffusionPipeline):
         conditioning_scales: Mapping[str, float],
         guidance_maps: Mapping[str, Any] | None,
         callback_on_step_end_tensor_inputs: Sequence[str],
+        uses_pose: bool = False,
     ) -> None:
         if not isinstance(image, torch.Tensor | PIL.Image.Image | list):
             raise ValueError(
@@ -314,11 +315,12 @@ class AnimationPipeline(DiffusionPipeline):
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"callback tensor inputs {bad} not in {self._callback_tensor_inputs}")
-        for name, module in (
-            ("pose_guider", self.pose_guider),
-            ("guidance_encoders", self.guidance_encoders),
-        ):
-            if module is None:
+        in_use = (
+            ("pose_guider", self.pose_guider, uses_pose),
+            ("guidance_encoders", self.guidance_encoders, bool(guidance_maps)),
+        )
+        for name, module, used in in_use:
+            if module is None or not used:
                 continue
             if module.downsample_factor != self.vae_scale_factor:
                 raise ValueError(
@@ -505,6 +507,7 @@ class AnimationPipeline(DiffusionPipeline):
             conditioning_scales,
             guidance_maps,
             callback_on_step_end_tensor_inputs,
+            uses_pose=pose_images is not None or reference_pose_image is not None,
         )
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableVideoDiffusionPipeline
 
+from controlnets import PoseGuider
 from pipelines import AnimationPipeline, pipeline_animation, tile_indices, triangular_weights
 from pipelines.testing import reinit_zero_layers, tiny_components
 
@@ -344,6 +345,10 @@ def test_invalid_inputs_raise_value_errors():
         run(pipe, num_frames=2, tile_size=4, tile_overlap=4)
     with pytest.raises(ValueError, match="divisible by 8"):
         run(pipe, num_frames=1, height=30)
+    mismatched = AnimationPipeline(**(tiny_components() | {"pose_guider": PoseGuider()}))
+    run(mismatched, num_frames=1, num_inference_steps=1)  # an unused guider is not in the way
+    with pytest.raises(ValueError, match="downsamples by 8, the VAE by 2"):
+        run(mismatched, pose_images=frames(1, 1))
     no_encoders = make_pipe(with_guidance_encoders=False)
     with pytest.raises(ValueError, match="no `guidance_encoders`"):
         run(no_encoders, guidance_maps={"depth": frames(1, 1)})

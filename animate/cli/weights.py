@@ -1,0 +1,56 @@
+"""``animate weights check`` and ``animate weights convert``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from animate.settings import Settings
+from animate.weights import DTYPES, convert_weights, inspect_weights
+
+app = typer.Typer(
+    help="Inspect and convert the model weights under the weights directory.", no_args_is_help=True
+)
+
+_DIR = typer.Option(None, "--dir", help="Weights directory (default: ANIMATE_WEIGHTS_DIR or ./weights).")
+
+
+def _root(directory: Path | None) -> Path:
+    return directory if directory is not None else Settings().weights_dir
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB" if size else "-"
+
+
+@app.command("check")
+def check(
+    directory: Path | None = _DIR, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """Report which weight files are present and valid, and which engine features they enable."""
+    report = inspect_weights(_root(directory))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    typer.echo(f"weights directory: {report.root}")
+    for file in report.files:
+        typer.echo(f"  {file.status:<8} {file.path:<48} {_mib(file.bytes):>14}  {file.detail}")
+    typer.echo("features:")
+    for name, enabled in report.features.items():
+        typer.echo(f"  {'yes' if enabled else 'no ':<4} {name}")
+
+
+@app.command("convert")
+def convert(
+    directory: Path | None = _DIR,
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default: <dir>/animation-pipeline)."
+    ),
+    dtype: str = typer.Option("fp16", "--dtype", help=f"One of {', '.join(DTYPES)}."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output directory."),
+) -> None:
+    """Write one save_pretrained pipeline directory (safetensors) from SVD-xt + MimicMotion (+ Champ)."""
+    path = convert_weights(_root(directory), out=out, dtype=dtype, force=force)
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,286 @@
+"""What is in the weights directory, which engine features it enables, and converting it for fast loads.
+
+Inspection reads safetensors headers and memory-mapped pickles for key names and shapes only; no
+multi-gigabyte file is read into RAM. The layout under ``weights/`` is described in ``weights/README.md``.
+
+Layering note: the checks and the conversion need ``pipelines`` (key layouts, the pipeline builder); it is
+imported inside the functions that need it, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from animate.errors import AnimateError
+
+SVD_DIR = "stable-video-diffusion-img2vid-xt-1-1"
+MIMICMOTION_FILE = "MimicMotion_1-1.pth"
+CHAMP_DIR = "champ"
+CHAMP_FILES = {
+    "depth": "guidance_encoder_depth.pth",
+    "normal": "guidance_encoder_normal.pth",
+    "semantic": "guidance_encoder_semantic_map.pth",
+    "skeleton": "guidance_encoder_dwpose.pth",
+}
+CONVERTED_DIR = "animation-pipeline"
+DWPOSE_FILES = ("dwpose/yolox_l.onnx", "dwpose/dw-ll_ucoco_384.onnx")
+DISPOSE_FILE = "DisPose.pth"
+CMP_FILE = "cmp/ckpt_iter_42000.pth.tar"
+DTYPES = ("fp16", "bf16", "fp32")
+
+OK, MISSING, INVALID, PRESENT = "ok", "missing", "invalid", "present"
+
+
+class WeightsError(AnimateError):
+    code = "weights_invalid"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One expected file or directory: ``ok`` (checked), ``present`` (found, not checked here),
+    ``missing`` or ``invalid`` (``detail`` says why)."""
+
+    name: str
+    path: str
+    status: str
+    bytes: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    root: str
+    files: tuple[WeightFile, ...]
+    features: dict[str, bool] = field(default_factory=dict)
+
+    def status(self, name: str) -> str:
+        return next((f.status for f in self.files if f.name == name), MISSING)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "files": [asdict(f) for f in self.files], "features": dict(self.features)}
+
+
+def safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
+    """``{key: {"dtype", "shape", "data_offsets"}}`` from a safetensors file's JSON header (first bytes only)."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > 100_000_000:
+            raise ValueError(f"{path.name}: implausible safetensors header of {length} bytes")
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def _weight_file(component_dir: Path) -> Path | None:
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+        for candidate in (
+            component_dir / name,
+            component_dir / name.replace(".safetensors", ".fp16.safetensors"),
+        ):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _check_svd(root: Path) -> tuple[WeightFile, dict[str, Any] | None]:
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from pipelines import KeyReport
+    from pipelines.checkpoints import compare_keys, unet_config_from_dir
+
+    path = root / SVD_DIR
+    if not (path / "model_index.json").is_file():
+        return WeightFile("svd", SVD_DIR, MISSING, detail="SVD-xt 1.1 in diffusers format"), None
+    problems = []
+    for component in ("unet", "vae", "image_encoder"):
+        weights = _weight_file(path / component)
+        if weights is None:
+            problems.append(f"{component}: no safetensors weights")
+            continue
+        try:
+            header = safetensors_header(weights)
+        except (ValueError, OSError, struct.error) as exc:
+            problems.append(f"{component}: unreadable ({exc})")
+            continue
+        if component == "unet":
+            import torch
+
+            config = unet_config_from_dir(path)
+            with torch.device("meta"):
+                unet = UNetSpatioTemporalConditionModel.from_config(config)
+            report: KeyReport = compare_keys(unet, {k: v["shape"] for k, v in header.items()})
+            if not report.ok:
+                problems.append(f"unet: {report.describe()}")
+    if problems:
+        return WeightFile("svd", SVD_DIR, INVALID, _size(path), "; ".join(problems)), None
+    return WeightFile("svd", SVD_DIR, OK, _size(path), "unet, vae, image_encoder"), unet_config_from_dir(path)
+
+
+def _check_mimicmotion(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
+    import torch
+
+    from pipelines import CheckpointError, check_mimicmotion
+
+    path = root / MIMICMOTION_FILE
+    if not path.is_file():
+        return WeightFile("mimicmotion", MIMICMOTION_FILE, MISSING, detail="UNet + pose guider")
+    try:
+        # mmap: tensors stay on disk; only names and shapes are touched
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), f"unreadable: {exc}")
+    if not isinstance(state, dict):
+        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), "not a state dict")
+    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    try:
+        reports = check_mimicmotion(shapes, unet_config or _svd_xt_unet_config())
+    except CheckpointError as exc:
+        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), str(exc))
+    bad = [f"{name}: {r.describe()}" for name, r in reports.items() if not r.ok]
+    if bad:
+        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), "; ".join(bad))
+    return WeightFile("mimicmotion", MIMICMOTION_FILE, OK, _size(path), f"{len(shapes)} keys")
+
+
+def _svd_xt_unet_config() -> dict[str, Any]:
+    """SVD-xt's UNet config: diffusers' defaults with ``sample_size`` 96 (per the research manifest)."""
+    import inspect
+
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    signature = inspect.signature(UNetSpatioTemporalConditionModel.__init__)
+    config = {
+        k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty
+    }
+    return config | {"sample_size": 96}
+
+
+def _check_champ(root: Path) -> list[WeightFile]:
+    import torch
+
+    from controlnets import GuidanceEncoder, convert_champ_state_dict
+    from pipelines import read_checkpoint
+
+    files = []
+    for name, filename in CHAMP_FILES.items():
+        relative = f"{CHAMP_DIR}/{filename}"
+        path = root / relative
+        if not path.is_file():
+            files.append(WeightFile(f"champ_{name}", relative, MISSING, detail="Champ guidance encoder"))
+            continue
+        try:
+            state = read_checkpoint(path)
+        except Exception as exc:
+            files.append(WeightFile(f"champ_{name}", relative, INVALID, _size(path), f"unreadable: {exc}"))
+            continue
+        with torch.device("meta"):
+            encoder = GuidanceEncoder()
+        conversion = convert_champ_state_dict(state, encoder)
+        if conversion.missing:
+            detail = f"lacks {len(conversion.missing)} keys its forward uses (e.g. {conversion.missing[0]})"
+            files.append(WeightFile(f"champ_{name}", relative, INVALID, _size(path), detail))
+        else:
+            detail = f"{len(conversion.state_dict)} keys used, {len(conversion.ignored)} unused ignored"
+            files.append(WeightFile(f"champ_{name}", relative, OK, _size(path), detail))
+    return files
+
+
+def _check_converted(root: Path) -> WeightFile:
+    path = root / CONVERTED_DIR
+    index = path / "model_index.json"
+    if not index.is_file():
+        return WeightFile("converted", CONVERTED_DIR, MISSING, detail="`animate weights convert` writes it")
+    try:
+        model_index = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        return WeightFile("converted", CONVERTED_DIR, INVALID, _size(path), f"model_index.json: {exc}")
+    if model_index.get("_class_name") != "AnimationPipeline":
+        return WeightFile(
+            "converted", CONVERTED_DIR, INVALID, _size(path), "not an AnimationPipeline directory"
+        )
+    parts = [k for k in ("pose_guider", "guidance_encoders") if (model_index.get(k) or [None])[0]]
+    missing = [c for c in ("unet", "vae", "image_encoder") if _weight_file(path / c) is None]
+    if missing:
+        return WeightFile(
+            "converted", CONVERTED_DIR, INVALID, _size(path), f"no weights for {', '.join(missing)}"
+        )
+    return WeightFile(
+        "converted", CONVERTED_DIR, OK, _size(path), "with " + (", ".join(parts) or "backbone only")
+    )
+
+
+def _presence(name: str, relative: str, detail: str, root: Path) -> WeightFile:
+    path = root / relative
+    return WeightFile(name, relative, PRESENT if path.exists() else MISSING, _size(path), detail)
+
+
+def inspect_weights(root: str | Path) -> WeightsReport:
+    """Check every known file under ``root``; ``features`` says what the engines can use."""
+    root = Path(root)
+    svd, unet_config = _check_svd(root)
+    mimicmotion = _check_mimicmotion(root, unet_config)
+    champ = _check_champ(root)
+    converted = _check_converted(root)
+    others = [
+        _presence("dwpose_detector", DWPOSE_FILES[0], "DWPose (pose issue)", root),
+        _presence("dwpose_pose", DWPOSE_FILES[1], "DWPose (pose issue)", root),
+        _presence("dispose", DISPOSE_FILE, "DisPose ControlNet (not checked yet)", root),
+        _presence("cmp", CMP_FILE, "CMP dense flow (not checked yet)", root),
+    ]
+    pose_guided = converted.status == OK and "pose_guider" in converted.detail
+    features = {
+        "diffusion": pose_guided or (svd.status == OK and mimicmotion.status == OK),
+        "pose_guider": pose_guided or mimicmotion.status == OK,
+        "fast_load": converted.status == OK,
+        **{f"guidance_{f.name.removeprefix('champ_')}": f.status == OK for f in champ},
+        "dwpose": all((root / p).is_file() for p in DWPOSE_FILES),
+        "dispose": (root / DISPOSE_FILE).is_file() and (root / CMP_FILE).is_file(),
+    }
+    files = (svd, mimicmotion, *champ, converted, *others)
+    return WeightsReport(root=str(root), files=files, features=features)
+
+
+def convert_weights(
+    root: str | Path, out: str | Path | None = None, dtype: str = "fp16", force: bool = False
+) -> Path:
+    """SVD-xt + MimicMotion (+ Champ encoders when present) -> one ``save_pretrained`` directory (safetensors)."""
+    import torch
+
+    from pipelines import CheckpointError, build_pipeline
+
+    root = Path(root)
+    out = Path(out) if out is not None else root / CONVERTED_DIR
+    if dtype not in DTYPES:
+        raise WeightsError("invalid_dtype", f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise WeightsError("output_exists", f"{out} exists and is not empty (use --force to overwrite)")
+    report = inspect_weights(root)
+    if report.status("svd") != OK:
+        svd = next(f for f in report.files if f.name == "svd")
+        raise WeightsError(
+            "weights_missing", f"need {root / SVD_DIR} in diffusers format: {svd.status} {svd.detail}"
+        )
+    for file in report.files:
+        if file.status == INVALID and file.name in ("mimicmotion", *(f"champ_{n}" for n in CHAMP_FILES)):
+            raise WeightsError("weights_invalid", f"{file.path}: {file.detail}")
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    champ = {n: root / CHAMP_DIR / f for n, f in CHAMP_FILES.items() if report.status(f"champ_{n}") == OK}
+    mimicmotion = root / MIMICMOTION_FILE if report.status("mimicmotion") == OK else None
+    try:
+        pipe = build_pipeline(
+            root / SVD_DIR, mimicmotion=mimicmotion, champ_files=champ or None, dtype=torch_dtype
+        )
+    except CheckpointError as exc:
+        raise WeightsError("weights_invalid", str(exc)) from exc
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
