@@ -17,6 +17,7 @@ from animate.cli import doctor as doctor_cmd
 from animate.cli import media as media_cmd
 from animate.cli import pose as pose_cmd
 from animate.cli import run as run_cmd
+from animate.cli import weights as weights_cmd
 from animate.errors import AnimateError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -49,6 +50,7 @@ app.command("run")(run_cmd.run)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(media_cmd.app, name="media")
 app.command("pose")(pose_cmd.pose)
+app.add_typer(weights_cmd.app, name="weights")
 
 
 def run(argv: list[str] | None = None) -> int:
