@@ -16,7 +16,7 @@ from pathlib import Path
 
 from animate.media import open_video
 from animate.pose import MediaPipeEstimator, draw_pose, estimate_frames, finish_sequence
-from animate.pose.extract import prefetch
+from animate.media.prefetch import prefetched
 
 DANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "driving" / "dance_musepose.mp4"
 
@@ -26,7 +26,7 @@ def _run(video_path: Path, frames: int, size: tuple[int, int], whole_body: bool)
     with MediaPipeEstimator(whole_body=whole_body, segmentation=False) as estimator:
         start = time.perf_counter()
         candidates = estimate_frames(
-            prefetch(video.frames(max_frames=frames, size=size)), estimator, width=size[0], height=size[1]
+            prefetched(video.frames(max_frames=frames, size=size)), estimator, width=size[0], height=size[1]
         )
         sequence = finish_sequence(candidates, size[0], size[1], video.fps)
         return time.perf_counter() - start, sequence

@@ -251,20 +251,3 @@ def test_draw_pose_uses_openpose_colours_confidence_and_antialiasing() -> None:
     no_hands = draw_pose(pose, 512, 768, hands=False)
     assert (img.astype(int) - no_hands.astype(int)).max() > 100
     assert len(HAND_EDGES) == 20
-
-
-def test_prefetch_keeps_order_and_raises_the_producers_error() -> None:
-    from animate.pose.extract import prefetch
-
-    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(20)]
-    assert [int(f[0, 0, 0]) for f in prefetch(iter(frames), depth=2)] == list(range(20))
-
-    def broken():
-        yield frames[0]
-        raise RuntimeError("decoder died")
-
-    with pytest.raises(RuntimeError, match="decoder died"):
-        list(prefetch(broken()))
-    # Stopping early does not hang on a producer blocked on the full queue.
-    first = next(iter(prefetch(iter(frames), depth=1)))
-    assert int(first[0, 0, 0]) == 0

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -17,6 +15,7 @@ import av.error
 import numpy as np
 
 from animate.media.errors import MediaError
+from animate.media.prefetch import prefetched
 from animate.media.video import _OPEN_OPTIONS
 
 _AUDIO_RATE = 48_000
@@ -171,7 +170,9 @@ def write_video(
                     )
                 return array
 
-            for frame in _converted(itertools.chain([first], map(checked, iterator))):
+            for frame in prefetched(
+                itertools.chain([first], map(checked, iterator)), transform=_to_yuv, name="rgb-to-yuv"
+            ):
                 encode(frame)
             for packet in stream.encode(None):
                 output.mux(packet)
@@ -189,39 +190,6 @@ def _to_yuv(array: np.ndarray) -> av.VideoFrame:
     # swscale's BGR input path is SIMD-optimised; the channel swap costs less than the slower RGB path.
     bgr = np.ascontiguousarray(array[..., ::-1])
     return av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p", dst_colorspace="itu709")
-
-
-def _converted(arrays: Iterator[np.ndarray], depth: int = 4) -> Iterator[av.VideoFrame]:
-    """RGB -> yuv420p on a helper thread (swscale drops the GIL), overlapping with x264's own threads."""
-    done = object()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for array in arrays:
-                if stop.is_set():
-                    return
-                slots.put(_to_yuv(array))
-        except BaseException as exc:  # handed to the consumer, raised there
-            slots.put(exc)
-            return
-        slots.put(done)
-
-    worker = threading.Thread(target=produce, name="rgb-to-yuv", daemon=True)
-    worker.start()
-    try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                worker.join(0.01)
 
 
 def _check_frame(array: np.ndarray) -> np.ndarray:

@@ -7,8 +7,6 @@ and tiled views before concluding that nobody is there, because references come 
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from animate.media.prefetch import prefetched
 from animate.pose.errors import PoseError
 from animate.pose.estimator import PoseEstimator
 from animate.pose.gaps import fill_gaps
@@ -98,39 +97,6 @@ def estimate_frames(
     return out
 
 
-def prefetch(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
-    """Decode ahead in a thread (FFmpeg releases the GIL), so decoding overlaps pose inference."""
-    items: queue.Queue = queue.Queue(depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for frame in frames:
-                if stop.is_set():
-                    return
-                items.put(frame)
-        except BaseException as exc:  # handed to the consumer, which re-raises it in its own thread
-            items.put(exc)
-            return
-        items.put(done)
-
-    worker = threading.Thread(target=produce, name="pose-decode", daemon=True)
-    worker.start()
-    try:
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
-
-
 def estimate_video(
     video: object,
     estimator: PoseEstimator | None = None,
@@ -154,7 +120,7 @@ def estimate_video(
     estimator = estimator or _default_estimator(static=False, segmentation=options.keep_masks)
     try:
         candidates = estimate_frames(
-            prefetch(video.frames(fps=fps, max_frames=max_frames, size=size)),
+            prefetched(video.frames(fps=fps, max_frames=max_frames, size=size), depth=8, name="pose-decode"),
             estimator,
             width=video.width,
             height=video.height,
