@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from animate.media import open_video
-from animate.pose import MediaPipeEstimator, draw_pose, estimate_frames, finish_sequence
 from animate.media.prefetch import prefetched
+from animate.pose import MediaPipeEstimator, draw_pose, estimate_frames, finish_sequence
 
 DANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "driving" / "dance_musepose.mp4"
 
