@@ -26,11 +26,41 @@ class MediaLimits(BaseModel):
     image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 
 
+class ServerSettings(BaseModel):
+    """The job server: API, queue and workers (``ANIMATE_SERVER__*``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the job table; default: SQLite in data_dir."
+    )
+    queue_url: str | None = Field(
+        default=None,
+        description="Huey storage: redis://... or postgresql://...; default: SQLite in data_dir.",
+    )
+    queue_name: str = "animate"
+    max_reference_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="Upload cap, reference.")
+    heartbeat_seconds: float = Field(
+        default=1.0, gt=0, description="Running jobs and workers beat this often."
+    )
+    stale_after_seconds: float = Field(
+        default=30.0, gt=0, description="A running job silent this long is lost."
+    )
+    maintenance_seconds: float = Field(default=2.0, gt=0, description="Stale-job and cleanup sweep period.")
+    max_attempts: int = Field(default=3, ge=1, description="Runs of one job before it fails worker_lost.")
+    retention_hours: float = Field(default=72.0, gt=0, description="Finished jobs' files are kept this long.")
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty: no auth.")
+    rate_limit_per_minute: int = Field(default=120, ge=1, description="Requests per key per minute.")
+    max_queued_per_key: int = Field(default=20, ge=1, description="Queued jobs one key may hold.")
+    allow_private_webhooks: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANIMATE_", env_nested_delimiter="__", extra="ignore")
 
     weights_dir: Path = Field(default=Path("weights"), description="Where user-supplied weights live.")
     data_dir: Path = Field(default=Path("data"), description="Uploads, outputs, job database.")
     media: MediaLimits = Field(default_factory=MediaLimits)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     output_crf: int = Field(default=18, ge=0, le=51, description="H.264 quality of rendered videos.")
     output_preset: str = "medium"

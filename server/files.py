@@ -1,0 +1,50 @@
+"""Where a job's files live: ``<data_dir>/jobs/<id>/`` holds its inputs and one folder per attempt.
+
+An attempt renders into ``attempt-<n>/``; the job row names the folder of the attempt that won, so a
+retried job never serves a half-written file from an attempt that died.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
+ARTIFACT_NAMES = ("skeleton", "motion", "poses", "depth", "normal", "semantic")
+
+
+class JobFiles:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir) / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def input_name(self, kind: str, filename: str | None) -> str:
+        suffix = Path(filename or "").suffix.lower()
+        return kind + (suffix if _SUFFIX.match(suffix) else "")
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.job_dir(job_id) / f"attempt-{attempt}"
+
+    def video(self, job_id: str, output_dir: str) -> Path:
+        return self.job_dir(job_id) / output_dir / "video.mp4"
+
+    def artifacts(self, job_id: str, output_dir: str) -> dict[str, Path]:
+        folder = self.job_dir(job_id) / output_dir / "artifacts"
+        if not folder.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.stem in ARTIFACT_NAMES and p.is_file()}
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def remove_attempts(self, job_id: str, keep: str | None) -> None:
+        """Folders of attempts that lost (a worker that died mid-write)."""
+        folder = self.job_dir(job_id)
+        if folder.is_dir():
+            for path in folder.glob("attempt-*"):
+                if path.name != keep:
+                    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,315 @@
+"""``/v1/jobs``: submit, poll, list, download, cancel, delete, events."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+import shutil
+import socket
+import uuid
+from typing import Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from animate.media import load_image, open_video
+from server.deps import AppState, current_owner, get_state
+from server.errors import ApiError, not_found
+from server.models import FINISHED, Job
+from server.schemas import ErrorResponse, JobList, JobOptions, JobOut, job_out
+from server.store import IdempotencyConflict
+from server.uploads import receive_form
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+ERRORS = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+    404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
+}
+_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["reference", "driving"],
+    "properties": {
+        "reference": {
+            "type": "string",
+            "format": "binary",
+            "description": "Photo of a person (JPEG/PNG/WebP).",
+        },
+        "driving": {"type": "string", "format": "binary", "description": "Video of someone moving."},
+        **{
+            name: {
+                k: v
+                for k, v in prop.items()
+                if k in ("type", "anyOf", "enum", "minimum", "maximum", "default")
+            }
+            for name, prop in JobOptions.model_json_schema()["properties"].items()
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def present(state: AppState, job: Job) -> JobOut:
+    artifacts = []
+    if job.status == "succeeded" and job.output_dir and not job.files_deleted:
+        artifacts = list(state.files.artifacts(job.id, job.output_dir))
+    return job_out(job, state.store.queue_position(job), artifacts)
+
+
+def _load(state: AppState, job_id: str, owner: str) -> Job:
+    job = state.store.get(job_id, owner)
+    if job is None:
+        raise not_found()
+    return job
+
+
+def _probe(state: AppState, reference, driving) -> None:
+    limits = state.settings.media
+    load_image(reference, limits)
+    with open_video(driving, limits):
+        pass
+
+
+def _check_webhook(url: str, allow_private: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(422, "invalid_webhook_url", "webhook_url must be an http(s) URL")
+    if allow_private:
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, None)}
+    except OSError as exc:
+        raise ApiError(
+            422, "invalid_webhook_url", f"webhook host does not resolve: {parts.hostname}"
+        ) from exc
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not ip.is_global:
+            raise ApiError(422, "invalid_webhook_url", "webhook targets on private networks are refused")
+
+
+def _accepted(state: AppState, job: Job, replayed: bool = False) -> JSONResponse:
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(present(state, job).model_dump(mode="json"), status_code=202, headers=headers)
+
+
+def _replay(state: AppState, existing: Job, digest: str) -> JSONResponse:
+    if existing.request_digest != digest:
+        raise ApiError(
+            422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
+        )
+    return _accepted(state, existing, replayed=True)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a job",
+    responses={
+        **ERRORS,
+        413: {"model": ErrorResponse, "description": "An upload is over its size cap."},
+        415: {"model": ErrorResponse, "description": "Not multipart/form-data."},
+        422: {"model": ErrorResponse, "description": "Bad input: `error.code` says which."},
+        429: {"model": ErrorResponse, "description": "Rate limit or queued-job cap."},
+    },
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}}}
+    },
+)
+async def submit(
+    request: Request,
+    state: AppState = Depends(get_state),
+    owner: str = Depends(current_owner),
+    idempotency_key: str | None = Header(default=None, max_length=255),
+) -> JSONResponse:
+    """Upload `reference` and `driving` plus options; answers 202 with the job and its `Location`."""
+    if (
+        state.settings.server.api_keys
+        and state.store.count_queued(owner) >= state.settings.server.max_queued_per_key
+    ):
+        raise ApiError(429, "too_many_queued", "this key has too many queued jobs", {"Retry-After": "10"})
+    job_id = uuid.uuid4().hex
+    folder = state.files.job_dir(job_id)
+    folder.mkdir(parents=True)
+    try:
+        caps = {
+            "reference": state.settings.server.max_reference_bytes,
+            "driving": state.settings.media.max_file_bytes,
+        }
+        form = await receive_form(
+            request,
+            folder,
+            caps,
+            set(JobOptions.model_fields),
+            lambda kind, name: state.files.input_name(kind, name),
+        )
+        for kind in ("reference", "driving"):
+            if kind not in form.files:
+                raise ApiError(422, "missing_file", f"the '{kind}' file is required")
+        try:
+            options = JobOptions.model_validate(form.fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "options"
+            raise ApiError(422, "invalid_option", f"{where}: {first['msg']}") from None
+        options.animation_options().validate()
+
+        if idempotency_key is not None:
+            existing = state.store.find_idempotent(owner, idempotency_key)
+            if existing is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+                return _replay(state, existing, form.digest)
+        if options.webhook_url:
+            await run_in_threadpool(
+                _check_webhook, options.webhook_url, state.settings.server.allow_private_webhooks
+            )
+        await run_in_threadpool(_probe, state, form.files["reference"].path, form.files["driving"].path)
+
+        job = Job(
+            id=job_id,
+            owner=owner,
+            status="queued",
+            options=options.model_dump(exclude={"webhook_url"}),
+            reference_name=form.files["reference"].path.name,
+            driving_name=form.files["driving"].path.name,
+            idempotency_key=idempotency_key,
+            request_digest=form.digest,
+            webhook_url=options.webhook_url,
+        )
+        try:
+            state.store.create(job)
+        except IdempotencyConflict:
+            shutil.rmtree(folder, ignore_errors=True)
+            existing = state.store.find_idempotent(owner, idempotency_key or "")
+            if existing is None:
+                raise
+            return _replay(state, existing, form.digest)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
+        state.queue.enqueue(job_id)
+    except Exception as exc:
+        state.store.finish_unqueued(job_id, "queue_unavailable")
+        raise ApiError(503, "queue_unavailable", "the job queue is unreachable; try again") from exc
+    return _accepted(state, job)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first", responses=ERRORS)
+def list_jobs(
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
+    limit: int = Query(default=20, ge=1, le=100),
+    cursor: str | None = Query(default=None, max_length=64),
+    state: AppState = Depends(get_state),
+    owner: str = Depends(current_owner),
+) -> JobList:
+    before = None
+    if cursor is not None:
+        try:
+            before = int(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
+        except Exception:
+            raise ApiError(422, "invalid_cursor", "the cursor is not one this API gave out") from None
+    jobs = state.store.list(owner, status, before, limit + 1)
+    page, more = jobs[:limit], len(jobs) > limit
+    next_cursor = base64.urlsafe_b64encode(str(page[-1].seq).encode()).decode().rstrip("=") if more else None
+    return JobList(jobs=[present(state, job) for job in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Poll a job", responses=ERRORS)
+def get_job(job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)) -> JobOut:
+    return present(state, _load(state, job_id, owner))
+
+
+def _output(state: AppState, job: Job):
+    if job.status != "succeeded" or not job.output_dir:
+        raise ApiError(409, "not_ready", f"the job is {job.status}; outputs exist once it has succeeded")
+    if job.files_deleted:
+        raise ApiError(410, "expired", "this job's files were deleted after the retention period")
+    return job.output_dir
+
+
+@router.get(
+    "/{job_id}/video",
+    summary="Download the mp4 (HTTP Range supported)",
+    response_class=FileResponse,
+    responses={**ERRORS, 206: {"description": "Partial content"}, 200: {"content": {"video/mp4": {}}}},
+)
+def get_video(job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)):
+    job = _load(state, job_id, owner)
+    path = state.files.video(job.id, _output(state, job))
+    if not path.is_file():
+        raise ApiError(410, "expired", "this job's video is gone")
+    return FileResponse(
+        path, media_type="video/mp4", filename=f"{job.id}.mp4", content_disposition_type="inline"
+    )
+
+
+@router.get("/{job_id}/artifacts/{name}", summary="Download a guidance preview", responses=ERRORS)
+def get_artifact(
+    job_id: str, name: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+):
+    job = _load(state, job_id, owner)
+    path = state.files.artifacts(job.id, _output(state, job)).get(name)
+    if path is None:
+        raise not_found("artifact")
+    media_type = "video/mp4" if path.suffix == ".mp4" else "application/json"
+    return FileResponse(path, media_type=media_type, content_disposition_type="inline")
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job", responses=ERRORS)
+def cancel_job(
+    job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+) -> JobOut:
+    """A queued job is canceled at once; a running one stops within a few seconds (poll it)."""
+    job = _load(state, job_id, owner)
+    if job.status in ("succeeded", "failed"):
+        raise ApiError(409, "job_finished", f"the job already {job.status}")
+    job = state.store.cancel(job_id) or job
+    return present(state, job)
+
+
+@router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its files", responses=ERRORS)
+def delete_job(
+    job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+) -> Response:
+    job = _load(state, job_id, owner)
+    if job.status not in FINISHED or not state.store.delete(job_id):
+        raise ApiError(409, "job_active", "cancel the job first; it is still queued or running")
+    state.files.remove(job_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-sent events: the job on every change, until it finishes",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(
+    job_id: str, request: Request, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+) -> StreamingResponse:
+    _load(state, job_id, owner)
+
+    async def stream():
+        last = None
+        while not await request.is_disconnected():
+            job = await run_in_threadpool(state.store.get, job_id, owner)
+            if job is None:
+                yield "event: deleted\ndata: {}\n\n"
+                return
+            body = json.dumps((await run_in_threadpool(present, state, job)).model_dump(mode="json"))
+            if body != last:
+                last = body
+                yield f"event: job\ndata: {body}\n\n"
+            if job.status in FINISHED:
+                return
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

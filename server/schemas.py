@@ -1,0 +1,127 @@
+"""Pydantic classes for the wire; ``job_out`` converts a ``models.Job`` row explicitly."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from animate.animator import AnimationOptions
+from server.models import Job
+
+Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class JobOptions(BaseModel):
+    """The option fields of ``POST /v1/jobs``; anything else is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["auto", "warp", "diffusion"] = "auto"
+    width: int | None = Field(default=None, ge=64, le=4096)
+    height: int | None = Field(default=None, ge=64, le=4096)
+    fps: float | None = Field(default=None, ge=1, le=60)
+    max_frames: int | None = Field(default=None, ge=1, le=36_000)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    steps: int = Field(default=25, ge=1, le=200)
+    guidance_scale: float = Field(default=2.0, ge=0, le=50)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @model_validator(mode="after")
+    def _size_together(self) -> JobOptions:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together")
+        return self
+
+    def animation_options(self) -> AnimationOptions:
+        size = (self.width, self.height) if self.width is not None and self.height is not None else None
+        return AnimationOptions(
+            engine=self.engine,
+            size=size,
+            fps=self.fps,
+            max_frames=self.max_frames,
+            seed=self.seed,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+        )
+
+
+class ProgressOut(BaseModel):
+    stage: str | None
+    fraction: float
+    step: int
+    total: int
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorOut
+
+
+class ResultOut(BaseModel):
+    engine: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    timings: dict[str, float] = {}
+
+
+class UrlsOut(BaseModel):
+    self: str
+    cancel: str
+    video: str | None = None
+    artifacts: dict[str, str] = {}
+
+
+class JobOut(BaseModel):
+    id: str
+    status: Status
+    progress: ProgressOut
+    queue_position: int | None = Field(description="Jobs ahead of this one; null unless queued.")
+    attempts: int
+    error: ErrorOut | None
+    options: dict
+    result: ResultOut | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    urls: UrlsOut
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next (older) page; null at the end."
+    )
+
+
+def job_out(job: Job, queue_position: int | None, artifacts: list[str]) -> JobOut:
+    base = f"/v1/jobs/{job.id}"
+    has_video = job.status == "succeeded" and not job.files_deleted
+    return JobOut(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        progress=ProgressOut(
+            stage=job.stage, fraction=round(job.fraction, 4), step=job.step, total=job.total
+        ),
+        queue_position=queue_position,
+        attempts=job.attempts,
+        error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        options=job.options,
+        result=ResultOut(**job.result) if job.result else None,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        urls=UrlsOut(
+            self=base,
+            cancel=f"{base}/cancel",
+            video=f"{base}/video" if has_video else None,
+            artifacts={name: f"{base}/artifacts/{name}" for name in artifacts} if has_video else {},
+        ),
+    )

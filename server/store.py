@@ -1,0 +1,276 @@
+"""Job records: every state change is one conditional UPDATE, so racing workers and reapers agree.
+
+A worker owns a running job through its attempt number: progress, heartbeat and the final outcome only
+land while ``status == 'running' and attempts == attempt``; a re-enqueued or deleted job ignores a
+worker that was given up on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.models import FINISHED, JOB_STATUSES, Base, Job, WorkerRecord, utcnow
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: Job
+    attempt: int
+
+
+class IdempotencyConflict(Exception):
+    """Another job already holds this (owner, idempotency key)."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection, _record) -> None:  # WAL: the API reads while a worker writes
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class JobStore:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(select(1))
+
+    # --- the API side ---------------------------------------------------------------------------
+
+    def create(self, job: Job) -> Job:
+        try:
+            with self.session() as s:
+                s.add(job)
+        except IntegrityError as exc:
+            if job.idempotency_key is not None:
+                raise IdempotencyConflict(job.idempotency_key) from exc
+            raise
+        return job
+
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        with self.session() as s:
+            query = select(Job).where(Job.id == job_id)
+            if owner is not None:
+                query = query.where(Job.owner == owner)
+            return s.scalars(query).first()
+
+    def find_idempotent(self, owner: str, key: str) -> Job | None:
+        with self.session() as s:
+            return s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
+
+    def list(self, owner: str, status: str | None, before_seq: int | None, limit: int) -> list[Job]:
+        with self.session() as s:
+            query = select(Job).where(Job.owner == owner)
+            if status is not None:
+                query = query.where(Job.status == status)
+            if before_seq is not None:
+                query = query.where(Job.seq < before_seq)
+            return list(s.scalars(query.order_by(Job.seq.desc()).limit(limit)))
+
+    def queue_position(self, job: Job) -> int | None:
+        """0: next to run. Counted over every owner's jobs: they share the workers."""
+        if job.status != "queued":
+            return None
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(Job.status == "queued", Job.seq < job.seq)) or 0
+
+    def count_queued(self, owner: str) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(Job.owner == owner, Job.status == "queued")) or 0
+
+    def cancel(self, job_id: str) -> Job | None:
+        """A queued job is canceled at once; a running one gets the flag its worker polls."""
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="canceled", finished_at=now, cancel_requested=True)
+            )
+            s.execute(
+                update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
+            )
+        return self.get(job_id)
+
+    def finish_unqueued(self, job_id: str, code: str) -> None:
+        """A job whose message never reached the queue."""
+        with self.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(status="failed", finished_at=utcnow(), error_code=code, error_message="not queued")
+            )
+
+    def delete(self, job_id: str) -> bool:
+        with self.session() as s:
+            return s.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINISHED))).rowcount == 1
+
+    # --- the worker side ------------------------------------------------------------------------
+
+    def claim(self, job_id: str, worker_id: str) -> Claim | None:
+        """queued -> running for exactly one caller; ``None`` when canceled, gone or already taken."""
+        now = utcnow()
+        with self.session() as s:
+            done = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued")
+                .values(
+                    status="running",
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                    heartbeat_at=now,
+                    worker_id=worker_id,
+                    stage=None,
+                    fraction=0.0,
+                    step=0,
+                    total=0,
+                )
+            )
+            if done.rowcount != 1:
+                return None
+            job = s.scalars(select(Job).where(Job.id == job_id)).one()
+            return Claim(job, job.attempts)
+
+    def _owned(self, job_id: str, attempt: int):
+        return update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+
+    def heartbeat(self, job_id: str, attempt: int) -> tuple[bool, bool]:
+        """(still ours, cancel requested)."""
+        with self.session() as s:
+            owned = s.execute(self._owned(job_id, attempt).values(heartbeat_at=utcnow())).rowcount == 1
+            cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        return owned, cancel
+
+    def progress(self, job_id: str, attempt: int, stage: str, fraction: float, step: int, total: int) -> bool:
+        with self.session() as s:
+            values = dict(stage=stage, fraction=fraction, step=step, total=total, heartbeat_at=utcnow())
+            return s.execute(self._owned(job_id, attempt).values(**values)).rowcount == 1
+
+    def finish(self, job_id: str, attempt: int, status: str, **values) -> bool:
+        assert status in FINISHED
+        with self.session() as s:
+            owned = self._owned(job_id, attempt).values(status=status, finished_at=utcnow(), **values)
+            return s.execute(owned).rowcount == 1
+
+    def requeue(self, job_id: str, attempt: int) -> bool:
+        """Give a running job back to the queue (graceful worker shutdown)."""
+        with self.session() as s:
+            values = dict(status="queued", worker_id=None, heartbeat_at=None)
+            return s.execute(self._owned(job_id, attempt).values(**values)).rowcount == 1
+
+    def reap_stale(self, stale_after: float, max_attempts: int) -> list[str]:
+        """Running jobs whose heartbeat stopped: back to ``queued`` (returned, to enqueue) or failed."""
+        cutoff = utcnow() - timedelta(seconds=stale_after)
+        requeued = []
+        with self.session() as s:
+            stale = s.execute(
+                select(Job.id, Job.attempts, Job.heartbeat_at, Job.cancel_requested).where(
+                    Job.status == "running", Job.heartbeat_at < cutoff
+                )
+            ).all()
+        for job_id, attempts, beat, cancel in stale:
+            same = update(Job).where(Job.id == job_id, Job.status == "running", Job.heartbeat_at == beat)
+            if cancel:
+                values = dict(status="canceled", finished_at=utcnow())
+            elif attempts >= max_attempts:
+                values = dict(
+                    status="failed",
+                    finished_at=utcnow(),
+                    error_code="worker_lost",
+                    error_message=f"the worker running this job stopped responding {attempts} times",
+                )
+            else:
+                values = dict(status="queued", worker_id=None, heartbeat_at=None)
+            with self.session() as s:
+                if s.execute(same.values(**values)).rowcount == 1 and values["status"] == "queued":
+                    requeued.append(job_id)
+        return requeued
+
+    def expired(self, older_than: datetime, limit: int = 100) -> list[str]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(Job.id)
+                    .where(
+                        Job.status.in_(FINISHED), Job.finished_at < older_than, Job.files_deleted.is_(False)
+                    )
+                    .limit(limit)
+                )
+            )
+
+    def mark_files_deleted(self, job_id: str) -> None:
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(files_deleted=True))
+
+    # --- workers and metrics --------------------------------------------------------------------
+
+    def worker_beat(
+        self, worker_id: str, hostname: str, pid: int, current_job: str | None, done: int
+    ) -> None:
+        with self.session() as s:
+            record = s.get(WorkerRecord, worker_id)
+            if record is None:
+                record = WorkerRecord(id=worker_id, hostname=hostname, pid=pid, started_at=utcnow())
+                s.add(record)
+            record.heartbeat_at = utcnow()
+            record.current_job = current_job
+            record.jobs_done = done
+
+    def worker_gone(self, worker_id: str) -> None:
+        with self.session() as s:
+            s.execute(delete(WorkerRecord).where(WorkerRecord.id == worker_id))
+
+    def workers(self) -> list[WorkerRecord]:
+        with self.session() as s:
+            return list(s.scalars(select(WorkerRecord).order_by(WorkerRecord.started_at)))
+
+    def counts_by_status(self) -> dict[str, int]:
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        with self.session() as s:
+            for status, count in s.execute(select(Job.status, func.count()).group_by(Job.status)):
+                counts[status] = count
+        return counts
+
+    def finished_durations(self) -> list[tuple[str, float, dict]]:
+        """(status, run seconds, stage timings) of every finished job that ran."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Job.status, Job.started_at, Job.finished_at, Job.result).where(
+                    Job.status.in_(FINISHED), Job.started_at.is_not(None), Job.finished_at.is_not(None)
+                )
+            ).all()
+        return [
+            (status, (end - start).total_seconds(), (result or {}).get("timings", {}))
+            for status, start, end, result in rows
+        ]

@@ -1,0 +1,235 @@
+"""What a worker process does: claim a job, call the facade, record the outcome; sweep stale jobs.
+
+One ``Animator`` per process, loaded on the first job and reused. A running job has a heartbeat thread
+that also reads the cancel flag; the facade polls ``should_cancel`` between frames and steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from huey.consumer import Consumer
+from huey.signals import SIGNAL_INTERRUPTED
+
+from animate.animator import AnimationResult, Animator, Canceled, Progress
+from animate.errors import AnimateError
+from animate.settings import Settings
+from server.files import JobFiles
+from server.models import utcnow
+from server.queue import JobQueue
+from server.schemas import JobOptions
+from server.store import JobStore
+
+log = logging.getLogger("server.worker")
+
+
+def database_url(settings: Settings) -> str:
+    if settings.server.database_url:
+        return settings.server.database_url
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(settings.data_dir).resolve() / 'jobs.db'}"
+
+
+@dataclass
+class RunningJob:
+    job_id: str
+    attempt: int
+    lost: bool = False  # the row moved on without us (re-enqueued, deleted): stop, record nothing
+    cancel: bool = False  # the user asked to cancel
+    interrupted: bool = False  # this worker is shutting down and gave the job back
+    done: threading.Event = field(default_factory=threading.Event)
+    last_write: float = 0.0
+    last_stage: str | None = None
+
+    def should_stop(self) -> bool:
+        return self.lost or self.cancel or self.interrupted
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: JobStore, files: JobFiles, queue: JobQueue) -> None:
+        self.settings = settings
+        self.store = store
+        self.files = files
+        self.queue = queue
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.current: RunningJob | None = None
+        self.jobs_done = 0
+        self._animator: Animator | None = None
+        self._stop = threading.Event()
+
+    @property
+    def animator(self) -> Animator:
+        if self._animator is None:
+            self._animator = Animator(self.settings)
+        return self._animator
+
+    # --- one job --------------------------------------------------------------------------------
+
+    def run(self, job_id: str) -> None:
+        claim = self.store.claim(job_id, self.worker_id)
+        if claim is None:
+            log.info("job %s is not queued any more; skipped", job_id)
+            return
+        job, running = claim.job, RunningJob(job_id, claim.attempt)
+        self.current = running
+        beat = threading.Thread(
+            target=self._heartbeat, args=(running,), name=f"heartbeat-{job_id}", daemon=True
+        )
+        beat.start()
+        folder = self.files.attempt_dir(job_id, claim.attempt)
+        won = False
+        log.info("job %s attempt %d started", job_id, claim.attempt)
+        try:
+            options = JobOptions(**job.options).animation_options()
+            inputs = self.files.job_dir(job_id)
+            result = self.animator.run(
+                inputs / job.reference_name,
+                inputs / job.driving_name,
+                folder / "video.mp4",
+                options,
+                artifacts_dir=folder / "artifacts",
+                progress=lambda p: self._progress(running, p),
+                should_cancel=running.should_stop,
+            )
+        except Canceled:
+            if running.cancel and not (running.lost or running.interrupted):
+                self.store.finish(job_id, claim.attempt, "canceled")
+        except AnimateError as exc:
+            won = self.store.finish(
+                job_id, claim.attempt, "failed", error_code=exc.code, error_message=exc.message[:2000]
+            )
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            message = f"internal error ({type(exc).__name__})"
+            self.store.finish(
+                job_id, claim.attempt, "failed", error_code="internal_error", error_message=message
+            )
+        else:
+            won = self.store.finish(
+                job_id,
+                claim.attempt,
+                "succeeded",
+                fraction=1.0,
+                stage="encode",
+                result=_result_record(result),
+                output_dir=folder.name,
+                error_code=None,
+                error_message=None,
+            )
+        finally:
+            running.done.set()
+            beat.join(timeout=5)
+            self.current = None
+            self.jobs_done += 1
+            if not won:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            log.info("job %s attempt %d ended (recorded: %s)", job_id, claim.attempt, won)
+
+    def _progress(self, running: RunningJob, p: Progress) -> None:
+        now = time.monotonic()
+        if p.stage == running.last_stage and now - running.last_write < 0.25 and p.fraction < 1.0:
+            return
+        running.last_write, running.last_stage = now, p.stage
+        if not self.store.progress(running.job_id, running.attempt, p.stage, p.fraction, p.step, p.total):
+            running.lost = True
+
+    def _heartbeat(self, running: RunningJob) -> None:
+        while not running.done.wait(self.settings.server.heartbeat_seconds):
+            try:
+                owned, cancel = self.store.heartbeat(running.job_id, running.attempt)
+            except Exception:  # the database is briefly away: try again next beat
+                log.exception("heartbeat failed")
+                continue
+            running.lost = running.lost or not owned
+            running.cancel = running.cancel or cancel
+
+    def interrupt(self, job_id: str) -> None:
+        """Graceful shutdown with a job in flight: hand it back to the queue for another worker."""
+        running = self.current
+        if running is None or running.job_id != job_id:
+            return
+        running.interrupted = True
+        if self.store.requeue(job_id, running.attempt):
+            self.queue.enqueue(job_id)
+            log.info("job %s handed back to the queue", job_id)
+
+    # --- periodic sweep -------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Heartbeat this worker, re-enqueue jobs of dead workers, delete expired files."""
+        server = self.settings.server
+        current = self.current.job_id if self.current else None
+        self.store.worker_beat(self.worker_id, socket.gethostname(), os.getpid(), current, self.jobs_done)
+        for job_id in self.store.reap_stale(server.stale_after_seconds, server.max_attempts):
+            log.warning("job %s lost its worker; re-enqueued", job_id)
+            self.queue.enqueue(job_id)
+        for job_id in self.store.expired(utcnow() - timedelta(hours=server.retention_hours)):
+            self.files.remove(job_id)
+            self.store.mark_files_deleted(job_id)
+
+    def sweep_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+            self._stop.wait(self.settings.server.maintenance_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+        running = self.current
+        if running is not None:
+            running.done.wait(timeout=10)
+        try:
+            self.store.worker_gone(self.worker_id)
+        except Exception:
+            log.exception("could not remove the worker record")
+
+
+def _result_record(result: AnimationResult) -> dict:
+    return {
+        "engine": result.engine,
+        "frames": result.frames,
+        "fps": result.fps,
+        "width": result.size[0],
+        "height": result.size[1],
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+
+
+def run_worker(settings: Settings) -> None:
+    """One Huey consumer (one job at a time) plus the sweep thread, until SIGINT / SIGTERM."""
+    store = JobStore(database_url(settings))
+    files = JobFiles(settings.data_dir)
+    runner_box: list[JobRunner] = []
+    queue = JobQueue(settings, execute=lambda job_id: runner_box[0].run(job_id))
+    runner = JobRunner(settings, store, files, queue)
+    runner_box.append(runner)
+
+    @queue.huey.signal(SIGNAL_INTERRUPTED)
+    def _interrupted(_signal, task, *args, **kwargs) -> None:
+        if task.args:
+            runner.interrupt(task.args[0])
+
+    sweeper = threading.Thread(target=runner.sweep_forever, name="sweep", daemon=True)
+    sweeper.start()
+    consumer = Consumer(
+        queue.huey, workers=1, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.5
+    )
+    log.info("worker %s consuming from %s", runner.worker_id, settings.server.queue_url or "sqlite")
+    try:
+        consumer.run()
+    finally:
+        runner.stop()
+        queue.close()
+        store.close()
