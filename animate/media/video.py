@@ -6,6 +6,7 @@ filter graph, so Python only sees finished frames and memory stays bounded by a 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -235,6 +236,10 @@ class DrivingVideo:
         if size is not None and (size[0] < 2 or size[1] < 2):
             raise MediaError("invalid_option", f"size must be at least 2x2, got {size[0]}x{size[1]}")
         target_fps = Fraction(fps if fps is not None else self.info.fps).limit_denominator(1001)
+        stream = self._stream(target_fps, size)
+        return stream if max_frames is None else itertools.islice(stream, max_frames)
+
+    def _stream(self, fps: Fraction, size: tuple[int, int] | None) -> Iterator[np.ndarray]:
         path = Path(self.info.path)
         yielded = 0
         with _open_container(path) as container:
@@ -244,13 +249,11 @@ class DrivingVideo:
             try:
                 for frame in container.decode(stream):
                     if graph is None:
-                        graph = self._build_graph(stream, frame, target_fps, size)
+                        graph = self._build_graph(stream, frame, fps, size)
                     graph.vpush(frame)
                     for out in _drain(graph):
-                        yield out
                         yielded += 1
-                        if max_frames is not None and yielded >= max_frames:
-                            return
+                        yield out
             except av.error.FFmpegError as exc:
                 # A damaged tail still leaves the frames before it usable; nothing usable is an error.
                 if yielded == 0:
@@ -260,11 +263,7 @@ class DrivingVideo:
             if graph is None:
                 raise MediaError("empty_media", f"{path.name} holds no decodable video frame")
             graph.vpush(None)
-            for out in _drain(graph):
-                yield out
-                yielded += 1
-                if max_frames is not None and yielded >= max_frames:
-                    return
+            yield from _drain(graph)
 
     def _build_graph(
         self,
