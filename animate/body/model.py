@@ -114,6 +114,7 @@ class BodyModel(ABC):
         """Rest state for (B, S) shapes; differentiable in ``shape``."""
 
     @abstractmethod
+    @abstractmethod
     def pose(
         self,
         rest: Rest,
@@ -129,12 +130,6 @@ class BodyModel(ABC):
         return torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array).to(
             self.device, self.dtype
         )
-
-
-def _blend_matrices(weights: torch.Tensor, transforms: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Linear blend skinning with dense (V, NB) weights: (B, NB, 4, 4) transforms, (B|1, V, 3) -> (B, V, 3)."""
-    blended = torch.einsum("vk,bkij->bvij", weights, transforms[..., :3, :])
-    return (blended[..., :3] @ points[..., None]).squeeze(-1) + blended[..., 3]
 
 
 class AnnyBody(BodyModel):
@@ -183,10 +178,23 @@ class AnnyBody(BodyModel):
         weights = model.vertex_bone_weights.detach().cpu().numpy()
         indices = model.vertex_bone_indices.detach().cpu().numpy()
         self.vertex_parts = vertex_parts(weights, indices, bone_parts)
-        dense = np.zeros((weights.shape[0], len(labels)), np.float32)
-        np.add.at(dense, (np.arange(weights.shape[0])[:, None].repeat(weights.shape[1], 1), indices), weights)
-        self.skin_weights = torch.from_numpy(dense).to(self.device)  # (V, NB)
         self.keypoint_weights = self._keypoint_weights(model)  # (23, V)
+        # Drivers: the root and the posable joints' bones; every bone follows its nearest driver.
+        parents = list(model.bone_parents)
+        driver_bones = [0] + [labels.index(b) for b in self.JOINT_BONES]
+        driver_of = {bone: i for i, bone in enumerate(driver_bones)}
+
+        def driver(bone: int) -> int:
+            while bone not in driver_of:
+                bone = parents[bone]
+            return driver_of[bone]
+
+        self.driver_bones = torch.tensor(driver_bones, device=self.device)
+        self.bone_driver = torch.tensor([driver(b) for b in range(len(labels))], device=self.device)
+        self.driver_parents_list = [-1] + [driver(parents[b]) for b in driver_bones[1:]]
+        self.driver_parents = torch.tensor(self.driver_parents_list, device=self.device)
+        self.vertex_bone_indices = model.vertex_bone_indices.to(self.device)
+        self.vertex_bone_weights = model.vertex_bone_weights.to(self.device, self.dtype)
 
     def _keypoint_weights(self, model) -> torch.Tensor:
         from anny.keypoints import KeypointsRegressor
@@ -203,26 +211,59 @@ class AnnyBody(BodyModel):
 
     def rest(self, shape: torch.Tensor) -> Rest:
         shape = self.tensor(shape).reshape(-1, len(self.shape_names))
-        empty = shape.new_zeros(shape.shape[0], 0)
+        batch = shape.shape[0]
+        empty = shape.new_zeros(batch, 0)
         coeffs = self._model._get_phenotype_blendshape_coefficients(shape, empty, empty)
         rest = self._model.get_rest_model(coeffs)
         bone_poses = rest["rest_bone_poses"]
-        heads = bone_poses[..., :3, 3]
-        joints = torch.cat([heads[:, :1], heads[:, self.joint_bones]], 1)
-        # keypoint k = sum_v w_kv sum_b s_vb T_b [x_v; 1]  ->  blend[b, k] = sum_v w_kv s_vb [x_v; 1]
-        homog = torch.cat([rest["rest_vertices"], torch.ones_like(rest["rest_vertices"][..., :1])], -1)
-        blend = torch.einsum("kv,vb,nvi->nbki", self.keypoint_weights, self.skin_weights, homog)
-        ends = heads[:, self.segment_end_bones]
-        return Rest(shape, rest["rest_vertices"], bone_poses, joints, blend, {"segment_ends": ends})
-
-    def _deltas(self, root: torch.Tensor, pose: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
-        batch = root.shape[0]
+        # Anny's own kinematics once, at identity deltas: each bone's transform relative to its driver.
         nb = len(self.bone_labels)
+        identity = torch.eye(4, dtype=self.dtype, device=self.device).expand(batch, nb, 4, 4)
+        transforms0, poses0 = self._model.get_bone_transforms(identity, bone_poses)
+        heads0 = poses0[..., :3, 3]  # (B, NB, 3) reference-pose heads; drivers sit at G = I there
+        drivers = self.bone_driver
+        local = transforms0.clone()
+        local[..., :3, 3] = (
+            transforms0[..., :3, 3] - heads0[:, self.driver_bones[drivers]]
+        )  # C_b = [I | -w_d] T_b
+        joints = heads0[:, self.driver_bones]  # (B, D, 3)
+        offsets = joints - joints[:, self.driver_parents.clamp(min=0)]
+        offsets[:, 0] = joints[:, 0]
+        # Every skinned point, expressed per driver: y_vd = sum_{b driven by d} s_vb C_b [x_v; 1].
+        verts = rest["rest_vertices"]
+        homog = torch.cat([verts, torch.ones_like(verts[..., :1])], -1)  # (B, V, 4)
+        per_bone = torch.einsum("bvkij,bvj->bvki", local[:, self.vertex_bone_indices], homog)
+        per_bone = per_bone * self.vertex_bone_weights[None, :, :, None]
+        local_points = per_bone.new_zeros(batch, verts.shape[1], len(self.driver_bones), 4)
+        flat_index = self.bone_driver[self.vertex_bone_indices]  # (V, K) driver of each weight
+        local_points = local_points.reshape(batch, -1, 4)
+        index = (
+            torch.arange(verts.shape[1], device=self.device)[:, None] * len(self.driver_bones) + flat_index
+        )
+        local_points = local_points.index_add(1, index.reshape(-1), per_bone.reshape(batch, -1, 4))
+        local_points = local_points.reshape(batch, verts.shape[1], len(self.driver_bones), 4)
+        keypoint_blend = torch.einsum("kv,bvdi->bdki", self.keypoint_weights, local_points)
+        ends = heads0[:, self.segment_end_bones]
+        return Rest(
+            shape,
+            verts,
+            bone_poses,
+            joints,
+            keypoint_blend,
+            {"segment_ends": ends, "offsets": offsets, "local_points": local_points},
+        )
+
+    def reference_vertices(
+        self, rest: Rest, root: torch.Tensor, pose: torch.Tensor, transl: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, V, 3) the same posing through Anny's own kinematics and skinning (slow; for checks)."""
+        batch, nb = root.shape[0], len(self.bone_labels)
         deltas = torch.eye(4, dtype=self.dtype, device=self.device).repeat(batch, nb, 1, 1)
         deltas[:, 0, :3, :3] = rotvec_to_matrix(root)
         deltas[:, 0, :3, 3] = transl
         deltas[:, self.joint_bones, :3, :3] = rotvec_to_matrix(pose)
-        return deltas
+        transforms, _ = self._model.get_bone_transforms(deltas, rest.bone_poses.expand(batch, -1, -1, -1))
+        return self._model.get_skinned_vertices(rest.vertices.expand(batch, -1, -1), transforms)
 
     def pose(
         self,
@@ -233,29 +274,39 @@ class AnnyBody(BodyModel):
         vertex_ids: torch.Tensor | None = None,
         with_vertices: bool = True,
     ) -> Posed:
-        # Chains between posable joints hold identity deltas, so in Anny's 'local-ref' parameterisation
-        # the world rotation of each driven bone is its nearest driven ancestor's times its own delta.
-        deltas = self._deltas(root, pose, transl)
-        rest_poses = rest.bone_poses
-        if rest_poses.shape[0] != deltas.shape[0]:
-            rest_poses = rest_poses.expand(deltas.shape[0], -1, -1, -1)
-        transforms, bone_poses = self._model.get_bone_transforms(deltas, rest_poses)
-        heads = bone_poses[..., :3, 3]
-        joints = torch.cat([heads[:, :1], heads[:, self.joint_bones]], 1)
+        # In Anny's 'local-ref' parameterisation a bone with an identity delta turns with its parent, so
+        # only the root and the posable joints ("drivers") need kinematics: G_d = G_parent exp(pose_d),
+        # head_d = head_parent + G_parent offset_d. Every other bone is a fixed transform after its driver.
+        rot = [rotvec_to_matrix(root)]
+        heads = [transl]
+        offsets = rest.extra["offsets"]
+        local_rot = rotvec_to_matrix(pose)
+        parents = self.driver_parents_list
+        for d in range(1, len(parents)):
+            g_p = rot[parents[d]]
+            rot.append(g_p @ local_rot[:, d - 1])
+            heads.append(heads[parents[d]] + (g_p @ offsets[:, d, :, None])[..., 0])
+        g = torch.stack(rot, 1)  # (B, D, 3, 3)
+        w = torch.stack(heads, 1)  # (B, D, 3)
+        transforms = torch.cat([g, w[..., None]], -1)  # (B, D, 3, 4) driver world poses
         keypoints = _keypoints(transforms, rest.keypoint_blend)
         vertices = None
         if with_vertices:
-            points = rest.vertices if vertex_ids is None else rest.vertices[:, vertex_ids]
-            weights = self.skin_weights if vertex_ids is None else self.skin_weights[vertex_ids]
-            vertices = _blend_matrices(weights, transforms, points)
-        return Posed(vertices, joints, keypoints, transforms)
+            points = rest.extra["local_points"]
+            if vertex_ids is not None:
+                points = points[:, vertex_ids]
+            if points.shape[0] == 1:
+                vertices = torch.einsum("bdij,vdj->bvi", transforms, points[0])
+            else:
+                vertices = torch.einsum("bdij,bvdj->bvi", transforms, points)
+        return Posed(vertices, w, keypoints, transforms)
 
 
 def _keypoints(transforms: torch.Tensor, blend: torch.Tensor) -> torch.Tensor:
-    """(B, NB, 4, 4) bone transforms, (B|1, NB, K, 4) blends -> (B, K, 3)."""
+    """(B, D, 3, 4) driver poses, (B|1, D, K, 4) blends -> (B, K, 3)."""
     if blend.shape[0] == 1:
-        return torch.einsum("bnij,nkj->bki", transforms[..., :3, :], blend[0])
-    return torch.einsum("bnij,bnkj->bki", transforms[..., :3, :], blend)
+        return torch.einsum("bdij,dkj->bki", transforms, blend[0])
+    return torch.einsum("bdij,bdkj->bki", transforms, blend)
 
 
 @functools.cache

@@ -1,0 +1,125 @@
+"""Shape transfer and the two fits the guidance needs: the reference (shape) and the driving video (pose).
+
+The body the video model must draw is the reference person's: ``transfer`` keeps the driving poses and
+motion but gives them the reference's body shape, orientation and place in the reference's camera. The
+driver's turning and travelling are applied relative to its first frame: orientation
+``R_ref R_drv[0]^T R_drv[t]``, position ``t_ref + s (t_drv[t] - t_drv[0])`` with ``s`` the ratio of the
+two bodies' heights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from animate.body.camera import Camera
+from animate.body.fit import (
+    BodyTrack,
+    FitOptions,
+    ShapeOptions,
+    fit_sequence,
+    fit_shape,
+    matrix_to_rotvec,
+    rotvec_to_matrix,
+)
+from animate.body.model import BodyModel
+
+
+def _pose_arrays(poses) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T, 133, 3) keypoints, (T, 33, 4) world landmarks and (T,) detected flags of a PoseSequence."""
+    keypoints = poses.keypoints
+    world = np.stack([p.world if p.world is not None else np.zeros((33, 4), np.float32) for p in poses])
+    detected = poses.detected & np.array([p.world is not None for p in poses])
+    return keypoints, world, detected
+
+
+def _fill_missing(world: np.ndarray, detected: np.ndarray) -> np.ndarray:
+    """World landmarks of undetected frames from the nearest detected frame."""
+    if detected.all() or not detected.any():
+        return world
+    idx = np.flatnonzero(detected)
+    nearest = idx[np.abs(np.arange(len(world))[:, None] - idx[None]).argmin(1)]
+    return world[nearest]
+
+
+def _shape_frames(detected: np.ndarray, keypoints: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` well-detected frames spread over the sequence."""
+    score = keypoints[:, :17, 2].mean(1) * detected
+    good = np.flatnonzero(score >= max(0.5, np.quantile(score, 0.5) * 0.9))
+    if len(good) == 0:
+        good = np.flatnonzero(detected)
+    return good[np.linspace(0, len(good) - 1, min(count, len(good))).round().astype(int)]
+
+
+def fit_driving(
+    body: BodyModel,
+    poses,
+    masks: np.ndarray | None = None,
+    options: FitOptions | None = None,
+    shape_options: ShapeOptions | None = None,
+    camera: Camera | None = None,
+) -> BodyTrack:
+    """Fit the driver's shape on a few frames, then the pose of every frame (shape fixed).
+
+    ``poses`` is an ``animate.pose.PoseSequence`` with MediaPipe world landmarks; ``masks`` (T, H, W) uint8
+    person masks at the poses' size (or None to fit the shape without the silhouette).
+    """
+    keypoints, world, detected = _pose_arrays(poses)
+    world = _fill_missing(world, detected)
+    camera = camera or Camera.default(poses.width, poses.height, (options or FitOptions()).focal_factor)
+    shape_options = shape_options or ShapeOptions()
+    idx = _shape_frames(detected, keypoints, shape_options.max_frames)
+    shape, _ = fit_shape(
+        body, keypoints[idx], world[idx], camera, None if masks is None else masks[idx], shape_options
+    )
+    return fit_sequence(body, shape, keypoints, world, camera, options, fps=poses.fps, valid=detected)
+
+
+def fit_reference(
+    body: BodyModel,
+    pose,
+    width: int,
+    height: int,
+    mask: np.ndarray | None = None,
+    shape_options: ShapeOptions | None = None,
+) -> BodyTrack:
+    """Shape, pose and camera of the person in a reference image (one ``animate.pose.Pose``)."""
+    if pose.world is None:
+        from animate.errors import AnimateError
+
+        raise AnimateError("no_3d_pose", "the reference's pose has no 3D landmarks to fit a body to")
+    camera = Camera.default(width, height)
+    options = shape_options or ShapeOptions(steps=60)
+    masks = None if mask is None else mask[None]
+    _, track = fit_shape(body, pose.keypoints[None], pose.world[None], camera, masks, options)
+    track.valid = np.ones(1, bool)
+    return track
+
+
+def body_height(body: BodyModel, shape: np.ndarray) -> float:
+    """Standing height (metres) of a shape: vertical extent of its rest mesh."""
+    with torch.no_grad():
+        rest = body.rest(body.tensor(shape)[None])
+    v = rest.vertices[0]
+    return float(v[:, 2].max() - v[:, 2].min())
+
+
+def transfer(
+    body: BodyModel, driving: BodyTrack, reference: BodyTrack, camera: Camera | None = None
+) -> BodyTrack:
+    """The driving poses on the reference's body, in the reference's camera and position."""
+    r_ref = rotvec_to_matrix(torch.as_tensor(reference.root[0], dtype=torch.float32))
+    r_drv = rotvec_to_matrix(torch.as_tensor(driving.root, dtype=torch.float32))
+    root = matrix_to_rotvec(r_ref @ r_drv[0].T @ r_drv).numpy()
+    scale = body_height(body, reference.shape) / body_height(body, driving.shape)
+    transl = reference.transl[0] + scale * (driving.transl - driving.transl[0])
+    return replace(
+        driving,
+        shape=reference.shape.copy(),
+        root=root.astype(np.float32),
+        transl=transl.astype(np.float32),
+        camera=camera or reference.camera,
+        meta={**driving.meta, "transferred": True},
+    )
