@@ -25,7 +25,7 @@ def _die_with_parent() -> None:
 
 
 def _spawn_worker(env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-c", "from animate.cli import main; main()", "worker"]
+    command = [sys.executable, "-c", "from animate.cli.serve import worker_main; worker_main()"]
     return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
@@ -95,3 +95,8 @@ def worker(
     codes = [child.wait() for child in children]
     if any(codes):
         raise typer.Exit(1)
+
+
+def worker_main() -> None:
+    """Entry point of the worker processes that ``serve`` and ``worker --gpus`` start."""
+    typer.run(worker)

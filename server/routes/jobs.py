@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-import json
 import shutil
 import socket
 import uuid
@@ -304,7 +303,7 @@ async def job_events(
             if job is None:
                 yield "event: deleted\ndata: {}\n\n"
                 return
-            body = json.dumps((await run_in_threadpool(present, state, job)).model_dump(mode="json"))
+            body = (await run_in_threadpool(present, state, job)).model_dump_json()
             if body != last:
                 last = body
                 yield f"event: job\ndata: {body}\n\n"

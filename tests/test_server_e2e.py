@@ -1,0 +1,238 @@
+"""The job server with real processes: ``animate serve`` / ``animate worker`` subprocesses over HTTP.
+
+End to end with a Range download, a worker SIGKILLed mid-job (the next worker finishes it, attempts = 2),
+SIGTERM hand-back, an API restart mid-job, cancel of queued and running jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from animate.media import open_video
+from tests.conftest import DANCE, WOMAN_JPG
+
+SERVE = "import typer; from animate.cli.serve import serve; typer.run(serve)"
+WORKER = "from animate.cli.serve import worker_main; worker_main()"
+SHORT = {"max_frames": 8, "width": 288, "height": 512, "engine": "warp"}
+LONG = {"max_frames": 48, "width": 288, "height": 512, "engine": "warp"}  # ~15-30 s on two loaded cores
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """An API process and any number of worker processes sharing one data folder (and URLs)."""
+
+    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "ANIMATE_DATA_DIR": str(root / "data"),
+            "ANIMATE_SERVER__HEARTBEAT_SECONDS": "0.5",
+            "ANIMATE_SERVER__MAINTENANCE_SECONDS": "0.5",
+            "ANIMATE_SERVER__STALE_AFTER_SECONDS": "5",
+            **(env or {}),
+        }
+        self.api: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self._logs = 0
+
+    def _spawn(self, code: str, *args: str) -> subprocess.Popen:
+        self._logs += 1
+        log = open(self.root / f"process-{self._logs}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen([sys.executable, "-c", code, *args], env=self.env, stdout=log, stderr=log)
+
+    def start_api(self, workers: int = 0) -> None:
+        self.api = self._spawn(SERVE, "--port", str(self.port), "--workers", str(workers))
+        self.wait(lambda: self._get("/healthz") == 200, 60, "the API did not start")
+
+    def start_worker(self) -> subprocess.Popen:
+        process = self._spawn(WORKER)
+        self.workers.append(process)
+        return process
+
+    def _get(self, path: str) -> int | None:
+        try:
+            return self.http.get(path).status_code
+        except httpx.TransportError:
+            return None
+
+    def wait(self, condition: Callable[[], bool], timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{message}\n{self.logs()}")
+            time.sleep(0.2)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("*.log"))
+        )
+
+    def submit(self, options: dict, reference: Path = WOMAN_JPG, driving: Path = DANCE) -> dict:
+        with reference.open("rb") as ref, driving.open("rb") as drv:
+            response = self.http.post(
+                "/v1/jobs",
+                files={"reference": (reference.name, ref), "driving": (driving.name, drv)},
+                data={k: str(v) for k, v in options.items()},
+            )
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def job(self, job_id: str) -> dict:
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_for(self, job_id: str, condition: Callable[[dict], bool], timeout: float = 120) -> dict:
+        seen: dict = {}
+
+        def check() -> bool:
+            seen.update(self.job(job_id))
+            return condition(seen)
+
+        self.wait(check, timeout, f"job {job_id} never got there; last: {json.dumps(seen)}")
+        return seen
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.api]:
+            if process is not None and process.poll() is None:
+                process.terminate()
+        for process in [*self.workers, self.api]:
+            if process is not None:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        self.http.close()
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path, data_dir: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def test_serve_end_to_end_with_range_download(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_api(workers=1)
+    cluster.wait(lambda: cluster.http.get("/readyz").status_code == 200, 60, "no live worker")
+    job = cluster.submit(SHORT)
+    done = cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1 and done["progress"]["fraction"] == 1.0 and done["queue_position"] is None
+    assert done["result"]["frames"] == 8 and (done["result"]["width"], done["result"]["height"]) == (288, 512)
+    assert done["started_at"] <= done["finished_at"]
+
+    head = cluster.http.get(done["urls"]["video"], headers={"Range": "bytes=0-1023"})
+    assert head.status_code == 206 and len(head.content) == 1024
+    total = int(head.headers["content-range"].rsplit("/", 1)[1])
+    tail = cluster.http.get(done["urls"]["video"], headers={"Range": f"bytes=1024-{total - 1}"})
+    assert tail.status_code == 206
+    video = tmp_path / "downloaded.mp4"
+    video.write_bytes(head.content + tail.content)
+    assert video.read_bytes() == cluster.http.get(done["urls"]["video"]).content
+    with open_video(video) as opened:
+        assert (opened.info.width, opened.info.height) == (288, 512)
+
+    assert {"skeleton", "motion", "poses"} <= set(done["urls"]["artifacts"])
+    skeleton = cluster.http.get(done["urls"]["artifacts"]["skeleton"])
+    assert skeleton.status_code == 200 and skeleton.headers["content-type"] == "video/mp4"
+
+    events = cluster.http.get(f"/v1/jobs/{job['id']}/events").text
+    assert events.startswith("event: job\ndata: ") and '"status":"succeeded"' in events
+
+    metrics = cluster.http.get("/metrics").text
+    assert 'animate_jobs{status="succeeded"} 1' in metrics
+    assert 'animate_stage_duration_seconds_count{stage="pose"} 1' in metrics
+    assert "animate_workers_live 1" in metrics
+
+    # A reference with nobody in it: the job fails with a code, the server stays healthy.
+    empty = tmp_path / "wall.png"
+    Image.new("RGB", (512, 768), (180, 170, 160)).save(empty)
+    failed = cluster.wait_for(cluster.submit(SHORT, reference=empty)["id"], lambda j: j["status"] in FINISHED)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "no_person_detected", failed
+    assert cluster.http.get("/healthz").status_code == 200
+
+    assert cluster.http.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert cluster.http.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert not (tmp_path / "data" / "jobs" / job["id"]).exists()
+
+
+def test_killed_worker_job_is_finished_by_the_next_worker(cluster: Cluster) -> None:
+    cluster.start_api()
+    first = cluster.start_worker()
+    job = cluster.submit(LONG)
+    cluster.wait_for(job["id"], lambda j: j["status"] == "running" and j["progress"]["fraction"] > 0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert cluster.job(job["id"])["status"] == "running"  # nobody knows yet
+
+    # The API restarts mid-job: the job's state is in the database, not in the API process.
+    cluster.api.terminate()
+    cluster.api.wait(timeout=20)
+    cluster.start_api()
+    assert cluster.job(job["id"])["status"] == "running"
+
+    cluster.start_worker()
+    done = cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED, timeout=180)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert cluster.http.get(done["urls"]["video"]).status_code == 200
+    folders = sorted(p.name for p in (cluster.root / "data" / "jobs" / job["id"]).glob("attempt-*"))
+    assert folders == ["attempt-2"]  # the killed attempt's partial output is gone
+
+
+def test_sigterm_hands_the_running_job_back(cluster: Cluster) -> None:
+    cluster.start_api()
+    first = cluster.start_worker()
+    job = cluster.submit(LONG)
+    cluster.wait_for(job["id"], lambda j: j["status"] == "running")
+    first.terminate()
+    assert first.wait(timeout=30) == 0
+    back = cluster.job(job["id"])
+    assert back["status"] == "queued" and back["attempts"] == 1, back  # at once, no stale wait
+    cluster.start_worker()
+    done = cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED, timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+
+
+def test_cancel_queued_and_running_then_the_next_job_runs(cluster: Cluster) -> None:
+    cluster.start_api()
+    cluster.start_worker()
+    running, queued, last = cluster.submit(LONG), cluster.submit(LONG), cluster.submit(SHORT)
+    cluster.wait_for(running["id"], lambda j: j["status"] == "running")
+    assert cluster.job(queued["id"])["queue_position"] == 0
+
+    canceled = cluster.http.post(f"/v1/jobs/{queued['id']}/cancel").json()
+    assert canceled["status"] == "canceled"  # at once
+    assert cluster.job(last["id"])["queue_position"] == 0
+
+    asked = time.monotonic()
+    assert cluster.http.post(f"/v1/jobs/{running['id']}/cancel").status_code == 200
+    stopped = cluster.wait_for(running["id"], lambda j: j["status"] in FINISHED, timeout=30)
+    assert stopped["status"] == "canceled" and stopped["urls"]["video"] is None
+    assert time.monotonic() - asked < 10
+
+    done = cluster.wait_for(last["id"], lambda j: j["status"] in FINISHED)
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert cluster.job(queued["id"])["attempts"] == 0  # never started
+    assert cluster.http.post(f"/v1/jobs/{last['id']}/cancel").json()["error"]["code"] == "job_finished"
