@@ -1,0 +1,184 @@
+"""``animate guidance``: the 3D body guidance of a reference + driving pair, as videos and JSON.
+
+Writes into DIR: ``skeleton.mp4`` (driving poses retargeted to the reference), ``depth.mp4``,
+``normal.mp4``, ``semantic.mp4``, ``mask.mp4`` (the reference's body doing the driving motion),
+``overlay.mp4`` (the driver's fitted body blended over the driving frames, to check the fit by eye),
+``poses.json`` (driving keypoints) and ``body.json`` (fitted parameters per frame), all at the output size.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from animate.errors import AnimateError
+
+DEFAULT_SIZE = (576, 1024)
+MAPS = ("skeleton", "depth", "normal", "semantic", "mask", "overlay")
+
+
+def parse_size(text: str | None, reference_wh: tuple[int, int]) -> tuple[int, int]:
+    """``WxH`` -> (w, h); the default is 576x1024 in the reference's orientation."""
+    if not text:
+        w, h = DEFAULT_SIZE
+        return (h, w) if reference_wh[0] > reference_wh[1] else (w, h)
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise AnimateError("bad_size", f"--size must look like 576x1024, got {text!r}") from None
+    if not (16 <= w <= 4096 and 16 <= h <= 4096) or w % 2 or h % 2:
+        raise AnimateError("bad_size", f"--size needs even sides between 16 and 4096, got {text!r}")
+    return w, h
+
+
+class _Writers:
+    """One H.264 writer thread per output video, fed frame by frame (nothing is held in memory)."""
+
+    def __init__(self, out_dir: Path, names: tuple[str, ...], fps: float, crf: int, preset: str) -> None:
+        from animate.media import write_video
+
+        self.queues = {name: queue.Queue(maxsize=4) for name in names}
+        self.errors: list[BaseException] = []
+        self.threads = []
+        for name in names:
+
+            def run(name: str = name) -> None:
+                try:
+                    write_video(out_dir / f"{name}.mp4", self._drain(name), fps, crf=crf, preset=preset)
+                except BaseException as exc:  # surfaced in close()
+                    self.errors.append(exc)
+                    while self.queues[name].get() is not None:
+                        pass
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _drain(self, name: str) -> Iterator[np.ndarray]:
+        while (frame := self.queues[name].get()) is not None:
+            yield frame
+
+    def put(self, frames: dict[str, np.ndarray]) -> None:
+        for name, frame in frames.items():
+            self.queues[name].put(frame)
+
+    def close(self) -> None:
+        for q in self.queues.values():
+            q.put(None)
+        for thread in self.threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+
+def guidance(
+    reference: Path = typer.Argument(..., help="The reference image (the person to animate)."),
+    driving: Path = typer.Argument(..., help="The driving video (the motion)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory to write the guidance into."),
+    size: str | None = typer.Option(
+        None, "--size", help="Output WxH (default 576x1024, reference's orientation)."
+    ),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+) -> None:
+    """Fit a 3D body to the reference and the driving video; render depth/normal/semantic/mask guidance."""
+    from animate.body import Renderer, load_anny
+    from animate.body.transfer import fit_driving, fit_reference, transfer
+    from animate.media import load_image, open_video
+    from animate.pose import SequenceOptions, draw_pose, estimate_image, estimate_video, retarget
+    from animate.settings import Settings
+
+    settings = Settings()
+    for path in (reference, driving):
+        if not path.is_file():
+            raise AnimateError("file_not_found", f"{path} does not exist")
+    image = load_image(reference, settings.media)
+    ref_h, ref_w = image.rgb.shape[:2]
+    out_w, out_h = parse_size(size, (ref_w, ref_h))
+    video = open_video(driving, settings.media)
+
+    typer.echo("pose: reference", err=True)
+    ref_pose = estimate_image(image)
+    total = video.output_frame_count(None, max_frames)
+    with typer.progressbar(length=total, label="pose", file=None) as bar:
+        done = 0
+
+        def advance(count: int, _total: int) -> None:
+            nonlocal done
+            bar.update(count - done)
+            done = count
+
+        poses = estimate_video(
+            video,
+            max_frames=max_frames,
+            options=SequenceOptions(max_side=512, keep_masks=True),
+            progress=advance,
+        )
+    masks = np.stack(
+        [p.mask if p.mask is not None else np.zeros((poses.height, poses.width), np.uint8) for p in poses]
+    )
+
+    typer.echo("body: fitting", err=True)
+    body = load_anny()
+    drv_track = fit_driving(body, poses, masks)
+    ref_track = fit_reference(body, ref_pose, ref_w, ref_h, ref_pose.mask)
+    out_camera = ref_track.camera.cover(out_w, out_h)
+    moved = transfer(body, drv_track, ref_track, camera=out_camera)
+    drv_camera = drv_track.camera.cover(out_w, out_h)
+
+    # Skeletons: driving poses retargeted onto the reference, then into the output frame (cover + crop).
+    skeletons = retarget(poses, ref_pose, ref_w, ref_h)
+    s = max(out_w / ref_w, out_h / ref_h)
+    offset = ((out_w - ref_w * s) / 2, (out_h - ref_h * s) / 2)
+
+    output.mkdir(parents=True, exist_ok=True)
+    poses.save(output / "poses.json")
+    (output / "body.json").write_text(
+        json.dumps(
+            {
+                "reference": ref_track.to_json(),
+                "driving": drv_track.to_json(),
+                "transferred": moved.to_json(),
+                "output_size": [out_w, out_h],
+            },
+            separators=(",", ":"),
+        )
+    )
+    renderer = Renderer(body.faces, body.vertex_parts)
+    fps = poses.fps if poses.fps > 0 else video.fps
+    writers = _Writers(output, MAPS, fps, settings.output_crf, settings.output_preset)
+    try:
+        moved_vertices = moved.vertices(body)
+        drv_vertices = drv_track.vertices(body)
+        frames = video.frames(max_frames=max_frames, size=(out_w, out_h))
+        with typer.progressbar(length=len(moved), label="render", file=None) as bar:
+            for t, frame in enumerate(frames):
+                if t >= len(moved):
+                    break
+                target = renderer.render(moved_vertices[t], out_camera)
+                fit = renderer.render(drv_vertices[t], drv_camera)
+                overlay = frame.copy()
+                overlay[fit.mask] = (0.5 * overlay[fit.mask] + 0.5 * fit.semantic_image[fit.mask]).astype(
+                    np.uint8
+                )
+                skeleton = draw_pose(skeletons[t].transformed((s, s), offset), out_w, out_h)
+                gray = lambda m: np.repeat(m[..., None], 3, axis=2)  # noqa: E731
+                writers.put(
+                    {
+                        "skeleton": skeleton,
+                        "depth": gray(target.depth_image),
+                        "normal": target.normal_image,
+                        "semantic": target.semantic_image,
+                        "mask": gray(target.mask_image),
+                        "overlay": overlay,
+                    }
+                )
+                bar.update(1)
+    finally:
+        writers.close()
+    typer.echo(f"wrote {', '.join(f'{m}.mp4' for m in MAPS)}, poses.json, body.json to {output}")
