@@ -1,0 +1,84 @@
+"""API + two workers on real infrastructure: Redis for the queue, PostgreSQL for the jobs.
+
+Skips when the services are absent, unless ``ANIMATE_REQUIRE_SERVICES=1`` (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_server_e2e import FINISHED, SHORT, Cluster
+
+PG_HOST, PG_PORT, REDIS_PORT = "127.0.0.1", 5432, 6379
+
+
+def _require(service: str, port: int) -> None:
+    try:
+        socket.create_connection((PG_HOST, port), timeout=2).close()
+    except OSError:
+        if os.environ.get("ANIMATE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{service} is required (ANIMATE_REQUIRE_SERVICES=1) but not reachable on {port}")
+        pytest.skip(f"{service} not reachable at {PG_HOST}:{port}")
+
+
+@pytest.fixture()
+def services() -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and a fresh Redis queue name, removed afterwards."""
+    _require("PostgreSQL", PG_PORT)
+    _require("Redis", REDIS_PORT)
+    import psycopg
+    import redis
+
+    name = f"animate_test_{uuid.uuid4().hex[:10]}"
+    admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield {
+            "ANIMATE_SERVER__DATABASE_URL": f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}",
+            "ANIMATE_SERVER__QUEUE_URL": f"redis://{PG_HOST}:{REDIS_PORT}/0",
+            "ANIMATE_SERVER__QUEUE_NAME": name,
+        }
+    finally:
+        client = redis.Redis(host=PG_HOST, port=REDIS_PORT)
+        for key in client.scan_iter(f"*{name}*"):
+            client.delete(key)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_two_workers_on_redis_and_postgres_run_each_job_once(
+    tmp_path: Path, data_dir: Path, services
+) -> None:
+    cluster = Cluster(tmp_path, env=services)
+    try:
+        cluster.start_api()
+        workers = [cluster.start_worker(), cluster.start_worker()]
+        cluster.wait(lambda: cluster.http.get("/readyz").status_code == 200, 60, "never ready")
+        assert cluster.http.get("/metrics").text.count("animate_worker_heartbeat_age_seconds{") == 2
+
+        jobs = [cluster.submit(SHORT)["id"] for _ in range(6)]
+        results = [cluster.wait_for(job, lambda j: j["status"] in FINISHED, timeout=240) for job in jobs]
+        assert [r["status"] for r in results] == ["succeeded"] * 6, results
+        assert [r["attempts"] for r in results] == [1] * 6
+
+        # Each job started exactly once, across both workers, and both workers took jobs.
+        started = Counter()
+        per_worker = []
+        for log in sorted(tmp_path.glob("process-*.log"))[1:]:
+            found = re.findall(r"job ([0-9a-f]{32}) attempt \d+ started", log.read_text(errors="replace"))
+            started.update(found)
+            per_worker.append(len(found))
+        assert started == Counter(dict.fromkeys(jobs, 1)), started
+        assert len(per_worker) == 2 and all(n >= 1 for n in per_worker), per_worker
+        assert all(w.poll() is None for w in workers)
+    finally:
+        cluster.stop()
