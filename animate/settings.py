@@ -53,6 +53,7 @@ class ServerSettings(BaseModel):
     rate_limit_per_minute: int = Field(default=120, ge=1, description="Requests per key per minute.")
     max_queued_per_key: int = Field(default=20, ge=1, description="Queued jobs one key may hold.")
     allow_private_webhooks: bool = False
+    webhook_secret: str = Field(default="", description="HMAC key; default: generated into data_dir.")
 
 
 class Settings(BaseSettings):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -25,8 +26,9 @@ from animate.settings import Settings
 from server.files import JobFiles
 from server.models import utcnow
 from server.queue import JobQueue
-from server.schemas import JobOptions
+from server.schemas import JobOptions, job_out
 from server.store import JobStore
+from server.webhooks import deliver_in_background, load_secret
 
 log = logging.getLogger("server.worker")
 
@@ -85,7 +87,7 @@ class JobRunner:
         )
         beat.start()
         folder = self.files.attempt_dir(job_id, claim.attempt)
-        won = False
+        won = recorded = False  # won: this attempt's output is the job's; recorded: it set the outcome
         log.info("job %s attempt %d started", job_id, claim.attempt)
         try:
             options = JobOptions(**job.options).animation_options()
@@ -101,19 +103,19 @@ class JobRunner:
             )
         except Canceled:
             if running.cancel and not (running.lost or running.interrupted):
-                self.store.finish(job_id, claim.attempt, "canceled")
+                recorded = self.store.finish(job_id, claim.attempt, "canceled")
         except AnimateError as exc:
-            won = self.store.finish(
+            recorded = self.store.finish(
                 job_id, claim.attempt, "failed", error_code=exc.code, error_message=exc.message[:2000]
             )
         except Exception as exc:
             log.exception("job %s failed", job_id)
             message = f"internal error ({type(exc).__name__})"
-            self.store.finish(
+            recorded = self.store.finish(
                 job_id, claim.attempt, "failed", error_code="internal_error", error_message=message
             )
         else:
-            won = self.store.finish(
+            won = recorded = self.store.finish(
                 job_id,
                 claim.attempt,
                 "succeeded",
@@ -130,10 +132,22 @@ class JobRunner:
             self.current = None
             self.jobs_done += 1
             if not won:
-                import shutil
-
                 shutil.rmtree(folder, ignore_errors=True)
-            log.info("job %s attempt %d ended (recorded: %s)", job_id, claim.attempt, won)
+            log.info("job %s attempt %d ended (recorded: %s)", job_id, claim.attempt, recorded)
+        if job.webhook_url and recorded:
+            self._notify(job_id, claim.attempt)
+
+    def _notify(self, job_id: str, attempt: int) -> None:
+        job = self.store.get(job_id)
+        if job is None or job.status not in ("succeeded", "failed", "canceled") or not job.webhook_url:
+            return
+        artifacts = list(self.files.artifacts(job.id, job.output_dir)) if job.output_dir else []
+        body = job_out(job, None, artifacts).model_dump_json().encode()
+        server = self.settings.server
+        secret = load_secret(server.webhook_secret, self.settings.data_dir)
+        deliver_in_background(
+            job.webhook_url, body, f"{job_id}-{attempt}", secret, server.allow_private_webhooks
+        )
 
     def _progress(self, running: RunningJob, p: Progress) -> None:
         now = time.monotonic()

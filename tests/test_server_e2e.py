@@ -236,3 +236,44 @@ def test_cancel_queued_and_running_then_the_next_job_runs(cluster: Cluster) -> N
     assert done["status"] == "succeeded" and done["attempts"] == 1
     assert cluster.job(queued["id"])["attempts"] == 0  # never started
     assert cluster.http.post(f"/v1/jobs/{last['id']}/cancel").json()["error"]["code"] == "job_finished"
+
+
+def test_webhook_is_signed_and_retried(tmp_path: Path, data_dir: Path) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[tuple[dict, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(500 if len(received) == 1 else 204)  # the first delivery fails: retried
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    cluster = Cluster(tmp_path, env={"ANIMATE_SERVER__ALLOW_PRIVATE_WEBHOOKS": "1"})
+    try:
+        cluster.start_api(workers=1)
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        job = cluster.submit({**SHORT, "webhook_url": url})
+        assert "webhook_url" not in job["options"]
+        cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED)
+        cluster.wait(lambda: len(received) >= 2, 30, "the webhook was not retried")
+    finally:
+        cluster.stop()
+        receiver.shutdown()
+    (first_headers, _), (headers, body) = received[:2]
+    assert json.loads(body)["status"] == "succeeded" and json.loads(body)["id"] == job["id"]
+    assert headers["webhook-id"] == first_headers["webhook-id"]  # the same message, delivered again
+    secret = (tmp_path / "data" / "webhook_secret").read_text().strip()
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{expected}"

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import shutil
-import socket
 import uuid
 from typing import Literal
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +20,7 @@ from server.models import FINISHED, Job
 from server.schemas import ErrorResponse, JobList, JobOptions, JobOut, job_out
 from server.store import IdempotencyConflict
 from server.uploads import receive_form
+from server.webhooks import PrivateTarget, check_target
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -75,21 +73,10 @@ def _probe(state: AppState, reference, driving) -> None:
 
 
 def _check_webhook(url: str, allow_private: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(422, "invalid_webhook_url", "webhook_url must be an http(s) URL")
-    if allow_private:
-        return
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, None)}
-    except OSError as exc:
-        raise ApiError(
-            422, "invalid_webhook_url", f"webhook host does not resolve: {parts.hostname}"
-        ) from exc
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise ApiError(422, "invalid_webhook_url", "webhook targets on private networks are refused")
+        check_target(url, allow_private)
+    except PrivateTarget as exc:
+        raise ApiError(422, "invalid_webhook_url", str(exc)) from None
 
 
 def _accepted(state: AppState, job: Job, replayed: bool = False) -> JSONResponse:
