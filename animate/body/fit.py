@@ -410,7 +410,6 @@ def fit_sequence(
     rest = body.rest(body.tensor(shape)[None])
     kp = body.tensor(keypoints)
     if world is None:
-        world_t = None
         raise ValueError("fitting needs MediaPipe 3D world landmarks for its initialisation")
     world_t = body.tensor(world)
     height_px = person_height_px(keypoints, options.min_score)
