@@ -161,6 +161,12 @@ class Animator:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
 
+    @staticmethod
+    def _diffusion_options(options: AnimationOptions):
+        from animate.engines.diffusion import DiffusionOptions
+
+        return DiffusionOptions(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed)
+
     def prepare(
         self,
         reference: str | Path,
@@ -191,7 +197,7 @@ class Animator:
         media = self.settings.media
         image = load_image(reference, media)
         video = open_video(driving, media)
-        engine = select_engine(options.engine, self.settings)
+        engine = select_engine(options.engine, self.settings, self._diffusion_options(options))
         size = options.size or default_size(image.width, image.height)
         fps = float(options.fps or video.fps)
         ref_rgb, ref_alpha = fit_reference(image, size)

@@ -106,8 +106,10 @@ class AnimationPipeline(DiffusionPipeline):
         dtype = next(self.image_encoder.parameters()).dtype
         if not isinstance(image, torch.Tensor):
             pixels = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(image))
-            # SVD resizes to 224 in [-1, 1] with antialiasing, then hands [0, 1] to the CLIP normaliser.
-            pixels = (_resize_with_antialiasing(pixels * 2.0 - 1.0, (224, 224)) + 1.0) / 2.0
+            # SVD resizes to CLIP's input size (224) in [-1, 1] with antialiasing, then hands [0, 1] to the
+            # CLIP normaliser; the size is read from the encoder's config so tiny test encoders work too.
+            side = int(getattr(self.image_encoder.config, "image_size", 224))
+            pixels = (_resize_with_antialiasing(pixels * 2.0 - 1.0, (side, side)) + 1.0) / 2.0
         else:
             pixels = image
         pixels = self.feature_extractor(

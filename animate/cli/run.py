@@ -22,6 +22,10 @@ def run(
     fps: float | None = typer.Option(None, help="Output frame rate (default: the driving video's)."),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Only the first N frames."),
     seed: int = typer.Option(0, help="Random seed (diffusion)."),
+    steps: int = typer.Option(25, min=1, max=200, help="Denoising steps (diffusion)."),
+    guidance_scale: float = typer.Option(
+        2.0, "--guidance-scale", help="Classifier-free guidance (diffusion)."
+    ),
     retarget: str = typer.Option("bones", help="bones (reference bone lengths) | global (one scale+offset)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -32,6 +36,8 @@ def run(
         fps=fps,
         max_frames=max_frames,
         seed=seed,
+        steps=steps,
+        guidance_scale=guidance_scale,
         retarget=retarget,
     )
     options.validate()

@@ -25,25 +25,26 @@ class Engine(Protocol):
     ) -> Iterator[np.ndarray]: ...
 
 
-def diffusion_unavailable_reason(settings: Settings) -> str | None:
+def diffusion_unavailable_reason(settings: Settings, require_gpu: bool = True) -> str | None:
     """Why the diffusion engine cannot run here, or None when it can."""
-    try:
-        from animate.engines.diffusion import DiffusionEngine
-    except ImportError:
-        return "this build has no diffusion engine module (animate.engines.diffusion)"
-    return DiffusionEngine.unavailable_reason(settings)
+    from animate.engines.diffusion import DiffusionEngine
+
+    return DiffusionEngine.unavailable_reason(settings, require_gpu=require_gpu)
 
 
-def select_engine(name: str, settings: Settings) -> Engine:
-    """``auto`` takes diffusion only when its weights and a GPU are present, else warp."""
+def select_engine(name: str, settings: Settings, diffusion_options: object | None = None) -> Engine:
+    """``auto`` takes diffusion only when its weights and a GPU are present, else warp.
+
+    An explicit ``diffusion`` needs the weights but runs on the CPU too (slowly; tests use tiny weights).
+    """
     if name not in ENGINE_NAMES:
         raise AnimateError("invalid_option", f"engine must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
     if name != "warp":
-        reason = diffusion_unavailable_reason(settings)
+        reason = diffusion_unavailable_reason(settings, require_gpu=name == "auto")
         if reason is None:
             from animate.engines.diffusion import DiffusionEngine
 
-            return DiffusionEngine.from_settings(settings)
+            return DiffusionEngine.from_settings(settings, diffusion_options)
         if name == "diffusion":
             raise AnimateError("engine_unavailable", f"the diffusion engine cannot run: {reason}")
     from animate.engines.warp import WarpEngine
