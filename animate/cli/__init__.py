@@ -14,6 +14,7 @@ import typer
 
 from animate import __version__
 from animate.cli import doctor as doctor_cmd
+from animate.cli import guidance as guidance_cmd
 from animate.cli import media as media_cmd
 from animate.cli import pose as pose_cmd
 from animate.cli import run as run_cmd
@@ -50,6 +51,7 @@ app.command("run")(run_cmd.run)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(media_cmd.app, name="media")
 app.command("pose")(pose_cmd.pose)
+app.command("guidance")(guidance_cmd.guidance)
 app.add_typer(weights_cmd.app, name="weights")
 
 
