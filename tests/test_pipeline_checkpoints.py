@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from controlnets import GuidanceEncoder
+from controlnets import GuidanceEncoder, PoseGuider
 from pipelines import (
     AnimationPipeline,
     CheckpointError,
@@ -16,6 +16,7 @@ from pipelines import (
     load_champ_guidance_encoders,
     load_mimicmotion,
 )
+from pipelines.checkpoints import pose_guider_config_from_shapes
 from pipelines.testing import (
     reinit_zero_layers,
     tiny_components,
@@ -41,6 +42,10 @@ def test_every_mimicmotion_key_maps_to_a_parameter_of_the_same_shape():
     reports = check_mimicmotion(shapes, unet_config)
     for name, report in reports.items():
         assert report.ok, f"{name}: {report.describe()}"
+    guider_config = pose_guider_config_from_shapes(
+        {k: v for k, v in shapes.items() if k.startswith("pose_net.")}
+    )
+    assert guider_config == {k: v for k, v in PoseGuider().config.items() if k in guider_config}
     with torch.device("meta"):
         unet, guider = load_mimicmotion(
             {k: torch.empty(v, device="meta", dtype=torch.float16) for k, v in shapes.items()}, unet_config
