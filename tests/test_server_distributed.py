@@ -62,8 +62,9 @@ def test_two_workers_on_redis_and_postgres_run_each_job_once(
     try:
         cluster.start_api()
         workers = [cluster.start_worker(), cluster.start_worker()]
-        cluster.wait(lambda: cluster.http.get("/readyz").status_code == 200, 60, "never ready")
-        assert cluster.http.get("/metrics").text.count("animate_worker_heartbeat_age_seconds{") == 2
+        live = "animate_workers_live 2\n"
+        cluster.wait(lambda: live in cluster.http.get("/metrics").text, 60, "two live workers never showed")
+        assert cluster.http.get("/readyz").status_code == 200
 
         jobs = [cluster.submit(SHORT)["id"] for _ in range(6)]
         results = [cluster.wait_for(job, lambda j: j["status"] in FINISHED, timeout=240) for job in jobs]
