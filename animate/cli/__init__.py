@@ -18,6 +18,7 @@ from animate.cli import guidance as guidance_cmd
 from animate.cli import media as media_cmd
 from animate.cli import pose as pose_cmd
 from animate.cli import run as run_cmd
+from animate.cli import serve as serve_cmd
 from animate.cli import weights as weights_cmd
 from animate.errors import AnimateError
 
@@ -52,6 +53,8 @@ app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(media_cmd.app, name="media")
 app.command("pose")(pose_cmd.pose)
 app.command("guidance")(guidance_cmd.guidance)
+app.command("serve")(serve_cmd.serve)
+app.command("worker")(serve_cmd.worker)
 app.add_typer(weights_cmd.app, name="weights")
 
 
