@@ -23,9 +23,9 @@ for the whole sequence.
    - joint limits: knees and elbows are hinges (positive flexion about an axis from the rest geometry,
      little off-axis rotation), every other joint has a maximum rotation;
    - temporal smoothness: squared acceleration of the joints (and of the root) across frames; each chunk
-     is tied to the last two refined frames of the previous one, and starts its parameters from the
-     previous chunk's last frame where the closed-form init cannot see them (limb twist is not
-     observable from directions), so the sequence is warm-started and continuous.
+     is tied to the last two refined frames of the previous one through this term, so the sequence is
+     continuous across chunks (each chunk's parameters start from the closed-form init, not from the
+     previous chunk's solution).
    Keypoints and joints are linear in the bone transforms (linear blend skinning), so a step never
    touches the 13,718 vertices; it costs one forward kinematics pass over the chunk.
 3. Shape (``fit_shape``): the phenotype parameters are fitted on a few well-detected frames jointly with
