@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ clean:
 demo: $(STAMP)
 	$(BIN)/animate run ../shared/data/reference/woman_street_mimicmotion.jpg \
 		../shared/data/driving/dance_musepose.mp4 -o out/demo.mp4 --artifacts out/demo_artifacts
+
+# The job server on the embedded defaults (SQLite jobs + queue, one worker): http://127.0.0.1:8000/
+serve: $(STAMP)
+	$(BIN)/animate serve --data-dir data
