@@ -178,7 +178,7 @@ class Animator:
         should_cancel: Callable[[], bool] | None = None,
     ) -> Prepared:
         """Stages decode, pose, body and motion: everything an engine needs, in one ``GuidanceBundle``."""
-        from animate.pose import draw_pose, estimate_image, estimate_video, global_fit, retarget
+        from animate.pose import estimate_image, estimate_video, global_fit, retarget
 
         options = options or AnimationOptions()
         options.validate()
@@ -232,7 +232,7 @@ class Animator:
         bundle.validate()
         artifacts: dict[str, Path] = {}
         if artifacts_dir is not None:
-            artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, draw_pose, report)
+            artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, report)
         report("motion", 1, 1)
         lap("motion")
         return Prepared(bundle, targets, engine, video.info.has_audio, timings, artifacts)
@@ -285,9 +285,10 @@ class Animator:
             artifacts=prepared.artifacts,
         )
 
-    def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, draw_pose, report) -> dict:
+    def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:
         """Guidance previews a person can check by eye: skeletons, keypoints, motion colours."""
         from animate.motion.keypoint_flow import trajectory_flow
+        from animate.pose import draw_pose
 
         directory.mkdir(parents=True, exist_ok=True)
         width, height = bundle.size

@@ -211,14 +211,8 @@ class JobRunner:
 
 
 def _result_record(result: AnimationResult) -> dict:
-    return {
-        "engine": result.engine,
-        "frames": result.frames,
-        "fps": result.fps,
-        "width": result.size[0],
-        "height": result.size[1],
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-    }
+    # Local file paths stay on the worker; clients get URLs instead.
+    return {k: v for k, v in result.to_dict().items() if k not in ("video", "artifacts")}
 
 
 def run_worker(settings: Settings) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ SKELETON_ONLY = DATA / "driving" / "skeleton_only_animateanyone.mp4"
 WOMAN_JPG = DATA / "reference" / "woman_street_mimicmotion.jpg"
 ANIME_PNG = DATA / "reference" / "anime_girl_musepose.png"
 HERO_RGBA = DATA / "reference" / "hero_rgba_animateanyone.png"
+#: Key/shape manifests of the published checkpoints (see ../shared/research/manifests/README.md).
+MANIFESTS = DATA.parent / "research" / "manifests"
+
+
+def load_manifest(name: str) -> dict:
+    path = MANIFESTS / name
+    if not path.is_file():
+        pytest.fail(f"research manifest {path} not found")
+    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_manifest
 
 from controlnets import GuidanceEncoder, GuidanceFusion, PoseGuider, convert_champ_state_dict
 from pipelines.testing import reinit_zero_layers, tiny_guidance_encoders, tiny_pose_guider
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "research" / "manifests"
-
-
-def _manifest(name: str) -> dict:
-    path = MANIFESTS / name
-    if not path.is_file():
-        pytest.skip(f"research manifest {path} not present")
-    return json.loads(path.read_text())
-
 
 def test_pose_guider_default_is_key_and_shape_exact_with_mimicmotion():
-    manifest = _manifest("mimicmotion_1_1.json")
+    manifest = load_manifest("mimicmotion_1_1.json")
     expected = {
         k.removeprefix("pose_net."): v for k, v in manifest["keys"].items() if k.startswith("pose_net.")
     }
@@ -61,7 +50,7 @@ def test_pose_guider_reinitialised_depends_on_pose_and_scale():
 
 
 def test_guidance_encoder_default_maps_every_champ_key_used_in_forward():
-    manifest = _manifest("champ_guidance_encoder.json")
+    manifest = load_manifest("champ_guidance_encoder.json")
     with torch.device("meta"):
         encoder = GuidanceEncoder()
     champ = {k: torch.empty(v, device="meta") for k, v in manifest["keys"].items()}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_manifest
 
 from controlnets import GuidanceEncoder, PoseGuider
 from pipelines import (
@@ -25,19 +25,10 @@ from pipelines.testing import (
     tiny_unet,
 )
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "shared" / "research" / "manifests"
-
-
-def _manifest(name: str) -> dict:
-    path = MANIFESTS / name
-    if not path.is_file():
-        pytest.skip(f"research manifest {path} not present")
-    return json.loads(path.read_text())
-
 
 def test_every_mimicmotion_key_maps_to_a_parameter_of_the_same_shape():
-    manifest = _manifest("mimicmotion_1_1.json")
-    unet_config = _manifest("svd_xt_unet_config.json")
+    manifest = load_manifest("mimicmotion_1_1.json")
+    unet_config = load_manifest("svd_xt_unet_config.json")
     shapes = {k: tuple(v) for k, v in manifest["keys"].items()}
     reports = check_mimicmotion(shapes, unet_config)
     for name, report in reports.items():

@@ -114,7 +114,6 @@ class BodyModel(ABC):
         """Rest state for (B, S) shapes; differentiable in ``shape``."""
 
     @abstractmethod
-    @abstractmethod
     def pose(
         self,
         rest: Rest,
