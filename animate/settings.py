@@ -48,7 +48,18 @@ class ServerSettings(BaseModel):
     )
     maintenance_seconds: float = Field(default=2.0, gt=0, description="Stale-job and cleanup sweep period.")
     max_attempts: int = Field(default=3, ge=1, description="Runs of one job before it fails worker_lost.")
-    retention_hours: float = Field(default=72.0, gt=0, description="Finished jobs' files are kept this long.")
+    retention_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="Finished jobs' uploads and outputs are kept this long, then deleted (the row stays).",
+    )
+    probe_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Wall-time cap of the sandboxed upload probe."
+    )
+    probe_cpu_seconds: int = Field(default=20, ge=1, description="CPU-time cap of the upload probe.")
+    probe_memory_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Address space the upload probe may add to its own."
+    )
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty: no auth.")
     rate_limit_per_minute: int = Field(default=120, ge=1, description="Requests per key per minute.")
     max_queued_per_key: int = Field(default=20, ge=1, description="Queued jobs one key may hold.")
