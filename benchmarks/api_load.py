@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -65,30 +67,65 @@ def submit(url: str, frames: int) -> str:
     return response.json()["id"]
 
 
-async def poll(client: httpx.AsyncClient, path: str, until: float, interval: float, out: dict) -> None:
+class Connection:
+    """One keep-alive HTTP/1.1 connection per poller, as separate clients would have.
+
+    A plain socket client: httpx's shared pool costs O(connections) per request, so with 200 pollers in
+    one process the client, not the server, was what the numbers measured.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def poll(url: str, path: str, until: float, interval: float, out: dict, phase: float) -> None:
+    address = urlsplit(url)
+    connection = Connection(address.hostname or "127.0.0.1", address.port or 80)
+    await asyncio.sleep(phase)  # independent clients are not in step with each other
     while time.monotonic() < until:
         start = time.perf_counter()
         try:
-            response = await client.get(path)
+            status, body = await asyncio.wait_for(connection.get(path), timeout=30)
             out["latencies"].append(time.perf_counter() - start)
-            if response.status_code != 200:
+            if status != 200:
                 out["errors"] += 1
             else:
-                out["statuses"].add(response.json()["status"])
-        except httpx.HTTPError:
+                out["statuses"].add(json.loads(body)["status"])
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             out["errors"] += 1
+            connection.close()
         if interval:
             await asyncio.sleep(max(0.0, interval - (time.perf_counter() - start)))
+    connection.close()
 
 
 async def load(url: str, job_id: str, pollers: int, seconds: float, interval: float) -> dict:
     out = {"latencies": [], "errors": 0, "statuses": set()}
-    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        until = time.monotonic() + seconds
-        await asyncio.gather(
-            *(poll(client, f"/v1/jobs/{job_id}", until, interval, out) for _ in range(pollers))
-        )
+    until = time.monotonic() + seconds
+    path = f"/v1/jobs/{job_id}"
+    phases = [interval * i / pollers for i in range(pollers)]
+    await asyncio.gather(*(poll(url, path, until, interval, out, phase) for phase in phases))
     return out
 
 
@@ -104,6 +141,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=1.0, help="Seconds between one poller's requests.")
     parser.add_argument("--frames", type=int, default=240, help="Length of the job that runs meanwhile.")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="Record the API process with py-spy while the pollers run (raw stacks, --gil) into FILE.",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +155,31 @@ def main() -> None:
             process, url = start_server(Path(tmp))
         try:
             job_id = submit(url, args.frames)
+            spy = None
+            if args.py_spy and process is not None:
+                spy = subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--gil",
+                        "--nonblocking",
+                        "-f",
+                        "raw",
+                        "-r",
+                        "200",
+                        "-d",
+                        str(int(args.seconds)),
+                        "-o",
+                        args.py_spy,
+                        "-p",
+                        str(process.pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             out = asyncio.run(load(url, job_id, args.pollers, args.seconds, args.interval))
+            if spy is not None:
+                spy.wait(timeout=60)
             final = httpx.get(f"{url}/v1/jobs/{job_id}").json()
         finally:
             if process is not None:

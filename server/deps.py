@@ -7,12 +7,14 @@ import hmac
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from fastapi import Depends, Request
 
 from animate.settings import Settings
 from server.errors import ApiError
 from server.files import JobFiles
+from server.probe import ProbeLimits
 from server.queue import JobQueue
 from server.store import JobStore
 
@@ -47,8 +49,19 @@ class AppState:
     queue: JobQueue
     limiter: RateLimiter
 
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(hours=self.settings.server.retention_hours)
 
-def get_state(request: Request) -> AppState:
+    @property
+    def probe_limits(self) -> ProbeLimits:
+        server = self.settings.server
+        return ProbeLimits(server.probe_timeout_seconds, server.probe_cpu_seconds, server.probe_memory_bytes)
+
+
+# The dependencies are ``async`` on purpose: they do no I/O, and a sync one would cost every request a
+# thread-pool hop each.
+async def get_state(request: Request) -> AppState:
     return request.app.state.animate
 
 
@@ -56,7 +69,7 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def current_owner(request: Request, state: AppState = Depends(get_state)) -> str:
+async def current_owner(request: Request, state: AppState = Depends(get_state)) -> str:
     """The caller's key digest ("" when no keys are configured); 401 without a valid Bearer key."""
     keys = state.settings.server.api_keys
     if not keys:

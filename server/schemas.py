@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -91,6 +91,10 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    expires_at: datetime | None = Field(
+        description="When the job's uploads and outputs are deleted (retention); null until it finishes."
+    )
+    expired: bool = Field(description="The files are gone: the video and artifacts answer 410 `expired`.")
     urls: UrlsOut
 
 
@@ -101,8 +105,20 @@ class JobList(BaseModel):
     )
 
 
-def job_out(job: Job, queue_position: int | None, artifacts: list[str]) -> JobOut:
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(description="database, queue, workers: `ok` or what is wrong.")
+
+
+def job_out(
+    job: Job, queue_position: int | None, artifacts: list[str], retention: timedelta | None = None
+) -> JobOut:
     base = f"/v1/jobs/{job.id}"
+    expires = job.finished_at + retention if job.finished_at is not None and retention is not None else None
     has_video = job.status == "succeeded" and not job.files_deleted
     return JobOut(
         id=job.id,
@@ -118,6 +134,8 @@ def job_out(job: Job, queue_position: int | None, artifacts: list[str]) -> JobOu
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        expires_at=expires,
+        expired=job.files_deleted,
         urls=UrlsOut(
             self=base,
             cancel=f"{base}/cancel",

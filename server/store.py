@@ -12,10 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import bindparam, case, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from server.models import FINISHED, JOB_STATUSES, Base, Job, WorkerRecord, utcnow
 
@@ -30,21 +30,45 @@ class IdempotencyConflict(Exception):
     """Another job already holds this (owner, idempotency key)."""
 
 
-def make_engine(url: str) -> Engine:
+def _position():
+    """Queued jobs ahead of ``Job`` (null unless it is queued), as a correlated column."""
+    ahead = aliased(Job)
+    count = (
+        select(func.count())
+        .select_from(ahead)
+        .where(ahead.status == "queued", ahead.seq < Job.seq)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    return case((Job.status == "queued", count), else_=None).label("queue_position")
+
+
+class ReadBusy(Exception):
+    """An inline read could not get at the SQLite file at once; do it again in a thread."""
+
+
+def make_engine(url: str, busy_seconds: float = 30.0, pool_size: int = 64) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # The default pool is above the API's 40 threads: connections are reused, never reopened per poll.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_seconds},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        busy_ms = int(busy_seconds * 1000)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:  # WAL: the API reads while a worker writes
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
@@ -53,9 +77,23 @@ class JobStore:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite in WAL mode: a read takes ~0.1 ms and does not wait on the writer, so the API may run it
+        # on the event loop (two thread hand-offs per poll cost more than that when the CPU is busy).
+        # Its connections give up after 50 ms instead of waiting, and the caller retries in a thread.
+        self.inline_reads = url.startswith("sqlite")
+        self._reader = make_engine(url, busy_seconds=0.05, pool_size=2) if self.inline_reads else None
+        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False) if self._reader else None
+        # Built once: building the correlated position subquery costs more than running it.
+        position = _position()
+        self._poll = select(Job, position).where(
+            Job.id == bindparam("job_id"), Job.owner == bindparam("owner")
+        )
+        self._list = select(Job, position)
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._reader is not None:
+            self._reader.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -85,18 +123,40 @@ class JobStore:
                 query = query.where(Job.owner == owner)
             return s.scalars(query).first()
 
+    def get_with_position(self, job_id: str, owner: str) -> tuple[Job, int | None] | None:
+        """The job and its queue position in one read (what a status poll needs, nothing more)."""
+        with self.session() as s:
+            row = s.execute(self._poll, {"job_id": job_id, "owner": owner}).first()
+        return (row[0], row[1]) if row is not None else None
+
+    def poll_inline(self, job_id: str, owner: str) -> tuple[Job, int | None] | None:
+        """``get_with_position`` that never waits: raises ``ReadBusy`` instead (SQLite only)."""
+        if self._read_sessions is None:
+            raise ReadBusy("inline reads are for SQLite")
+        try:
+            with self._read_sessions() as s:
+                row = s.execute(self._poll, {"job_id": job_id, "owner": owner}).first()
+        except OperationalError as exc:
+            raise ReadBusy(str(exc)) from exc
+        return (row[0], row[1]) if row is not None else None
+
     def find_idempotent(self, owner: str, key: str) -> Job | None:
         with self.session() as s:
             return s.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).first()
 
-    def list(self, owner: str, status: str | None, before_seq: int | None, limit: int) -> list[Job]:
+    def list(
+        self, owner: str, status: str | None, before_seq: int | None, limit: int
+    ) -> list[tuple[Job, int | None]]:
+        """Newest first, each with its queue position."""
         with self.session() as s:
-            query = select(Job).where(Job.owner == owner)
+            query = self._list.where(Job.owner == owner)
             if status is not None:
                 query = query.where(Job.status == status)
             if before_seq is not None:
                 query = query.where(Job.seq < before_seq)
-            return list(s.scalars(query.order_by(Job.seq.desc()).limit(limit)))
+            return [
+                (job, position) for job, position in s.execute(query.order_by(Job.seq.desc()).limit(limit))
+            ]
 
     def queue_position(self, job: Job) -> int | None:
         """0: next to run. Counted over every owner's jobs: they share the workers."""
@@ -218,6 +278,7 @@ class JobStore:
         return requeued
 
     def expired(self, older_than: datetime, limit: int = 100) -> list[str]:
+        """Finished jobs whose files are still on disk and whose end is before ``older_than``."""
         with self.session() as s:
             return list(
                 s.scalars(
@@ -225,13 +286,22 @@ class JobStore:
                     .where(
                         Job.status.in_(FINISHED), Job.finished_at < older_than, Job.files_deleted.is_(False)
                     )
+                    .order_by(Job.seq)
                     .limit(limit)
                 )
             )
 
-    def mark_files_deleted(self, job_id: str) -> None:
+    def mark_files_deleted(self, job_id: str) -> bool:
+        """Only a finished job's files are ever given up (a re-queued job still needs its inputs)."""
         with self.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(files_deleted=True))
+            done = s.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(FINISHED)).values(files_deleted=True)
+            )
+            return done.rowcount == 1
+
+    def known(self, job_ids: list[str]) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Job.id).where(Job.id.in_(job_ids))))
 
     # --- workers and metrics --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from huey.consumer import Consumer
 from huey.signals import SIGNAL_INTERRUPTED
@@ -31,6 +32,7 @@ from server.store import JobStore
 from server.webhooks import deliver_in_background, load_secret
 
 log = logging.getLogger("server.worker")
+ORPHAN_CHECK_SECONDS = 600.0
 
 
 def database_url(settings: Settings) -> str:
@@ -66,6 +68,7 @@ class JobRunner:
         self.jobs_done = 0
         self._animator: Animator | None = None
         self._stop = threading.Event()
+        self._orphans_checked = float("-inf")
 
     @property
     def animator(self) -> Animator:
@@ -88,7 +91,13 @@ class JobRunner:
         beat.start()
         folder = self.files.attempt_dir(job_id, claim.attempt)
         won = recorded = False  # won: this attempt's output is the job's; recorded: it set the outcome
-        log.info("job %s attempt %d started", job_id, claim.attempt)
+        log.info(
+            "job %s attempt %d started on %s (CUDA_VISIBLE_DEVICES=%s)",
+            job_id,
+            claim.attempt,
+            self.worker_id,
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
         try:
             options = JobOptions(**job.options).animation_options()
             inputs = self.files.job_dir(job_id)
@@ -142,7 +151,8 @@ class JobRunner:
         if job is None or job.status not in ("succeeded", "failed", "canceled") or not job.webhook_url:
             return
         artifacts = list(self.files.artifacts(job.id, job.output_dir)) if job.output_dir else []
-        body = job_out(job, None, artifacts).model_dump_json().encode()
+        retention = timedelta(hours=self.settings.server.retention_hours)
+        body = job_out(job, None, artifacts, retention).model_dump_json().encode()
         server = self.settings.server
         secret = load_secret(server.webhook_secret, self.settings.data_dir)
         deliver_in_background(
@@ -187,9 +197,37 @@ class JobRunner:
         for job_id in self.store.reap_stale(server.stale_after_seconds, server.max_attempts):
             log.warning("job %s lost its worker; re-enqueued", job_id)
             self.queue.enqueue(job_id)
-        for job_id in self.store.expired(utcnow() - timedelta(hours=server.retention_hours)):
-            self.files.remove(job_id)
-            self.store.mark_files_deleted(job_id)
+        self.clean_expired()
+
+    def clean_expired(self) -> list[str]:
+        """Retention: the uploads and outputs of jobs finished longer ago than ``retention_hours``.
+
+        The row stays (its GET says ``expired: true``; the video answers 410). Queued and running jobs
+        are never touched. Folders with no row (an upload cut off by an API crash) go after the same time,
+        but never sooner than an hour, so an upload in progress is not taken for one.
+        """
+        retention = timedelta(hours=self.settings.server.retention_hours)
+        cleaned = []
+        for job_id in self.store.expired(utcnow() - retention):
+            if self.store.mark_files_deleted(job_id):  # first the row, so nothing serves a vanishing file
+                self.files.remove(job_id)
+                cleaned.append(job_id)
+        if cleaned:
+            log.info("retention: removed the files of %d job(s)", len(cleaned))
+        if time.monotonic() - self._orphans_checked > ORPHAN_CHECK_SECONDS:
+            self._orphans_checked = time.monotonic()
+            self.clean_orphans(max(retention.total_seconds(), 3600.0))
+        return cleaned
+
+    def clean_orphans(self, older_than_seconds: float) -> list[str]:
+        """Job folders with no job row whose last change is older than ``older_than_seconds``."""
+        cutoff = time.time() - older_than_seconds
+        old = {p.name: p for p in self.files.root.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff}
+        orphans = sorted(set(old) - self.store.known(list(old))) if old else []
+        for name in orphans:
+            log.info("removing %s: no job row", old[name])
+            shutil.rmtree(old[name], ignore_errors=True)
+        return orphans
 
     def sweep_forever(self) -> None:
         while not self._stop.is_set():
@@ -208,6 +246,16 @@ class JobRunner:
             self.store.worker_gone(self.worker_id)
         except Exception:
             log.exception("could not remove the worker record")
+
+
+def _redacted(url: str | None) -> str | None:
+    """A queue URL fit for a log line: no password."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 def _result_record(result: AnimationResult) -> dict:
@@ -234,7 +282,12 @@ def run_worker(settings: Settings) -> None:
     consumer = Consumer(
         queue.huey, workers=1, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.5
     )
-    log.info("worker %s consuming from %s", runner.worker_id, settings.server.queue_url or "sqlite")
+    log.info(
+        "worker %s consuming from %s (CUDA_VISIBLE_DEVICES=%s)",
+        runner.worker_id,
+        _redacted(settings.server.queue_url) or "sqlite",
+        os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    )
     try:
         consumer.run()
     finally:

@@ -1,4 +1,4 @@
-"""``animate serve`` (API + one embedded worker) and ``animate worker`` (queue consumers)."""
+"""``animate serve`` (API + embedded workers) and ``animate worker`` (queue consumers, one per GPU)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -16,17 +17,23 @@ import typer
 from animate.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
+# Thread pools of the libraries a job runs through (torch, OpenMP, BLAS, OpenCV).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
+
+log = logging.getLogger("animate.serve")
 
 
-def _die_with_parent() -> None:
-    """Children of ``serve`` / ``worker --gpus`` stop when their parent is killed, even by SIGKILL."""
+def _child_setup(nice: int) -> None:
+    """In the child before exec: die with the parent (even on SIGKILL), then lower the CPU priority."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if nice:
+        os.nice(nice)
 
 
-def _spawn_worker(env: dict[str, str]) -> subprocess.Popen:
+def _spawn_worker(env: dict[str, str], nice: int = 0) -> subprocess.Popen:
     command = [sys.executable, "-c", "from animate.cli.serve import worker_main; worker_main()"]
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command, env=env, preexec_fn=lambda: _child_setup(nice))
 
 
 def _settings(data_dir: Path | None) -> Settings:
@@ -39,6 +46,15 @@ def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _embedded_worker_env(threads: int | None) -> dict[str, str]:
+    """The API shares the machine with this worker: leave it a core unless told otherwise."""
+    threads = threads if threads is not None else max(1, (os.cpu_count() or 1) - 1)
+    env = dict(os.environ)
+    for name in _THREAD_VARIABLES:
+        env.setdefault(name, str(threads))
+    return env
+
+
 def serve(
     host: str | None = typer.Option(None, help="Interface to listen on (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default 8000)."),
@@ -46,6 +62,13 @@ def serve(
         None, "--data-dir", help="Uploads, outputs, job and queue databases."
     ),
     workers: int = typer.Option(1, min=0, help="Embedded worker processes (0: API only)."),
+    worker_nice: int = typer.Option(
+        10, min=0, max=19, help="CPU priority drop of the embedded workers, so polls stay fast."
+    ),
+    worker_threads: int | None = typer.Option(
+        None, min=1, help="Compute threads per embedded worker (default: CPU cores - 1)."
+    ),
+    access_log: bool = typer.Option(False, help="Log every request (costly under heavy polling)."),
 ) -> None:
     """Run the API and one worker process: SQLite job table and queue, nothing else to start."""
     import uvicorn
@@ -56,21 +79,41 @@ def serve(
     settings = _settings(data_dir)
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
-    children = [_spawn_worker(dict(os.environ)) for _ in range(workers)]
+    env = _embedded_worker_env(worker_threads)
+    children = [_spawn_worker(env, worker_nice) for _ in range(workers)]
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=access_log,
+            timeout_graceful_shutdown=5,
+            backlog=4096,
+        )
     finally:
-        for child in children:
-            child.terminate()  # SIGTERM: a running job goes back to the queue
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop(children)
+
+
+def _stop(children: list[subprocess.Popen], signum: int = signal.SIGTERM) -> list[int]:
+    """SIGTERM (a running job goes back to the queue), then wait; SIGKILL what outlives 30 s."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signum)
+    codes = []
+    for child in children:
+        try:
+            codes.append(child.wait(timeout=30))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            codes.append(child.wait())
+    return codes
 
 
 def worker(
-    gpus: str | None = typer.Option(None, help="Comma-separated GPU indices: one process per GPU."),
+    gpus: str | None = typer.Option(
+        None, help="Comma-separated GPU indices: one worker process per GPU, each seeing only its own."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Same folder as the API's (shared)."),
 ) -> None:
     """Consume jobs from the queue, one at a time per process, until SIGTERM or Ctrl-C."""
@@ -78,21 +121,33 @@ def worker(
 
     _logging()
     settings = _settings(data_dir)
-    if not gpus:
+    devices = [g.strip() for g in (gpus or "").split(",") if g.strip()]
+    if not devices:
         run_worker(settings)
         return
-    children = []
-    for gpu in (g.strip() for g in gpus.split(",") if g.strip()):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-        children.append(_spawn_worker(env))
+    supervise({gpu: dict(os.environ, CUDA_VISIBLE_DEVICES=gpu) for gpu in devices})
 
-    def forward(signum: int, _frame) -> None:
-        for child in children:
-            child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+def supervise(envs: dict[str, dict[str, str]]) -> None:
+    """One worker process per entry; one that dies is started again; SIGTERM/SIGINT stop them all."""
+    children = {name: _spawn_worker(env) for name, env in envs.items()}
+    started = dict.fromkeys(envs, time.monotonic())
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        for name, child in children.items():
+            code = child.poll()
+            # At most one restart per GPU every 5 s: a worker that cannot start does not spin.
+            if code is not None and not stopping and time.monotonic() - started[name] > 5:
+                log.warning("worker for GPU %s exited with %s; starting another", name, code)
+                children[name], started[name] = _spawn_worker(envs[name]), time.monotonic()
+        time.sleep(0.5)
+    codes = _stop(list(children.values()), stopping[0])
     if any(codes):
         raise typer.Exit(1)
 

@@ -9,15 +9,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server.deps import AppState, get_state
 from server.models import utcnow
+from server.schemas import HealthOut, ReadyOut
 
 router = APIRouter(tags=["health"])
 
 BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
 
-@router.get("/healthz", summary="The API process is up")
-def healthz() -> dict:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=HealthOut, summary="The API process is up")
+async def healthz() -> HealthOut:
+    return HealthOut(status="ok")
 
 
 def _live_workers(state: AppState) -> list:
@@ -25,7 +26,12 @@ def _live_workers(state: AppState) -> list:
     return [w for w in state.store.workers() if w.heartbeat_at >= cutoff]
 
 
-@router.get("/readyz", summary="Database, queue and at least one live worker")
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    summary="Database, queue and at least one live worker",
+    responses={503: {"model": ReadyOut, "description": "Not ready: `checks` says what is missing."}},
+)
 def readyz(state: AppState = Depends(get_state)) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
@@ -57,7 +63,12 @@ def _histogram(lines: list[str], name: str, labels: str, values: list[float]) ->
     lines.append(f"{name}_count{{{labels.rstrip(',')}}} {len(values)}")
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(state: AppState = Depends(get_state)) -> PlainTextResponse:
     lines = ["# HELP animate_jobs Jobs by status.", "# TYPE animate_jobs gauge"]
     for status, count in state.store.counts_by_status().items():

@@ -6,28 +6,37 @@ import asyncio
 import base64
 import shutil
 import uuid
+from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 
-from animate.media import load_image, open_video
 from server.deps import AppState, current_owner, get_state
 from server.errors import ApiError, not_found
 from server.models import FINISHED, Job
+from server.probe import probe_inputs, run_sandboxed
 from server.schemas import ErrorResponse, JobList, JobOptions, JobOut, job_out
-from server.store import IdempotencyConflict
+from server.store import IdempotencyConflict, ReadBusy
 from server.uploads import receive_form
 from server.webhooks import PrivateTarget, check_target
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+
+def _error(description: str) -> dict:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Every route answers these; FastAPI's own 422 schema is replaced, since our handler writes ErrorResponse.
 ERRORS = {
-    401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
-    404: {"model": ErrorResponse, "description": "No such job (or not yours)."},
+    401: _error("Missing or invalid API key (`unauthorized`)."),
+    422: _error("Invalid parameters (`invalid_request`, `invalid_cursor`)."),
+    429: _error("Rate limit (`rate_limited`), with `Retry-After`."),
 }
+NOT_FOUND = {404: _error("No such job (or not yours): `not_found`.")}
 _FORM_SCHEMA = {
     "type": "object",
     "required": ["reference", "driving"],
@@ -51,11 +60,16 @@ _FORM_SCHEMA = {
 }
 
 
-def present(state: AppState, job: Job) -> JobOut:
-    artifacts = []
-    if job.status == "succeeded" and job.output_dir and not job.files_deleted:
-        artifacts = list(state.files.artifacts(job.id, job.output_dir))
-    return job_out(job, state.store.queue_position(job), artifacts)
+def present(state: AppState, job: Job, queue_position: int | None) -> JobOut:
+    artifacts = list(state.files.artifacts(job.id, job.output_dir)) if _lists_files(job) else []
+    return job_out(job, queue_position, artifacts, state.retention)
+
+
+def _json(model: JobOut | JobList, status_code: int = 200, headers: dict | None = None) -> Response:
+    # Serialised once here; returning the model would make FastAPI validate and serialise it again.
+    return Response(
+        model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json"
+    )
 
 
 def _load(state: AppState, job_id: str, owner: str) -> Job:
@@ -65,11 +79,8 @@ def _load(state: AppState, job_id: str, owner: str) -> Job:
     return job
 
 
-def _probe(state: AppState, reference, driving) -> None:
-    limits = state.settings.media
-    load_image(reference, limits)
-    with open_video(driving, limits):
-        pass
+def _probe(state: AppState, reference: Path, driving: Path) -> None:
+    run_sandboxed(probe_inputs, (reference, driving, state.settings.media), state.probe_limits)
 
 
 def _check_webhook(url: str, allow_private: bool) -> None:
@@ -79,14 +90,14 @@ def _check_webhook(url: str, allow_private: bool) -> None:
         raise ApiError(422, "invalid_webhook_url", str(exc)) from None
 
 
-def _accepted(state: AppState, job: Job, replayed: bool = False) -> JSONResponse:
+def _accepted(state: AppState, job: Job, replayed: bool = False) -> Response:
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(present(state, job).model_dump(mode="json"), status_code=202, headers=headers)
+    return _json(present(state, job, state.store.queue_position(job)), 202, headers)
 
 
-def _replay(state: AppState, existing: Job, digest: str) -> JSONResponse:
+def _replay(state: AppState, existing: Job, digest: str) -> Response:
     if existing.request_digest != digest:
         raise ApiError(
             422, "idempotency_key_reused", "this Idempotency-Key was used with a different request"
@@ -101,10 +112,17 @@ def _replay(state: AppState, existing: Job, digest: str) -> JSONResponse:
     summary="Submit a job",
     responses={
         **ERRORS,
-        413: {"model": ErrorResponse, "description": "An upload is over its size cap."},
-        415: {"model": ErrorResponse, "description": "Not multipart/form-data."},
-        422: {"model": ErrorResponse, "description": "Bad input: `error.code` says which."},
-        429: {"model": ErrorResponse, "description": "Rate limit or queued-job cap."},
+        202: {"description": "Accepted; `Location` names the job. `Idempotent-Replayed: true` on a replay."},
+        413: _error("An upload is over its size cap (`too_large`)."),
+        415: _error("Not multipart/form-data (`unsupported_media_type`)."),
+        422: _error(
+            "Bad input, `error.code` says which: `missing_file`, `unknown_field`, `duplicate_field`, "
+            "`invalid_option`, `idempotency_key_reused`, `invalid_webhook_url`, a media code "
+            "(`unsupported_format`, `too_large`, `too_long`, `empty_media`, `corrupt_media`, "
+            "`no_video_stream`, ...), or `probe_timeout` / `probe_failed` when reading the file hit a limit."
+        ),
+        429: _error("Rate limit (`rate_limited`) or this key's queued-job cap (`too_many_queued`)."),
+        503: _error("The queue is unreachable (`queue_unavailable`)."),
     },
     openapi_extra={
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}}}
@@ -115,13 +133,16 @@ async def submit(
     state: AppState = Depends(get_state),
     owner: str = Depends(current_owner),
     idempotency_key: str | None = Header(default=None, max_length=255),
-) -> JSONResponse:
-    """Upload `reference` and `driving` plus options; answers 202 with the job and its `Location`."""
-    if (
-        state.settings.server.api_keys
-        and state.store.count_queued(owner) >= state.settings.server.max_queued_per_key
-    ):
-        raise ApiError(429, "too_many_queued", "this key has too many queued jobs", {"Retry-After": "10"})
+) -> Response:
+    """Upload `reference` and `driving` plus options; answers 202 with the job and its `Location`.
+
+    The files are streamed to disk under their caps, then probed in a sandboxed process (time and
+    memory limits) before the job is queued.
+    """
+    if state.settings.server.api_keys:
+        queued = await run_in_threadpool(state.store.count_queued, owner)
+        if queued >= state.settings.server.max_queued_per_key:
+            raise ApiError(429, "too_many_queued", "this key has too many queued jobs", {"Retry-After": "10"})
     job_id = uuid.uuid4().hex
     folder = state.files.job_dir(job_id)
     folder.mkdir(parents=True)
@@ -137,6 +158,16 @@ async def submit(
             set(JobOptions.model_fields),
             lambda kind, name: state.files.input_name(kind, name),
         )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return await run_in_threadpool(_admit, state, job_id, owner, idempotency_key, form)
+
+
+def _admit(state: AppState, job_id: str, owner: str, idempotency_key: str | None, form) -> Response:
+    """Check the received form, probe the files, record and enqueue the job (blocking: in a thread)."""
+    folder = state.files.job_dir(job_id)
+    try:
         for kind in ("reference", "driving"):
             if kind not in form.files:
                 raise ApiError(422, "missing_file", f"the '{kind}' file is required")
@@ -154,10 +185,8 @@ async def submit(
                 shutil.rmtree(folder, ignore_errors=True)
                 return _replay(state, existing, form.digest)
         if options.webhook_url:
-            await run_in_threadpool(
-                _check_webhook, options.webhook_url, state.settings.server.allow_private_webhooks
-            )
-        await run_in_threadpool(_probe, state, form.files["reference"].path, form.files["driving"].path)
+            _check_webhook(options.webhook_url, state.settings.server.allow_private_webhooks)
+        _probe(state, form.files["reference"].path, form.files["driving"].path)
 
         job = Job(
             id=job_id,
@@ -190,28 +219,59 @@ async def submit(
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first", responses=ERRORS)
-def list_jobs(
+async def list_jobs(
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, max_length=64),
     state: AppState = Depends(get_state),
     owner: str = Depends(current_owner),
-) -> JobList:
+) -> Response:
     before = None
     if cursor is not None:
         try:
             before = int(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
         except Exception:
             raise ApiError(422, "invalid_cursor", "the cursor is not one this API gave out") from None
-    jobs = state.store.list(owner, status, before, limit + 1)
-    page, more = jobs[:limit], len(jobs) > limit
-    next_cursor = base64.urlsafe_b64encode(str(page[-1].seq).encode()).decode().rstrip("=") if more else None
-    return JobList(jobs=[present(state, job) for job in page], next_cursor=next_cursor)
+    return _json(await run_in_threadpool(_page, state, owner, status, before, limit))
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Poll a job", responses=ERRORS)
-def get_job(job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)) -> JobOut:
-    return present(state, _load(state, job_id, owner))
+def _page(state: AppState, owner: str, status: str | None, before: int | None, limit: int) -> JobList:
+    rows = state.store.list(owner, status, before, limit + 1)
+    page, more = rows[:limit], len(rows) > limit
+    next_cursor = (
+        base64.urlsafe_b64encode(str(page[-1][0].seq).encode()).decode().rstrip("=") if more else None
+    )
+    return JobList(jobs=[present(state, job, position) for job, position in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Poll a job", responses={**ERRORS, **NOT_FOUND})
+async def get_job(
+    job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+) -> Response:
+    """The job's status, progress and queue position. One indexed read; it never waits on a worker."""
+    if state.store.inline_reads:
+        try:
+            found = state.store.poll_inline(job_id, owner)
+        except ReadBusy:
+            pass
+        else:
+            if found is None:
+                raise not_found()
+            if not _lists_files(found[0]):
+                return _json(present(state, *found))
+    return _json(await run_in_threadpool(_poll, state, job_id, owner))
+
+
+def _lists_files(job: Job) -> bool:
+    """Presenting this job reads its artifact folder (file system I/O: not on the event loop)."""
+    return job.status == "succeeded" and bool(job.output_dir) and not job.files_deleted
+
+
+def _poll(state: AppState, job_id: str, owner: str) -> JobOut:
+    found = state.store.get_with_position(job_id, owner)
+    if found is None:
+        raise not_found()
+    return present(state, *found)
 
 
 def _output(state: AppState, job: Job):
@@ -222,11 +282,30 @@ def _output(state: AppState, job: Job):
     return job.output_dir
 
 
+OUTPUT_ERRORS = {
+    **ERRORS,
+    **NOT_FOUND,
+    409: _error("The job has not succeeded (`not_ready`)."),
+    410: _error("The files were deleted after the retention period (`expired`)."),
+}
+
+
 @router.get(
     "/{job_id}/video",
     summary="Download the mp4 (HTTP Range supported)",
     response_class=FileResponse,
-    responses={**ERRORS, 206: {"description": "Partial content"}, 200: {"content": {"video/mp4": {}}}},
+    responses={
+        **OUTPUT_ERRORS,
+        200: {"content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+        206: {
+            "description": "The requested byte range",
+            "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        416: {
+            "description": "Range not satisfiable",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+    },
 )
 def get_video(job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)):
     job = _load(state, job_id, owner)
@@ -238,7 +317,22 @@ def get_video(job_id: str, state: AppState = Depends(get_state), owner: str = De
     )
 
 
-@router.get("/{job_id}/artifacts/{name}", summary="Download a guidance preview", responses=ERRORS)
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download a guidance preview",
+    response_class=FileResponse,
+    responses={
+        **OUTPUT_ERRORS,
+        404: _error("No such job, or no such artifact for it (`not_found`)."),
+        200: {
+            "description": "skeleton, motion, depth, normal, semantic: mp4; poses: JSON",
+            "content": {
+                "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+    },
+)
 def get_artifact(
     job_id: str, name: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
 ):
@@ -250,19 +344,34 @@ def get_artifact(
     return FileResponse(path, media_type=media_type, content_disposition_type="inline")
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job", responses=ERRORS)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses={**ERRORS, **NOT_FOUND, 409: _error("The job already succeeded or failed (`job_finished`).")},
+)
 def cancel_job(
     job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
-) -> JobOut:
+) -> Response:
     """A queued job is canceled at once; a running one stops within a few seconds (poll it)."""
     job = _load(state, job_id, owner)
     if job.status in ("succeeded", "failed"):
         raise ApiError(409, "job_finished", f"the job already {job.status}")
     job = state.store.cancel(job_id) or job
-    return present(state, job)
+    return _json(present(state, job, state.store.queue_position(job)))
 
 
-@router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its files", responses=ERRORS)
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job and its files",
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        204: {"description": "Deleted: the job row and all its files."},
+        409: _error("The job is still queued or running (`job_active`): cancel it first."),
+    },
+)
 def delete_job(
     job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
 ) -> Response:
@@ -276,21 +385,30 @@ def delete_job(
 @router.get(
     "/{job_id}/events",
     summary="Server-sent events: the job on every change, until it finishes",
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    response_class=StreamingResponse,
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        200: {
+            "description": "`event: job` with the job as `data` on each change; `event: deleted` if it goes.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
 )
 async def job_events(
     job_id: str, request: Request, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
 ) -> StreamingResponse:
-    _load(state, job_id, owner)
+    await run_in_threadpool(_load, state, job_id, owner)
 
     async def stream():
         last = None
         while not await request.is_disconnected():
-            job = await run_in_threadpool(state.store.get, job_id, owner)
-            if job is None:
+            found = await run_in_threadpool(state.store.get_with_position, job_id, owner)
+            if found is None:
                 yield "event: deleted\ndata: {}\n\n"
                 return
-            body = (await run_in_threadpool(present, state, job)).model_dump_json()
+            job = found[0]
+            body = (await run_in_threadpool(present, state, *found)).model_dump_json()
             if body != last:
                 last = body
                 yield f"event: job\ndata: {body}\n\n"
