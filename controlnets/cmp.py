@@ -6,7 +6,9 @@ Layout (key names as in ``ckpt_iter_42000.pth.tar`` once its ``module.`` prefix 
 
 - ``image_encoder``: a ResNet-50 with output stride 8 (``layer3``/``layer4`` keep stride 1 and dilate their
   3x3 convs by 2/4) and a 1x1 ``conv5`` 2048 -> ``img_enc_dim``; it also hands the decoder two skip
-  features, ``conv1`` after BN+ReLU (1/2 resolution, 64 ch) and ``layer1`` (1/4, 256 ch).
+  features, ``conv1`` after BN+ReLU (1/2 resolution, 64 ch) and ``layer1`` (1/4, 256 ch). The stride of
+  ``layer2.0`` sits on its 3x3 conv (torchvision's placement); CMP's backbone source was not at hand to
+  confirm this, and no key or shape depends on it.
 - ``flow_encoder`` (``shallownet8x``): the 4-channel sparse input (flow x, y and the point mask twice) ->
   5x5 stride-2 conv 16, BN, ReLU, max-pool 2, 3x3 conv ``sparse_enc_dim``, BN, ReLU, avg-pool 2 (1/8).
 - ``flow_decoder`` (``MotionDecoderSkipLayer``): on the concatenated 1/8 features, four branches
