@@ -1,9 +1,23 @@
-"""The CPU engine: no weights, it moves the reference person's own pixels along the dense motion field.
+"""The CPU engine: no weights, it moves the reference person's own pixels onto the driving motion.
 
-Per frame, reference person pixels are carried to their target positions (forward splatting with a
-depth order by body part), the target silhouette is closed, each target pixel looks up its exact
-source position (a first-order inverse of the field) and samples the reference bilinearly; the result
-is composited with a soft edge over the reference background, whose person was removed and filled once.
+Body path (a ``BodyMotion`` in the bundle), backward warping: each frame's transferred body is ray cast
+(at half resolution by default; the sampling maps are upsampled, nearest where they jump), so every
+output pixel on the body knows the surface point it shows, with occlusion resolved. That point, put back
+on the reference body and projected, is where the reference shows it, if the reference ray cast sees it
+there too (depth test). Surface the reference does not show is taken from its left/right twin (mirrored
+vertex) when that is visible, else from the colour of the nearest visible surface (propagated over the
+mesh once), never left as a hole. Hair and loose clothes lie outside the naked body: the target body is
+dilated by how far the reference person reaches beyond its body, and each pixel of that ring samples the
+reference next to its nearest body pixel (moved with that body part's local 2D motion); it shows only
+where that sample is an off-body person pixel that belongs to the same or a neighbouring part, so the
+ring never drags another limb or background along. Backward sampling leaves no splatting holes.
+
+Skeleton path (no body fit), the fallback: reference person pixels are carried to their target positions
+by the 2D skeleton field (forward splatting with a depth order by body part), the target silhouette is
+closed, each target pixel looks up its exact source position (a first-order inverse of the field) and
+samples the reference bilinearly.
+
+Both composite with a soft edge over the reference background, whose person was removed and filled once.
 """
 
 from __future__ import annotations
@@ -13,10 +27,23 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
+from animate.body.parts import PART_NAMES
+from animate.motion.body_field import (
+    BodyMotion,
+    interpolate,
+    inverse_linear,
+    nearest_pixel,
+    offbody_reach,
+    part_affines,
+    part_neighbours,
+    project,
+)
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.skeleton_field import BONES, SkeletonField
+from animate.pose.layout import LEFT_HAND_ROOT, RIGHT_HAND_ROOT
 
 FrameProgress = Callable[[int, int], None]
+HEAD_PART = PART_NAMES.index("head")
 
 
 def fill_background(image: np.ndarray, person: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -35,14 +62,31 @@ def fill_background(image: np.ndarray, person: np.ndarray, scale: int = 4) -> np
     return (image * (1 - alpha) + filled * alpha + 0.5).astype(np.uint8)
 
 
+def hidden_hands(keypoints: np.ndarray, threshold: float = 0.3) -> tuple[int, ...]:
+    """Hand parts whose reference keypoints were not found (in pockets, behind the back): the fitted
+    body may still put those hands in view, over clothes that are not hands."""
+    hidden = []
+    for root, part in ((LEFT_HAND_ROOT, "left_hand"), (RIGHT_HAND_ROOT, "right_hand")):
+        if np.mean(keypoints[root : root + 21, 2] >= threshold) < 0.5:
+            hidden.append(PART_NAMES.index(part))
+    return tuple(hidden)
+
+
 class WarpEngine:
-    """Engine protocol: ``render(bundle, progress, should_cancel)`` yields (H, W, 3) uint8 frames."""
+    """Engine protocol: ``render(bundle, progress, should_cancel)`` yields (H, W, 3) uint8 frames.
+
+    Uses the body path when the bundle carries a ``BodyMotion``, else the 2D skeleton field.
+    render_scale: the body is ray cast at 1/render_scale of the output size (1 for outputs under 384 px).
+    """
 
     name = "warp"
 
-    def __init__(self, edge_sigma: float = 1.0) -> None:
+    def __init__(self, edge_sigma: float = 1.0, render_scale: int = 2) -> None:
         self.edge_sigma = edge_sigma
+        self.render_scale = render_scale
         self.last_silhouette: np.ndarray | None = None  # the person's pixels in the last frame yielded
+        self.last_body_mask: np.ndarray | None = None  # the rendered target body (body path only)
+        self.last_fill: np.ndarray | None = None  # body pixels the reference does not show (body path)
 
     def render(
         self,
@@ -50,6 +94,42 @@ class WarpEngine:
         progress: FrameProgress | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
+        if bundle.body is not None:
+            yield from self._render_body(bundle, progress, should_cancel)
+        else:
+            yield from self._render_skeleton(bundle, progress, should_cancel)
+
+    def _render_body(
+        self,
+        bundle: GuidanceBundle,
+        progress: FrameProgress | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> Iterator[np.ndarray]:
+        scale = self.render_scale if min(bundle.size) >= 384 else 1
+        warp = BodyWarp(
+            bundle.body,
+            bundle.reference,
+            bundle.reference_mask > 127,
+            scale,
+            self.edge_sigma,
+            unseen_parts=hidden_hands(bundle.reference_keypoints),
+        )
+        total = bundle.num_frames
+        for t, vertices in enumerate(bundle.body.iter_vertices()):
+            if should_cancel is not None and should_cancel():
+                return
+            frame, self.last_silhouette, self.last_body_mask, self.last_fill = warp.frame(vertices)
+            yield frame
+            if progress is not None:
+                progress(t + 1, total)
+
+    def _render_skeleton(
+        self,
+        bundle: GuidanceBundle,
+        progress: FrameProgress | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> Iterator[np.ndarray]:
+        self.last_body_mask = self.last_fill = None
         width = bundle.size[0]
         reference = bundle.reference
         person = bundle.reference_mask > 127
@@ -202,6 +282,260 @@ class WarpEngine:
         full = np.zeros((height, width), bool)
         full[y0:y1, x0:x1] = silhouette
         return frame, full
+
+
+class BodyWarp:
+    """The body path's per-reference state (built once) and its per-frame backward warp (``frame``)."""
+
+    #: A surface point counts as seen by the reference within this depth (metres) of the reference render.
+    DEPTH_TOLERANCE = 0.03
+
+    def __init__(
+        self,
+        motion: BodyMotion,
+        reference: np.ndarray,
+        person: np.ndarray,
+        scale: int = 2,
+        edge_sigma: float = 1.0,
+        unseen_parts: tuple[int, ...] = (),
+    ) -> None:
+        """person: (H, W) bool reference person mask. unseen_parts: body parts the reference hides
+        although its body is fitted in view (e.g. hands in pockets): they take ``skin`` colours."""
+        self.motion = motion
+        self.scale = scale
+        self.edge_sigma = edge_sigma
+        self.faces = motion.faces.astype(np.int64)
+        self.parts = motion.vertex_parts.astype(np.int64)
+        self.mirror = motion.mirror
+        self.neighbours = part_neighbours()
+        render = motion.reference_render
+        body = render.mask
+        uv, self.z = motion.reference_projection
+        self.uv = uv - 0.5  # remap's pixel (x, y) is centred at x, the camera's at x + 0.5
+        # Depth the reference shows around each pixel (3x3 max: lenient at edges); off the body, anything.
+        depth = np.where(body, render.depth, 1e6).astype(np.float32)
+        self.depth_limit = cv2.dilate(depth, np.ones((3, 3), np.uint8)) + self.DEPTH_TOLERANCE
+        self.source = _extend_person(reference, person)
+        self.background = fill_background(reference, person | (cv2.dilate(body.astype(np.uint8), None) > 0))
+        # Ring pixels show only where the reference is clearly the person: segmentation masks bleed a
+        # pixel or two into the background and cover gaps (between an arm and the torso) where the
+        # background shows through; both would draw background-coloured lines along moved limbs.
+        core = cv2.erode(person.astype(np.uint8), np.ones((5, 5), np.uint8))
+        differs = np.abs(reference.astype(np.int16) - self.background.astype(np.int16)).sum(-1) > 40
+        self.person_alpha = cv2.GaussianBlur((core & differs).astype(np.float32), (0, 0), 1.0)
+        self.offbody_part = _offbody_parts(render.part, person, self.neighbours)
+        height = float(np.ptp(np.nonzero(body)[0])) if body.any() else float(person.shape[0])
+        self.reach = min(offbody_reach(person, body), 0.1 * height)
+        self.unseen = np.isin(self.parts, unseen_parts)
+        self.colours = self._vertex_colours(body)
+        self.renderer, self.camera = motion.renderer(scale)
+
+    def _visible(self, points: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Which reference points (N, 2 remap coordinates) at these depths the reference ray cast sees."""
+        height, width = self.depth_limit.shape
+        x = np.rint(points[:, 0]).astype(np.int64)
+        y = np.rint(points[:, 1]).astype(np.int64)
+        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        seen = np.zeros(len(points), bool)
+        seen[inside] = depth[inside] <= self.depth_limit[y[inside], x[inside]]
+        return seen
+
+    def _vertex_colours(self, body: np.ndarray) -> np.ndarray:
+        """(V, 3) float32 colour of every vertex: sampled where the reference sees it, else the colour of
+        the nearest seen vertex along the mesh (the back takes the sides' colours, not the face's)."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import dijkstra
+
+        seen = self._visible(self.uv, self.z) & ~self.unseen
+        blurred = cv2.GaussianBlur(self.source, (0, 0), 1.5)
+        colours = np.zeros((len(self.uv), 3), np.float32)
+        if not seen.any():
+            colours[:] = self.source[body].mean(0) if body.any() else self.source.reshape(-1, 3).mean(0)
+            return colours
+        maps = self.uv[seen].reshape(-1, 1, 2).astype(np.float32)
+        colours[seen] = cv2.remap(blurred, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[
+            :, 0
+        ]
+        if self.unseen.any():
+            colours[self.unseen] = self._skin_colour(seen)
+        missing = ~seen & ~self.unseen
+        if not missing.any():
+            return colours
+        edges = np.concatenate([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]])
+        rest = self.motion.reference_vertices
+        length = np.linalg.norm(rest[edges[:, 0]] - rest[edges[:, 1]], axis=1) + 1e-6
+        n = len(rest)
+        graph = coo_matrix((length, (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+        _, _, sources = dijkstra(
+            graph, directed=False, indices=np.flatnonzero(seen), min_only=True, return_predecessors=True
+        )
+        reached = missing & (sources >= 0)
+        colours[reached] = colours[sources[reached]]
+        colours[missing & (sources < 0)] = colours[seen].mean(0)
+        return colours
+
+    def _skin_colour(self, seen: np.ndarray) -> np.ndarray:
+        """The median colour of the seen face (front of the head), for hidden hands."""
+        head = seen & (self.parts == HEAD_PART)
+        if head.any():
+            # The face is the head's part nearest to the camera; hair lies at its top and sides.
+            z = self.z[head]
+            front = np.flatnonzero(head)[z <= np.quantile(z, 0.3)]
+            maps = self.uv[front].reshape(-1, 1, 2).astype(np.float32)
+            samples = cv2.remap(self.source, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            return np.median(samples[:, 0].astype(np.float32), axis=0)
+        return np.array([200.0, 160.0, 140.0], np.float32)
+
+    def frame(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One output frame for the body at (V, 3) ``vertices``.
+
+        Returns the frame, the person's silhouette (alpha > 0.5), the rendered body mask and the body
+        pixels the reference does not show (filled from the mesh colours), all (H, W) at the output size.
+        """
+        s = self.scale
+        height, width = self.source.shape[:2]
+        rendered = self.renderer.render(vertices, self.camera)
+        body = rendered.mask
+        empty = np.zeros((height, width), bool)
+        if not body.any():
+            return self.background.copy(), empty, empty, empty
+        ys, xs = np.nonzero(body)
+        triangles = self.faces[rendered.face[ys, xs]]
+        bary = rendered.bary[ys, xs]
+        # 1. Where the reference shows each body pixel's surface point: itself, else its twin, else none.
+        src = interpolate(self.uv, triangles, bary)
+        seen = self._visible(src, interpolate(self.z, triangles, bary))
+        seen &= ~self.unseen[triangles].any(1)
+        fill = np.flatnonzero(~seen)
+        if len(fill):
+            twins = self.mirror[triangles[fill]]
+            twin_src = interpolate(self.uv, twins, bary[fill])
+            twin_seen = self._visible(twin_src, interpolate(self.z, twins, bary[fill]))
+            twin_seen &= ~self.unseen[twins].any(1)
+            src[fill[twin_seen]] = twin_src[twin_seen]
+            fill = fill[~twin_seen]
+        # 2. The ring around the body: sample beside the nearest body pixel, moved with its part. Maps
+        # reach one pixel past the accepted ring so upsampling never blends with unset values.
+        distance, nearest = nearest_pixel(body)
+        radius = max(self.reach / s, 1.0)
+        ring = ~body & (distance <= radius + 1.5)
+        ry, rx = np.nonzero(ring)
+        anchor = nearest[ry, rx]
+        uv_frame, _ = project(self.motion.camera, vertices)
+        inverse = inverse_linear(part_affines(self.uv, uv_frame - 0.5, self.parts)).astype(np.float32)
+        anchor_part = rendered.part[ys[anchor], xs[anchor]].astype(np.int64)
+        offset = np.stack([rx - xs[anchor], ry - ys[anchor]], 1).astype(np.float32) * s
+        ring_src = src[anchor] + np.einsum("nij,nj->ni", inverse[anchor_part], offset)
+        px = np.clip(np.rint(ring_src[:, 0]), 0, width - 1).astype(np.int64)
+        py = np.clip(np.rint(ring_src[:, 1]), 0, height - 1).astype(np.int64)
+        source_part = self.offbody_part[py, px].astype(np.int64)
+        accept = (source_part >= 0) & (distance[ry, rx] <= radius)
+        accept &= self.neighbours[anchor_part, np.maximum(source_part, 0)]
+
+        # 3. Low-resolution maps inside the bounding box, upsampled to the output.
+        x0, x1 = max(int(rx.min()) - 1, 0), min(int(rx.max()) + 2, body.shape[1])
+        y0, y1 = max(int(ry.min()) - 1, 0), min(int(ry.max()) + 2, body.shape[0])
+        box_h, box_w = y1 - y0, x1 - x0
+        maps = np.full((box_h, box_w, 2), -1.0, np.float32)
+        maps[ys - y0, xs - x0] = src
+        maps[ry - y0, rx - x0] = ring_src
+        accepted = np.zeros((box_h, box_w), np.float32)
+        accepted[ry[accept] - y0, rx[accept] - x0] = 1.0
+        big = (box_w * s, box_h * s)
+        full_map = _upsample_map(maps, s)
+        alpha = _resize(body[y0:y1, x0:x1].astype(np.float32), big)
+        body_mask = alpha > 0.5
+        ring_alpha = _resize(accepted, big)
+        ring_alpha *= cv2.remap(self.person_alpha, full_map, None, cv2.INTER_LINEAR, borderValue=0)
+        np.maximum(alpha, ring_alpha, out=alpha)
+        colour = cv2.remap(self.source, full_map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        fill_mask = np.zeros(big[::-1], bool)
+        if len(fill):
+            # Surface nobody saw: the mesh colours, blended in over a one-pixel (low-res) soft edge.
+            filled = np.zeros((box_h, box_w), np.float32)
+            filled[ys[fill] - y0, xs[fill] - x0] = 1.0
+            fill_colour = np.zeros((box_h, box_w, 3), np.float32)
+            fill_colour[ys[fill] - y0, xs[fill] - x0] = interpolate(self.colours, triangles[fill], bary[fill])
+            weight = _resize(filled, big)
+            fy, fx = np.nonzero(weight > 0.01)
+            w = weight[fy, fx, None]
+            rgb = _resize(fill_colour, big)[fy, fx] / w
+            colour[fy, fx] = (colour[fy, fx] * (1.0 - w) + rgb * w + 0.5).astype(np.uint8)
+            fill_mask = weight > 0.5
+        if self.edge_sigma > 0:
+            alpha = cv2.GaussianBlur(alpha, (0, 0), self.edge_sigma)
+        # The box may pass the frame's edge by the rounding of an odd output size.
+        Y0, X0 = y0 * s, x0 * s
+        Y1, X1 = min(Y0 + big[1], height), min(X0 + big[0], width)
+        crop = (slice(0, Y1 - Y0), slice(0, X1 - X0))
+        frame = self.background.copy()
+        frame[Y0:Y1, X0:X1] = cv2.blendLinear(
+            colour[crop], frame[Y0:Y1, X0:X1], np.ascontiguousarray(alpha[crop]),
+            np.ascontiguousarray(1.0 - alpha[crop]),
+        )  # fmt: skip
+        silhouette, body_full, fill_full = empty.copy(), empty.copy(), empty.copy()
+        silhouette[Y0:Y1, X0:X1] = alpha[crop] > 0.5
+        body_full[Y0:Y1, X0:X1] = body_mask[crop]
+        fill_full[Y0:Y1, X0:X1] = fill_mask[crop]
+        return frame, silhouette, body_full, fill_full
+
+
+def _offbody_parts(part: np.ndarray, person: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """(H, W) int16: for person pixels off the body, the part of the nearest body pixel; -1 elsewhere.
+
+    Also -1 where another part that is not a neighbour of that one is nearly as close (the gap between
+    an arm and the torso belongs to neither), so a moving limb never drags such pixels along.
+    """
+    body = part >= 0
+    out = np.full(part.shape, -1, np.int16)
+    outside = person & ~body
+    if not body.any() or not outside.any():
+        return out
+    distance, nearest = nearest_pixel(body)
+    oy, ox = np.nonzero(outside)
+    own = part.reshape(-1)[np.flatnonzero(body)][nearest[oy, ox]].astype(np.int64)
+    own_distance = distance[oy, ox]
+    other = np.full(len(oy), np.inf, np.float32)
+    for k in np.unique(part[body]):
+        d = cv2.distanceTransform((part != k).astype(np.uint8), cv2.DIST_L2, 5)[oy, ox]
+        foreign = ~neighbours[own, k]
+        other[foreign] = np.minimum(other[foreign], d[foreign])
+    clear = other > 2.0 * own_distance + 4.0
+    out[oy[clear], ox[clear]] = own[clear]
+    return out
+
+
+def _extend_person(image: np.ndarray, person: np.ndarray) -> np.ndarray:
+    """The image with every pixel off the person (eroded by 1) set to the colour of its nearest person
+    pixel, so samples that fall just outside the person (a body fitted a little wide) stay on it."""
+    core = cv2.erode(person.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if not core.any():
+        core = person
+    if not core.any():
+        return image.copy()
+    _, nearest = nearest_pixel(core)
+    return image.reshape(-1, 3)[np.flatnonzero(core)[nearest]].reshape(image.shape)
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _upsample_map(maps: np.ndarray, scale: int) -> np.ndarray:
+    """(h, w, 2) sampling coordinates (-1: unset) -> (h*scale, w*scale, 2): bilinear where the map is
+    smooth, nearest where neighbours jump apart (occlusion edges, twin switches, the unset border), so no
+    sample lands between two unrelated places."""
+    if scale == 1:
+        return maps
+    h, w = maps.shape[:2]
+    size = (w * scale, h * scale)
+    out = cv2.resize(maps, size, interpolation=cv2.INTER_LINEAR)
+    kernel = np.ones((3, 3), np.uint8)
+    spread = cv2.morphologyEx(maps, cv2.MORPH_GRADIENT, kernel).max(axis=2)
+    jump = (spread > 3.0 * scale + 2.0).astype(np.uint8)
+    jy, jx = np.nonzero(cv2.resize(jump, size, interpolation=cv2.INTER_NEAREST))
+    out[jy, jx] = maps[jy // scale, jx // scale]
+    return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

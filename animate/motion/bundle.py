@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from animate.motion.body_field import BodyMotion
 
 
 @dataclass
@@ -13,7 +17,8 @@ class GuidanceBundle:
     """Guidance for T output frames of ``size`` = (width, height), all in output pixels.
 
     Per-frame image stacks are optional: an engine that needs them (diffusion) has them filled in; the
-    warp engine streams from the keypoints, so memory stays flat for long videos.
+    warp engine streams from ``body`` (or, without a body fit, from the keypoints), so memory stays flat
+    for long videos.
     Images are uint8 RGB (T, H, W, 3); masks uint8 (.., H, W) with 0/255; flows float32 (T, H, W, 2) in
     pixels (x, y); keypoints float32 (T, 133, 3) COCO-WholeBody, retargeted onto the reference.
     ``dense_flow[t]`` moves reference pixels to frame t; ``trajectory_flow[t]`` is frame t-1 -> t.
@@ -34,7 +39,8 @@ class GuidanceBundle:
     trajectory_flow: np.ndarray | None = None  # (T, H, W, 2)
     sparse_flow: np.ndarray | None = None  # (T, H, W, 2) CMP input
     sparse_mask: np.ndarray | None = None  # (T, H, W)
-    extras: dict[str, object] = field(default_factory=dict)  # engine-specific data (e.g. body renders)
+    body: BodyMotion | None = None  # reference + transferred bodies in the output camera (None: no fit)
+    extras: dict[str, object] = field(default_factory=dict)  # engine-specific data
 
     @property
     def num_frames(self) -> int:
