@@ -60,6 +60,17 @@ _FORM_SCHEMA = {
 }
 
 
+# Open API 3.1: the schema of a text/event-stream response describes one event.
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["job", "deleted"]},
+        "data": {"type": "string", "description": "`job`: the job as JSON (`JobOut`); `deleted`: `{}`."},
+    },
+}
+
+
 def present(state: AppState, job: Job, queue_position: int | None) -> JobOut:
     artifacts = list(state.files.artifacts(job.id, job.output_dir)) if _lists_files(job) else []
     return job_out(job, queue_position, artifacts, state.retention)
@@ -391,7 +402,7 @@ def delete_job(
         **NOT_FOUND,
         200: {
             "description": "`event: job` with the job as `data` on each change; `event: deleted` if it goes.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
         },
     },
 )
