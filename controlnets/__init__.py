@@ -9,6 +9,18 @@ from controlnets.guidance_encoder import (
     GuidanceFusion,
     convert_champ_state_dict,
 )
+from controlnets.motion_controlnet import MotionControlNet, MotionControlNetOutput, MotionEmbedding
+from controlnets.point_adapter import PointAdapter
 from controlnets.pose_guider import PoseGuider
 
-__all__ = ["ChampConversion", "GuidanceEncoder", "GuidanceFusion", "PoseGuider", "convert_champ_state_dict"]
+__all__ = [
+    "ChampConversion",
+    "GuidanceEncoder",
+    "GuidanceFusion",
+    "MotionControlNet",
+    "MotionControlNetOutput",
+    "MotionEmbedding",
+    "PointAdapter",
+    "PoseGuider",
+    "convert_champ_state_dict",
+]

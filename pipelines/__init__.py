@@ -7,12 +7,14 @@ from pipelines.checkpoints import (
     CheckpointError,
     KeyReport,
     build_pipeline,
+    check_dispose,
     check_mimicmotion,
     load_champ_guidance_encoders,
+    load_dispose,
     load_mimicmotion,
     read_checkpoint,
 )
-from pipelines.injection import UNetInjector
+from pipelines.injection import UNetInjector, skip_multiplicities
 from pipelines.pipeline_animation import AnimationPipeline, AnimationPipelineOutput
 from pipelines.tiling import tile_indices, triangular_weights
 
@@ -23,10 +25,13 @@ __all__ = [
     "KeyReport",
     "UNetInjector",
     "build_pipeline",
+    "check_dispose",
     "check_mimicmotion",
     "load_champ_guidance_encoders",
+    "load_dispose",
     "load_mimicmotion",
     "read_checkpoint",
+    "skip_multiplicities",
     "tile_indices",
     "triangular_weights",
 ]

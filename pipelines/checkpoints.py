@@ -4,6 +4,10 @@
   keys) and ``pose_net.*`` (our ``PoseGuider``'s keys). Upstream loads it with ``strict=False``, where a
   wrong prefix silently loads nothing; here every key must land on a parameter of the same shape.
 - Champ ``guidance_encoder_*.pth``: mapped with ``controlnets.convert_champ_state_dict``.
+- ``DisPose.pth``: the full state dict of DisPose's ControlNet (no prefix, fp32), key-exact with our
+  ``MotionControlNet`` built from the SVD-xt UNet config; loaded with ``residual_mode="dispose"``, the way
+  its weights were trained. Upstream loads it with ``strict=False`` after copying the MimicMotion UNet's
+  parts; here every key must be in the file, so nothing silently keeps the UNet's (or random) values.
 
 Modules are built on the meta device and the checkpoint tensors assigned (``torch.load(mmap=True)``), so
 a 3 GB file is paged in on use, never copied twice.
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
-from controlnets import GuidanceFusion, PoseGuider, convert_champ_state_dict
+from controlnets import GuidanceFusion, MotionControlNet, PoseGuider, convert_champ_state_dict
 from pipelines.pipeline_animation import AnimationPipeline
 
 MIMICMOTION_PREFIXES = {"unet.": "unet", "pose_net.": "pose_guider"}
@@ -34,7 +38,15 @@ CHAMP_GUIDANCE_FILES = {
 
 
 class CheckpointError(ValueError):
-    """A checkpoint does not fit the module it is loaded into; the message lists the offending keys."""
+    """A checkpoint does not fit the module it is loaded into; the message lists the offending keys.
+
+    ``code`` is stable: ``checkpoint_unreadable`` (not a loadable file), ``not_a_state_dict``,
+    ``checkpoint_mismatch`` (keys or shapes differ), ``wrong_checkpoint`` (another model's file).
+    """
+
+    def __init__(self, message: str, code: str = "checkpoint_mismatch") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -78,14 +90,21 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist", "checkpoint_unreadable")
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # legacy (pre-zip) pickles cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # legacy (pre-zip) pickles cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated download, another format, a pickle with code in it
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint: {exc}", "checkpoint_unreadable"
+        ) from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict", "not_a_state_dict")
     return state
 
 
@@ -102,7 +121,8 @@ def split_mimicmotion(state_dict: Mapping[str, Any]) -> dict[str, dict[str, Any]
             stray.append(key)
     if stray:
         raise CheckpointError(
-            f"{len(stray)} keys outside unet.* / pose_net.* (e.g. {', '.join(stray[:5])}); not a MimicMotion checkpoint"
+            f"{len(stray)} keys outside unet.* / pose_net.* (e.g. {', '.join(stray[:5])}); not a MimicMotion checkpoint",
+            "wrong_checkpoint",
         )
     return parts
 
@@ -148,7 +168,7 @@ def _assign(
 ):
     report = compare_keys(module, state_dict)
     if not report.ok:
-        raise CheckpointError(f"{what} does not fit: {report.describe()}")
+        raise CheckpointError(f"{what} does not fit: {report.describe()}", "checkpoint_mismatch")
     # own copies in the target dtype: the file's tensors are views of one mmap'd storage
     owned = {k: v.to(dtype=dtype or v.dtype, copy=True) for k, v in state_dict.items()}
     module.load_state_dict(owned, strict=True, assign=True)
@@ -200,6 +220,48 @@ def load_champ_guidance_encoders(
     return fusion.eval(), ignored
 
 
+def dispose_config(unet_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``MotionControlNet`` config of ``DisPose.pth`` for a UNet config (SVD-xt's: the default config)."""
+    return MotionControlNet.config_from_unet(unet_config, residual_mode="dispose")
+
+
+def check_dispose(shapes: Mapping[str, Any], unet_config: Mapping[str, Any]) -> KeyReport:
+    """Key/shape report of a DisPose ControlNet state dict (tensors or shapes) against ours, built on meta.
+
+    A file with MimicMotion's ``unet.``/``pose_net.`` prefixes is named as the wrong checkpoint."""
+    if shapes and all(k.startswith(tuple(MIMICMOTION_PREFIXES)) for k in shapes):
+        raise CheckpointError(
+            "this is a MimicMotion checkpoint, not DisPose's ControlNet", "wrong_checkpoint"
+        )
+    with torch.device("meta"):
+        controlnet = MotionControlNet(**dispose_config(unet_config))
+    return compare_keys(controlnet, shapes)
+
+
+def load_dispose(
+    checkpoint: str | Path | Mapping[str, torch.Tensor],
+    unet_config: Mapping[str, Any],
+    controlnet_config: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> MotionControlNet:
+    """Build DisPose's ControlNet on the meta device and assign ``DisPose.pth``'s weights, strictly.
+
+    ``unet_config``: the SVD-xt UNet config the ControlNet mirrors; ``controlnet_config`` replaces the
+    derived config (tests use tiny ones); ``dtype`` casts the weights (the file is fp32). Returns the
+    ControlNet in eval mode with ``residual_mode="dispose"`` unless the given config says otherwise.
+    """
+    state_dict = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    if state_dict and all(k.startswith(tuple(MIMICMOTION_PREFIXES)) for k in state_dict):
+        raise CheckpointError(
+            "this is a MimicMotion checkpoint, not DisPose's ControlNet", "wrong_checkpoint"
+        )
+    config = dict(controlnet_config) if controlnet_config is not None else dispose_config(unet_config)
+    with torch.device("meta"):
+        controlnet = MotionControlNet(**config)
+    _assign(controlnet, state_dict, dtype, "DisPose ControlNet")
+    return controlnet.eval()
+
+
 def unet_config_from_dir(svd_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(svd_dir) / "unet" / "config.json").read_text())
 
@@ -216,15 +278,19 @@ def build_pipeline(
     mimicmotion: str | Path | Mapping[str, torch.Tensor] | None = None,
     champ_files: Mapping[str, str | Path | Mapping[str, torch.Tensor]] | None = None,
     dtype: torch.dtype | None = torch.float16,
+    dispose: str | Path | Mapping[str, torch.Tensor] | None = None,
 ) -> AnimationPipeline:
     """An ``AnimationPipeline`` from an SVD-xt diffusers directory, MimicMotion's UNet + pose guider (else
-    SVD's UNet and no guider) and Champ's encoders when given. ``save_pretrained`` it for fast later loads."""
+    SVD's UNet and no guider), Champ's encoders and DisPose's ControlNet when given. ``save_pretrained`` it
+    for fast later loads."""
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     svd_dir = Path(svd_dir)
     if not (svd_dir / "model_index.json").is_file():
-        raise CheckpointError(f"{svd_dir} is not a diffusers pipeline directory (no model_index.json)")
+        raise CheckpointError(
+            f"{svd_dir} is not a diffusers pipeline directory (no model_index.json)", "checkpoint_unreadable"
+        )
     vae = AutoencoderKLTemporalDecoder.from_pretrained(
         svd_dir, subfolder="vae", torch_dtype=dtype, variant=_variant(svd_dir / "vae", dtype)
     )
@@ -240,6 +306,9 @@ def build_pipeline(
         unet = UNetSpatioTemporalConditionModel.from_pretrained(
             svd_dir, subfolder="unet", torch_dtype=dtype, variant=_variant(svd_dir / "unet", dtype)
         )
+    motion_controlnet = None
+    if dispose is not None:
+        motion_controlnet = load_dispose(dispose, unet_config_from_dir(svd_dir), dtype=dtype)
     guidance_encoders = None
     if champ_files:
         guidance_encoders, _ = load_champ_guidance_encoders(champ_files)
@@ -253,4 +322,5 @@ def build_pipeline(
         feature_extractor=feature_extractor,
         pose_guider=pose_guider,
         guidance_encoders=guidance_encoders,
+        motion_controlnet=motion_controlnet,
     )

@@ -1,10 +1,15 @@
-"""``AnimationPipeline``: SVD img2vid-xt backbone + pose guider + guidance encoders, any video length.
+"""``AnimationPipeline``: SVD img2vid-xt backbone + pose guider + guidance encoders + DisPose's motion
+ControlNet, any video length.
 
 Reads top to bottom like diffusers' ``StableVideoDiffusionPipeline``: output dataclass, the pipeline class,
 small private steps, then ``__call__`` in numbered sections. Differences from SVD:
 
 - features from the pose guider and the guidance encoders are added after the UNet's ``conv_in`` through a
   forward hook (``pipelines.injection``: why hooks, not a UNet subclass), for the conditional half only;
+- the motion ControlNet (dense flow, trajectory flow, keypoint point features) runs on the UNet's own
+  inputs and its residuals go into the skip connections and the mid block (hooks as well), added once or
+  DisPose's way; under classifier-free guidance the negative half keeps the motion inputs (DisPose) or gets
+  no residuals;
 - frames are denoised in tiles fused per step (``pipelines.tiling``); with ``prepend_reference`` frame 0
   is the reference (conditioned on the reference's own pose), it is in every tile and dropped from the output;
 - classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B).
@@ -17,15 +22,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import PipelineImageInput
-from diffusers.models import AutoencoderKLTemporalDecoder, ModelMixin, UNetSpatioTemporalConditionModel
+from diffusers.models import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
     _append_dims,
@@ -37,15 +43,46 @@ from diffusers.utils.torch_utils import is_compiled_module, randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from controlnets import GuidanceFusion, PoseGuider
+from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuider
+from controlnets.motion_controlnet import RESIDUAL_MODES
 from pipelines.injection import UNetInjector
 from pipelines.tiling import tile_indices, triangular_weights
 
 CFG_MODES = ("batched", "sequential")
+# what the negative half of classifier-free guidance gets from the motion ControlNet: "keep" runs it on the
+# negative inputs with the same flows and points (DisPose), "drop" adds no residuals there
+CONTROLNET_CFG_MODES = ("keep", "drop")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 GUIDER_CHUNK = 16  # frames per pose-guider / encoder call; bounds activation memory at full resolution
 
 FrameInput = torch.Tensor | np.ndarray | Sequence[PIL.Image.Image]
+ArrayInput = torch.Tensor | np.ndarray
+
+
+@dataclass
+class _MotionInputs:
+    """The motion ControlNet's inputs for every frame of the internal sequence (``L`` frames) or a tile."""
+
+    dense_flow: torch.Tensor | None  # (L, 2, H, W) pixels at the pipeline's height x width
+    trajectory_flow: torch.Tensor | None  # (L, 2, H, W)
+    embeddings: torch.Tensor | None  # (videos, K, E): reference features at the reference keypoints
+    positions: torch.Tensor | None  # (L, K, 2) normalised (x / W, y / H)
+    visible: torch.Tensor | None  # (L, K) bool
+    scale: float
+    mode: str  # residual mode, "once" | "dispose"
+    cfg: str  # "keep" | "drop"
+
+    def tile(self, idx: list[int]) -> _MotionInputs:
+        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[idx]
+
+        return replace(
+            self,
+            dense_flow=pick(self.dense_flow),
+            trajectory_flow=pick(self.trajectory_flow),
+            positions=pick(self.positions),
+            visible=pick(self.visible),
+        )
 
 
 @dataclass
@@ -65,10 +102,11 @@ class AnimationPipeline(DiffusionPipeline):
         scheduler: ``EulerDiscreteScheduler`` (v-prediction, Karras sigmas).
         feature_extractor: ``CLIPImageProcessor``.
         pose_guider: ``controlnets.PoseGuider`` (optional). guidance_encoders: ``controlnets.GuidanceFusion``
-        (optional). motion_controlnet: reserved for the DisPose ControlNet (not yet supported).
+        (optional). motion_controlnet: ``controlnets.MotionControlNet`` (optional; DisPose's, with its point
+        adapter).
     """
 
-    model_cpu_offload_seq = "image_encoder->pose_guider->guidance_encoders->unet->vae"
+    model_cpu_offload_seq = "image_encoder->pose_guider->guidance_encoders->motion_controlnet->unet->vae"
     _optional_components: ClassVar[list[str]] = ["pose_guider", "guidance_encoders", "motion_controlnet"]
     _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "noise_pred"]
 
@@ -81,7 +119,7 @@ class AnimationPipeline(DiffusionPipeline):
         feature_extractor: CLIPImageProcessor,
         pose_guider: PoseGuider | None = None,
         guidance_encoders: GuidanceFusion | None = None,
-        motion_controlnet: ModelMixin | None = None,
+        motion_controlnet: MotionControlNet | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -260,6 +298,129 @@ class AnimationPipeline(DiffusionPipeline):
             )
         return total
 
+    @staticmethod
+    def _prepare_flow(flow: ArrayInput, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """A flow ``(F, H', W', 2)`` (the ``GuidanceBundle`` layout) or ``(F, 2, H', W')`` in pixels of its own
+        grid -> ``(F, 2, height, width)`` in pixels of the output: resized bilinearly and its vectors scaled
+        by the size ratio when the grids differ. Stays on the device it came on (numpy: the CPU)."""
+        flow = torch.as_tensor(flow)
+        if flow.ndim != 4 or 2 not in (flow.shape[1], flow.shape[-1]):
+            raise ValueError(f"a flow must be (F, H, W, 2) or (F, 2, H, W), got {tuple(flow.shape)}")
+        if flow.shape[-1] == 2 and flow.shape[1] != 2:
+            flow = flow.permute(0, 3, 1, 2)
+        flow = flow.float()
+        grid_h, grid_w = flow.shape[-2:]
+        if (grid_h, grid_w) != (height, width):
+            flow = F.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
+            ratio = torch.tensor([width / grid_w, height / grid_h], device=flow.device).view(1, 2, 1, 1)
+            flow = flow * ratio
+        return flow.to(dtype).contiguous()
+
+    def _prepare_motion(
+        self,
+        dense_flow: ArrayInput | None,
+        trajectory_flow: ArrayInput | None,
+        point_features: torch.Tensor | None,
+        keypoints: ArrayInput | None,
+        reference_keypoints: ArrayInput | None,
+        keypoint_threshold: float,
+        scale: float,
+        residual_mode: str | None,
+        controlnet_cfg: str,
+        prepend_reference: bool,
+        batch_size: int,
+        num_videos_per_prompt: int,
+        height: int,
+        width: int,
+        device: torch.device,
+    ) -> _MotionInputs | None:
+        """The ControlNet's inputs for the internal sequence (the prepended reference frame gets zero flows
+        and the reference keypoints); ``None`` when there is no ControlNet, no motion input or scale 0."""
+        uses_points = point_features is not None
+        if self.motion_controlnet is None or scale == 0:
+            return None
+        if dense_flow is None and trajectory_flow is None and not uses_points:
+            return None
+        dtype = self.motion_controlnet.dtype
+
+        def sequence(flow: ArrayInput | None) -> torch.Tensor | None:
+            if flow is None:
+                return None
+            flow = self._prepare_flow(flow, height, width, dtype)
+            if prepend_reference:
+                flow = torch.cat([torch.zeros_like(flow[:1]), flow])
+            return flow
+
+        embeddings = positions = visible = None
+        if uses_points:
+            size = torch.tensor([width, height], dtype=torch.float32)
+            targets = torch.as_tensor(keypoints, dtype=torch.float32).cpu()
+            reference = torch.as_tensor(reference_keypoints, dtype=torch.float32).cpu()
+            ref_positions, ref_visible = reference[:, :2] / size, reference[:, 2] >= keypoint_threshold
+            positions = targets[..., :2] / size
+            visible = (targets[..., 2] >= keypoint_threshold) & ref_visible
+            if prepend_reference:
+                positions = torch.cat([ref_positions[None], positions])
+                visible = torch.cat([ref_visible[None], visible])
+            features = point_features.to(device=device, dtype=torch.float32)
+            if features.ndim == 3:
+                features = features[None]
+            embeddings = PointAdapter.sample_reference(features, ref_positions.to(device))
+            if embeddings.shape[0] == 1 and batch_size > 1:
+                embeddings = embeddings.expand(batch_size, -1, -1)
+            embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0).to(dtype)
+        return _MotionInputs(
+            dense_flow=sequence(dense_flow),
+            trajectory_flow=sequence(trajectory_flow),
+            embeddings=embeddings,
+            positions=positions,
+            visible=visible,
+            scale=float(scale),
+            mode=residual_mode or self.motion_controlnet.config.residual_mode,
+            cfg=controlnet_cfg,
+        )
+
+    def _motion_residuals(
+        self,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        image_embeddings: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        motion: _MotionInputs,
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The ControlNet's residuals for one UNet call on ``sample`` ``(b, n, 8, h, w)``; every video row
+        gets the tile's flows and points (the negative half of a batched CFG call too)."""
+        batch, frames = sample.shape[:2]
+        device, dtype = sample.device, self.motion_controlnet.dtype
+
+        def per_row(value: torch.Tensor | None) -> torch.Tensor | None:
+            if value is None:
+                return None
+            value = value.to(device=device, non_blocking=True)
+            return value.repeat(batch, *([1] * (value.ndim - 1)))
+
+        kwargs = {}
+        if motion.embeddings is not None:
+            videos = motion.embeddings.shape[0]
+            kwargs = {
+                "point_embeddings": motion.embeddings.repeat(batch // videos, 1, 1).repeat_interleave(
+                    frames, dim=0
+                ),
+                "point_positions": per_row(motion.positions),
+                "point_visible": per_row(motion.visible),
+            }
+        return self.motion_controlnet(
+            sample.to(dtype),
+            t,
+            encoder_hidden_states=image_embeddings.to(dtype),
+            added_time_ids=added_time_ids.to(dtype),
+            dense_flow=per_row(motion.dense_flow),
+            trajectory_flow=per_row(motion.trajectory_flow),
+            conditioning_scale=motion.scale,
+            return_dict=False,
+            **kwargs,
+        )
+
     def decode_latents(
         self, latents: torch.Tensor, num_frames: int, decode_chunk_size: int = 14
     ) -> torch.Tensor:
@@ -306,6 +467,7 @@ class AnimationPipeline(DiffusionPipeline):
         known = {
             "pose",
             *(self.guidance_encoders.guidance_types if self.guidance_encoders is not None else ()),
+            *(("motion",) if self.motion_controlnet is not None else ()),
         }
         if set(conditioning_scales) - known:
             raise ValueError(
@@ -333,8 +495,65 @@ class AnimationPipeline(DiffusionPipeline):
                     f"{name} outputs {module.config.out_channels} channels, "
                     f"the UNet's conv_in {self.unet.config.block_out_channels[0]}"
                 )
-        if self.motion_controlnet is not None:
-            raise NotImplementedError("motion_controlnet is reserved for the DisPose ControlNet (issue 7)")
+
+    def check_motion_inputs(
+        self,
+        dense_flow: ArrayInput | None,
+        trajectory_flow: ArrayInput | None,
+        point_features: torch.Tensor | None,
+        keypoints: ArrayInput | None,
+        reference_keypoints: ArrayInput | None,
+        residual_mode: str | None,
+        controlnet_cfg: str,
+    ) -> None:
+        if controlnet_cfg not in CONTROLNET_CFG_MODES:
+            raise ValueError(
+                f"`controlnet_cfg` must be one of {CONTROLNET_CFG_MODES}, got {controlnet_cfg!r}"
+            )
+        if residual_mode is not None and residual_mode not in RESIDUAL_MODES:
+            raise ValueError(f"`residual_mode` must be one of {RESIDUAL_MODES}, got {residual_mode!r}")
+        given = [
+            name
+            for name, value in (
+                ("dense_flow", dense_flow),
+                ("trajectory_flow", trajectory_flow),
+                ("point_features", point_features),
+            )
+            if value is not None
+        ]
+        if not given:
+            return
+        controlnet = self.motion_controlnet
+        if controlnet is None:
+            raise ValueError(f"{', '.join(given)} given but the pipeline has no `motion_controlnet`")
+        skips = sum(len(block.resnets) for block in self.unet.up_blocks)
+        if controlnet.num_skip_connections != skips:
+            raise ValueError(
+                f"motion_controlnet has {controlnet.num_skip_connections} skip residuals, the UNet {skips} skips"
+            )
+        if (dense_flow is not None or trajectory_flow is not None) and (
+            controlnet.motion_downsample_factor != self.vae_scale_factor
+        ):
+            raise ValueError(
+                f"motion_controlnet's flow branches downsample by {controlnet.motion_downsample_factor}, "
+                f"the VAE by {self.vae_scale_factor}"
+            )
+        if point_features is None:
+            return
+        if keypoints is None or reference_keypoints is None:
+            raise ValueError("`point_features` need `keypoints` and `reference_keypoints`")
+        keypoints_shape, reference_shape = tuple(np.shape(keypoints)), tuple(np.shape(reference_keypoints))
+        if len(keypoints_shape) != 3 or keypoints_shape[-1] != 3 or reference_shape != keypoints_shape[1:]:
+            raise ValueError(
+                f"`keypoints` must be (F, K, 3) and `reference_keypoints` (K, 3), got {keypoints_shape} "
+                f"and {reference_shape}"
+            )
+        channels = point_features.shape[-3]
+        if channels != controlnet.config.point_embedding_channels:
+            raise ValueError(
+                f"`point_features` have {channels} channels, the point adapter takes "
+                f"{controlnet.config.point_embedding_channels}"
+            )
 
     def prepare_latents(
         self,
@@ -394,30 +613,48 @@ class AnimationPipeline(DiffusionPipeline):
         features: torch.Tensor | None,
         guidance_scale: torch.Tensor,
         cfg_mode: str,
+        motion: _MotionInputs | None = None,
     ) -> torch.Tensor:
         """One tile's guided prediction, ``(B, n, 4, h, w)``."""
         batch, frames = latent_input.shape[:2]
         residual = features.repeat(batch, 1, 1, 1) if features is not None else None
         image_latents = image_latents.expand(-1, frames, -1, -1, -1)
+        keep = motion is not None and motion.cfg == "keep"
 
-        def unet(sample: torch.Tensor, rows: slice, skip_rows: int, with_residual: bool) -> torch.Tensor:
-            with injector.conv_in_residual(residual if with_residual else None, skip_rows):
+        def unet(
+            sample: torch.Tensor,
+            rows: slice,
+            skip_rows: int,
+            with_residual: bool,
+            controlnet_from: int | None,
+        ) -> torch.Tensor:
+            """``controlnet_from``: the first video row of this call the ControlNet runs on (None: no rows)."""
+            embeddings, time_ids = image_embeddings[rows], added_time_ids[rows]
+            down = mid = None
+            if motion is not None and controlnet_from is not None:
+                first = controlnet_from
+                down, mid = self._motion_residuals(
+                    sample[first:], t, embeddings[first:], time_ids[first:], motion
+                )
+            controlnet_skip = (controlnet_from or 0) * frames
+            with (
+                injector.conv_in_residual(residual if with_residual else None, skip_rows),
+                injector.controlnet_residuals(down, mid, motion.mode if motion else "once", controlnet_skip),
+            ):
                 return self.unet(
-                    sample,
-                    t,
-                    encoder_hidden_states=image_embeddings[rows],
-                    added_time_ids=added_time_ids[rows],
-                    return_dict=False,
+                    sample, t, encoder_hidden_states=embeddings, added_time_ids=time_ids, return_dict=False
                 )[0]
 
         if not self.do_classifier_free_guidance:
-            return unet(torch.cat([latent_input, image_latents], dim=2), slice(None), 0, True)
+            return unet(torch.cat([latent_input, image_latents], dim=2), slice(None), 0, True, 0)
         if cfg_mode == "batched":
             sample = torch.cat([torch.cat([latent_input] * 2), image_latents], dim=2)
-            uncond, cond = unet(sample, slice(None), batch * frames, True).chunk(2)
+            uncond, cond = unet(sample, slice(None), batch * frames, True, 0 if keep else batch).chunk(2)
         else:
-            uncond = unet(torch.cat([latent_input, image_latents[:batch]], dim=2), slice(0, batch), 0, False)
-            cond = unet(torch.cat([latent_input, image_latents[batch:]], dim=2), slice(batch, None), 0, True)
+            uncond_sample = torch.cat([latent_input, image_latents[:batch]], dim=2)
+            uncond = unet(uncond_sample, slice(0, batch), 0, False, 0 if keep else None)
+            cond_sample = torch.cat([latent_input, image_latents[batch:]], dim=2)
+            cond = unet(cond_sample, slice(batch, None), 0, True, 0)
         return uncond + guidance_scale * (cond - uncond)
 
     @torch.no_grad()
@@ -428,6 +665,14 @@ class AnimationPipeline(DiffusionPipeline):
         guidance_maps: Mapping[str, FrameInput] | None = None,
         reference_pose_image: FrameInput | None = None,
         reference_guidance_maps: Mapping[str, FrameInput] | None = None,
+        dense_flow: ArrayInput | None = None,
+        trajectory_flow: ArrayInput | None = None,
+        point_features: torch.Tensor | None = None,
+        keypoints: ArrayInput | None = None,
+        reference_keypoints: ArrayInput | None = None,
+        keypoint_threshold: float = 0.3,
+        residual_mode: str | None = None,
+        controlnet_cfg: str = "keep",
         height: int = 576,
         width: int = 1024,
         num_frames: int | None = None,
@@ -464,6 +709,17 @@ class AnimationPipeline(DiffusionPipeline):
             guidance_maps: ``{"depth" | "normal" | "semantic" | ...: frames}``, same forms and length.
             reference_pose_image, reference_guidance_maps: the reference's own pose / maps, used for the
                 prepended reference frame (zero features when absent).
+            dense_flow, trajectory_flow: the motion ControlNet's flows, one per output frame, ``(F, H, W, 2)``
+                (or ``(F, 2, H, W)``) in pixels, x then y: reference -> frame t, and frame t-1 -> t. A grid
+                other than ``height x width`` is resized and its vectors scaled. The prepended reference frame
+                gets zero flows.
+            point_features: reference features for the point adapter, ``(1 or B, E, h, w)`` (DIFT: 1280 x
+                H/16 x W/16); sampled at ``reference_keypoints`` ``(K, 3)`` and placed at ``keypoints``
+                ``(F, K, 3)`` (x, y in pixels of the output, score); a point counts where both scores reach
+                ``keypoint_threshold``. The ControlNet runs when any of these motion inputs is given.
+            residual_mode: ``"once"`` | ``"dispose"``; default: the ControlNet's config (DisPose.pth: dispose).
+            controlnet_cfg: ``"keep"`` (the negative half runs the ControlNet with the same flows and points,
+                as DisPose) or ``"drop"`` (no ControlNet residuals in the negative half).
             num_frames: output frames; default: the guidance's length, else ``unet.config.num_frames``.
             tile_size, tile_overlap: frames per UNet call and the overlap of consecutive tiles (counting the
                 shared reference frame when ``prepend_reference``). Any length works, from 1 frame up.
@@ -471,7 +727,8 @@ class AnimationPipeline(DiffusionPipeline):
             min_guidance_scale, max_guidance_scale: per-frame CFG scale, ``linspace`` over the sequence.
             fps, motion_bucket_id, noise_aug_strength: SVD micro-conditioning (the UNet sees ``fps - 1``).
             decode_chunk_size: frames per VAE decode call (peak memory); defaults to all frames.
-            conditioning_scales: ``{"pose": s, "<guidance type>": s}``, default 1; 0 switches a path off.
+            conditioning_scales: ``{"pose": s, "<guidance type>": s, "motion": s}``, default 1; 0 switches a
+                path off (``"motion"`` is the ControlNet's ``conditioning_scale``).
             cfg_mode: ``"batched"`` (one UNet call of 2B) or ``"sequential"`` (two calls of B, less memory).
             generator, latents: as diffusers; ``latents`` has shape ``(B, L, 4, h, w)`` with ``L`` including
                 the prepended reference frame.
@@ -485,11 +742,14 @@ class AnimationPipeline(DiffusionPipeline):
         conditioning_scales = dict(conditioning_scales or {})
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        guidance_lengths = {
-            len(frames) for frames in [pose_images, *(guidance_maps or {}).values()] if frames is not None
-        }
+        per_frame = [pose_images, *(guidance_maps or {}).values(), dense_flow, trajectory_flow]
+        if point_features is not None:
+            per_frame.append(keypoints)
+        guidance_lengths = {len(frames) for frames in per_frame if frames is not None}
         if len(guidance_lengths) > 1:
-            raise ValueError(f"pose images and guidance maps differ in length: {sorted(guidance_lengths)}")
+            raise ValueError(
+                f"pose images, guidance maps, flows and keypoints differ in length: {sorted(guidance_lengths)}"
+            )
         if num_frames is None:
             num_frames = guidance_lengths.pop() if guidance_lengths else self.unet.config.num_frames
         elif guidance_lengths and guidance_lengths != {num_frames}:
@@ -510,6 +770,15 @@ class AnimationPipeline(DiffusionPipeline):
             guidance_maps,
             callback_on_step_end_tensor_inputs,
             uses_pose=pose_images is not None or reference_pose_image is not None,
+        )
+        self.check_motion_inputs(
+            dense_flow,
+            trajectory_flow,
+            point_features,
+            keypoints,
+            reference_keypoints,
+            residual_mode,
+            controlnet_cfg,
         )
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -543,7 +812,8 @@ class AnimationPipeline(DiffusionPipeline):
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
 
-        # 5. Encode pose images and guidance maps into conv_in features, once for all steps
+        # 5. Encode pose images and guidance maps into conv_in features, once for all steps; the motion
+        #    ControlNet's per-frame inputs (it runs with the UNet, per call)
         features = self._encode_guidance(
             pose_images,
             guidance_maps,
@@ -552,6 +822,24 @@ class AnimationPipeline(DiffusionPipeline):
             conditioning_scales,
             num_frames,
             prepend_reference,
+            height,
+            width,
+            device,
+        )
+
+        motion = self._prepare_motion(
+            dense_flow,
+            trajectory_flow,
+            point_features,
+            keypoints,
+            reference_keypoints,
+            keypoint_threshold,
+            conditioning_scales.get("motion", 1.0),
+            residual_mode,
+            controlnet_cfg,
+            prepend_reference,
+            batch_size,
+            num_videos_per_prompt,
             height,
             width,
             device,
@@ -600,7 +888,7 @@ class AnimationPipeline(DiffusionPipeline):
                 if len(tiles) == 1:
                     noise_pred = self._predict_tile(
                         injector, latent_input, t, image_latents, image_embeddings, added_time_ids,
-                        features, guidance_scale, cfg_mode,
+                        features, guidance_scale, cfg_mode, motion,
                     )  # fmt: skip
                 else:
                     noise_pred = torch.zeros_like(latents)
@@ -608,9 +896,10 @@ class AnimationPipeline(DiffusionPipeline):
                     for idx in tiles:
                         weights = triangular_weights(len(idx), device, latents.dtype)
                         tile_features = features[idx] if features is not None else None
+                        tile_motion = motion.tile(idx) if motion is not None else None
                         prediction = self._predict_tile(
                             injector, latent_input[:, idx], t, image_latents, image_embeddings,
-                            added_time_ids, tile_features, guidance_scale[:, idx], cfg_mode,
+                            added_time_ids, tile_features, guidance_scale[:, idx], cfg_mode, tile_motion,
                         )  # fmt: skip
                         noise_pred[:, idx] += prediction * weights[:, None, None, None]
                         weight_sum[idx] += weights

@@ -1,7 +1,8 @@
 """Tiny random components in the real classes, for tests, benchmarks and smoke runs without weights.
 
 Same shapes as diffusers' own SVD fast tests (block channels (32, 64), VAE downsampling 2, 32x32 frames);
-the pose guider and guidance encoders are sized to match (one stride-2 stage, 32 output channels).
+the pose guider, guidance encoders and the motion ControlNet's flow branches are sized to match (one stride-2
+stage, 32 output channels); the point adapter takes 16-channel reference features.
 """
 
 from __future__ import annotations
@@ -12,9 +13,20 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from controlnets import GuidanceFusion, PoseGuider
+from controlnets import GuidanceFusion, MotionControlNet, PoseGuider
 
 TINY_GUIDANCE_TYPES = ("depth", "normal", "semantic")
+TINY_POINT_CHANNELS = 16
+# the zero-initialised output layers of our modules, by parameter name
+_ZERO_INIT_PREFIXES = ("final_proj", "controlnet_down_blocks.", "controlnet_mid_block.")
+_ZERO_INIT_SUFFIXES = (
+    "conv_out.weight",
+    "conv_out.bias",
+    "conv_out_flow.weight",
+    "conv_out_flow.bias",
+    "conv_out_traj.weight",
+    "conv_out_traj.bias",
+)
 
 
 def tiny_unet() -> UNetSpatioTemporalConditionModel:
@@ -67,7 +79,22 @@ def tiny_guidance_encoders(fusion: str = "sum") -> GuidanceFusion:
     )
 
 
-def tiny_components(with_guidance_encoders: bool = True, fusion: str = "sum") -> dict[str, Any]:
+def tiny_motion_controlnet(
+    unet: UNetSpatioTemporalConditionModel, residual_mode: str = "once"
+) -> MotionControlNet:
+    """DisPose's ControlNet built from ``unet`` with tiny flow branches and point adapter."""
+    return MotionControlNet.from_unet(
+        unet,
+        conditioning_embedding_out_channels=(8, 16),
+        point_embedding_channels=TINY_POINT_CHANNELS,
+        point_mid_channels=8,
+        residual_mode=residual_mode,
+    )
+
+
+def tiny_components(
+    with_guidance_encoders: bool = True, fusion: str = "sum", with_motion_controlnet: bool = False
+) -> dict[str, Any]:
     """Components for ``AnimationPipeline(**components)``; seeded so two calls build identical weights."""
     torch.manual_seed(0)
     unet = tiny_unet()
@@ -97,9 +124,11 @@ def tiny_components(with_guidance_encoders: bool = True, fusion: str = "sum") ->
     pose_guider = tiny_pose_guider()
     torch.manual_seed(0)
     guidance_encoders = tiny_guidance_encoders(fusion) if with_guidance_encoders else None
+    torch.manual_seed(0)
+    motion_controlnet = tiny_motion_controlnet(unet) if with_motion_controlnet else None
     # eval mode, as from_pretrained leaves them: a fresh transformers module in train mode takes another
     # attention kernel and differs by ~1e-7, which two Euler steps from sigma 700 amplify to ~1e-4
-    for module in (unet, vae, image_encoder, pose_guider, guidance_encoders):
+    for module in (unet, vae, image_encoder, pose_guider, guidance_encoders, motion_controlnet):
         if module is not None:
             module.eval()
     return {
@@ -110,6 +139,7 @@ def tiny_components(with_guidance_encoders: bool = True, fusion: str = "sum") ->
         "feature_extractor": feature_extractor,
         "pose_guider": pose_guider,
         "guidance_encoders": guidance_encoders,
+        **({"motion_controlnet": motion_controlnet} if with_motion_controlnet else {}),
     }
 
 
@@ -118,7 +148,7 @@ def reinit_zero_layers(module: torch.nn.Module, seed: int = 1, std: float = 0.5)
     generator = torch.Generator().manual_seed(seed)
     for name, param in module.named_parameters():
         if (
-            name.startswith("final_proj") or name.endswith(("conv_out.weight", "conv_out.bias"))
+            name.startswith(_ZERO_INIT_PREFIXES) or name.endswith(_ZERO_INIT_SUFFIXES)
         ) and param.abs().max() == 0:
             with torch.no_grad():
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
