@@ -3,12 +3,21 @@
 The CLI, the server's workers and the tests all call this facade. Stages, in order: decode, pose, body,
 motion, render, encode (render and encode stream together, frame by frame). Progress is reported through
 one callback type; cancellation is cooperative (``should_cancel`` is polled between frames).
+
+The body stage fits the 3D body to the reference (shape, pose, camera; on a helper thread while the
+driving video's poses are estimated) and to the driving frames, and transfers the driving poses onto the
+reference's shape in the reference's camera (``animate.body.transfer``). The transferred bodies drive the
+warp engine and the dense motion field, and give the diffusion engine its depth / normal / semantic / mask
+guidance. When the fit is not possible (no 3D landmarks) or does not match the reference person, the job
+goes on with the 2D skeleton field and the reason is logged and kept in ``AnimationResult.notes``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +32,13 @@ from animate.motion.visualize import flow_to_color
 from animate.settings import Settings
 
 #: Share of the whole run each stage takes, for one overall ``fraction`` (rough CPU proportions).
-STAGE_WEIGHTS = {"decode": 0.02, "pose": 0.38, "body": 0.0, "motion": 0.05, "render": 0.5, "encode": 0.05}
+STAGE_WEIGHTS = {"decode": 0.02, "pose": 0.33, "body": 0.2, "motion": 0.03, "render": 0.37, "encode": 0.05}
 STAGES = tuple(STAGE_WEIGHTS)
 MAX_SIDE, SHORT_SIDE = 1024, 576
+#: The reference body fit must cover at least this IoU of the reference person mask to be used.
+MIN_REFERENCE_FIT_IOU = 0.5
+
+log = logging.getLogger("animate.animator")
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class AnimationOptions:
     guidance_scale: float = 2.0  # diffusion only
     retarget: str = "bones"  # bones | global (MimicMotion's one scale + offset)
     audio: bool = True  # keep the driving video's audio
+    body: bool = True  # fit the 3D body (else the warp engine moves pixels with the 2D skeleton field)
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -81,6 +95,8 @@ class AnimationResult:
     size: tuple[int, int]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     artifacts: dict[str, Path] = field(default_factory=dict)
+    motion: str = "skeleton"  # what moved the person: "body" (3D body fit) or "skeleton" (2D field)
+    notes: list[str] = field(default_factory=list)  # e.g. why the body fit was not used
 
     def to_dict(self) -> dict:
         return {
@@ -90,6 +106,8 @@ class AnimationResult:
             "fps": self.fps,
             "width": self.size[0],
             "height": self.size[1],
+            "motion": self.motion,
+            "notes": list(self.notes),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
         }
@@ -153,6 +171,7 @@ class Prepared:
     has_audio: bool
     timings: dict[str, float]
     artifacts: dict[str, Path]
+    notes: list[str] = field(default_factory=list)
 
 
 class Animator:
@@ -178,6 +197,7 @@ class Animator:
         should_cancel: Callable[[], bool] | None = None,
     ) -> Prepared:
         """Stages decode, pose, body and motion: everything an engine needs, in one ``GuidanceBundle``."""
+        from animate.motion.body_field import snap_keypoints
         from animate.pose import estimate_image, estimate_video, global_fit, retarget
 
         options = options or AnimationOptions()
@@ -204,23 +224,44 @@ class Animator:
         report("decode", 1, 1)
         lap("decode")
 
-        # 2. pose: reference (static, with segmentation) and driving video, then retarget onto the reference
+        # 2. pose: reference (static, with segmentation) and driving video, then retarget onto the reference.
+        # The reference body fit needs only the reference: it runs on a helper thread meanwhile.
         ref_pose = estimate_image(ref_rgb if ref_alpha is None else ReferenceImage(ref_rgb, ref_alpha, "PNG"))
-        expected = video.output_frame_count(options.fps, options.max_frames)
-        driving_poses = estimate_video(
-            video,
-            fps=options.fps,
-            max_frames=options.max_frames,
-            progress=lambda done, total: report("pose", done, max(total, expected)),
-        )
-        fit = global_fit if options.retarget == "global" else retarget
-        targets = fit(driving_poses, ref_pose, size[0], size[1])
         person = ref_alpha if ref_alpha is not None else ref_pose.mask
         if person is None:
             raise AnimateError("no_person_detected", "the reference person could not be segmented")
-        lap("pose")
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference-body")
+        try:
+            reference_fit = pool.submit(_fit_reference_body, ref_pose, person, size) if options.body else None
+            expected = video.output_frame_count(options.fps, options.max_frames)
+            driving_poses = estimate_video(
+                video,
+                fps=options.fps,
+                max_frames=options.max_frames,
+                progress=lambda done, total: report("pose", done, max(total, expected)),
+            )
+            fit = global_fit if options.retarget == "global" else retarget
+            targets = fit(driving_poses, ref_pose, size[0], size[1])
+            lap("pose")
 
-        # 3. motion: keypoint guidance (the warp engine derives its dense field per frame)
+            # 3. body: the driving poses on the reference's body, or the reason there is none
+            report("body", 0, 1)
+            notes: list[str] = []
+            motion = None
+            if reference_fit is not None:
+                motion, reason = _fit_body(reference_fit, driving_poses)
+                if motion is None:
+                    log.warning("3D body not used, falling back to the 2D skeleton field: %s", reason)
+                    notes.append(f"3D body not used: {reason}")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if motion is not None:
+            targets = targets.with_keypoints(snap_keypoints(targets.keypoints, motion.keypoints()))
+        report("body", 1, 1)
+        lap("body")
+
+        # 4. motion: keypoint guidance; the body's guidance maps and dense field when an engine needs them
+        # in full (diffusion). The warp engine streams from the bodies frame by frame.
         bundle = GuidanceBundle(
             reference=ref_rgb,
             reference_mask=np.where(person > 127, 255, 0).astype(np.uint8),
@@ -228,14 +269,17 @@ class Animator:
             keypoints=targets.keypoints,
             fps=fps,
             size=size,
+            body=motion,
         )
+        if engine.name != "warp":
+            self._fill_guidance(bundle, report)
         bundle.validate()
         artifacts: dict[str, Path] = {}
         if artifacts_dir is not None:
             artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, report)
         report("motion", 1, 1)
         lap("motion")
-        return Prepared(bundle, targets, engine, video.info.has_audio, timings, artifacts)
+        return Prepared(bundle, targets, engine, video.info.has_audio, timings, artifacts, notes)
 
     def run(
         self,
@@ -283,6 +327,8 @@ class Animator:
             size=(written.width, written.height),
             timings=timings,
             artifacts=prepared.artifacts,
+            motion="body" if bundle.body is not None else "skeleton",
+            notes=prepared.notes,
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:
@@ -309,4 +355,106 @@ class Animator:
                 report("motion", min(start + chunk, bundle.num_frames), bundle.num_frames)
 
         out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps).path
+        if bundle.body is not None:
+            out.update(self._write_body_artifacts(directory, bundle))
         return out
+
+    @staticmethod
+    def _write_body_artifacts(directory: Path, bundle: GuidanceBundle) -> dict:
+        """The fitted bodies (``body.json``) and the dense field as colours (``dense_flow.mp4``)."""
+        import json
+
+        from animate.motion.body_field import DenseField
+
+        motion = bundle.body
+        (directory / "body.json").write_text(
+            json.dumps(
+                {"reference": motion.reference.to_json(), "transferred": motion.track.to_json()},
+                separators=(",", ":"),
+            )
+        )
+        dense = DenseField(motion, bundle.reference_mask)
+        scale = max(4.0, 0.1 * bundle.height)
+        colours = (flow_to_color(dense.flow(v), max_magnitude=scale) for v in motion.iter_vertices())
+        return {
+            "body": directory / "body.json",
+            "dense_flow": write_video(directory / "dense_flow.mp4", colours, bundle.fps).path,
+        }
+
+    def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter) -> None:
+        """The full per-frame stacks a diffusion engine reads: the rendered body's depth / normal /
+        semantic / mask and the dense field (CMP's when its checkpoint is in the weights, as DisPose's
+        ControlNet was trained on it; else the body's). Without a body fit only CMP can give the field."""
+        from animate.motion.body_field import DenseField
+        from animate.motion.cmp import cmp_dense_flow, find_cmp_checkpoint, load_cmp
+        from animate.motion.keypoint_flow import sparse_motion
+
+        total = bundle.num_frames
+        checkpoint = find_cmp_checkpoint(self.settings.weights_dir)
+        if checkpoint is not None:
+            bundle.sparse_flow, bundle.sparse_mask = sparse_motion(
+                bundle.reference_keypoints, bundle.keypoints, bundle.size
+            )
+            bundle.dense_flow = cmp_dense_flow(
+                bundle.reference,
+                bundle.reference_mask,
+                bundle.sparse_flow,
+                bundle.sparse_mask,
+                load_cmp(checkpoint),
+                callback=lambda done, n: report("motion", done, 2 * n),
+            )
+        motion = bundle.body
+        if motion is None:
+            return
+        width, height = bundle.size
+        shape = (total, height, width)
+        bundle.depth = np.empty((*shape, 3), np.uint8)
+        bundle.normal = np.empty((*shape, 3), np.uint8)
+        bundle.semantic = np.empty((*shape, 3), np.uint8)
+        bundle.mask = np.empty(shape, np.uint8)
+        dense = DenseField(motion, bundle.reference_mask) if bundle.dense_flow is None else None
+        if dense is not None:
+            bundle.dense_flow = np.empty((*shape, 2), np.float32)
+        renderer, camera = motion.renderer()
+        for t, vertices in enumerate(motion.iter_vertices()):
+            frame = renderer.render(vertices, camera)
+            bundle.depth[t] = frame.depth_image[..., None]
+            bundle.normal[t] = frame.normal_image
+            bundle.semantic[t] = frame.semantic_image
+            bundle.mask[t] = frame.mask_image
+            if dense is not None:
+                bundle.dense_flow[t] = dense.flow(vertices)
+            report("motion", total + t + 1 if checkpoint else t + 1, 2 * total if checkpoint else total)
+
+
+def _fit_reference_body(pose, person: np.ndarray, size: tuple[int, int]):
+    """(the reference body alone as a ``BodyMotion``, the IoU of its render with the person mask)."""
+    from animate.body import load_anny
+    from animate.body.transfer import fit_reference
+    from animate.motion.body_field import BodyMotion
+
+    body = load_anny()
+    track = fit_reference(body, pose, size[0], size[1], person)
+    motion = BodyMotion(body, track, track, track.camera)
+    rendered, inside = motion.reference_render.mask, person > 127
+    union = (rendered | inside).sum()
+    return motion, float((rendered & inside).sum() / union) if union else 0.0
+
+
+def _fit_body(reference_fit: Future, driving_poses) -> tuple[object | None, str | None]:
+    """(``BodyMotion``, None), or (None, why there is none). Never raises for a fit that fails."""
+    from animate.body.transfer import fit_driving, transfer
+
+    try:
+        reference, iou = reference_fit.result()
+        if iou < MIN_REFERENCE_FIT_IOU:
+            return None, f"the body fitted to the reference covers only {iou:.0%} of the person (IoU)"
+        if not any(pose.world is not None for pose in driving_poses):
+            return None, "the driving video's poses have no 3D landmarks"
+        driving = fit_driving(reference.body, driving_poses)
+        return reference.with_track(transfer(reference.body, driving, reference.reference)), None
+    except AnimateError as exc:
+        return None, exc.message
+    except Exception as exc:  # a failed fit must not fail the job: the 2D field still animates it
+        log.exception("3D body fit failed")
+        return None, f"the body fit failed ({type(exc).__name__}: {exc})"

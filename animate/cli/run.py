@@ -27,6 +27,9 @@ def run(
         2.0, "--guidance-scale", help="Classifier-free guidance (diffusion)."
     ),
     retarget: str = typer.Option("bones", help="bones (reference bone lengths) | global (one scale+offset)."),
+    body: bool = typer.Option(
+        True, "--body/--no-body", help="Fit the 3D body (--no-body: the 2D skeleton field moves the person)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Animate REFERENCE with the motion of DRIVING and write an mp4."""
@@ -39,6 +42,7 @@ def run(
         steps=steps,
         guidance_scale=guidance_scale,
         retarget=retarget,
+        body=body,
     )
     options.validate()
     with typer.progressbar(length=1000, label="animate", file=None, show_eta=True) as bar:
@@ -63,3 +67,5 @@ def run(
             f"wrote {result.video} ({w}x{h}, {result.frames} frames, {result.fps:g} fps, {result.engine})"
         )
         typer.echo("  " + "  ".join(f"{stage} {seconds:.1f}s" for stage, seconds in result.timings.items()))
+        for note in result.notes:
+            typer.echo(f"  note: {note}")

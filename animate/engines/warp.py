@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-from animate.body.parts import PART_NAMES
+from animate.body.parts import MIRROR_PART, PART_NAMES
 from animate.motion.body_field import (
     BodyMotion,
     interpolate,
@@ -315,29 +315,42 @@ class BodyWarp:
         # Depth the reference shows around each pixel (3x3 max: lenient at edges); off the body, anything.
         depth = np.where(body, render.depth, 1e6).astype(np.float32)
         self.depth_limit = cv2.dilate(depth, np.ones((3, 3), np.uint8)) + self.DEPTH_TOLERANCE
+        self.reference_part = render.part
         self.source = _extend_person(reference, person)
+        self.renderer, self.camera = motion.renderer(scale)
         self.background = fill_background(reference, person | (cv2.dilate(body.astype(np.uint8), None) > 0))
         # Ring pixels show only where the reference is clearly the person: segmentation masks bleed a
         # pixel or two into the background and cover gaps (between an arm and the torso) where the
         # background shows through; both would draw background-coloured lines along moved limbs.
-        core = cv2.erode(person.astype(np.uint8), np.ones((5, 5), np.uint8))
+        core = cv2.erode(person.astype(np.uint8), np.ones((3, 3), np.uint8))
         differs = np.abs(reference.astype(np.int16) - self.background.astype(np.int16)).sum(-1) > 40
-        self.person_alpha = cv2.GaussianBlur((core & differs).astype(np.float32), (0, 0), 1.0)
+        person_alpha = cv2.GaussianBlur((core & differs).astype(np.float32) * 255.0, (0, 0), 1.0)
+        # What a frame samples: RGB + that alpha, with spare columns on the right for the fill colours.
+        height, width = person.shape
+        canvas = np.zeros((height, width + self.camera.width + 2, 4), np.uint8)
+        canvas[:, :width, :3] = self.source
+        canvas[:, :width, 3] = np.clip(person_alpha + 0.5, 0, 255).astype(np.uint8)
+        self.canvas = canvas
         self.offbody_part = _offbody_parts(render.part, person, self.neighbours)
-        height = float(np.ptp(np.nonzero(body)[0])) if body.any() else float(person.shape[0])
-        self.reach = min(offbody_reach(person, body), 0.1 * height)
+        tall = float(np.ptp(np.nonzero(body)[0])) if body.any() else float(height)
+        self.reach = min(offbody_reach(person, body), 0.1 * tall)
         self.unseen = np.isin(self.parts, unseen_parts)
         self.colours = self._vertex_colours(body)
-        self.renderer, self.camera = motion.renderer(scale)
 
-    def _visible(self, points: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        """Which reference points (N, 2 remap coordinates) at these depths the reference ray cast sees."""
+    def _visible(self, points: np.ndarray, depth: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """Which surface points of these parts, at reference pixels (N, 2 remap coordinates) and depths,
+        the reference ray cast sees: the depth it shows there is as near (within the tolerance), and it
+        shows the same or a neighbouring part (an arm resting on the belly is nearly as deep)."""
         height, width = self.depth_limit.shape
         x = np.rint(points[:, 0]).astype(np.int64)
         y = np.rint(points[:, 1]).astype(np.int64)
-        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        inside = np.flatnonzero((x >= 0) & (x < width) & (y >= 0) & (y < height))
+        x, y = x[inside], y[inside]
+        shown = self.reference_part[y, x].astype(np.int64)
         seen = np.zeros(len(points), bool)
-        seen[inside] = depth[inside] <= self.depth_limit[y[inside], x[inside]]
+        seen[inside] = (depth[inside] <= self.depth_limit[y, x]) & (
+            (shown < 0) | self.neighbours[parts[inside], np.maximum(shown, 0)]
+        )
         return seen
 
     def _vertex_colours(self, body: np.ndarray) -> np.ndarray:
@@ -346,7 +359,7 @@ class BodyWarp:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import dijkstra
 
-        seen = self._visible(self.uv, self.z) & ~self.unseen
+        seen = self._visible(self.uv, self.z, self.parts) & ~self.unseen
         blurred = cv2.GaussianBlur(self.source, (0, 0), 1.5)
         colours = np.zeros((len(self.uv), 3), np.float32)
         if not seen.any():
@@ -403,14 +416,16 @@ class BodyWarp:
         triangles = self.faces[rendered.face[ys, xs]]
         bary = rendered.bary[ys, xs]
         # 1. Where the reference shows each body pixel's surface point: itself, else its twin, else none.
+        parts = rendered.part[ys, xs].astype(np.int64)
         src = interpolate(self.uv, triangles, bary)
-        seen = self._visible(src, interpolate(self.z, triangles, bary))
+        seen = self._visible(src, interpolate(self.z, triangles, bary), parts)
         seen &= ~self.unseen[triangles].any(1)
         fill = np.flatnonzero(~seen)
         if len(fill):
             twins = self.mirror[triangles[fill]]
             twin_src = interpolate(self.uv, twins, bary[fill])
-            twin_seen = self._visible(twin_src, interpolate(self.z, twins, bary[fill]))
+            twin_parts = MIRROR_PART[parts[fill]]
+            twin_seen = self._visible(twin_src, interpolate(self.z, twins, bary[fill]), twin_parts)
             twin_seen &= ~self.unseen[twins].any(1)
             src[fill[twin_seen]] = twin_src[twin_seen]
             fill = fill[~twin_seen]
@@ -423,7 +438,7 @@ class BodyWarp:
         anchor = nearest[ry, rx]
         uv_frame, _ = project(self.motion.camera, vertices)
         inverse = inverse_linear(part_affines(self.uv, uv_frame - 0.5, self.parts)).astype(np.float32)
-        anchor_part = rendered.part[ys[anchor], xs[anchor]].astype(np.int64)
+        anchor_part = parts[anchor]
         offset = np.stack([rx - xs[anchor], ry - ys[anchor]], 1).astype(np.float32) * s
         ring_src = src[anchor] + np.einsum("nij,nj->ni", inverse[anchor_part], offset)
         px = np.clip(np.rint(ring_src[:, 0]), 0, width - 1).astype(np.int64)
@@ -441,27 +456,27 @@ class BodyWarp:
         maps[ry - y0, rx - x0] = ring_src
         accepted = np.zeros((box_h, box_w), np.float32)
         accepted[ry[accept] - y0, rx[accept] - x0] = 1.0
+        filled = np.zeros((box_h, box_w), bool)
+        if len(fill):
+            # Surface nobody saw: the mesh colours, drawn into the canvas's spare columns at low
+            # resolution (padded with the nearest fill colour), and mapped there like any source pixel.
+            fy, fx = ys[fill] - y0, xs[fill] - x0
+            filled[fy, fx] = True
+            colours = np.zeros((box_h * box_w, 3), np.float32)
+            colours[fy * box_w + fx] = interpolate(self.colours, triangles[fill], bary[fill])
+            _, nearest_fill = nearest_pixel(filled)
+            padded = colours[np.flatnonzero(filled)[nearest_fill]].reshape(box_h, box_w, 3)
+            self.canvas[:box_h, width : width + box_w, :3] = np.clip(padded + 0.5, 0, 255).astype(np.uint8)
+            maps[fy, fx] = np.stack([fx + width, fy], 1)
         big = (box_w * s, box_h * s)
         full_map = _upsample_map(maps, s)
         alpha = _resize(body[y0:y1, x0:x1].astype(np.float32), big)
         body_mask = alpha > 0.5
-        ring_alpha = _resize(accepted, big)
-        ring_alpha *= cv2.remap(self.person_alpha, full_map, None, cv2.INTER_LINEAR, borderValue=0)
+        sampled = cv2.remap(self.canvas, full_map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        colour = np.ascontiguousarray(sampled[..., :3])
+        ring_alpha = _resize(accepted, big) * sampled[..., 3] * np.float32(1.0 / 255.0)
         np.maximum(alpha, ring_alpha, out=alpha)
-        colour = cv2.remap(self.source, full_map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        fill_mask = np.zeros(big[::-1], bool)
-        if len(fill):
-            # Surface nobody saw: the mesh colours, blended in over a one-pixel (low-res) soft edge.
-            filled = np.zeros((box_h, box_w), np.float32)
-            filled[ys[fill] - y0, xs[fill] - x0] = 1.0
-            fill_colour = np.zeros((box_h, box_w, 3), np.float32)
-            fill_colour[ys[fill] - y0, xs[fill] - x0] = interpolate(self.colours, triangles[fill], bary[fill])
-            weight = _resize(filled, big)
-            fy, fx = np.nonzero(weight > 0.01)
-            w = weight[fy, fx, None]
-            rgb = _resize(fill_colour, big)[fy, fx] / w
-            colour[fy, fx] = (colour[fy, fx] * (1.0 - w) + rgb * w + 0.5).astype(np.uint8)
-            fill_mask = weight > 0.5
+        fill_mask = cv2.resize(filled.astype(np.uint8), big, interpolation=cv2.INTER_NEAREST) > 0
         if self.edge_sigma > 0:
             alpha = cv2.GaussianBlur(alpha, (0, 0), self.edge_sigma)
         # The box may pass the frame's edge by the rounding of an odd output size.

@@ -23,6 +23,7 @@ from animate.body.fit import BodyTrack
 from animate.body.model import BodyModel
 from animate.body.parts import NUM_PARTS
 from animate.body.render import RenderedFrame, Renderer
+from animate.pose.layout import FACE, L_WRIST, LEFT_HAND_ROOT, NOSE, R_WRIST, RIGHT_HAND_ROOT
 
 #: SMPL's kinematic tree over the 24 parts of ``animate.body.parts`` (parent of each part, -1 at the root).
 PART_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
@@ -119,6 +120,12 @@ class BodyMotion:
     def vertex_parts(self) -> np.ndarray:
         return self.body.vertex_parts
 
+    def with_track(self, track: BodyTrack) -> BodyMotion:
+        """The same reference body driven by another track (same shape); reference caches are kept."""
+        if not np.allclose(track.shape, self.track.shape):
+            raise ValueError("the track's body shape differs from the reference's")
+        return BodyMotion(self.body, self.reference, track, self.camera, dict(self._cache))
+
     def _rest(self):
         if "rest" not in self._cache:
             with torch.no_grad():
@@ -176,6 +183,24 @@ class BodyMotion:
         if "mirror" not in self._cache:
             self._cache["mirror"] = mirror_vertices(self._rest().vertices[0].cpu().numpy())
         return self._cache["mirror"]
+
+
+def snap_keypoints(keypoints: np.ndarray, body_keypoints: np.ndarray) -> np.ndarray:
+    """(T, 133, 3) keypoints moved onto the body: the 23 body + feet points take the body's projected
+    positions (scores kept), each hand moves with its wrist and the face with the nose, so skeleton
+    guidance and the body's renders agree.
+
+    body_keypoints: (T, 23, 2) from ``BodyMotion.keypoints``.
+    """
+    out = np.array(keypoints, np.float32, copy=True)
+    shift_hand = {LEFT_HAND_ROOT: L_WRIST, RIGHT_HAND_ROOT: R_WRIST}
+    moves = [(root, root + 21, wrist) for root, wrist in shift_hand.items()]
+    moves.append((FACE.start, FACE.stop, NOSE))
+    for start, stop, anchor in moves:
+        delta = body_keypoints[:, anchor] - out[:, anchor, :2]
+        out[:, start:stop, :2] += delta[:, None]
+    out[:, : body_keypoints.shape[1], :2] = body_keypoints
+    return out
 
 
 def offbody_reach(person: np.ndarray, body: np.ndarray, quantile: float = 0.95) -> float:

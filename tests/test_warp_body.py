@@ -1,0 +1,127 @@
+"""The warp engine's body path on synthetic references: bodies rendered here, coloured by part.
+
+The reference image is the body's own semantic render (one Champ colour per part) on grey, so every
+output pixel says which part of the reference it was sampled from.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_motion_body_field import ARM_ACROSS, FACING_CAMERA, synthetic_motion
+
+from animate.body import CHAMP_PALETTE, PART_NAMES, load_anny
+from animate.body.model import matrix_to_rotvec, rotvec_to_matrix
+from animate.engines.warp import BodyWarp, WarpEngine
+from animate.motion.bundle import GuidanceBundle
+
+GREY = np.array([128, 128, 128], np.uint8)
+TORSO = [PART_NAMES.index(n) for n in ("pelvis", "spine1", "spine2", "spine3")]
+LEFT_ARM = [PART_NAMES.index(n) for n in ("left_shoulder", "left_elbow", "left_wrist", "left_hand")]
+
+
+@pytest.fixture(scope="session")
+def anny():
+    return load_anny()
+
+
+def reference_of(motion) -> tuple[np.ndarray, np.ndarray]:
+    """The reference image (semantic colours on grey) and its person mask (the body)."""
+    render = motion.reference_render
+    image = np.where(render.mask[..., None], render.semantic_image, GREY)
+    return np.ascontiguousarray(image), render.mask
+
+
+def palette_part(colours: np.ndarray) -> np.ndarray:
+    """The part whose Champ colour is nearest to each (N, 3) colour."""
+    distance = np.linalg.norm(colours[:, None].astype(float) - CHAMP_PALETTE[None].astype(float), axis=2)
+    return distance.argmin(1)
+
+
+def interior(mask: np.ndarray, pixels: int = 2) -> np.ndarray:
+    return cv2.erode(mask.astype(np.uint8), np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)) > 0
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_torso_hidden_by_the_arm_is_filled_with_torso(anny, scale):
+    """Reference: the left arm across the belly. Frame: arms down at the sides, so the torso the arm hid
+    shows; it must be drawn (no hole, no background) and with torso colours, not the arm's."""
+    motion = synthetic_motion(anny, ARM_ACROSS, [{}])
+    image, person = reference_of(motion)
+    warp = BodyWarp(motion, image, person, scale=scale)
+    frame, _silhouette, body, fill = warp.frame(motion.vertices(0, 1)[0])
+    target = motion.renderer()[0].render(motion.vertices(0, 1)[0], motion.camera)
+    mismatch = (body ^ target.mask).sum() / target.mask.sum()
+    assert mismatch < 0.06, mismatch  # the rendered body (upsampled at scale 2)
+    inside = interior(target.mask)
+    grey = (np.abs(frame[inside].astype(int) - GREY).sum(1) < 12).mean()
+    assert grey < 0.002, grey
+    # The pixels of the torso that the reference's arm covered: torso colours (from the twin side).
+    reference_covered = np.isin(motion.reference_render.part, LEFT_ARM) & np.isin(target.part, TORSO)
+    revealed = interior(reference_covered) & inside
+    assert revealed.sum() > 60
+    # Torso colours have green <= 109, the left arm's >= 174 (Champ's viridis ramp).
+    colours = frame[revealed].astype(int)
+    assert (colours[:, 1] < 140).mean() > 0.98, np.percentile(colours[:, 1], [50, 90, 99])
+    assert not np.isin(palette_part(colours), LEFT_ARM).any()
+    # Surface both the reference and its twin side hide is filled, and it is small here.
+    assert fill[inside].mean() < 0.1
+
+
+def test_back_view_is_filled_everywhere(anny):
+    """The driver turns around: the reference never showed the back. Every body pixel gets a body colour."""
+    turn = rotvec_to_matrix(torch.tensor([0.0, np.pi, 0.0])) @ rotvec_to_matrix(torch.tensor(FACING_CAMERA))
+    back = matrix_to_rotvec(turn).tolist()  # facing away from the camera
+    motion = synthetic_motion(anny, {}, [{}], roots=[back])
+    image, person = reference_of(motion)
+    frame, _, body, fill = BodyWarp(motion, image, person, scale=1).frame(motion.vertices(0, 1)[0])
+    inside = interior(body)
+    assert fill[inside].mean() > 0.8  # the back is unseen, and so is its mirror image
+    colours = frame[inside].astype(float)
+    assert (np.abs(colours - GREY).sum(1) > 12).all()  # never a hole
+    nearest = np.linalg.norm(colours[:, None] - CHAMP_PALETTE[None].astype(float), axis=2).min(1)
+    assert np.median(nearest) < 12  # the colours of the body's own parts
+
+
+def test_hair_beside_the_head_moves_with_it(anny):
+    """Off-body person pixels (a red 'hair' blob on the side of the head) follow the head: the ring."""
+    motion = synthetic_motion(anny, {}, [{}], transl=[(0.15, 0.0, 2.8)])
+    image, person = reference_of(motion)
+    head = motion.reference_render.part == PART_NAMES.index("head")
+    ys, xs = np.nonzero(head)
+    hair = np.zeros(person.shape, np.uint8)
+    cv2.circle(hair, (int(xs.max()) + 2, int(np.median(ys))), 6, 1, -1)
+    hair = hair.astype(bool) & ~motion.reference_render.mask
+    image[hair] = (220, 30, 30)
+    person = person | hair
+    frame, silhouette, body, _ = BodyWarp(motion, image, person, scale=1).frame(motion.vertices(0, 1)[0])
+    red = (frame[..., 0] > 150) & (frame[..., 1] < 90)
+    shift = round(0.15 / 2.8 * motion.camera.fx)
+    moved = np.roll(hair, shift, axis=1)
+    assert red.sum() > 0.5 * hair.sum(), (red.sum(), hair.sum())
+    assert (red & moved).sum() > 0.6 * red.sum()
+    assert not (red & hair & ~moved).any()  # nothing red left behind
+    assert silhouette[red].mean() > 0.8 and not body[red].any()
+
+
+def test_engine_uses_the_body_when_the_bundle_has_one(anny):
+    motion = synthetic_motion(anny, {}, [{}, ARM_ACROSS], size=(288, 512))
+    image, person = reference_of(motion)
+    bundle = GuidanceBundle(
+        reference=image,
+        reference_mask=person.astype(np.uint8) * 255,
+        reference_keypoints=np.zeros((133, 3), np.float32),
+        keypoints=np.zeros((2, 133, 3), np.float32),
+        fps=24.0,
+        size=(288, 512),
+        body=motion,
+    )
+    engine = WarpEngine()
+    frames = list(engine.render(bundle))
+    assert len(frames) == 2 and frames[0].shape == (512, 288, 3)
+    assert engine.last_body_mask is not None and engine.last_body_mask.sum() > 2000
+    # Frame 0 is the reference pose: the reference comes back (up to the soft edge).
+    same = interior(person, 3)
+    assert np.abs(frames[0][same].astype(int) - image[same]).mean() < 3
