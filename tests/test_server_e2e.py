@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -277,3 +278,78 @@ def test_webhook_is_signed_and_retried(tmp_path: Path, data_dir: Path) -> None:
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
     assert headers["webhook-signature"] == f"v1,{expected}"
+
+
+def test_retention_removes_finished_files_and_leaves_running_jobs(tmp_path: Path, data_dir: Path) -> None:
+    retention = 4.0  # seconds
+    orphan = tmp_path / "data" / "jobs" / ("0" * 32)  # an upload cut off by a crash: a folder, no row
+    orphan.mkdir(parents=True)
+    (orphan / "reference.jpg").write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(orphan, (two_hours_ago, two_hours_ago))
+
+    cluster = Cluster(tmp_path, env={"ANIMATE_SERVER__RETENTION_HOURS": str(retention / 3600)})
+    try:
+        cluster.start_api(workers=1)
+        short, long = cluster.submit(SHORT), cluster.submit(LONG)
+        done = cluster.wait_for(short["id"], lambda j: j["status"] in FINISHED)
+        assert done["status"] == "succeeded", done
+        assert done["expired"] is False and done["expires_at"] is not None
+        folder = tmp_path / "data" / "jobs" / short["id"]
+
+        expired = cluster.wait_for(short["id"], lambda j: j["expired"], timeout=30)
+        assert expired["status"] == "succeeded" and expired["urls"]["video"] is None  # the row stays
+        assert expired["urls"]["artifacts"] == {} and expired["result"]["frames"] == 8
+        for path in (done["urls"]["video"], done["urls"]["artifacts"]["skeleton"]):
+            gone = cluster.http.get(path)
+            assert gone.status_code == 410 and gone.json()["error"]["code"] == "expired", gone.text
+        assert not folder.exists()
+        assert not orphan.exists()
+
+        running = cluster.wait_for(long["id"], lambda j: j["status"] == "running")
+        time.sleep(retention + 1)  # the sweep ran several times while it was running
+        running = cluster.job(long["id"])
+        assert running["status"] == "running" and running["expired"] is False
+        inputs = tmp_path / "data" / "jobs" / long["id"]
+        assert (inputs / "reference.jpg").is_file() and (inputs / "driving.mp4").is_file()
+
+        cluster.http.post(f"/v1/jobs/{long['id']}/cancel")
+        canceled = cluster.wait_for(long["id"], lambda j: j["status"] in FINISHED, timeout=30)
+        assert canceled["status"] == "canceled"
+        cluster.wait_for(long["id"], lambda j: j["expired"], timeout=30)
+        assert not inputs.exists()
+    finally:
+        cluster.stop()
+
+
+def test_worker_gpus_runs_one_process_per_gpu(cluster: Cluster) -> None:
+    import psutil
+
+    cluster.start_api()
+    parent = cluster._spawn(
+        "import typer; from animate.cli.serve import worker; typer.run(worker)", "--gpus", "0,1"
+    )
+    live = "animate_workers_live 2\n"
+    cluster.wait(lambda: live in cluster.http.get("/metrics").text, 90, "two GPU workers never showed")
+    children = psutil.Process(parent.pid).children()
+    assert len(children) == 2
+    assert sorted(c.environ()["CUDA_VISIBLE_DEVICES"] for c in children) == ["0", "1"]
+
+    jobs = [cluster.submit(LONG)["id"] for _ in range(2)]
+    for job in jobs:  # both at once: each process took one
+        cluster.wait_for(job, lambda j: j["status"] == "running")
+    log = "\n".join(p.read_text(errors="replace") for p in cluster.root.glob("process-*.log"))
+    devices = {}
+    for job in jobs:
+        found = re.search(rf"job {job} attempt 1 started on \S+:(\d+):\w+ \(CUDA_VISIBLE_DEVICES=(\d)\)", log)
+        assert found, log
+        devices[job] = (int(found.group(1)), found.group(2))
+    assert sorted(devices.values()) == sorted((c.pid, c.environ()["CUDA_VISIBLE_DEVICES"]) for c in children)
+    for job in jobs:
+        cluster.http.post(f"/v1/jobs/{job}/cancel")
+    for job in jobs:
+        assert cluster.wait_for(job, lambda j: j["status"] in FINISHED)["status"] == "canceled"
+
+    parent.terminate()
+    assert parent.wait(timeout=40) == 0
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
