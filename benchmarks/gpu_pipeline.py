@@ -691,7 +691,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=2.0)
     parser.add_argument("--decode-chunk-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default: 1 on CPU, where OpenMP waits dominate)",
+    )
     parser.add_argument("--compile", action="store_true", help="also run torch.compile configurations on CPU")
     parser.add_argument(
         "--recount-flops", action="store_true", help="count FLOPs for every variant, not once per shape"
@@ -703,6 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny is None:
         args.tiny = not cuda
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
+    args.threads = args.threads or (None if cuda else 1)
     args.steps = args.steps or (25 if cuda else 4)
     args.height = args.height or (32 if args.tiny else 576)
     args.width = args.width or (32 if args.tiny else 1024)
