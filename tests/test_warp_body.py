@@ -51,7 +51,8 @@ def test_torso_hidden_by_the_arm_is_filled_with_torso(anny, scale):
     motion = synthetic_motion(anny, ARM_ACROSS, [{}])
     image, person = reference_of(motion)
     warp = BodyWarp(motion, image, person, scale=scale)
-    frame, _silhouette, body, fill = warp.frame(motion.vertices(0, 1)[0])
+    frame, masks = warp.frame(motion.vertices(0, 1)[0])
+    body, fill = masks.body, masks.fill
     target = motion.renderer()[0].render(motion.vertices(0, 1)[0], motion.camera)
     mismatch = (body ^ target.mask).sum() / target.mask.sum()
     assert mismatch < 0.06, mismatch  # the rendered body (upsampled at scale 2)
@@ -76,7 +77,8 @@ def test_back_view_is_filled_everywhere(anny):
     back = matrix_to_rotvec(turn).tolist()  # facing away from the camera
     motion = synthetic_motion(anny, {}, [{}], roots=[back])
     image, person = reference_of(motion)
-    frame, _, body, fill = BodyWarp(motion, image, person, scale=1).frame(motion.vertices(0, 1)[0])
+    frame, masks = BodyWarp(motion, image, person, scale=1).frame(motion.vertices(0, 1)[0])
+    body, fill = masks.body, masks.fill
     inside = interior(body)
     assert fill[inside].mean() > 0.8  # the back is unseen, and so is its mirror image
     colours = frame[inside].astype(float)
@@ -96,7 +98,8 @@ def test_hair_beside_the_head_moves_with_it(anny):
     hair = hair.astype(bool) & ~motion.reference_render.mask
     image[hair] = (220, 30, 30)
     person = person | hair
-    frame, silhouette, body, _ = BodyWarp(motion, image, person, scale=1).frame(motion.vertices(0, 1)[0])
+    frame, masks = BodyWarp(motion, image, person, scale=1).frame(motion.vertices(0, 1)[0])
+    silhouette, body = masks.silhouette, masks.body
     red = (frame[..., 0] > 150) & (frame[..., 1] < 90)
     shift = round(0.15 / 2.8 * motion.camera.fx)
     moved = np.roll(hair, shift, axis=1)

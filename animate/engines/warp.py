@@ -23,6 +23,7 @@ Both composite with a soft edge over the reference background, whose person was 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -84,9 +85,18 @@ class WarpEngine:
     def __init__(self, edge_sigma: float = 1.0, render_scale: int = 2) -> None:
         self.edge_sigma = edge_sigma
         self.render_scale = render_scale
-        self.last_silhouette: np.ndarray | None = None  # the person's pixels in the last frame yielded
-        self.last_body_mask: np.ndarray | None = None  # the rendered target body (body path only)
-        self.last_fill: np.ndarray | None = None  # body pixels the reference does not show (body path)
+        self.last_masks: FrameMasks | None = None  # body path: the last frame's masks
+        self._last_silhouette: np.ndarray | None = None  # skeleton path
+
+    @property
+    def last_silhouette(self) -> np.ndarray | None:
+        """(H, W) bool: the person's pixels in the last frame yielded."""
+        return self.last_masks.silhouette if self.last_masks is not None else self._last_silhouette
+
+    @property
+    def last_body_mask(self) -> np.ndarray | None:
+        """(H, W) bool: the rendered target body of the last frame (body path only)."""
+        return self.last_masks.body if self.last_masks is not None else None
 
     def render(
         self,
@@ -118,7 +128,7 @@ class WarpEngine:
         for t, vertices in enumerate(bundle.body.iter_vertices()):
             if should_cancel is not None and should_cancel():
                 return
-            frame, self.last_silhouette, self.last_body_mask, self.last_fill = warp.frame(vertices)
+            frame, self.last_masks = warp.frame(vertices)
             yield frame
             if progress is not None:
                 progress(t + 1, total)
@@ -129,7 +139,7 @@ class WarpEngine:
         progress: FrameProgress | None,
         should_cancel: Callable[[], bool] | None,
     ) -> Iterator[np.ndarray]:
-        self.last_body_mask = self.last_fill = None
+        self.last_masks = None
         width = bundle.size[0]
         reference = bundle.reference
         person = bundle.reference_mask > 127
@@ -155,7 +165,7 @@ class WarpEngine:
                 return
             matrices = [f.pixel_matrices(bundle.keypoints[t]) for f in fields]
             positions = np.concatenate([f.positions(None, m) for f, m in zip(fields, matrices, strict=True)])
-            frame, self.last_silhouette = self._compose(
+            frame, self._last_silhouette = self._compose(
                 source, background, pixels, positions, layer, np.concatenate(matrices)[:, :, :2]
             )
             yield frame
@@ -399,24 +409,27 @@ class BodyWarp:
             return np.median(samples[:, 0].astype(np.float32), axis=0)
         return np.array([200.0, 160.0, 140.0], np.float32)
 
-    def frame(self, vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One output frame for the body at (V, 3) ``vertices``.
-
-        Returns the frame, the person's silhouette (alpha > 0.5), the rendered body mask and the body
-        pixels the reference does not show (filled from the mesh colours), all (H, W) at the output size.
-        """
+    def frame(self, vertices: np.ndarray) -> tuple[np.ndarray, FrameMasks]:
+        """One output frame for the body at (V, 3) ``vertices``, and its masks (see ``FrameMasks``)."""
         s = self.scale
         height, width = self.source.shape[:2]
         rendered = self.renderer.render(vertices, self.camera)
-        body = rendered.mask
-        empty = np.zeros((height, width), bool)
-        if not body.any():
-            return self.background.copy(), empty, empty, empty
+        small_h, small_w = rendered.mask.shape
+        bx, by, bw, bh = rendered.box
+        if not bw or not bh or not rendered.mask[by : by + bh, bx : bx + bw].any():
+            return self.background.copy(), FrameMasks((height, width), (0, 0), *[np.zeros((0, 0), bool)] * 3)
+        # Everything below works inside the body's box grown by the ring, at the render's resolution.
+        radius = max(self.reach / s, 1.0)
+        grow = int(np.ceil(radius)) + 3
+        x0, y0 = max(bx - grow, 0), max(by - grow, 0)
+        x1, y1 = min(bx + bw + grow, small_w), min(by + bh + grow, small_h)
+        box_h, box_w = y1 - y0, x1 - x0
+        body = rendered.mask[y0:y1, x0:x1]
         ys, xs = np.nonzero(body)
-        triangles = self.faces[rendered.face[ys, xs]]
-        bary = rendered.bary[ys, xs]
+        triangles = self.faces[rendered.face[y0:y1, x0:x1][ys, xs]]
+        bary = rendered.bary[y0:y1, x0:x1][ys, xs]
+        parts = rendered.part[y0:y1, x0:x1][ys, xs].astype(np.int64)
         # 1. Where the reference shows each body pixel's surface point: itself, else its twin, else none.
-        parts = rendered.part[ys, xs].astype(np.int64)
         src = interpolate(self.uv, triangles, bary)
         seen = self._visible(src, interpolate(self.z, triangles, bary), parts)
         seen &= ~self.unseen[triangles].any(1)
@@ -430,14 +443,13 @@ class BodyWarp:
             src[fill[twin_seen]] = twin_src[twin_seen]
             fill = fill[~twin_seen]
         # 2. The ring around the body: sample beside the nearest body pixel, moved with its part. Maps
-        # reach one pixel past the accepted ring so upsampling never blends with unset values.
+        # reach past the accepted ring so upsampling never blends with unset values.
         distance, nearest = nearest_pixel(body)
-        radius = max(self.reach / s, 1.0)
         ring = ~body & (distance <= radius + 1.5)
         ry, rx = np.nonzero(ring)
         anchor = nearest[ry, rx]
         uv_frame, _ = project(self.motion.camera, vertices)
-        inverse = inverse_linear(part_affines(self.uv, uv_frame - 0.5, self.parts)).astype(np.float32)
+        inverse = inverse_linear(part_affines(self.uv, uv_frame - 0.5, self.parts))
         anchor_part = parts[anchor]
         offset = np.stack([rx - xs[anchor], ry - ys[anchor]], 1).astype(np.float32) * s
         ring_src = src[anchor] + np.einsum("nij,nj->ni", inverse[anchor_part], offset)
@@ -447,20 +459,17 @@ class BodyWarp:
         accept = (source_part >= 0) & (distance[ry, rx] <= radius)
         accept &= self.neighbours[anchor_part, np.maximum(source_part, 0)]
 
-        # 3. Low-resolution maps inside the bounding box, upsampled to the output.
-        x0, x1 = max(int(rx.min()) - 1, 0), min(int(rx.max()) + 2, body.shape[1])
-        y0, y1 = max(int(ry.min()) - 1, 0), min(int(ry.max()) + 2, body.shape[0])
-        box_h, box_w = y1 - y0, x1 - x0
+        # 3. Low-resolution maps of the box, upsampled to the output.
         maps = np.full((box_h, box_w, 2), -1.0, np.float32)
-        maps[ys - y0, xs - x0] = src
-        maps[ry - y0, rx - x0] = ring_src
+        maps[ys, xs] = src
+        maps[ry, rx] = ring_src
         accepted = np.zeros((box_h, box_w), np.float32)
-        accepted[ry[accept] - y0, rx[accept] - x0] = 1.0
+        accepted[ry[accept], rx[accept]] = 1.0
         filled = np.zeros((box_h, box_w), bool)
         if len(fill):
             # Surface nobody saw: the mesh colours, drawn into the canvas's spare columns at low
             # resolution (padded with the nearest fill colour), and mapped there like any source pixel.
-            fy, fx = ys[fill] - y0, xs[fill] - x0
+            fy, fx = ys[fill], xs[fill]
             filled[fy, fx] = True
             colours = np.zeros((box_h * box_w, 3), np.float32)
             colours[fy * box_w + fx] = interpolate(self.colours, triangles[fill], bary[fill])
@@ -470,29 +479,61 @@ class BodyWarp:
             maps[fy, fx] = np.stack([fx + width, fy], 1)
         big = (box_w * s, box_h * s)
         full_map = _upsample_map(maps, s)
-        alpha = _resize(body[y0:y1, x0:x1].astype(np.float32), big)
-        body_mask = alpha > 0.5
+        alpha = _resize(body.astype(np.float32), big)
+        body_alpha = alpha.copy()
         sampled = cv2.remap(self.canvas, full_map, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        colour = np.ascontiguousarray(sampled[..., :3])
-        ring_alpha = _resize(accepted, big) * sampled[..., 3] * np.float32(1.0 / 255.0)
+        ring_alpha = _resize(accepted, big)
+        ring_alpha *= sampled[..., 3]
+        ring_alpha *= np.float32(1.0 / 255.0)
         np.maximum(alpha, ring_alpha, out=alpha)
-        fill_mask = cv2.resize(filled.astype(np.uint8), big, interpolation=cv2.INTER_NEAREST) > 0
         if self.edge_sigma > 0:
             alpha = cv2.GaussianBlur(alpha, (0, 0), self.edge_sigma)
         # The box may pass the frame's edge by the rounding of an odd output size.
         Y0, X0 = y0 * s, x0 * s
         Y1, X1 = min(Y0 + big[1], height), min(X0 + big[0], width)
-        crop = (slice(0, Y1 - Y0), slice(0, X1 - X0))
+        alpha = alpha[: Y1 - Y0, : X1 - X0]
+        colour = cv2.cvtColor(sampled[: Y1 - Y0, : X1 - X0], cv2.COLOR_RGBA2RGB)
         frame = self.background.copy()
-        frame[Y0:Y1, X0:X1] = cv2.blendLinear(
-            colour[crop], frame[Y0:Y1, X0:X1], np.ascontiguousarray(alpha[crop]),
-            np.ascontiguousarray(1.0 - alpha[crop]),
+        frame[Y0:Y1, X0:X1] = cv2.blendLinear(colour, frame[Y0:Y1, X0:X1], alpha, 1.0 - alpha)
+        fill_mask = cv2.resize(filled.astype(np.uint8), big, interpolation=cv2.INTER_NEAREST) > 0
+        crop = (slice(0, Y1 - Y0), slice(0, X1 - X0))
+        masks = FrameMasks(
+            (height, width), (Y0, X0), alpha > 0.5, body_alpha[crop] > 0.5, fill_mask[crop]
         )  # fmt: skip
-        silhouette, body_full, fill_full = empty.copy(), empty.copy(), empty.copy()
-        silhouette[Y0:Y1, X0:X1] = alpha[crop] > 0.5
-        body_full[Y0:Y1, X0:X1] = body_mask[crop]
-        fill_full[Y0:Y1, X0:X1] = fill_mask[crop]
-        return frame, silhouette, body_full, fill_full
+        return frame, masks
+
+
+@dataclass(frozen=True)
+class FrameMasks:
+    """Masks of one body-path frame, kept as crops of the box that holds the person.
+
+    ``silhouette``: the person drawn (alpha > 0.5); ``body``: the rendered target body; ``fill``: body
+    pixels the reference does not show, drawn from the mesh colours. Each is (H, W) bool on access.
+    """
+
+    size: tuple[int, int]  # (H, W) of the frame
+    origin: tuple[int, int]  # (y, x) of the crops' top-left corner
+    silhouette_crop: np.ndarray
+    body_crop: np.ndarray
+    fill_crop: np.ndarray
+
+    def _full(self, crop: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.size, bool)
+        y, x = self.origin
+        out[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+        return out
+
+    @property
+    def silhouette(self) -> np.ndarray:
+        return self._full(self.silhouette_crop)
+
+    @property
+    def body(self) -> np.ndarray:
+        return self._full(self.body_crop)
+
+    @property
+    def fill(self) -> np.ndarray:
+        return self._full(self.fill_crop)
 
 
 def _offbody_parts(part: np.ndarray, person: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

@@ -50,35 +50,47 @@ def project(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def interpolate(values: np.ndarray, triangles: np.ndarray, bary: np.ndarray) -> np.ndarray:
     """Per-vertex ``values`` (V, ...) at surface points given by (N, 3) vertex ids and (N, 3) weights."""
-    corners = values[triangles]  # (N, 3, ...)
-    weights = bary.reshape(bary.shape + (1,) * (corners.ndim - 2))
-    return (corners * weights).sum(axis=1)
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    out = values[triangles[:, 0]] * bary[:, 0].reshape(shape)
+    out += values[triangles[:, 1]] * bary[:, 1].reshape(shape)
+    out += values[triangles[:, 2]] * bary[:, 2].reshape(shape)
+    return out
 
 
 def part_affines(source: np.ndarray, target: np.ndarray, parts: np.ndarray) -> np.ndarray:
     """(24, 2, 3) least-squares 2D affine map of each part's points from ``source`` to ``target`` (V, 2).
 
-    A part with too few points keeps the identity.
+    Solved for all parts at once from their normal equations; a part with too few points (or all on a
+    line) keeps the identity.
     """
-    out = np.tile(np.eye(2, 3, dtype=np.float64), (NUM_PARTS, 1, 1))
     design = np.concatenate([source, np.ones((len(source), 1), source.dtype)], 1).astype(np.float64)
-    for part in range(NUM_PARTS):
-        index = np.flatnonzero(parts == part)
-        if len(index) < 3:
-            continue
-        a = design[index]
-        solution, *_ = np.linalg.lstsq(a, target[index].astype(np.float64), rcond=None)
-        out[part] = solution.T
+    goal = target.astype(np.float64)
+    normal = np.zeros((NUM_PARTS, 3, 3))
+    rhs = np.zeros((NUM_PARTS, 3, 2))
+    for i in range(3):
+        for j in range(i, 3):
+            normal[:, i, j] = normal[:, j, i] = np.bincount(parts, design[:, i] * design[:, j], NUM_PARTS)
+        for j in range(2):
+            rhs[:, i, j] = np.bincount(parts, design[:, i] * goal[:, j], NUM_PARTS)
+    out = np.tile(np.eye(2, 3), (NUM_PARTS, 1, 1))
+    count = normal[:, 2, 2]
+    # Conditioning relative to the part's spread: degenerate parts keep the identity.
+    ok = (count >= 3) & (np.abs(np.linalg.det(normal)) > 1e-6 * np.maximum(count, 1.0) ** 3)
+    if ok.any():
+        out[ok] = np.linalg.solve(normal[ok], rhs[ok]).transpose(0, 2, 1)
     return out
 
 
 def inverse_linear(affines: np.ndarray) -> np.ndarray:
-    """(P, 2, 2) inverses of the linear parts of (P, 2, 3) affine maps; near-singular ones -> identity."""
-    lin = affines[:, :, :2]
-    det = lin[:, 0, 0] * lin[:, 1, 1] - lin[:, 0, 1] * lin[:, 1, 0]
+    """(P, 2, 2) float32 inverses of the linear parts of (P, 2, 3) affine maps; near-singular -> identity."""
+    a, b = affines[:, 0, 0], affines[:, 0, 1]
+    c, d = affines[:, 1, 0], affines[:, 1, 1]
+    det = a * d - b * c
     bad = np.abs(det) < 0.05
-    lin = np.where(bad[:, None, None], np.eye(2), lin)
-    return np.linalg.inv(lin)
+    det = np.where(bad, 1.0, det)
+    inverse = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1) / det[:, None, None]
+    inverse[bad] = np.eye(2)
+    return inverse.astype(np.float32)
 
 
 def mirror_vertices(rest_vertices: np.ndarray) -> np.ndarray:
