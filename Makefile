@@ -20,6 +20,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --config docker/hadolint.yaml docker/Dockerfile.api docker/Dockerfile.worker
+	$(BIN)/python docker/check_compose.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
