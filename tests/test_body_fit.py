@@ -13,6 +13,8 @@ from animate.body import Renderer, load_anny
 from animate.body.fit import (
     BodyTrack,
     FitOptions,
+    concat_tracks,
+    fit_chunks,
     fit_sequence,
     initial_pose,
     keypoint_errors,
@@ -131,6 +133,36 @@ def test_smoothing_lowers_vertex_acceleration(anny, dance_poses, dance_track):
         anny, dance_track.shape, keypoints, world, dance_track.camera, FitOptions(smooth=False)
     )
     assert _acceleration(anny, dance_track) < 0.8 * _acceleration(anny, raw)
+
+
+def _frame_accelerations(anny, track: BodyTrack) -> np.ndarray:
+    """(T - 2,) mean vertex acceleration (metres / frame^2) at frames 1 .. T - 2."""
+    v = track.vertices(anny)
+    return (v[2:] - 2 * v[1:-1] + v[:-2]).norm(dim=-1).mean(-1).numpy()
+
+
+def test_chunks_join_without_a_jump(anny, dance_poses, dance_track):
+    keypoints, world, _ = _pose_arrays(dance_poses)
+    args = (anny, dance_track.shape, keypoints, world, dance_track.camera)
+    chunks = list(fit_chunks(*args, FitOptions(chunk=8)))
+    assert [c.meta["start"] for c in chunks] == [0, 8, 16, 24] and all(len(c) == 8 for c in chunks)
+    chunked = concat_tracks(chunks)
+    whole = fit_sequence(*args, FitOptions(chunk=CLIP_FRAMES))
+    acc, acc_whole = _frame_accelerations(anny, chunked), _frame_accelerations(anny, whole)
+    # Accelerations at frames s - 1 and s, for each chunk start s, sit at indices s - 2 and s - 1.
+    seams = np.array([i for s in (8, 16, 24) for i in (s - 2, s - 1)])
+    inside = np.setdiff1d(np.arange(len(acc)), seams)
+    print("seams", acc[seams], "same frames in one window", acc_whole[seams], "inside", acc[inside].mean())
+    assert acc[seams].mean() <= 1.25 * acc_whole[seams].mean()
+    assert acc[seams].mean() <= 1.5 * acc[inside].mean()
+    # Chunks fitted without the ties (no warm start, no look-ahead, no smoothness across the seam) jump.
+    loose = [
+        fit_sequence(anny, dance_track.shape, keypoints[s : s + 8], world[s : s + 8], dance_track.camera)
+        for s in range(0, CLIP_FRAMES, 8)
+    ]
+    acc_loose = _frame_accelerations(anny, concat_tracks(loose))
+    print("loose seams", acc_loose[seams])
+    assert acc_loose[seams].mean() > 1.5 * acc[seams].mean()
 
 
 def test_body_track_json_round_trip(dance_track):

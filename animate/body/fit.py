@@ -36,13 +36,33 @@ for the whole sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from animate.body.camera import Camera
 from animate.body.model import NUM_BODY_KEYPOINTS, BodyModel, Rest, matrix_to_rotvec, rotvec_to_matrix
+
+
+@contextlib.contextmanager
+def fit_threads(threads: int = 1) -> Iterator[None]:
+    """Run torch on ``threads`` intra-op threads inside the block, then restore the previous count.
+
+    A fit is thousands of small tensor ops; OpenMP's fork/join per op costs more than a second thread
+    saves, and on a shared machine a descheduled worker stalls every op (measured on 2 busy cores: the
+    driver fit 8x slower with 2 threads than with 1). One thread also leaves the other core to the renderer.
+    """
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 # MediaPipe BlazePose world landmark indices.
 MP_NOSE, MP_L_EAR, MP_R_EAR = 0, 7, 8
@@ -87,7 +107,8 @@ FORWARD = (0.0, -1.0, 0.0)  # Anny's canonical facing direction
 @dataclass(frozen=True)
 class FitOptions:
     steps: int = 60  # Adam steps per chunk
-    chunk: int = 48  # frames optimised together
+    chunk: int = 16  # frames optimised together
+    overlap: int = 4  # frames each chunk also looks ahead at (solved again, from there, by the next chunk)
     lr: float = 0.03
     min_score: float = 0.3  # keypoints below this score are ignored
     w_2d: float = 1.0
@@ -96,7 +117,13 @@ class FitOptions:
     w_smooth: float = 2.0  # on joint accelerations in metres per frame^2 (summed over joints)
     w_prior: float = 0.002  # small pull towards the closed-form initialisation
     smooth: bool = True
+    smooth_markers: int = 96  # surface points (fixed random vertices) in the smoothness term
+    w_markers: float = 0.3  # their share of the smoothness weight, relative to the joints + keypoints
+    warm_start: bool = True  # each chunk starts from the previous chunk's solution (see fit_sequence)
+    warm_lr_scale: float = 0.3
+    warm_steps: int = 0
     focal_factor: float = 1.0
+    threads: int = 1  # torch threads while fitting (see fit_threads)
 
 
 @dataclass
@@ -319,6 +346,20 @@ def person_height_px(keypoints: np.ndarray, min_score: float = 0.3) -> float:
     return float(np.median(heights) * 1.12) if heights else 1.0
 
 
+def smoothness_markers(body: BodyModel, count: int) -> torch.Tensor:
+    """A fixed, spread-out set of vertex ids for the smoothness term."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randperm(body.num_vertices, generator=gen)[:count].to(body.device)
+
+
+def _smoothness_points(posed) -> torch.Tensor:
+    """(T, N, 3) the points whose accelerations the smoothness term penalises."""
+    parts = [posed.joints, posed.keypoints]
+    if posed.vertices is not None:
+        parts.append(posed.vertices)
+    return torch.cat(parts, 1)
+
+
 def refine(
     body: BodyModel,
     rest: Rest,
@@ -330,9 +371,15 @@ def refine(
     transl: torch.Tensor,
     options: FitOptions,
     height_px: float,
-    anchor: tuple[torch.Tensor, torch.Tensor] | None = None,
+    anchor: torch.Tensor | None = None,
+    markers: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A few batched Adam steps over one chunk; ``anchor`` = (2, J+1, 3) joints of the frames before it."""
+    """A few batched Adam steps over one chunk.
+
+    The smoothness term tracks the joints, the keypoints and the surface points ``markers`` (vertex ids:
+    they see a limb's twist, which joints do not); ``anchor`` holds those (2, N, 3) points in the two frames
+    before the chunk (``smoothness_points``).
+    """
     target = keypoints[:, :NUM_BODY_KEYPOINTS, :2]
     weights = keypoints[:, :NUM_BODY_KEYPOINTS, 2] * (
         keypoints[:, :NUM_BODY_KEYPOINTS, 2] >= options.min_score
@@ -364,7 +411,7 @@ def refine(
     for _ in range(options.steps):
         opt.zero_grad()
         r, p, tr = params
-        posed = body.pose(rest, r, p, tr, with_vertices=False)
+        posed = body.pose(rest, r, p, tr, vertex_ids=markers, with_vertices=markers is not None)
         uv = camera.project(posed.keypoints)
         d = (uv - target).norm(dim=-1) / height_px
         loss_2d = (weights * (torch.sqrt(d * d + eps * eps) - eps)).sum() / weights.sum().clamp(min=1.0)
@@ -383,11 +430,14 @@ def refine(
         loss = loss + options.w_limits * limit_penalty(p, hinge_axes).mean()
         loss = loss + options.w_prior * (p - init_pose).square().sum((1, 2)).mean()
         if options.smooth and t_count + (0 if anchor is None else 2) >= 3:
-            track = torch.cat([posed.joints, posed.keypoints], 1)
+            track = _smoothness_points(posed)
             if anchor is not None:
                 track = torch.cat([anchor, track], 0)
-            acc = track[2:] - 2 * track[1:-1] + track[:-2]
-            loss = loss + options.w_smooth * acc.square().sum(-1).mean() * track.shape[1]
+            acc = (track[2:] - 2 * track[1:-1] + track[:-2]).square().sum(-1).mean(0)  # per point
+            n_skeleton = posed.joints.shape[1] + posed.keypoints.shape[1]
+            loss = loss + options.w_smooth * acc[:n_skeleton].sum()
+            if len(acc) > n_skeleton:  # markers: the same scale as the skeleton's points, times w_markers
+                loss = loss + options.w_smooth * options.w_markers * acc[n_skeleton:].mean() * n_skeleton
         loss.backward()
         opt.step()
         sched.step()
@@ -405,55 +455,139 @@ def fit_sequence(
     valid: np.ndarray | None = None,
 ) -> BodyTrack:
     """Fit the pose of every frame: (T, 133, 3) pixels, (T, 33, 4) MediaPipe world landmarks."""
+    chunks = list(fit_chunks(body, shape, keypoints, world, camera, options, fps, valid))
+    return concat_tracks(chunks)
+
+
+def fit_chunks(
+    body: BodyModel,
+    shape: np.ndarray,
+    keypoints: np.ndarray,
+    world: np.ndarray | None,
+    camera: Camera,
+    options: FitOptions | None = None,
+    fps: float = 0.0,
+    valid: np.ndarray | None = None,
+) -> Iterator[BodyTrack]:
+    """``fit_sequence`` one chunk of ``options.chunk`` frames at a time (consecutive ``BodyTrack``s whose
+    ``meta["start"]`` is their first frame), so a caller can render a chunk while the next one is fitted.
+
+    Chunks are continuous: each chunk is solved together with the ``overlap`` frames after it (so its last
+    frames are not a free end), the smoothness term ties it to the last two frames emitted before it, and
+    with ``warm_start`` its parameters start from the previous window's solution: its look-ahead frames
+    as solved, the rest from the closed-form initialisation corrected by the change (per-joint rotations,
+    translation) that took the previous window's last frame from its initialisation to its solution.
+    """
     options = options or FitOptions()
-    t_count = keypoints.shape[0]
-    rest = body.rest(body.tensor(shape)[None])
-    kp = body.tensor(keypoints)
     if world is None:
         raise ValueError("fitting needs MediaPipe 3D world landmarks for its initialisation")
-    world_t = body.tensor(world)
+    t_count = keypoints.shape[0]
+    valid = valid if valid is not None else np.ones(t_count, bool)
     height_px = person_height_px(keypoints, options.min_score)
-    with torch.no_grad():
-        root, pose = initial_pose(body, rest, world_t)
-        zeros = torch.zeros_like(root)
-        rel = body.pose(rest, root, pose, zeros, with_vertices=False).keypoints
-        wts = kp[:, :NUM_BODY_KEYPOINTS, 2] * (kp[:, :NUM_BODY_KEYPOINTS, 2] >= options.min_score)
-        transl = solve_translation(rel, kp[:, :NUM_BODY_KEYPOINTS, :2], wts, camera)
-    out_root, out_pose, out_transl = [], [], []
-    anchor = None
-    for start in range(0, t_count, options.chunk):
-        sl = slice(start, min(t_count, start + options.chunk))
-        if options.steps > 0:
-            r, p, tr = refine(
-                body,
-                rest,
-                camera,
-                kp[sl],
-                world_t[sl],
-                root[sl],
-                pose[sl],
-                transl[sl],
-                options,
-                height_px,
-                anchor,
-            )
-        else:
-            r, p, tr = root[sl], pose[sl], transl[sl]
-        out_root.append(r)
-        out_pose.append(p)
-        out_transl.append(tr)
+    with fit_threads(options.threads):
+        rest = body.rest(body.tensor(shape)[None])
+        kp = body.tensor(keypoints)
+        world_t = body.tensor(world)
         with torch.no_grad():
-            joints = body.pose(rest, r[-2:], p[-2:], tr[-2:], with_vertices=False)
-            anchor = torch.cat([joints.joints, joints.keypoints], 1) if len(r) >= 2 else None
+            root, pose = initial_pose(body, rest, world_t)
+            zeros = torch.zeros_like(root)
+            rel = body.pose(rest, root, pose, zeros, with_vertices=False).keypoints
+            wts = kp[:, :NUM_BODY_KEYPOINTS, 2] * (kp[:, :NUM_BODY_KEYPOINTS, 2] >= options.min_score)
+            transl = solve_translation(rel, kp[:, :NUM_BODY_KEYPOINTS, :2], wts, camera)
+    markers = (
+        smoothness_markers(body, options.smooth_markers)
+        if options.smooth and options.smooth_markers
+        else None
+    )
+    anchor = None
+    correction = None
+    carried = None  # the previous window's solution of the frames it looked ahead at
+    for start in range(0, t_count, options.chunk):
+        stop = min(t_count, start + options.chunk)
+        window = slice(start, min(t_count, stop + options.overlap))
+        with fit_threads(options.threads):
+            r, p, tr = root[window], pose[window], transl[window]
+            if correction is not None:
+                r, p, tr = _apply_correction(correction, r, p, tr)
+            if carried is not None:
+                n = len(carried[0])
+                r, p, tr = (torch.cat([c, x[n:]]) for c, x in zip(carried, (r, p, tr), strict=True))
+            if options.steps > 0:
+                opts = options
+                if correction is not None:
+                    opts = replace(
+                        options,
+                        lr=options.lr * options.warm_lr_scale,
+                        steps=options.warm_steps or options.steps,
+                    )
+                r, p, tr = refine(
+                    body,
+                    rest,
+                    camera,
+                    kp[window],
+                    world_t[window],
+                    r,
+                    p,
+                    tr,
+                    opts,
+                    height_px,
+                    anchor,
+                    markers,
+                )
+            keep = stop - start
+            with torch.no_grad():
+                two = slice(keep - 2, keep)
+                last = body.pose(
+                    rest, r[two], p[two], tr[two], vertex_ids=markers, with_vertices=markers is not None
+                )
+                anchor = _smoothness_points(last) if keep >= 2 else None
+            if options.warm_start:
+                init_last = (root[window][-1], pose[window][-1], transl[window][-1])
+                correction = _correction(init_last, (r[-1], p[-1], tr[-1]))
+                carried = (r[keep:], p[keep:], tr[keep:]) if len(r) > keep else None
+        yield BodyTrack(
+            model=body.name,
+            shape=np.asarray(shape, np.float32),
+            root=r[:keep].cpu().numpy(),
+            pose=p[:keep].cpu().numpy(),
+            transl=tr[:keep].cpu().numpy(),
+            camera=camera,
+            fps=fps,
+            valid=valid[start:stop],
+            meta={"start": start},
+        )
+
+
+def _correction(init: tuple[torch.Tensor, ...], solved: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The change that took one frame's initialisation to its solution: root and per-joint rotations
+    (right-multiplied: R_init^T R_solved) and the translation offset."""
+    r0 = rotvec_to_matrix(torch.cat([init[0][None], init[1]]))
+    r1 = rotvec_to_matrix(torch.cat([solved[0][None], solved[1]]))
+    return r0.transpose(-1, -2) @ r1, solved[2] - init[2]
+
+
+def _apply_correction(
+    correction: tuple[torch.Tensor, ...], root: torch.Tensor, pose: torch.Tensor, transl: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rotations, offset = correction
+    r = rotvec_to_matrix(torch.cat([root[:, None], pose], 1)) @ rotations
+    rv = matrix_to_rotvec(r)
+    return rv[:, 0], rv[:, 1:], transl + offset
+
+
+def concat_tracks(tracks: list[BodyTrack]) -> BodyTrack:
+    """One ``BodyTrack`` from consecutive chunks of the same fit."""
+    first = tracks[0]
     return BodyTrack(
-        model=body.name,
-        shape=np.asarray(shape, np.float32),
-        root=torch.cat(out_root).cpu().numpy(),
-        pose=torch.cat(out_pose).cpu().numpy(),
-        transl=torch.cat(out_transl).cpu().numpy(),
-        camera=camera,
-        fps=fps,
-        valid=valid if valid is not None else np.ones(t_count, bool),
+        model=first.model,
+        shape=first.shape,
+        root=np.concatenate([t.root for t in tracks]),
+        pose=np.concatenate([t.pose for t in tracks]),
+        transl=np.concatenate([t.transl for t in tracks]),
+        camera=first.camera,
+        fps=first.fps,
+        valid=np.concatenate([t.valid if t.valid is not None else np.ones(len(t), bool) for t in tracks]),
+        meta={k: v for k, v in first.meta.items() if k != "start"},
     )
 
 
@@ -503,7 +637,7 @@ SILHOUETTE_SAMPLES = 300
 
 @dataclass(frozen=True)
 class ShapeOptions:
-    steps: int = 40
+    steps: int = 20
     relinearise_every: int = 20  # steps between exact evaluations of the shape -> rest map
     lr: float = 0.04
     w_2d: float = 1.0
@@ -511,6 +645,7 @@ class ShapeOptions:
     w_silhouette: float = 1.0
     w_shape: float = 0.02
     max_frames: int = 6
+    threads: int = 1  # torch threads while fitting (see fit_threads)
 
 
 def _silhouette_targets(masks: np.ndarray, camera: Camera) -> tuple[Camera, torch.Tensor, list[torch.Tensor]]:
@@ -550,7 +685,10 @@ def silhouette_loss(
     cover = []
     for k, pts in enumerate(samples):
         if len(pts):
-            d = torch.cdist(pts[None], uv[k : k + 1])[0].min(1).values
+            # Each mask pixel's nearest projected point, chosen without gradient (cheap), then pulled closer.
+            with torch.no_grad():
+                nearest = torch.cdist(pts, uv[k].detach()).argmin(1)
+            d = (uv[k][nearest] - pts).norm(dim=-1)
             cover.append(d.mean() / height_px)
     if cover:
         loss = loss + torch.stack(cover).mean()
@@ -613,6 +751,19 @@ def fit_shape(
 ) -> tuple[np.ndarray, BodyTrack]:
     """Body shape (and the poses of these frames) from (K, 133, 3) keypoints, world landmarks, masks."""
     options = options or ShapeOptions()
+    with fit_threads(options.threads):
+        return _fit_shape(body, keypoints, world, camera, masks, options, shape_init)
+
+
+def _fit_shape(
+    body: BodyModel,
+    keypoints: np.ndarray,
+    world: np.ndarray,
+    camera: Camera,
+    masks: np.ndarray | None,
+    options: ShapeOptions,
+    shape_init: np.ndarray | None,
+) -> tuple[np.ndarray, BodyTrack]:
     lo, hi = (body.tensor(b) for b in body.shape_bounds())
     shape0 = body.tensor(shape_init if shape_init is not None else body.default_shape())
     init = fit_sequence(
