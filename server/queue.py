@@ -22,8 +22,9 @@ def make_huey(settings: Settings) -> Huey:
         return SqliteHuey(name, filename=str(Path(settings.data_dir) / "queue.db"), results=False)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisHuey(name, url=url, results=False)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresHuey(name, dsn=url, results=False)
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        # Tables huey_task / huey_schedule / ... in that database; workers take jobs with SKIP LOCKED.
+        return PostgresHuey(name, dsn=url.replace("postgresql+psycopg://", "postgresql://", 1), results=False)
     if url.startswith("sqlite:///"):
         return SqliteHuey(name, filename=url.removeprefix("sqlite:///"), results=False)
     raise ValueError(f"unsupported queue URL: {url!r} (redis://, postgresql:// or sqlite:///)")

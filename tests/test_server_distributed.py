@@ -1,4 +1,4 @@
-"""API + two workers on real infrastructure: Redis for the queue, PostgreSQL for the jobs.
+"""API + two workers on real infrastructure: PostgreSQL for the jobs, Redis or PostgreSQL for the queue.
 
 Skips when the services are absent, unless ``ANIMATE_REQUIRE_SERVICES=1`` (CI), which makes that a failure.
 """
@@ -29,35 +29,38 @@ def _require(service: str, port: int) -> None:
         pytest.skip(f"{service} not reachable at {PG_HOST}:{port}")
 
 
-@pytest.fixture()
-def services() -> Iterator[dict[str, str]]:
-    """A fresh PostgreSQL database and a fresh Redis queue name, removed afterwards."""
+@pytest.fixture(params=["redis", "postgresql"], ids=["redis-queue", "postgresql-queue"])
+def services(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database for the jobs and a fresh queue (Redis, or the same database), removed after."""
     _require("PostgreSQL", PG_PORT)
-    _require("Redis", REDIS_PORT)
+    if request.param == "redis":
+        _require("Redis", REDIS_PORT)
     import psycopg
-    import redis
 
     name = f"animate_test_{uuid.uuid4().hex[:10]}"
     admin = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+    database = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
+    queue = f"redis://{PG_HOST}:{REDIS_PORT}/0" if request.param == "redis" else database
     try:
         yield {
-            "ANIMATE_SERVER__DATABASE_URL": f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}",
-            "ANIMATE_SERVER__QUEUE_URL": f"redis://{PG_HOST}:{REDIS_PORT}/0",
+            "ANIMATE_SERVER__DATABASE_URL": database,
+            "ANIMATE_SERVER__QUEUE_URL": queue,
             "ANIMATE_SERVER__QUEUE_NAME": name,
         }
     finally:
-        client = redis.Redis(host=PG_HOST, port=REDIS_PORT)
-        for key in client.scan_iter(f"*{name}*"):
-            client.delete(key)
+        if request.param == "redis":
+            import redis
+
+            client = redis.Redis(host=PG_HOST, port=REDIS_PORT)
+            for key in client.scan_iter(f"*{name}*"):
+                client.delete(key)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_two_workers_on_redis_and_postgres_run_each_job_once(
-    tmp_path: Path, data_dir: Path, services
-) -> None:
+def test_two_workers_on_shared_services_run_each_job_once(tmp_path: Path, data_dir: Path, services) -> None:
     cluster = Cluster(tmp_path, env=services)
     try:
         cluster.start_api()
@@ -81,5 +84,18 @@ def test_two_workers_on_redis_and_postgres_run_each_job_once(
         assert started == Counter(dict.fromkeys(jobs, 1)), started
         assert len(per_worker) == 2 and all(n >= 1 for n in per_worker), per_worker
         assert all(w.poll() is None for w in workers)
+        if services["ANIMATE_SERVER__QUEUE_URL"].startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(services["ANIMATE_SERVER__QUEUE_URL"]) as conn:  # the queue lived there
+                tables = {
+                    r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'huey%'")
+                }
+                assert "huey_task" in tables, tables
+                left = conn.execute(
+                    "SELECT count(*) FROM huey_task WHERE queue = %s",
+                    (services["ANIMATE_SERVER__QUEUE_NAME"],),
+                )
+                assert left.fetchone()[0] == 0
     finally:
         cluster.stop()

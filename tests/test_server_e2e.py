@@ -329,6 +329,7 @@ def test_worker_gpus_runs_one_process_per_gpu(cluster: Cluster) -> None:
     parent = cluster._spawn(
         "import typer; from animate.cli.serve import worker; typer.run(worker)", "--gpus", "0,1"
     )
+    cluster.workers.append(parent)  # stopped by the fixture whatever happens
     live = "animate_workers_live 2\n"
     cluster.wait(lambda: live in cluster.http.get("/metrics").text, 90, "two GPU workers never showed")
     children = psutil.Process(parent.pid).children()

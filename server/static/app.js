@@ -16,6 +16,7 @@ function show(job) {
   $("stage").textContent = job.status === "queued" && job.queue_position !== null
     ? `(position ${job.queue_position} in queue)` : (job.progress.stage || "");
   $("bar").value = job.progress.fraction;
+  $("percent").textContent = job.status === "running" ? `${Math.round(job.progress.fraction * 100)}%` : "";
   $("error").textContent = job.error ? `${job.error.message} [${job.error.code}]` : "";
   $("cancel").hidden = !["queued", "running"].includes(job.status);
   if (job.status === "succeeded" && job.urls.video && $("result").hidden) {
@@ -47,6 +48,7 @@ async function recent() {
   $("recent").innerHTML = "";
   for (const job of list.jobs) {
     const row = document.createElement("tr");
+    row.dataset.id = job.id;
     row.innerHTML = `<td><a href="#">${job.id.slice(0, 8)}</a></td><td>${job.status}</td><td>${new Date(job.created_at).toLocaleString()}</td>`;
     row.querySelector("a").onclick = (e) => { e.preventDefault(); $("result").hidden = true; poll(job.id); };
     $("recent").append(row);
@@ -57,6 +59,12 @@ $("submit").onsubmit = async (event) => {
   event.preventDefault();
   const form = new FormData(event.target);
   for (const [key, value] of [...form.entries()]) if (value === "") form.delete(key);
+  if (form.has("size")) {
+    const [width, height] = form.get("size").split("x");
+    form.delete("size");
+    form.set("width", width);
+    form.set("height", height);
+  }
   $("result").hidden = true;
   try {
     const job = await api("/v1/jobs", { method: "POST", body: form });
