@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo serve clean
+.PHONY: install test lint format demo serve clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The web page test drives Debian's Chromium (no browser download): installed here when missing and we are
+# root with apt-get; otherwise that test skips (and fails under ANIMATE_REQUIRE_SERVICES=1, as in CI).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the web page test"; \
+		( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ) \
+			>/tmp/animate-chromium-install.log 2>&1 \
+		|| { tail -n 20 /tmp/animate-chromium-install.log; echo "chromium could not be installed"; }; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
