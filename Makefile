@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint --config docker/hadolint.yaml docker/Dockerfile.api docker/Dockerfile.worker
 	$(BIN)/python docker/check_compose.py
+	if command -v docker-compose >/dev/null 2>&1; then docker-compose -f docker/compose.yaml config --quiet; fi
 
 format: $(STAMP)
 	$(BIN)/ruff format .
