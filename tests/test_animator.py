@@ -186,6 +186,32 @@ def test_default_size_follows_the_reference():
     assert w <= 576 and h <= 1024 and w % 8 == 0 and h % 8 == 0 and abs(w / h - 704 / 1216) < 0.02
 
 
+def test_diffusion_guidance_comes_from_the_transferred_body(prepared, tmp_path):
+    """What the diffusion engine reads: depth / normal / semantic / mask renders and the body's dense field."""
+    from animate.animator import _Reporter
+    from animate.motion.body_field import DenseField
+    from animate.settings import Settings
+
+    prep = prepared[0]
+    motion, n = prep.bundle.body, 4
+    track = motion.track
+    short = replace(track, root=track.root[:n], pose=track.pose[:n], transl=track.transl[:n], valid=None)
+    bundle = replace(prep.bundle, keypoints=prep.bundle.keypoints[:n], body=motion.with_track(short))
+    animator = Animator(Settings(weights_dir=tmp_path))  # no CMP checkpoint there: the body's field
+    animator._fill_guidance(bundle, _Reporter(None, None))
+    bundle.validate()
+    renderer, camera = bundle.body.renderer()
+    vertices = bundle.body.vertices(3, 4)[0]
+    frame = renderer.render(vertices, camera)
+    np.testing.assert_array_equal(bundle.mask[3], frame.mask_image)
+    np.testing.assert_array_equal(bundle.semantic[3], frame.semantic_image)
+    assert (bundle.depth[3][..., 0] == frame.depth_image).all() and bundle.normal[3][frame.mask].any()
+    flow = DenseField(bundle.body, bundle.reference_mask).flow(vertices)
+    np.testing.assert_allclose(bundle.dense_flow[3], flow)
+    background = (bundle.reference_mask == 0) & ~motion.reference_render.mask
+    assert not bundle.dense_flow[3][background].any()  # the background stays
+
+
 def test_a_body_fit_that_cannot_be_used_falls_back_with_a_reason(prepared):
     """No 3D landmarks in the driving poses, or a reference fit that misses the person: no body, a reason."""
     prep = prepared[0]
