@@ -15,7 +15,7 @@ path by ``tests/test_optimizations.py`` (tiny configs, CPU):
 - ``channels_last``: NHWC weights for the UNet, ControlNet and VAE (faster convolutions on tensor cores).
 - ``compile_blocks``: regional ``torch.compile``: each spatio-temporal transformer and res block is compiled
   in place (``nn.Module.compile``); identical blocks share one compiled graph, so compile time stays short.
-- ``forward_chunk_size``: diffusers' ``enable_forward_chunking`` (feed-forward layers run in chunks).
+- ``forward_chunk_size``: feed-forward layers run in chunks (diffusers' ``set_chunk_feed_forward``).
 - ``cpu_offload``: diffusers' model CPU offload (one model on the GPU at a time).
 - ``step_cache_interval``: DeepCache-style step cache (``StepCache``): a full UNet pass every ``interval``
   steps, in between only the outermost level is recomputed on top of cached deep features. Approximate.
@@ -46,6 +46,7 @@ ATTENTION_BACKENDS = ("sdpa", "eager", "xformers")
 # modules whose attention / layout / compile settings follow the options; the first two are UNet-shaped
 DENOISERS = ("unet", "motion_controlnet")
 CHANNELS_LAST_MODULES = ("unet", "motion_controlnet", "vae")
+RECOMPILE_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -181,10 +182,28 @@ def compile_blocks(module: nn.Module, mode: str | None = None) -> int:
     from diffusers.models.resnet import SpatioTemporalResBlock
     from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
+    # one graph per distinct block shape (width x resolution x rows); the 7 widths / resolutions of SVD-xt
+    # times a few tile and CFG batch sizes pass dynamo's default limit of 8 and would fall back to eager
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(
+        dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT
+    )
     count = 0
     for block in module.modules():
         if isinstance(block, TransformerSpatioTemporalModel | SpatioTemporalResBlock):
             block.compile(mode=mode, dynamic=False)
+            count += 1
+    return count
+
+
+def enable_forward_chunking(module: nn.Module, chunk_size: int) -> int:
+    """Feed-forward layers in chunks of ``chunk_size`` rows, as diffusers' ``enable_forward_chunking`` but
+    for any module (the ControlNet has no such method); returns the number of chunked blocks."""
+    count = 0
+    for block in module.modules():
+        if hasattr(block, "set_chunk_feed_forward"):
+            block.set_chunk_feed_forward(chunk_size=chunk_size, dim=0)
             count += 1
     return count
 
@@ -372,8 +391,8 @@ def optimize(pipe: Any, options: OptimizationOptions) -> Any:
         set_attention(module, options.attention)
         if options.fused_qkv:
             fuse_qkv(module)
-        if options.forward_chunk_size is not None and hasattr(module, "enable_forward_chunking"):
-            module.enable_forward_chunking(chunk_size=options.forward_chunk_size, dim=0)
+        if options.forward_chunk_size is not None:
+            enable_forward_chunking(module, options.forward_chunk_size)
     if options.channels_last:
         for _, module in _modules(pipe, CHANNELS_LAST_MODULES):
             to_channels_last(module)

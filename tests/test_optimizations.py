@@ -22,6 +22,7 @@ from pipelines.optimizations import (
     OptimizationOptions,
     StepCache,
     compile_blocks,
+    enable_forward_chunking,
     fuse_qkv,
     optimize,
     set_attention,
@@ -165,7 +166,7 @@ def test_channels_last_and_forward_chunking_match(unet_inputs):
     nhwc = _forward(unet, unet_inputs)
     assert (nhwc - plain).abs().max() <= 1e-4 * plain.abs().max()
     unet = _unet()
-    unet.enable_forward_chunking(chunk_size=1, dim=0)
+    assert enable_forward_chunking(unet, 1) == 12  # 6 spatial + 6 temporal transformer blocks
     chunked = _forward(unet, unet_inputs)
     assert (chunked - plain).abs().max() <= 1e-5 * plain.abs().max()
 
