@@ -516,12 +516,24 @@ class Runner:
         )
         return len(tiles) * (2 if kwargs.get("cfg_mode", "batched") == "sequential" else 1)
 
+    def _park(self, device: torch.device | str) -> None:
+        for module in self.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(device)
+
     def pipeline(self, case: Case) -> Any:
+        """Plain cases share the components; an optimised one gets copies, made on the CPU while the shared
+        ones wait there, so its peak memory counts its own modules only (offload keeps them there)."""
         if case.options is None:
             return make_pipeline(self.components, case.pipeline, case.controlnet)
+        self._park("cpu")
         copies = {
             k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in self.components.items()
         }
+        if not case.options.cpu_offload:
+            for module in copies.values():
+                if isinstance(module, torch.nn.Module):
+                    module.to(self.device)
         pipe = make_pipeline(copies, case.pipeline, case.controlnet)
         return optimize(pipe, case.options)
 
@@ -541,9 +553,10 @@ class Runner:
         if case.skip:
             result.skipped = case.skip
             return result
-        pipe = self.pipeline(case)
         args, clock = self.args, self.clock
+        pipe = None
         try:
+            pipe = self.pipeline(case)
             if args.warmup_steps:
                 start = clock.mark()
                 pipe(self.image, **self.kwargs(case, pipe, args.warmup_steps, "latent", None))
@@ -600,6 +613,8 @@ class Runner:
         finally:
             del pipe
             release(self.device)
+            if case.options is not None:
+                self._park(self.device)
         return result
 
     def vae_decode_curve(self, frames: int) -> list[dict[str, float]]:
