@@ -16,12 +16,15 @@ and seed, runs each configuration and reports:
   mark (reset through ``/proc/self/clear_refs``) on CPU;
 - for optimisations and variants, the largest difference of the final latents from the plain run.
 
-Writes ``<out>/gpu_pipeline_<device>_<tiny|full>.json`` (device name, driver, torch / diffusers versions)
-and prints a table.
+Writes ``<out>/gpu_pipeline_<cuda|cpu>_<full|tiny>[_<tag>].json`` (device name, driver, torch / diffusers
+versions, every configuration, the VAE decode chunk curve) and prints a table.
 
-    .venv/bin/python benchmarks/gpu_pipeline.py                      # CPU, tiny components
-    python benchmarks/gpu_pipeline.py --device cuda --steps 25       # full size, bf16
-    python benchmarks/gpu_pipeline.py --device cuda --only 'video_*'  # a subset (fnmatch patterns)
+    .venv/bin/python benchmarks/gpu_pipeline.py                      # CPU, tiny components, 1 thread
+    python benchmarks/gpu_pipeline.py --device cuda                  # full size, bf16, 25 steps (~15 min)
+    # the same in parts of < 10 min; a selected case's reference (for its output difference) runs too:
+    python benchmarks/gpu_pipeline.py --device cuda --only 'svd_*,ours_*' --tag backbone
+    python benchmarks/gpu_pipeline.py --device cuda --only 'video_*' --tag video
+    python benchmarks/gpu_pipeline.py --device cuda --only 'opt_*' --tag opt
 """
 
 from __future__ import annotations
@@ -426,7 +429,15 @@ def build_cases(args: argparse.Namespace, controlnet_reason: str | None, device:
         )
     )
     if args.only:
-        cases = [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in args.only)]
+        by_name = {c.name: c for c in cases}
+        wanted = {c.name for c in cases if any(fnmatch.fnmatch(c.name, p) for p in args.only)}
+        pending = list(wanted)
+        while pending:  # the cases a selected one is compared with run too, before it
+            reference = by_name[pending.pop()].reference
+            if reference in by_name and reference not in wanted:
+                wanted.add(reference)
+                pending.append(reference)
+        cases = [c for c in cases if c.name in wanted]
     return cases
 
 
@@ -717,6 +728,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--recount-flops", action="store_true", help="count FLOPs for every variant, not once per shape"
     )
     parser.add_argument("--only", type=lambda s: s.split(","), default=None, help="fnmatch patterns of names")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. for --only subsets)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
@@ -781,7 +793,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "vae_decode": curve,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gpu_pipeline_{device.type}_{scale}.json"
+    path = args.out / f"gpu_pipeline_{device.type}_{scale}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
 
     print(
