@@ -351,10 +351,8 @@ def build_cases(args: argparse.Namespace, controlnet_reason: str | None, device:
     tag = "pose + guidance" + (" + ControlNet" if with_controlnet else "")
     for tile, overlap in args.video_tiles:
         call = video | {"tile_size": tile, "tile_overlap": overlap}
-        if tile >= args.video_frames:
-            call["cfg_mode"] = (
-                "sequential"  # MimicMotion's two calls: a batched 2x72-frame call is ~2x memory
-            )
+        if tile >= args.video_frames:  # MimicMotion's two calls: one batched 2x72-frame call is ~2x memory
+            call["cfg_mode"] = "sequential"
         cases.append(
             Case(
                 f"video_f{args.video_frames}_tile{tile}o{overlap}",
