@@ -28,7 +28,13 @@ from pipelines.optimizations import (
     set_attention,
     to_channels_last,
 )
-from pipelines.testing import reinit_zero_layers, tiny_components, tiny_unet
+from pipelines.testing import (
+    TINY_POINT_CHANNELS,
+    reinit_zero_layers,
+    tiny_components,
+    tiny_motion_controlnet,
+    tiny_unet,
+)
 
 SIZE = 16  # pixels; latents 8x8 with the tiny VAE (downsampling 2)
 
@@ -220,6 +226,40 @@ def test_low_memory_and_offload_match_the_plain_pipeline(components):
     options = OptimizationOptions.low_memory(offload_device="cpu", step_cache_interval=2)
     _, pipe = _run(components, options, steps=3, **call)
     assert pipe.unet._step_cache.cached_calls > 0
+
+
+def test_with_the_motion_controlnet(components):
+    """ControlNet residuals go in through up-block hooks, which fire on the step cache's shallow path too:
+    interval 1 is the plain path; fused QKV / channels_last / FF chunking also apply to the ControlNet."""
+    parts = dict(components)
+    torch.manual_seed(0)
+    parts["motion_controlnet"] = tiny_motion_controlnet(components["unet"]).eval()
+    reinit_zero_layers(parts["motion_controlnet"])
+    gen = torch.Generator().manual_seed(3)
+    keypoints = torch.rand(5, 6, 3, generator=gen) * torch.tensor([SIZE, SIZE, 1.0])
+    motion = {
+        "dense_flow": torch.randn(5, 2, SIZE, SIZE, generator=gen) * 2,
+        "trajectory_flow": torch.randn(5, 2, SIZE, SIZE, generator=gen) * 2,
+        "point_features": torch.randn(1, TINY_POINT_CHANNELS, 1, 1, generator=gen),
+        "keypoints": keypoints,
+        "reference_keypoints": keypoints[0],
+        "tile_size": 4,
+        "tile_overlap": 2,
+    }
+    plain, _ = _run(parts, steps=3, **motion)
+    without, _ = _run(parts, steps=3, **{k: v for k, v in motion.items() if k.startswith("tile")})
+    assert _rel(plain, without) > 1e-3  # the ControlNet does change the result
+
+    same, pipe = _run(parts, steps=3, prepare=lambda p: StepCache(p.unet, interval=1).attach(), **motion)
+    assert (same - plain).abs().max() <= 1e-6 * plain.abs().max()
+    cached, pipe = _run(parts, OptimizationOptions(step_cache_interval=2), steps=3, **motion)
+    assert pipe.unet._step_cache.cached_calls == 2  # step 1 of 3, both tiles
+    assert 0 < _rel(cached, plain) < 0.05
+
+    options = OptimizationOptions(fused_qkv=True, channels_last=True, forward_chunk_size=1)
+    fast, pipe = _run(parts, options, steps=3, **motion)
+    assert any(hasattr(m, "to_qkv") for m in pipe.motion_controlnet.modules())
+    assert _rel(fast, plain) <= 1e-4
 
 
 def test_fast_preset_without_compile_matches(components):
