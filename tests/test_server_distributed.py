@@ -69,7 +69,7 @@ def test_two_workers_on_shared_services_run_each_job_once(tmp_path: Path, data_d
         cluster.wait(lambda: live in cluster.http.get("/metrics").text, 60, "two live workers never showed")
         assert cluster.http.get("/readyz").status_code == 200
 
-        jobs = [cluster.submit(SHORT)["id"] for _ in range(6)]
+        jobs = [cluster.submit({**SHORT, "max_frames": 4})["id"] for _ in range(6)]
         results = [cluster.wait_for(job, lambda j: j["status"] in FINISHED, timeout=240) for job in jobs]
         assert [r["status"] for r in results] == ["succeeded"] * 6, results
         assert [r["attempts"] for r in results] == [1] * 6
