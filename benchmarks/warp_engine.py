@@ -6,7 +6,8 @@
 Runs the whole job (decode to mp4: pose, the 3D body fits of the reference and the driving video,
 motion, render + encode) ``--repeat`` times with one ``Animator`` and prints the best run's seconds and
 frames/s per stage, with the load average before each run (the machine may be shared). The first run
-also pays one-off loads (body model, kernels); the best of several shows the steady state.
+also pays one-off loads (body model, kernels); the best of several shows the steady state. The H.264
+preset is the settings' (``ANIMATE_OUTPUT_PRESET``, default medium); it is printed with the table.
 Target on 2 cores at 576x1024: >= 4 frames/s end to end.
 """
 
@@ -57,7 +58,8 @@ def main() -> None:
     n = result.frames
     print(
         f"\nwarp engine: {args.reference.name} + {args.driving.name}, {n} frames at "
-        f"{result.size[0]}x{result.size[1]}, {os.cpu_count()} CPUs, motion: {result.motion}; best of {args.repeat}"
+        f"{result.size[0]}x{result.size[1]}, {os.cpu_count()} CPUs, motion: {result.motion}, "
+        f"x264 preset {animator.settings.output_preset} crf {animator.settings.output_crf}; best of {args.repeat}"
     )
     for note in result.notes:
         print(f"note: {note}")
