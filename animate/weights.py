@@ -30,6 +30,8 @@ CONVERTED_DIR = "animation-pipeline"
 DWPOSE_FILES = ("dwpose/yolox_l.onnx", "dwpose/dw-ll_ucoco_384.onnx")
 DISPOSE_FILE = "DisPose.pth"
 CMP_FILE = "cmp/ckpt_iter_42000.pth.tar"
+SD15_DIR = "stable-diffusion-v1-5"  # DIFT reference features for DisPose's point adapter
+SD15_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DTYPES = ("fp16", "bf16", "fp32")
 
 OK, MISSING, INVALID, PRESENT = "ok", "missing", "invalid", "present"
@@ -195,6 +197,75 @@ def _check_champ(root: Path) -> list[WeightFile]:
     return files
 
 
+def _check_dispose(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
+    import torch
+
+    from pipelines import CheckpointError, check_dispose
+
+    path = root / DISPOSE_FILE
+    if not path.is_file():
+        return WeightFile("dispose", DISPOSE_FILE, MISSING, detail="DisPose motion ControlNet")
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), f"unreadable: {exc}")
+    if not isinstance(state, dict):
+        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), "not a state dict")
+    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    try:
+        report = check_dispose(shapes, unet_config or _svd_xt_unet_config())
+    except CheckpointError as exc:
+        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), str(exc))
+    if not report.ok:
+        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), report.describe())
+    return WeightFile("dispose", DISPOSE_FILE, OK, _size(path), f"{len(shapes)} keys")
+
+
+def _check_cmp(root: Path) -> WeightFile:
+    path = root / CMP_FILE
+    if not path.is_file():
+        return WeightFile("cmp", CMP_FILE, MISSING, detail="CMP dense flow (else from the body model)")
+    from controlnets.cmp import CMPCheckpointError, CMPFlow
+
+    try:
+        model = CMPFlow.from_checkpoint(path)
+    except CMPCheckpointError as exc:
+        return WeightFile("cmp", CMP_FILE, INVALID, _size(path), str(exc))
+    keys = len(model.state_dict())
+    del model
+    return WeightFile("cmp", CMP_FILE, OK, _size(path), f"{keys} keys")
+
+
+def _check_sd15(root: Path) -> WeightFile:
+    """Stable Diffusion 1.5 in diffusers layout; the UNet's keys are checked against its config."""
+    path = root / SD15_DIR
+    if not path.is_dir():
+        return WeightFile("sd15", SD15_DIR, MISSING, detail="SD 1.5 for DIFT point features")
+    problems = [f"no {part}/" for part in SD15_PARTS if not (path / part).is_dir()]
+    for part in ("unet", "vae", "text_encoder"):
+        if (path / part).is_dir() and _weight_file(path / part) is None:
+            problems.append(f"{part}: no safetensors weights")
+    if not problems:
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        from pipelines.checkpoints import compare_keys
+
+        try:
+            config = json.loads((path / "unet" / "config.json").read_text())
+            header = safetensors_header(_weight_file(path / "unet"))
+            with torch.device("meta"):
+                unet = UNet2DConditionModel.from_config(config)
+            report = compare_keys(unet, {k: v["shape"] for k, v in header.items()})
+            if not report.ok:
+                problems.append(f"unet: {report.describe()}")
+        except (OSError, ValueError, struct.error) as exc:
+            problems.append(f"unet: unreadable ({exc})")
+    if problems:
+        return WeightFile("sd15", SD15_DIR, INVALID, _size(path), "; ".join(problems))
+    return WeightFile("sd15", SD15_DIR, OK, _size(path), "unet, vae, text_encoder")
+
+
 def _check_converted(root: Path) -> WeightFile:
     path = root / CONVERTED_DIR
     index = path / "model_index.json"
@@ -208,7 +279,11 @@ def _check_converted(root: Path) -> WeightFile:
         return WeightFile(
             "converted", CONVERTED_DIR, INVALID, _size(path), "not an AnimationPipeline directory"
         )
-    parts = [k for k in ("pose_guider", "guidance_encoders") if (model_index.get(k) or [None])[0]]
+    parts = [
+        k
+        for k in ("pose_guider", "guidance_encoders", "motion_controlnet")
+        if (model_index.get(k) or [None])[0]
+    ]
     missing = [c for c in ("unet", "vae", "image_encoder") if _weight_file(path / c) is None]
     if missing:
         return WeightFile(
@@ -230,30 +305,38 @@ def inspect_weights(root: str | Path) -> WeightsReport:
     svd, unet_config = _check_svd(root)
     mimicmotion = _check_mimicmotion(root, unet_config)
     champ = _check_champ(root)
+    dispose = _check_dispose(root, unet_config)
+    cmp = _check_cmp(root)
+    sd15 = _check_sd15(root)
     converted = _check_converted(root)
     others = [
         _presence("dwpose_detector", DWPOSE_FILES[0], "DWPose (pose issue)", root),
         _presence("dwpose_pose", DWPOSE_FILES[1], "DWPose (pose issue)", root),
-        _presence("dispose", DISPOSE_FILE, "DisPose ControlNet (not checked yet)", root),
-        _presence("cmp", CMP_FILE, "CMP dense flow (not checked yet)", root),
     ]
     pose_guided = converted.status == OK and "pose_guider" in converted.detail
+    diffusion = pose_guided or (svd.status == OK and mimicmotion.status == OK)
+    converted_controlnet = converted.status == OK and "motion_controlnet" in converted.detail
     features = {
-        "diffusion": pose_guided or (svd.status == OK and mimicmotion.status == OK),
+        "diffusion": diffusion,
         "pose_guider": pose_guided or mimicmotion.status == OK,
         "fast_load": converted.status == OK,
         **{f"guidance_{f.name.removeprefix('champ_')}": f.status == OK for f in champ},
         "dwpose": all((root / p).is_file() for p in DWPOSE_FILES),
-        "dispose": (root / DISPOSE_FILE).is_file() and (root / CMP_FILE).is_file(),
+        # DisPose's ControlNet in the diffusion engine; CMP gives its dense flow (else the body model) and
+        # SD 1.5 its point adapter's reference features (else the point adapter is off)
+        "dispose": diffusion and (converted_controlnet or dispose.status == OK),
+        "cmp": cmp.status == OK,
+        "dift": sd15.status == OK,
     }
-    files = (svd, mimicmotion, *champ, converted, *others)
+    files = (svd, mimicmotion, *champ, dispose, cmp, sd15, converted, *others)
     return WeightsReport(root=str(root), files=files, features=features)
 
 
 def convert_weights(
     root: str | Path, out: str | Path | None = None, dtype: str = "fp16", force: bool = False
 ) -> Path:
-    """SVD-xt + MimicMotion (+ Champ encoders when present) -> one ``save_pretrained`` directory (safetensors)."""
+    """SVD-xt + MimicMotion (+ Champ encoders and DisPose's ControlNet when present) -> one ``save_pretrained``
+    directory (safetensors)."""
     import torch
 
     from pipelines import CheckpointError, build_pipeline
@@ -271,14 +354,23 @@ def convert_weights(
             "weights_missing", f"need {root / SVD_DIR} in diffusers format: {svd.status} {svd.detail}"
         )
     for file in report.files:
-        if file.status == INVALID and file.name in ("mimicmotion", *(f"champ_{n}" for n in CHAMP_FILES)):
+        if file.status == INVALID and file.name in (
+            "mimicmotion",
+            "dispose",
+            *(f"champ_{n}" for n in CHAMP_FILES),
+        ):
             raise WeightsError("weights_invalid", f"{file.path}: {file.detail}")
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     champ = {n: root / CHAMP_DIR / f for n, f in CHAMP_FILES.items() if report.status(f"champ_{n}") == OK}
     mimicmotion = root / MIMICMOTION_FILE if report.status("mimicmotion") == OK else None
+    dispose = root / DISPOSE_FILE if report.status("dispose") == OK else None
     try:
         pipe = build_pipeline(
-            root / SVD_DIR, mimicmotion=mimicmotion, champ_files=champ or None, dtype=torch_dtype
+            root / SVD_DIR,
+            mimicmotion=mimicmotion,
+            champ_files=champ or None,
+            dtype=torch_dtype,
+            dispose=dispose,
         )
     except CheckpointError as exc:
         raise WeightsError("weights_invalid", str(exc)) from exc

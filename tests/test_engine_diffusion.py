@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
 from conftest import DANCE, HERO_RGBA
 
 from animate.cli import run as cli_run
 from animate.engines import diffusion_unavailable_reason
 from animate.media import open_video
 from animate.settings import Settings
-from animate.weights import CONVERTED_DIR
+from animate.weights import CONVERTED_DIR, SD15_DIR, inspect_weights
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +84,111 @@ def test_diffusion_progress_per_step_and_cancel(tiny_weights, tmp_path, data_dir
         )
     assert steps == [1]  # interrupted after the first denoising step
     assert not (tmp_path / "b.mp4").exists()
+
+
+def _save_tiny_sd15(root, feature_channels: int) -> None:
+    """Stable Diffusion 1.5's layout and block types at toy widths; ``up_blocks[1]`` gives ``feature_channels``."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from test_dift import write_clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab_size = write_clip_tokenizer(root / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+            num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        )
+    ).save_pretrained(root / "text_encoder", safe_serialization=True)  # fmt: skip
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(8, feature_channels, feature_channels, 16),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+    ).save_pretrained(root / "unet")
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(root / "vae")
+    PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    ).save_config(root / "scheduler")
+
+
+@pytest.fixture(scope="module")
+def tiny_dispose_weights(tmp_path_factory):
+    """UNet + pose guider + guidance encoders + motion ControlNet (re-initialised so each steers), converted;
+    and a tiny SD 1.5 for the point adapter's DIFT features."""
+    from pipelines import AnimationPipeline
+    from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, tiny_components
+
+    components = tiny_components(with_guidance_encoders=True, with_motion_controlnet=True)
+    for name in ("pose_guider", "guidance_encoders", "motion_controlnet"):
+        reinit_zero_layers(components[name])
+    root = tmp_path_factory.mktemp("weights")
+    AnimationPipeline(**components).save_pretrained(root / CONVERTED_DIR)
+    _save_tiny_sd15(root / SD15_DIR, TINY_POINT_CHANNELS)
+    return root
+
+
+def test_run_with_the_motion_controlnet_writes_mp4(
+    tiny_dispose_weights, tmp_path, monkeypatch, capsys, caplog
+):
+    features = inspect_weights(tiny_dispose_weights).features
+    assert features["diffusion"] and features["dispose"] and features["dift"] and not features["cmp"]
+    monkeypatch.setenv("ANIMATE_WEIGHTS_DIR", str(tiny_dispose_weights))
+    out = tmp_path / "dispose.mp4"
+    argv = [
+        "run", str(HERO_RGBA), str(DANCE), "-o", str(out), "--engine", "diffusion",
+        "--size", "64x64", "--max-frames", "4", "--steps", "2", "--json",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="animate.engines.diffusion"):
+        assert cli_run(argv) == 0, capsys.readouterr().err
+    assert '"engine": "diffusion"' in capsys.readouterr().out
+    info = open_video(out).info
+    assert (info.codec, info.width, info.height, info.frame_count) == ("h264", 64, 64, 4)
+    assert max(f.std() for f in open_video(out).frames()) > 1
+    parts = caplog.text
+    assert "'motion_controlnet': 'on (residuals once)'" in parts and "'point_adapter': 'on (DIFT)'" in parts
+    assert "'trajectory_flow': 'keypoints'" in parts and "'pose_guider': 'on'" in parts
+    # the body stage fitted: its dense field and its depth / normal / semantic renders reached the pipeline
+    assert "'dense_flow': 'bundle'" in parts and "'guidance_maps': 'depth, normal, semantic'" in parts
+
+
+def test_skeleton_dense_flow_moves_the_person_with_the_keypoints():
+    import numpy as np
+
+    from animate.engines.diffusion import skeleton_dense_flow
+    from animate.motion import GuidanceBundle
+
+    reference = np.zeros((133, 3), np.float32)
+    body = [(32, 10), (30, 8), (34, 8), (28, 9), (36, 9), (24, 18), (40, 18), (22, 28), (42, 28), (21, 36),
+            (43, 36), (27, 40), (37, 40), (27, 50), (37, 50), (27, 60), (37, 60)]  # fmt: skip
+    reference[:17, :2], reference[:17, 2] = body, 1.0
+    moved = reference.copy()
+    moved[:, :2] += (5.0, -3.0)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:61, 20:45] = 255
+    bundle = GuidanceBundle(
+        reference=np.zeros((64, 64, 3), np.uint8),
+        reference_mask=mask,
+        reference_keypoints=reference,
+        keypoints=np.stack([reference, moved]),
+        fps=8.0,
+        size=(64, 64),
+    )
+    flow = skeleton_dense_flow(bundle)
+    assert flow.shape == (2, 64, 64, 2) and np.abs(flow[0]).max() < 1e-4
+    person = mask > 127
+    np.testing.assert_allclose(flow[1][person], np.broadcast_to([5.0, -3.0], (person.sum(), 2)), atol=1e-4)
+    assert not flow[1][~person].any()

@@ -13,16 +13,20 @@ from animate.cli import run
 from animate.weights import (
     CHAMP_DIR,
     CHAMP_FILES,
+    CMP_FILE,
     CONVERTED_DIR,
+    DISPOSE_FILE,
     MIMICMOTION_FILE,
+    SD15_DIR,
     SVD_DIR,
     WeightsError,
     convert_weights,
     inspect_weights,
     safetensors_header,
 )
-from controlnets import GuidanceEncoder
+from controlnets import GuidanceEncoder, MotionControlNet
 from pipelines import AnimationPipeline, build_pipeline
+from pipelines.checkpoints import dispose_config
 from pipelines.testing import reinit_zero_layers, tiny_components, tiny_pose_guider
 
 
@@ -35,6 +39,16 @@ def _write_mimicmotion(path: Path, unet: torch.nn.Module, prefix: str = "unet.")
     torch.save(state, path)
 
 
+def _write_dispose(path: Path, unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """DisPose.pth's layout for this UNet: the ControlNet's full fp32 state dict, no prefix."""
+    torch.manual_seed(5)
+    controlnet = MotionControlNet.from_unet(unet, **dispose_config(unet.config))
+    reinit_zero_layers(controlnet)
+    state = controlnet.state_dict()
+    torch.save(state, path)
+    return state
+
+
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
@@ -44,6 +58,7 @@ def weights_dir(tmp_path_factory) -> Path:
     )
     svd.save_pretrained(root / SVD_DIR)
     _write_mimicmotion(root / MIMICMOTION_FILE, components["unet"])
+    _write_dispose(root / DISPOSE_FILE, components["unet"])
     # one Champ encoder at the published size, in Champ's key layout (with a key its forward never uses)
     torch.manual_seed(4)
     encoder = GuidanceEncoder()
@@ -74,6 +89,10 @@ def test_check_reports_files_and_features(weights_dir):
     assert not report.features["fast_load"] and not report.features["guidance_normal"]
     detail = next(f.detail for f in report.files if f.name == "champ_depth")
     assert "1 unused ignored" in detail
+    assert status["dispose"] == "ok" and report.features["dispose"]
+    assert (
+        status["cmp"] == status["sd15"] == "missing" and not report.features["cmp"] | report.features["dift"]
+    )
 
 
 def test_safetensors_header_reads_names_and_shapes_only(weights_dir):
@@ -91,11 +110,22 @@ def test_invalid_files_are_reported_with_the_reason(tmp_path, weights_dir):
     _write_mimicmotion(root / MIMICMOTION_FILE, unet, prefix="model.")
     (root / CHAMP_DIR).mkdir()
     torch.save({"conv_in.weight": torch.zeros(16, 3, 3, 3)}, root / CHAMP_DIR / CHAMP_FILES["normal"])
+    dispose = torch.load(weights_dir / DISPOSE_FILE)
+    dispose.pop("point_adapter.model_list.1.mlp.2.bias")
+    torch.save(dispose, root / DISPOSE_FILE)
+    (root / CMP_FILE).parent.mkdir()
+    (root / CMP_FILE).write_bytes(b"truncated download")
+    (root / SD15_DIR / "unet").mkdir(parents=True)
     report = inspect_weights(root)
     files = {f.name: f for f in report.files}
     assert files["mimicmotion"].status == "invalid" and "outside unet" in files["mimicmotion"].detail
     assert files["champ_normal"].status == "invalid" and "lacks" in files["champ_normal"].detail
-    assert not report.features["diffusion"]
+    assert files["dispose"].status == "invalid" and "1 missing" in files["dispose"].detail
+    assert "model_list.1.mlp.2.bias" in files["dispose"].detail
+    assert files["cmp"].status == "invalid" and "readable" in files["cmp"].detail
+    assert files["sd15"].status == "invalid" and "no vae/" in files["sd15"].detail
+    assert not report.features["diffusion"] and not report.features["dispose"]
+    assert not report.features["cmp"] and not report.features["dift"]
 
 
 def test_cli_check_prints_a_table_and_json(weights_dir, capsys):
@@ -115,6 +145,7 @@ def test_convert_writes_one_pipeline_directory_that_loads_identically(weights_di
     assert index["_class_name"] == "AnimationPipeline"
     assert index["pose_guider"][0].startswith("controlnets") and index["pose_guider"][1] == "PoseGuider"
     assert index["guidance_encoders"][1] == "GuidanceFusion"
+    assert index["motion_controlnet"][1] == "MotionControlNet"
     assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
 
     direct = build_pipeline(
@@ -122,9 +153,11 @@ def test_convert_writes_one_pipeline_directory_that_loads_identically(weights_di
         mimicmotion=weights_dir / MIMICMOTION_FILE,
         champ_files={"depth": weights_dir / CHAMP_DIR / CHAMP_FILES["depth"]},
         dtype=torch.float32,
+        dispose=weights_dir / DISPOSE_FILE,
     )
     loaded = AnimationPipeline.from_pretrained(out)
-    for name in ("unet", "pose_guider", "guidance_encoders"):
+    assert loaded.motion_controlnet.config.residual_mode == "dispose"  # how DisPose's weights were trained
+    for name in ("unet", "pose_guider", "guidance_encoders", "motion_controlnet"):
         a, b = getattr(direct, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     loaded.set_progress_bar_config(disable=True)
@@ -140,7 +173,7 @@ def test_convert_writes_one_pipeline_directory_that_loads_identically(weights_di
     (link / SVD_DIR).symlink_to(weights_dir / SVD_DIR)
     (link / CONVERTED_DIR).symlink_to(out)
     report = inspect_weights(link)
-    assert report.features["fast_load"] and report.features["diffusion"]
+    assert report.features["fast_load"] and report.features["diffusion"] and report.features["dispose"]
 
 
 def test_convert_refuses_bad_input(tmp_path, weights_dir, capsys):

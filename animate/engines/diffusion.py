@@ -1,12 +1,19 @@
-"""The diffusion engine: ``pipelines.AnimationPipeline`` (SVD backbone + pose guider + body guidance).
+"""The diffusion engine: ``pipelines.AnimationPipeline`` (SVD backbone + pose guider + body guidance + DisPose).
 
 The only module of ``animate`` that reaches into ``pipelines`` and ``controlnets`` (besides the weights
 inspection). It turns a ``GuidanceBundle`` into the pipeline's inputs, reports progress per denoising step,
 and honours cancellation by interrupting the pipeline.
+
+Which parts run depends on the weights directory (``weights/README.md``) and is recorded in
+``DiffusionEngine.parts`` and logged: the UNet (MimicMotion's fine-tune), the pose guider, the Champ
+guidance encoders, DisPose's motion ControlNet with its dense flow (the bundle's: CMP's or the body
+model's; else the 2D skeleton field) and trajectory flow, and its point adapter (on when Stable Diffusion
+1.5 is there for the DIFT reference features).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +22,8 @@ import numpy as np
 
 from animate.motion.bundle import GuidanceBundle
 from animate.settings import Settings
+
+log = logging.getLogger("animate.engines.diffusion")
 
 
 @dataclass(frozen=True)
@@ -28,14 +37,63 @@ class DiffusionOptions:
     noise_aug_strength: float = 0.0
     fps_id: int = 7  # SVD's fps conditioning as MimicMotion uses it
     motion_bucket_id: int = 127
+    residual_mode: str | None = None  # the ControlNet's own config (DisPose.pth: "dispose")
+    controlnet_cfg: str = "keep"  # the negative CFG half keeps flows and points, as DisPose
+
+
+def skeleton_dense_flow(bundle: GuidanceBundle) -> np.ndarray:
+    """``(T, H, W, 2)`` reference -> frame t displacement of the reference person's pixels under the 2D
+    skeleton field (zero elsewhere): the dense field when neither CMP nor a body fit gave one."""
+    from animate.motion.skeleton_field import SkeletonField
+
+    width, height = bundle.size
+    flow = np.zeros((bundle.num_frames, height, width, 2), np.float32)
+    ys, xs = np.nonzero(bundle.reference_mask > 127)
+    if len(xs) == 0:
+        return flow
+    pixels = np.stack([xs, ys], 1).astype(np.float64)
+    try:
+        field = SkeletonField(bundle.reference_keypoints, pixels)
+    except ValueError:  # no usable bones in the reference: no motion to propagate
+        return flow
+    for t, keypoints in enumerate(bundle.keypoints):
+        flow[t, ys, xs] = (field.positions(keypoints) - pixels).astype(np.float32)
+    return flow
 
 
 class DiffusionEngine:
     name = "diffusion"
 
-    def __init__(self, pipeline, options: DiffusionOptions | None = None) -> None:
+    def __init__(
+        self,
+        pipeline,
+        options: DiffusionOptions | None = None,
+        sd15_dir: str | Path | None = None,
+        parts: dict[str, str] | None = None,
+    ) -> None:
+        """``sd15_dir``: Stable Diffusion 1.5 (diffusers layout) for the point adapter's DIFT features;
+        ``parts``: what ``from_settings`` loaded (``describe_parts`` fills in what the pipeline shows)."""
         self.pipeline = pipeline
         self.options = options or DiffusionOptions()
+        self.sd15_dir = Path(sd15_dir) if sd15_dir is not None else None
+        self.parts = self.describe_parts(pipeline, self.sd15_dir) | dict(parts or {})
+
+    @staticmethod
+    def describe_parts(pipeline, sd15_dir: Path | None) -> dict[str, str]:
+        """The active parts, by name, as one word or a short phrase each."""
+        controlnet = getattr(pipeline, "motion_controlnet", None)
+        encoders = getattr(pipeline, "guidance_encoders", None)
+        types = getattr(getattr(encoders, "config", None), "guidance_types", None) or ()
+        parts = {
+            "pose_guider": "on" if getattr(pipeline, "pose_guider", None) is not None else "off",
+            "guidance_encoders": ", ".join(types) if types else "off",
+            "motion_controlnet": "off",
+            "point_adapter": "off",
+        }
+        if controlnet is not None:
+            parts["motion_controlnet"] = f"on (residuals {controlnet.config.residual_mode})"
+            parts["point_adapter"] = "on (DIFT)" if sd15_dir is not None else "off (no Stable Diffusion 1.5)"
+        return parts
 
     @staticmethod
     def unavailable_reason(settings: Settings, require_gpu: bool = True) -> str | None:
@@ -61,18 +119,32 @@ class DiffusionEngine:
             CHAMP_DIR,
             CHAMP_FILES,
             CONVERTED_DIR,
+            DISPOSE_FILE,
             MIMICMOTION_FILE,
+            OK,
+            SD15_DIR,
             SVD_DIR,
             inspect_weights,
         )
-        from pipelines import AnimationPipeline, build_pipeline
+        from pipelines import AnimationPipeline, build_pipeline, load_dispose
+        from pipelines.checkpoints import unet_config_from_dir
 
         cuda = torch.cuda.is_available()
         dtype = torch.float16 if cuda else torch.float32
         root = Path(settings.weights_dir)
-        features = inspect_weights(root).features
+        report = inspect_weights(root)
+        features = report.features
+        dispose_ok = report.status("dispose") == OK
         if features.get("fast_load"):
             pipeline = AnimationPipeline.from_pretrained(root / CONVERTED_DIR, dtype=dtype)
+            source = f"{CONVERTED_DIR}/"
+            if pipeline.motion_controlnet is None and dispose_ok and report.status("svd") == OK:
+                # converted before DisPose.pth was added: the ControlNet straight from its file
+                controlnet = load_dispose(
+                    root / DISPOSE_FILE, unet_config_from_dir(root / SVD_DIR), dtype=dtype
+                )
+                pipeline.register_modules(motion_controlnet=controlnet)
+                source += f" + {DISPOSE_FILE}"
         else:
             champ = {
                 name: root / CHAMP_DIR / file
@@ -80,11 +152,66 @@ class DiffusionEngine:
                 if features.get(f"guidance_{name}") and (root / CHAMP_DIR / file).is_file()
             }
             pipeline = build_pipeline(
-                root / SVD_DIR, mimicmotion=root / MIMICMOTION_FILE, champ_files=champ, dtype=dtype
+                root / SVD_DIR,
+                mimicmotion=root / MIMICMOTION_FILE,
+                champ_files=champ,
+                dtype=dtype,
+                dispose=root / DISPOSE_FILE if dispose_ok else None,
             )
+            source = f"{SVD_DIR}/ + {MIMICMOTION_FILE}" + (f" + {DISPOSE_FILE}" if dispose_ok else "")
         pipeline.to("cuda" if cuda else "cpu")
         pipeline.set_progress_bar_config(disable=True)
-        return cls(pipeline, options)
+        sd15 = root / SD15_DIR if features.get("dift") and pipeline.motion_controlnet is not None else None
+        engine = cls(pipeline, options, sd15_dir=sd15, parts={"weights": source})
+        log.info("diffusion engine parts: %s", engine.parts)
+        return engine
+
+    def _motion_inputs(self, bundle: GuidanceBundle, should_cancel: Callable[[], bool] | None) -> dict:
+        """The ControlNet's pipeline arguments for ``bundle`` (empty without a ControlNet)."""
+        if getattr(self.pipeline, "motion_controlnet", None) is None:
+            return {}
+        from animate.motion.keypoint_flow import trajectory_flow
+        from animate.pose.layout import openpose18
+
+        opts = self.options
+        dense, dense_source = bundle.dense_flow, "bundle"
+        if dense is None:
+            dense, dense_source = skeleton_dense_flow(bundle), "2D skeleton field"
+        trajectory, trajectory_source = bundle.trajectory_flow, "bundle"
+        if trajectory is None:
+            trajectory, trajectory_source = trajectory_flow(bundle.keypoints, bundle.size), "keypoints"
+        self.parts |= {"dense_flow": dense_source, "trajectory_flow": trajectory_source}
+        inputs = {
+            "dense_flow": dense,
+            "trajectory_flow": trajectory,
+            "residual_mode": opts.residual_mode,
+            "controlnet_cfg": opts.controlnet_cfg,
+        }
+        if self.sd15_dir is None or (should_cancel is not None and should_cancel()):
+            return inputs
+        features = self._dift_features(bundle.reference)
+        if features is not None:
+            # DisPose's 18 OpenPose body points, from our COCO-WholeBody keypoints
+            inputs |= {
+                "point_features": features,
+                "keypoints": np.stack([openpose18(k) for k in bundle.keypoints]),
+                "reference_keypoints": openpose18(bundle.reference_keypoints),
+            }
+        return inputs
+
+    def _dift_features(self, reference: np.ndarray):
+        """DIFT features of the reference: the SD 1.5 UNet is loaded for this job and freed right after."""
+        from controlnets.dift import DiftFeaturizer, DiftLoadError
+
+        device = self.pipeline._execution_device
+        dtype = self.pipeline.motion_controlnet.dtype
+        try:
+            with DiftFeaturizer.from_pretrained(self.sd15_dir, device=device, torch_dtype=dtype) as dift:
+                return dift(reference, seed=self.options.seed)
+        except DiftLoadError as exc:
+            self.parts["point_adapter"] = f"off ({exc})"
+            log.warning("point adapter off: %s", exc)
+            return None
 
     def render(
         self,
@@ -117,6 +244,9 @@ class DiffusionEngine:
         maps = {name: value for name, value in maps.items() if name in known}
         if "skeleton" in known:
             maps["skeleton"] = pose_images
+        motion = self._motion_inputs(bundle, should_cancel)
+        self.parts["guidance_maps"] = ", ".join(maps) or "none"
+        log.info("diffusion engine parts: %s", self.parts)
         total_steps = opts.steps
 
         def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
@@ -126,6 +256,8 @@ class DiffusionEngine:
                 pipe._interrupt = True
             return tensors
 
+        if should_cancel is not None and should_cancel():
+            return
         device = self.pipeline._execution_device
         result = self.pipeline(
             Image.fromarray(bundle.reference),
@@ -147,6 +279,7 @@ class DiffusionEngine:
             generator=torch.Generator(device=device).manual_seed(opts.seed),
             output_type="np",
             callback_on_step_end=on_step_end,
+            **motion,
         )
         if should_cancel is not None and should_cancel():
             return
