@@ -205,8 +205,15 @@ class DiffusionEngine:
 
         device = self.pipeline._execution_device
         dtype = self.pipeline.motion_controlnet.dtype
+        unet_dir = self.sd15_dir / "unet"
+        # the *.fp16.safetensors variants alone suffice (weights/README.md)
+        only_fp16 = not (unet_dir / "diffusion_pytorch_model.safetensors").is_file() and any(
+            unet_dir.glob("*.fp16.safetensors")
+        )
         try:
-            with DiftFeaturizer.from_pretrained(self.sd15_dir, device=device, torch_dtype=dtype) as dift:
+            with DiftFeaturizer.from_pretrained(
+                self.sd15_dir, device=device, torch_dtype=dtype, variant="fp16" if only_fp16 else None
+            ) as dift:
                 return dift(reference, seed=self.options.seed)
         except DiftLoadError as exc:
             self.parts["point_adapter"] = f"off ({exc})"
