@@ -123,7 +123,16 @@ def _replay(state: AppState, existing: Job, digest: str) -> Response:
     summary="Submit a job",
     responses={
         **ERRORS,
-        202: {"description": "Accepted; `Location` names the job. `Idempotent-Replayed: true` on a replay."},
+        202: {
+            "description": "Accepted: the job, queued.",
+            "headers": {
+                "Location": {"description": "The job's URL.", "schema": {"type": "string"}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when an earlier job with this Idempotency-Key and body is returned.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
         413: _error("An upload is over its size cap (`too_large`)."),
         415: _error("Not multipart/form-data (`unsupported_media_type`)."),
         422: _error(
