@@ -38,6 +38,7 @@ import fnmatch
 import gc
 import itertools
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -110,6 +111,7 @@ class Result:
     unet_calls_per_step: int | None = None
     step_s_median: float | None = None
     step_s_mean: float | None = None
+    step_s_min: float | None = None
     steps_timed: int | None = None
     first_call_s: float | None = None
     end_to_end_s: float | None = None
@@ -206,6 +208,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # other work on a shared machine
         "platform": platform.platform(),
     }
     if device.type == "cuda":
@@ -594,6 +598,7 @@ class Runner:
             result.steps_timed = len(steps)
             result.step_s_median = statistics.median(steps)
             result.step_s_mean = statistics.fmean(steps)
+            result.step_s_min = min(steps)
             result.end_to_end_s = clock.seconds(start, end)
             result.decode_s = clock.seconds(marks[-1], end)
 
@@ -664,7 +669,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def table(results: list[Result], peak: float) -> str:
     head = (
         f"| {'configuration':<38} | {'calls/step':>10} | {'ms/step':>9} | {'TFLOP/s':>8} | {'% peak':>6} "
-        f"| {'e2e s':>7} | {'decode s':>8} | {'peak MiB':>8} | {'max|Δ|':>8} |"
+        f"| {'e2e s':>7} | {'decode s':>8} | {'peak MiB':>8} | {'max Δ':>8} |"
     )
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in results:
@@ -705,7 +710,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tile/overlap pairs for the long video, e.g. 16/6,72/6",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="timed denoising steps (default: 25 CUDA, 4 CPU)"
+        "--steps", type=int, default=None, help="timed denoising steps (default: 25 CUDA, 6 CPU)"
     )
     parser.add_argument(
         "--warmup-steps", type=int, default=2, help="steps of the untimed first call (0: none)"
@@ -734,7 +739,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.tiny = not cuda
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
     args.threads = args.threads or (None if cuda else 1)
-    args.steps = args.steps or (25 if cuda else 4)
+    args.steps = args.steps or (25 if cuda else 6)
     args.height = args.height or (32 if args.tiny else 576)
     args.width = args.width or (32 if args.tiny else 1024)
     if args.steps < 2:
@@ -757,6 +762,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak_tflops(device, peak_dtype, 8192 if device.type == "cuda" else 1024)
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     components, controlnet_reason = build_components(device, dtype, args.tiny)
     if controlnet_reason:
         print(f"ControlNet configurations skipped: {controlnet_reason}")
@@ -776,7 +782,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     curve = runner.vae_decode_curve(max(args.frames))
 
     scale = "tiny" if args.tiny else "full"
-    env = environment(device)
+    env = environment(device) | {"load_average_at_start": load_at_start}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out",)}
     report = {
         "benchmark": "gpu_pipeline",
@@ -796,7 +802,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(
         f"\n{env['device_name']}, {scale} components, {args.dtype}, {args.height}x{args.width}, {args.steps} steps, "
-        f"CFG {args.guidance_scale}, torch {torch.__version__}; matmul peak {peak:.3g} TFLOP/s ({report['matmul_peak_dtype']})"
+        f"CFG {args.guidance_scale}, torch {torch.__version__}; matmul peak {peak:.3g} TFLOP/s ({report['matmul_peak_dtype']}); "
+        f"{env['threads']} thread(s), load average {load_at_start[0]:g} -> {env['load_average'][0]:g} on {env['cpu_count']} CPUs"
     )
     print(table(results, peak))
     if curve:
