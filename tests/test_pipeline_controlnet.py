@@ -200,3 +200,11 @@ def test_invalid_motion_inputs_raise_value_errors():
         run(pipe, dense_flow=flows(2, 1), trajectory_flow=flows(3, 1))
     with pytest.raises(ValueError, match="unknown conditioning scales"):
         run(make_pipe(with_controlnet=False), num_frames=1, conditioning_scales={"motion": 1.0})
+
+
+def test_model_cpu_offload_with_the_controlnet_gives_the_same_frames():
+    pipe = make_pipe(reinit=True)
+    motion = {"dense_flow": flows(2, 1), **points(2)}
+    expected = run(pipe, **motion)
+    pipe.enable_model_cpu_offload(device="cpu")  # real offload needs an accelerator; this exercises the hooks
+    assert torch.equal(run(pipe, **motion), expected)
