@@ -9,9 +9,11 @@ from animate.body.model import (
     Posed,
     Rest,
     load_anny,
+    load_body,
 )
 from animate.body.parts import CHAMP_PALETTE, MIRROR_PART, NUM_PARTS, PART_NAMES
 from animate.body.render import RenderedFrame, Renderer
+from animate.body.smpl import SMPLBody
 
 __all__ = [
     "CHAMP_PALETTE",
@@ -27,5 +29,7 @@ __all__ = [
     "RenderedFrame",
     "Renderer",
     "Rest",
+    "SMPLBody",
     "load_anny",
+    "load_body",
 ]

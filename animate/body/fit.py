@@ -101,7 +101,6 @@ MAX_ROTATION = {
 HINGES = (J_L_ELBOW, J_R_ELBOW, J_L_KNEE, J_R_KNEE)
 HINGE_MAX, HINGE_OFF_AXIS = 2.7, 0.35
 # Model keypoints that are the same anatomical points as COCO's (used for the bone-length scale).
-FORWARD = (0.0, -1.0, 0.0)  # Anny's canonical facing direction
 
 
 @dataclass(frozen=True)
@@ -215,10 +214,10 @@ def _min_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     c = (a * b).sum(-1, keepdim=True)
     angle = torch.atan2(s, c)
     # Opposite directions: any perpendicular axis.
-    perp = torch.linalg.cross(a, torch.tensor([1.0, 0.0, 0.0], dtype=a.dtype).expand_as(a))
+    perp = torch.linalg.cross(a, a.new_tensor([1.0, 0.0, 0.0]).expand_as(a))
     perp = torch.where(
         perp.norm(dim=-1, keepdim=True) < 1e-3,
-        torch.linalg.cross(a, torch.zeros_like(a) + torch.tensor([0.0, 1.0, 0.0], dtype=a.dtype)),
+        torch.linalg.cross(a, torch.zeros_like(a) + a.new_tensor([0.0, 1.0, 0.0])),
         perp,
     )
     axis = torch.where(s < 1e-6, _normalize(perp), axis / s.clamp(min=1e-12))
@@ -297,7 +296,7 @@ def solve_translation(
     b = torch.cat([u * z - fx * x, v * z - fy * y], 1)
     sw = torch.cat([weights, weights], 1).sqrt()[..., None]
     aw, bw = a * sw, b * sw[..., 0]
-    ata = aw.transpose(1, 2) @ aw + 1e-6 * torch.eye(3, dtype=a.dtype)
+    ata = aw.transpose(1, 2) @ aw + 1e-6 * torch.eye(3, dtype=a.dtype, device=a.device)
     return torch.linalg.solve(ata, (aw.transpose(1, 2) @ bw[..., None]))[..., 0]
 
 
@@ -308,7 +307,7 @@ def _hinge_axes(body: BodyModel, rest: Rest) -> torch.Tensor:
     """(4, 3) flexion axis of each hinge (elbows bend forward, knees backward) in rest axes."""
     pts = rest_points(body, rest)
     joints, ends = pts["joints"][0], pts["ends"][0]
-    forward = torch.tensor(FORWARD, dtype=body.dtype, device=body.device)
+    forward = torch.tensor(body.forward, dtype=body.dtype, device=body.device)
     axes = []
     for joint in HINGES:
         seg = ends[joint] - joints[joint + 1]
@@ -781,6 +780,7 @@ def _fit_shape(
     vertex_ids = None
     if use_mask:
         small, dist, samples = _silhouette_targets(masks, camera)
+        dist, samples = dist.to(body.device), [pts.to(body.device) for pts in samples]
         gen = torch.Generator().manual_seed(0)
         vertex_ids = torch.randperm(body.num_vertices, generator=gen)[:SILHOUETTE_VERTICES].to(body.device)
         small_height = height_px * small.height / camera.height
@@ -793,10 +793,13 @@ def _fit_shape(
     for step in range(options.steps):
         opt.zero_grad()
         shape = lo + (hi - lo) * torch.sigmoid(logit)
-        if step % options.relinearise_every == 0:
-            linear = _LinearRest(body, shape.detach(), vertex_ids if use_mask else None)
-        rest = linear(shape)
-        posed = body.pose(rest, *params, with_vertices=use_mask)
+        if body.costly_rest:  # a linearisation that already holds only the silhouette's vertices
+            if step % options.relinearise_every == 0:
+                linear = _LinearRest(body, shape.detach(), vertex_ids if use_mask else None)
+            rest, ids = linear(shape), None
+        else:
+            rest, ids = body.rest(shape[None]), vertex_ids
+        posed = body.pose(rest, *params, vertex_ids=ids, with_vertices=use_mask)
         d = (camera.project(posed.keypoints) - target).norm(dim=-1) / height_px
         loss = (
             options.w_2d

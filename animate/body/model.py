@@ -18,6 +18,7 @@ import functools
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,6 +97,10 @@ class BodyModel(ABC):
     vertex_parts: np.ndarray  # (V,) int16 part label 0..23
     device: torch.device
     dtype: torch.dtype = torch.float32
+    forward: tuple[float, float, float]  # the direction the body faces in its canonical frame
+    up_axis: int  # the canonical axis pointing from the feet to the head
+    #: Whether ``rest`` is costly enough that shape fitting should use a linearisation of it.
+    costly_rest: bool = False
 
     @property
     def num_vertices(self) -> int:
@@ -140,6 +145,9 @@ class AnnyBody(BodyModel):
     """
 
     name = "anny"
+    forward = (0.0, -1.0, 0.0)
+    up_axis = 2
+    costly_rest = True
     # Bones driven by each posable joint; other bones (twists, fingers, toes) follow their parents.
     JOINT_BONES: tuple[str, ...] = (
         "spine03", "spine01", "neck01", "head",
@@ -312,3 +320,15 @@ def _keypoints(transforms: torch.Tensor, blend: torch.Tensor) -> torch.Tensor:
 def load_anny(device: str = "cpu") -> AnnyBody:
     """The process-wide Anny body on ``device`` (built once, then shared)."""
     return AnnyBody(device)
+
+
+def load_body(model_path: str | Path | None = None, device: str = "cpu") -> BodyModel:
+    """The process-wide body: Anny by default, or the SMPL-family model in the user's ``.npz`` file.
+
+    A missing or unreadable model file raises ``AnimateError`` (``body_model_not_found``, ``bad_body_model``).
+    """
+    if model_path is None:
+        return load_anny(device)
+    from animate.body.smpl import load_smpl
+
+    return load_smpl(str(Path(model_path).expanduser().resolve()), device)

@@ -9,6 +9,8 @@ two bodies' heights.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +21,8 @@ from animate.body.fit import (
     BodyTrack,
     FitOptions,
     ShapeOptions,
-    fit_sequence,
+    concat_tracks,
+    fit_chunks,
     fit_shape,
     matrix_to_rotvec,
     rotvec_to_matrix,
@@ -66,6 +69,20 @@ def fit_driving(
     ``poses`` is an ``animate.pose.PoseSequence`` with MediaPipe world landmarks; ``masks`` (T, H, W) uint8
     person masks at the poses' size (or None to fit the shape without the silhouette).
     """
+    return concat_tracks(list(fit_driving_chunks(body, poses, masks, options, shape_options, camera)))
+
+
+def fit_driving_chunks(
+    body: BodyModel,
+    poses,
+    masks: np.ndarray | None = None,
+    options: FitOptions | None = None,
+    shape_options: ShapeOptions | None = None,
+    camera: Camera | None = None,
+) -> Iterator[BodyTrack]:
+    """``fit_driving`` streamed: the shape fit first, then one ``BodyTrack`` per chunk of frames as soon as
+    it is fitted (``fit_chunks``), so a caller can render while the rest is fitted and never holds the
+    whole sequence's meshes. ``transfer`` each chunk with ``origin=`` the first chunk."""
     keypoints, world, detected = _pose_arrays(poses)
     world = _fill_missing(world, detected)
     camera = camera or Camera.default(poses.width, poses.height, (options or FitOptions()).focal_factor)
@@ -74,7 +91,7 @@ def fit_driving(
     shape, _ = fit_shape(
         body, keypoints[idx], world[idx], camera, None if masks is None else masks[idx], shape_options
     )
-    return fit_sequence(body, shape, keypoints, world, camera, options, fps=poses.fps, valid=detected)
+    yield from fit_chunks(body, shape, keypoints, world, camera, options, fps=poses.fps, valid=detected)
 
 
 def fit_reference(
@@ -99,22 +116,38 @@ def fit_reference(
 
 
 def body_height(body: BodyModel, shape: np.ndarray) -> float:
-    """Standing height (metres) of a shape: vertical extent of its rest mesh."""
+    """Standing height (metres) of a shape: extent of its rest mesh along the model's up axis."""
+    return _body_height(body, tuple(np.asarray(shape, np.float64).round(6).tolist()))
+
+
+@functools.lru_cache(maxsize=32)
+def _body_height(body: BodyModel, shape: tuple[float, ...]) -> float:
+    # Cached: chunked transfers ask for the same two shapes again and again.
     with torch.no_grad():
-        rest = body.rest(body.tensor(shape)[None])
-    v = rest.vertices[0]
-    return float(v[:, 2].max() - v[:, 2].min())
+        rest = body.rest(body.tensor(np.asarray(shape, np.float32))[None])
+    up = rest.vertices[0, :, body.up_axis]
+    return float(up.max() - up.min())
 
 
 def transfer(
-    body: BodyModel, driving: BodyTrack, reference: BodyTrack, camera: Camera | None = None
+    body: BodyModel,
+    driving: BodyTrack,
+    reference: BodyTrack,
+    camera: Camera | None = None,
+    origin: BodyTrack | None = None,
 ) -> BodyTrack:
-    """The driving poses on the reference's body, in the reference's camera and position."""
+    """The driving poses on the reference's body, in the reference's camera and position.
+
+    The motion is taken relative to the first frame of ``origin`` (default: ``driving`` itself); pass the
+    first chunk when transferring a sequence chunk by chunk.
+    """
+    origin = origin if origin is not None else driving
     r_ref = rotvec_to_matrix(torch.as_tensor(reference.root[0], dtype=torch.float32))
     r_drv = rotvec_to_matrix(torch.as_tensor(driving.root, dtype=torch.float32))
-    root = matrix_to_rotvec(r_ref @ r_drv[0].T @ r_drv).numpy()
+    r_origin = rotvec_to_matrix(torch.as_tensor(origin.root[0], dtype=torch.float32))
+    root = matrix_to_rotvec(r_ref @ r_origin.T @ r_drv).numpy()
     scale = body_height(body, reference.shape) / body_height(body, driving.shape)
-    transl = reference.transl[0] + scale * (driving.transl - driving.transl[0])
+    transl = reference.transl[0] + scale * (driving.transl - origin.transl[0])
     return replace(
         driving,
         shape=reference.shape.copy(),

@@ -85,10 +85,19 @@ def guidance(
         None, "--size", help="Output WxH (default 576x1024, reference's orientation)."
     ),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after this many frames."),
+    body_model: Path | None = typer.Option(
+        None,
+        "--body-model",
+        envvar="ANIMATE_BODY_MODEL",
+        help="An SMPL / SMPL-H / SMPL-X .npz model file to fit instead of Anny (never shipped).",
+    ),
 ) -> None:
     """Fit a 3D body to the reference and the driving video; render depth/normal/semantic/mask guidance."""
-    from animate.body import Renderer, load_anny
-    from animate.body.transfer import fit_driving, fit_reference, transfer
+    import torch
+
+    from animate.body import Renderer, load_body
+    from animate.body.fit import concat_tracks
+    from animate.body.transfer import fit_driving_chunks, fit_reference, transfer
     from animate.media import load_image, open_video
     from animate.pose import SequenceOptions, draw_pose, estimate_image, estimate_video, retarget
     from animate.settings import Settings
@@ -97,6 +106,8 @@ def guidance(
     for path in (reference, driving):
         if not path.is_file():
             raise AnimateError("file_not_found", f"{path} does not exist")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    body = load_body(body_model, device)  # before the pose work: a bad model file fails fast
     image = load_image(reference, settings.media)
     ref_h, ref_w = image.rgb.shape[:2]
     out_w, out_h = parse_size(size, (ref_w, ref_h))
@@ -123,13 +134,10 @@ def guidance(
         [p.mask if p.mask is not None else np.zeros((poses.height, poses.width), np.uint8) for p in poses]
     )
 
-    typer.echo("body: fitting", err=True)
-    body = load_anny()
-    drv_track = fit_driving(body, poses, masks)
+    typer.echo("body: fitting the reference and the driver's shape", err=True)
     ref_track = fit_reference(body, ref_pose, ref_w, ref_h, ref_pose.mask)
     out_camera = ref_track.camera.cover(out_w, out_h)
-    moved = transfer(body, drv_track, ref_track, camera=out_camera)
-    drv_camera = drv_track.camera.cover(out_w, out_h)
+    chunks = fit_driving_chunks(body, poses, masks)  # the driver's shape is fitted on the first next()
 
     # Skeletons: driving poses retargeted onto the reference, then into the output frame (cover + crop).
     skeletons = retarget(poses, ref_pose, ref_w, ref_h)
@@ -138,47 +146,62 @@ def guidance(
 
     output.mkdir(parents=True, exist_ok=True)
     poses.save(output / "poses.json")
+    renderer = Renderer(body.faces, body.vertex_parts, device=device)
+    fps = poses.fps if poses.fps > 0 else video.fps
+    writers = _Writers(output, MAPS, fps, settings.output_crf, settings.output_preset)
+    gray = lambda m: np.repeat(m[..., None], 3, axis=2)  # noqa: E731
+    fitted, moved_parts = [], []
+    try:
+        frames = video.frames(max_frames=max_frames, size=(out_w, out_h))
+        ref_rest = body.rest(body.tensor(ref_track.shape)[None])
+        drv_rest = None
+        # Fitting and rendering go chunk by chunk: only one chunk's meshes are ever held.
+        with typer.progressbar(length=len(poses), label="body", file=None) as bar:
+            for chunk in chunks:
+                if drv_rest is None:
+                    drv_rest = body.rest(body.tensor(chunk.shape)[None])
+                drv_camera = chunk.camera.cover(out_w, out_h)
+                moved = transfer(
+                    body, chunk, ref_track, camera=out_camera, origin=fitted[0] if fitted else chunk
+                )
+                fitted.append(chunk)
+                moved_parts.append(moved)
+                moved_vertices = moved.vertices(body, rest=ref_rest)
+                drv_vertices = chunk.vertices(body, rest=drv_rest)
+                for i in range(len(chunk)):
+                    t = chunk.meta["start"] + i
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    target = renderer.render(moved_vertices[i], out_camera)
+                    fit = renderer.render(drv_vertices[i], drv_camera)
+                    overlay = frame.copy()
+                    overlay[fit.mask] = (0.5 * overlay[fit.mask] + 0.5 * fit.semantic_image[fit.mask]).astype(
+                        np.uint8
+                    )
+                    skeleton = draw_pose(skeletons[t].transformed((s, s), offset), out_w, out_h)
+                    writers.put(
+                        {
+                            "skeleton": skeleton,
+                            "depth": gray(target.depth_image),
+                            "normal": target.normal_image,
+                            "semantic": target.semantic_image,
+                            "mask": gray(target.mask_image),
+                            "overlay": overlay,
+                        }
+                    )
+                    bar.update(1)
+    finally:
+        writers.close()
     (output / "body.json").write_text(
         json.dumps(
             {
                 "reference": ref_track.to_json(),
-                "driving": drv_track.to_json(),
-                "transferred": moved.to_json(),
+                "driving": concat_tracks(fitted).to_json(),
+                "transferred": concat_tracks(moved_parts).to_json(),
                 "output_size": [out_w, out_h],
             },
             separators=(",", ":"),
         )
     )
-    renderer = Renderer(body.faces, body.vertex_parts)
-    fps = poses.fps if poses.fps > 0 else video.fps
-    writers = _Writers(output, MAPS, fps, settings.output_crf, settings.output_preset)
-    try:
-        moved_vertices = moved.vertices(body)
-        drv_vertices = drv_track.vertices(body)
-        frames = video.frames(max_frames=max_frames, size=(out_w, out_h))
-        with typer.progressbar(length=len(moved), label="render", file=None) as bar:
-            for t, frame in enumerate(frames):
-                if t >= len(moved):
-                    break
-                target = renderer.render(moved_vertices[t], out_camera)
-                fit = renderer.render(drv_vertices[t], drv_camera)
-                overlay = frame.copy()
-                overlay[fit.mask] = (0.5 * overlay[fit.mask] + 0.5 * fit.semantic_image[fit.mask]).astype(
-                    np.uint8
-                )
-                skeleton = draw_pose(skeletons[t].transformed((s, s), offset), out_w, out_h)
-                gray = lambda m: np.repeat(m[..., None], 3, axis=2)  # noqa: E731
-                writers.put(
-                    {
-                        "skeleton": skeleton,
-                        "depth": gray(target.depth_image),
-                        "normal": target.normal_image,
-                        "semantic": target.semantic_image,
-                        "mask": gray(target.mask_image),
-                        "overlay": overlay,
-                    }
-                )
-                bar.update(1)
-    finally:
-        writers.close()
     typer.echo(f"wrote {', '.join(f'{m}.mp4' for m in MAPS)}, poses.json, body.json to {output}")
