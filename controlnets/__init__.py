@@ -3,6 +3,8 @@
 Layering: this package imports torch and diffusers only, never ``animate`` or ``server``.
 """
 
+from controlnets.cmp import CMPCheckpointError, CMPFlow
+from controlnets.dift import DiftFeaturizer, DiftLoadError, sample_keypoint_features
 from controlnets.guidance_encoder import (
     ChampConversion,
     GuidanceEncoder,
@@ -14,7 +16,11 @@ from controlnets.point_adapter import PointAdapter
 from controlnets.pose_guider import PoseGuider
 
 __all__ = [
+    "CMPCheckpointError",
+    "CMPFlow",
     "ChampConversion",
+    "DiftFeaturizer",
+    "DiftLoadError",
     "GuidanceEncoder",
     "GuidanceFusion",
     "MotionControlNet",
@@ -23,4 +29,5 @@ __all__ = [
     "PointAdapter",
     "PoseGuider",
     "convert_champ_state_dict",
+    "sample_keypoint_features",
 ]
