@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from animate.body.parts import MIRROR_PART, PART_NAMES
+from animate.body.parts import MIRROR_PART, NUM_PARTS, PART_NAMES
 from animate.motion.body_field import (
     BodyMotion,
     interpolate,
@@ -344,7 +344,8 @@ class BodyWarp:
         self.offbody_part = _offbody_parts(render.part, person, self.neighbours)
         tall = float(np.ptp(np.nonzero(body)[0])) if body.any() else float(height)
         self.reach = min(offbody_reach(person, body), 0.1 * tall)
-        self.unseen = np.isin(self.parts, unseen_parts)
+        self.unseen_parts = np.isin(np.arange(NUM_PARTS), unseen_parts)
+        self.unseen = self.unseen_parts[self.parts]  # per vertex
         self.colours = self._vertex_colours(body)
 
     def _visible(self, points: np.ndarray, depth: np.ndarray, parts: np.ndarray) -> np.ndarray:
@@ -432,14 +433,16 @@ class BodyWarp:
         # 1. Where the reference shows each body pixel's surface point: itself, else its twin, else none.
         src = interpolate(self.uv, triangles, bary)
         seen = self._visible(src, interpolate(self.z, triangles, bary), parts)
-        seen &= ~self.unseen[triangles].any(1)
+        if self.unseen_parts.any():
+            seen &= ~self.unseen_parts[parts]
         fill = np.flatnonzero(~seen)
         if len(fill):
             twins = self.mirror[triangles[fill]]
             twin_src = interpolate(self.uv, twins, bary[fill])
             twin_parts = MIRROR_PART[parts[fill]]
             twin_seen = self._visible(twin_src, interpolate(self.z, twins, bary[fill]), twin_parts)
-            twin_seen &= ~self.unseen[twins].any(1)
+            if self.unseen_parts.any():
+                twin_seen &= ~self.unseen_parts[twin_parts]
             src[fill[twin_seen]] = twin_src[twin_seen]
             fill = fill[~twin_seen]
         # 2. The ring around the body: sample beside the nearest body pixel, moved with its part. Maps
@@ -587,8 +590,8 @@ def _upsample_map(maps: np.ndarray, scale: int) -> np.ndarray:
     size = (w * scale, h * scale)
     out = cv2.resize(maps, size, interpolation=cv2.INTER_LINEAR)
     kernel = np.ones((3, 3), np.uint8)
-    spread = cv2.morphologyEx(maps, cv2.MORPH_GRADIENT, kernel).max(axis=2)
-    jump = (spread > 3.0 * scale + 2.0).astype(np.uint8)
+    spread = cv2.morphologyEx(maps, cv2.MORPH_GRADIENT, kernel)
+    jump = (np.maximum(spread[..., 0], spread[..., 1]) > 3.0 * scale + 2.0).astype(np.uint8)
     jy, jx = np.nonzero(cv2.resize(jump, size, interpolation=cv2.INTER_NEAREST))
     out[jy, jx] = maps[jy // scale, jx // scale]
     return out
