@@ -221,10 +221,23 @@ def _check_dispose(root: Path, unet_config: dict[str, Any] | None) -> WeightFile
     return WeightFile("dispose", DISPOSE_FILE, OK, _size(path), f"{len(shapes)} keys")
 
 
+# The CMP checkpoint is an old-format pickle that cannot be memory-mapped: checking it reads the whole
+# file. The verdict is remembered per (path, size, mtime), so a job's engine check does not pay it again.
+_CMP_CHECKED: dict[tuple[str, int, int], WeightFile] = {}
+
+
 def _check_cmp(root: Path) -> WeightFile:
     path = root / CMP_FILE
     if not path.is_file():
         return WeightFile("cmp", CMP_FILE, MISSING, detail="CMP dense flow (else from the body model)")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _CMP_CHECKED:
+        _CMP_CHECKED[key] = _load_cmp_for_check(path)
+    return _CMP_CHECKED[key]
+
+
+def _load_cmp_for_check(path: Path) -> WeightFile:
     from controlnets.cmp import CMPCheckpointError, CMPFlow
 
     try:

@@ -186,3 +186,18 @@ def test_convert_refuses_bad_input(tmp_path, weights_dir, capsys):
     with pytest.raises(WeightsError) as excinfo:
         convert_weights(weights_dir, out=tmp_path / "busy")
     assert excinfo.value.code == "output_exists"
+
+
+def test_cmp_verdict_is_remembered_until_the_file_changes(tmp_path):
+    from controlnets.cmp import CMPFlow
+    from tests.test_cmp import save_cmp_checkpoint
+
+    path = tmp_path / CMP_FILE
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"truncated download")
+    first = next(f for f in inspect_weights(tmp_path).files if f.name == "cmp")
+    again = next(f for f in inspect_weights(tmp_path).files if f.name == "cmp")
+    assert first.status == "invalid" and again is first  # not read a second time
+    save_cmp_checkpoint(path, CMPFlow())  # the user finishes the download: a new size and mtime
+    report = inspect_weights(tmp_path)
+    assert next(f for f in report.files if f.name == "cmp").status == "ok" and report.features["cmp"]
