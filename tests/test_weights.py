@@ -189,8 +189,9 @@ def test_convert_refuses_bad_input(tmp_path, weights_dir, capsys):
 
 
 def test_cmp_verdict_is_remembered_until_the_file_changes(tmp_path):
+    from test_cmp import save_cmp_checkpoint
+
     from controlnets.cmp import CMPFlow
-    from tests.test_cmp import save_cmp_checkpoint
 
     path = tmp_path / CMP_FILE
     path.parent.mkdir(parents=True)
