@@ -153,8 +153,9 @@ class BodyTrack:
     def vertices(
         self, body: BodyModel, frames: slice | None = None, rest: Rest | None = None
     ) -> torch.Tensor:
-        rest = rest or body.rest(body.tensor(self.shape)[None])
-        with torch.no_grad():
+        """(T', V, 3) camera-space mesh of the frames (all by default); pass ``rest`` to reuse one."""
+        with torch.no_grad(), fit_threads():
+            rest = rest or body.rest(body.tensor(self.shape)[None])
             return body.pose(rest, *self.tensors(body, frames)).vertices
 
     def to_json(self) -> dict:
@@ -406,6 +407,13 @@ def refine(
             1,
         )
     ends_index = [e for _j, e, _s, _t in seg]
+    if world is not None:
+        # The limb segments with a child joint: (Posed.joints index of the joint, of its child, segment k).
+        child = {J_L_SHOULDER: J_L_ELBOW, J_L_ELBOW: J_L_WRIST, J_R_SHOULDER: J_R_ELBOW, J_R_ELBOW: J_R_WRIST,
+                 J_L_HIP: J_L_KNEE, J_L_KNEE: J_L_ANKLE, J_R_HIP: J_R_KNEE, J_R_KNEE: J_R_ANKLE}  # fmt: skip
+        pairs = [(joint + 1, child[joint] + 1, k) for k, joint in enumerate(ends_index) if joint in child]
+        seg_joint, seg_child, seg_k = (list(x) for x in zip(*pairs, strict=True))
+        d_seg, w_seg = d_mp[:, seg_k], w_mp[:, seg_k]
     t_count = root.shape[0]
     for _ in range(options.steps):
         opt.zero_grad()
@@ -416,16 +424,10 @@ def refine(
         loss_2d = (weights * (torch.sqrt(d * d + eps * eps) - eps)).sum() / weights.sum().clamp(min=1.0)
         loss = options.w_2d * loss_2d * 10.0
         if world is not None and options.w_3d > 0:
-            joints = posed.joints
             # Segment direction: from the joint to its child joint (limb chains) in the posed body.
-            child = {J_L_SHOULDER: J_L_ELBOW, J_L_ELBOW: J_L_WRIST, J_R_SHOULDER: J_R_ELBOW, J_R_ELBOW: J_R_WRIST,
-                     J_L_HIP: J_L_KNEE, J_L_KNEE: J_L_ANKLE, J_R_HIP: J_R_KNEE, J_R_KNEE: J_R_ANKLE}  # fmt: skip
-            cos_terms = []
-            for k, joint in enumerate(ends_index):
-                if joint in child:
-                    d_model = _normalize(joints[:, child[joint] + 1] - joints[:, joint + 1])
-                    cos_terms.append(w_mp[:, k] * (1.0 - (d_model * d_mp[:, k]).sum(-1)))
-            loss = loss + options.w_3d * torch.stack(cos_terms, 1).sum(1).mean()
+            d_model = _normalize(posed.joints[:, seg_child] - posed.joints[:, seg_joint])
+            cos = w_seg * (1.0 - (d_model * d_seg).sum(-1))
+            loss = loss + options.w_3d * cos.sum(1).mean()
         loss = loss + options.w_limits * limit_penalty(p, hinge_axes).mean()
         loss = loss + options.w_prior * (p - init_pose).square().sum((1, 2)).mean()
         if options.smooth and t_count + (0 if anchor is None else 2) >= 3:

@@ -200,6 +200,19 @@ class AnnyBody(BodyModel):
         self.bone_driver = torch.tensor([driver(b) for b in range(len(labels))], device=self.device)
         self.driver_parents_list = [-1] + [driver(parents[b]) for b in driver_bones[1:]]
         self.driver_parents = torch.tensor(self.driver_parents_list, device=self.device)
+        depth = [0] * len(self.driver_parents_list)
+        for d, parent in enumerate(self.driver_parents_list[1:], 1):
+            depth[d] = depth[parent] + 1
+        self.driver_levels = [
+            (
+                torch.tensor([d for d in range(len(depth)) if depth[d] == level], device=self.device),
+                torch.tensor(
+                    [self.driver_parents_list[d] for d in range(len(depth)) if depth[d] == level],
+                    device=self.device,
+                ),
+            )
+            for level in range(1, max(depth) + 1)
+        ]
         self.vertex_bone_indices = model.vertex_bone_indices.to(self.device)
         self.vertex_bone_weights = model.vertex_bone_weights.to(self.device, self.dtype)
 
@@ -284,17 +297,16 @@ class AnnyBody(BodyModel):
         # In Anny's 'local-ref' parameterisation a bone with an identity delta turns with its parent, so
         # only the root and the posable joints ("drivers") need kinematics: G_d = G_parent exp(pose_d),
         # head_d = head_parent + G_parent offset_d. Every other bone is a fixed transform after its driver.
-        rot = [rotvec_to_matrix(root)]
-        heads = [transl]
-        offsets = rest.extra["offsets"]
+        # Drivers of one tree depth at a time (7 levels instead of 18 joints: fewer, larger ops).
+        batch = root.shape[0]
+        offsets = rest.extra["offsets"].expand(batch, -1, -1)
         local_rot = rotvec_to_matrix(pose)
-        parents = self.driver_parents_list
-        for d in range(1, len(parents)):
-            g_p = rot[parents[d]]
-            rot.append(g_p @ local_rot[:, d - 1])
-            heads.append(heads[parents[d]] + (g_p @ offsets[:, d, :, None])[..., 0])
-        g = torch.stack(rot, 1)  # (B, D, 3, 3)
-        w = torch.stack(heads, 1)  # (B, D, 3)
+        g = rotvec_to_matrix(root)[:, None].expand(batch, len(self.driver_parents_list), 3, 3)
+        w = transl[:, None].expand(batch, len(self.driver_parents_list), 3)
+        for ids, parents in self.driver_levels:
+            g_p = g[:, parents]
+            w = w.index_copy(1, ids, w[:, parents] + (g_p @ offsets[:, ids, :, None])[..., 0])
+            g = g.index_copy(1, ids, g_p @ local_rot[:, ids - 1])
         transforms = torch.cat([g, w[..., None]], -1)  # (B, D, 3, 4) driver world poses
         keypoints = _keypoints(transforms, rest.keypoint_blend)
         vertices = None
