@@ -108,7 +108,7 @@ def fit_reference(
 
         raise AnimateError("no_3d_pose", "the reference's pose has no 3D landmarks to fit a body to")
     camera = Camera.default(width, height)
-    options = shape_options or ShapeOptions(steps=60)
+    options = shape_options or ShapeOptions(steps=60, relinearise_every=30)
     masks = None if mask is None else mask[None]
     _, track = fit_shape(body, pose.keypoints[None], pose.world[None], camera, masks, options)
     track.valid = np.ones(1, bool)
