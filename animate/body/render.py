@@ -323,7 +323,7 @@ def _body_box(vertices: np.ndarray, camera: Camera) -> tuple[int, int, int, int]
 class Renderer:
     """Renders posed bodies of one mesh topology (CPU or CUDA through ``warp``).
 
-    One instance is not thread-safe (it reuses its buffers); use one per thread.
+    Every call allocates its own buffers, so one instance may serve several threads.
     """
 
     def __init__(self, faces: np.ndarray, vertex_parts: np.ndarray, device: str = "cpu") -> None:
