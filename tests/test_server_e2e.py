@@ -351,6 +351,20 @@ def test_worker_gpus_runs_one_process_per_gpu(cluster: Cluster) -> None:
     for job in jobs:
         assert cluster.wait_for(job, lambda j: j["status"] in FINISHED)["status"] == "canceled"
 
+    # A worker that dies is replaced, on the same GPU.
+    lost = children[0]
+    lost.kill()
+    lost.wait(timeout=10)
+
+    def replaced() -> bool:  # and exec'd: before that, a child still shows its parent's environment
+        now = psutil.Process(parent.pid).children()
+        started = all("worker_main" in " ".join(c.cmdline()) for c in now)
+        return len(now) == 2 and lost.pid not in {c.pid for c in now} and started
+
+    cluster.wait(replaced, 30, "the dead worker was not replaced")
+    now = psutil.Process(parent.pid).children()
+    assert sorted(c.environ()["CUDA_VISIBLE_DEVICES"] for c in now) == ["0", "1"]
+
     parent.terminate()
     assert parent.wait(timeout=40) == 0
-    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in [*children, *now])

@@ -148,7 +148,7 @@ def supervise(envs: dict[str, dict[str, str]]) -> None:
                 children[name], started[name] = _spawn_worker(envs[name]), time.monotonic()
         time.sleep(0.5)
     codes = _stop(list(children.values()), stopping[0])
-    if any(codes):
+    if any(code not in (0, -stopping[0]) for code in codes):  # one still starting dies of the signal itself
         raise typer.Exit(1)
 
 
