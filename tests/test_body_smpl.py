@@ -210,3 +210,25 @@ def test_missing_or_unusable_model_files_are_user_errors(tmp_path, smpl_file):
 def test_guidance_cli_reports_a_missing_body_model(tmp_path, data_dir):
     args = ["guidance", str(WOMAN_JPG), str(DANCE), "-o", str(tmp_path / "out")]
     assert run([*args, "--body-model", str(tmp_path / "missing.npz")]) == 2
+
+
+@pytest.mark.gpu
+def test_fit_and_render_on_cuda_match_the_cpu(smpl_file):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cpu, gpu = load_body(smpl_file[0]), load_body(smpl_file[0], "cuda")
+    camera = Camera.default(288, 384)
+    frames = 4
+    root = torch.tensor([[np.pi, 0.0, 0.0]]).repeat(frames, 1)
+    pose = 0.2 * torch.randn(frames, NUM_JOINTS, 3, generator=torch.Generator().manual_seed(3))
+    transl = torch.tensor([[0.0, 0.1, 3.2]]).repeat(frames, 1)
+    keypoints, world = _observations(cpu, cpu.rest(torch.zeros(1, 10)), root, pose, transl, camera)
+    options = FitOptions(steps=20, chunk=2)
+    tracks = [fit_sequence(b, b.default_shape(), keypoints, world, camera, options) for b in (cpu, gpu)]
+    np.testing.assert_allclose(tracks[0].pose, tracks[1].pose, atol=2e-3)
+    vertices = tracks[1].vertices(gpu)
+    assert vertices.is_cuda
+    on_cpu = Renderer(cpu.faces, cpu.vertex_parts).render(vertices[0].cpu(), camera)
+    on_gpu = Renderer(gpu.faces, gpu.vertex_parts, device="cuda").render(vertices[0], camera)
+    assert (on_cpu.face != on_gpu.face).mean() < 1e-3
+    np.testing.assert_allclose(on_gpu.depth[on_gpu.mask], on_cpu.depth[on_gpu.mask], atol=1e-4)

@@ -52,6 +52,15 @@ def _ray_hit(d: wp.vec3, p0: wp.vec3, p1: wp.vec3, p2: wp.vec3) -> wp.vec3:
     return out
 
 
+@wp.func
+def _keep_smaller(keys: wp.array(dtype=wp.int64), i: int, key: wp.int64):
+    # Atomic 64-bit min as a compare-and-swap loop (warp's int64 CAS is atomic on CPU and CUDA alike).
+    old = keys[i]
+    while key < old:
+        seen = wp.atomic_cas(keys, i, old, key)
+        old = wp.where(seen == old, key, seen)  # stored: done (key < key is false); else retry
+
+
 @wp.kernel
 def _raster(
     points: wp.array(dtype=wp.vec3),
@@ -118,7 +127,7 @@ def _raster(
                 t = t_num / (a * n[0] + det_row)
                 if t > NEAR:
                     key = (wp.int64(t * DEPTH_SCALE) << wp.int64(FACE_BITS)) | wp.int64(f)
-                    wp.atomic_min(keys, row + x, key)
+                    _keep_smaller(keys, row + x, key)
 
 
 @wp.kernel
