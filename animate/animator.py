@@ -232,7 +232,11 @@ class Animator:
             raise AnimateError("no_person_detected", "the reference person could not be segmented")
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference-body")
         try:
-            reference_fit = pool.submit(_fit_reference_body, ref_pose, person, size) if options.body else None
+            # Settings may name a user's SMPL-family model file (``body_model``); Anny otherwise.
+            model_path = getattr(self.settings, "body_model", None)
+            reference_fit = (
+                pool.submit(_fit_reference_body, ref_pose, person, size, model_path) if options.body else None
+            )
             expected = video.output_frame_count(options.fps, options.max_frames)
             # The warp engine on the body path uses only the driver's body (Anny's hands are not posed,
             # the face texture rides on the head): BlazePose alone is ~2.5x faster than Holistic.
@@ -432,13 +436,16 @@ class Animator:
             report("motion", total + t + 1 if checkpoint else t + 1, 2 * total if checkpoint else total)
 
 
-def _fit_reference_body(pose, person: np.ndarray, size: tuple[int, int]):
-    """(the reference body alone as a ``BodyMotion``, the IoU of its render with the person mask)."""
-    from animate.body import load_anny
+def _fit_reference_body(pose, person: np.ndarray, size: tuple[int, int], model_path: Path | None = None):
+    """(the reference body alone as a ``BodyMotion``, the IoU of its render with the person mask).
+
+    model_path: a user's SMPL-family ``.npz`` (``animate.body.load_body``); None: Anny.
+    """
+    from animate.body import load_body
     from animate.body.transfer import fit_reference
     from animate.motion.body_field import BodyMotion
 
-    body = load_anny()
+    body = load_body(model_path)
     track = fit_reference(body, pose, size[0], size[1], person)
     motion = BodyMotion(body, track, track, track.camera)
     rendered, inside = motion.reference_render.mask, person > 127
