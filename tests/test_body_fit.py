@@ -190,6 +190,15 @@ def test_reference_fit_quality(anny, woman, woman_track, name):
         assert _ious(anny, track, pose.mask[None])[0] >= 0.75
 
 
+def test_transfer_chunk_by_chunk_equals_the_whole(anny, dance_track, woman_track):
+    whole = transfer(anny, dance_track, woman_track)
+    parts = [replace(dance_track, root=dance_track.root[s : s + 8], pose=dance_track.pose[s : s + 8],
+                     transl=dance_track.transl[s : s + 8]) for s in range(0, CLIP_FRAMES, 8)]  # fmt: skip
+    chunked = concat_tracks([transfer(anny, part, woman_track, origin=parts[0]) for part in parts])
+    np.testing.assert_allclose(chunked.root, whole.root, atol=1e-5)
+    np.testing.assert_allclose(chunked.transl, whole.transl, atol=1e-5)
+
+
 def _render_box(anny, track: BodyTrack, frame: int) -> tuple[float, float]:
     camera = track.camera.resized(*RENDER_SIZE)
     mask = (

@@ -15,23 +15,30 @@ for the whole sequence.
    elbow, elbow -> wrist, wrist -> hand, hip -> knee, knee -> ankle, ankle -> toes) onto the landmarks'
    direction, given its parent's rotation: ``G_c = R_min(G_p d_rest -> d_target) G_p``. The translation
    follows from the 2D keypoints by linear least squares (the pinhole equations are linear in it).
-2. Refinement, batched (``refine``): a few Adam steps over a chunk of frames at once on
-   - 2D: robust (Charbonnier) distance between the projected model keypoints (COCO body + feet, regressed
-     from the skinned mesh by Anny's own regressor) and the detected ones, weighted by their scores and
+2. Refinement, batched (``refine``): a few Adam steps over a window of frames at once on
+   - 2D: robust (Charbonnier) distance between the projected model keypoints (COCO body + feet: Anny's
+     own regressor, or SMPL joints and vertices) and the detected ones, weighted by their scores and
      measured in units of the person's height in pixels;
    - 3D: cosine between model segment directions and the landmarks' (depth, which 2D cannot see);
    - joint limits: knees and elbows are hinges (positive flexion about an axis from the rest geometry,
      little off-axis rotation), every other joint has a maximum rotation;
-   - temporal smoothness: squared acceleration of the joints (and of the root) across frames; each chunk
-     is tied to the last two refined frames of the previous one through this term, so the sequence is
-     continuous across chunks (each chunk's parameters start from the closed-form init, not from the
-     previous chunk's solution).
-   Keypoints and joints are linear in the bone transforms (linear blend skinning), so a step never
-   touches the 13,718 vertices; it costs one forward kinematics pass over the chunk.
-3. Shape (``fit_shape``): the phenotype parameters are fitted on a few well-detected frames jointly with
+   - temporal smoothness: squared acceleration of the joints, the keypoints and a fixed set of surface
+     points (which see a limb's twist) across frames.
+   Keypoints, joints and surface points are linear blends of the bone transforms, so a step costs one
+   forward kinematics pass over the window and never skins the whole mesh.
+   Windows (``fit_chunks``, streamed): each chunk of ``FitOptions.chunk`` frames is solved together with
+   the ``overlap`` frames after it, and the smoothness term ties it to the last two frames emitted before
+   it. Warm start: a window starts from the previous window's solution (its look-ahead frames as solved,
+   the others from the closed-form init corrected by the change that took the previous window's last frame
+   from its init to its solution) and takes smaller steps, so chunk seams do not jump.
+3. Shape (``fit_shape``): the shape parameters are fitted on a few well-detected frames jointly with
    their poses, to the MediaPipe metric bone lengths (scale), the 2D keypoints, and the person mask
    (the silhouette term pulls projected surface points into the mask and the mask's pixels towards the
-   nearest projected point, on a fixed subset of vertices).
+   nearest projected point, on a fixed subset of vertices). Anny's shape -> rest map is costly, so it is
+   linearised (``_LinearRest``); SMPL's is linear already.
+
+Fits run torch on one thread (``fit_threads``): thousands of small ops, where OpenMP costs more than it
+gives; on CUDA the same code runs on the body's device.
 """
 
 from __future__ import annotations
