@@ -310,7 +310,7 @@ class BodyWarp:
         unseen_parts: tuple[int, ...] = (),
     ) -> None:
         """person: (H, W) bool reference person mask. unseen_parts: body parts the reference hides
-        although its body is fitted in view (e.g. hands in pockets): they take ``skin`` colours."""
+        although its body is fitted in view (e.g. hands in pockets): they take the face's skin colour."""
         self.motion = motion
         self.scale = scale
         self.edge_sigma = edge_sigma
