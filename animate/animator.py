@@ -221,6 +221,11 @@ class Animator:
         size = options.size or default_size(image.width, image.height)
         fps = float(options.fps or video.fps)
         ref_rgb, ref_alpha = fit_reference(image, size)
+        if options.body and self.settings.body_model is not None:
+            # a model file the user named must exist and load: their error, not a reason to fall back
+            from animate.body import load_body
+
+            load_body(self.settings.body_model)
         report("decode", 1, 1)
         lap("decode")
 
@@ -233,7 +238,7 @@ class Animator:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference-body")
         try:
             # Settings may name a user's SMPL-family model file (``body_model``); Anny otherwise.
-            model_path = getattr(self.settings, "body_model", None)
+            model_path = self.settings.body_model
             reference_fit = (
                 pool.submit(_fit_reference_body, ref_pose, person, size, model_path) if options.body else None
             )

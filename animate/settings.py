@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANIMATE_", env_nested_delimiter="__", extra="ignore")
 
     weights_dir: Path = Field(default=Path("weights"), description="Where user-supplied weights live.")
+    body_model: Path | None = Field(
+        default=None,
+        description="A user's SMPL / SMPL-H / SMPL-X .npz model file for the body stage; default: Anny.",
+    )
     data_dir: Path = Field(default=Path("data"), description="Uploads, outputs, job database.")
     media: MediaLimits = Field(default_factory=MediaLimits)
     server: ServerSettings = Field(default_factory=ServerSettings)

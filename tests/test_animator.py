@@ -17,8 +17,10 @@ from conftest import DANCE, HERO_RGBA, WOMAN_JPG
 from animate.animator import AnimationOptions, Animator, Canceled, _fit_body, default_size
 from animate.cli import run as cli_run
 from animate.engines.warp import WarpEngine
+from animate.errors import AnimateError
 from animate.media import MediaError, open_video
 from animate.pose import MediaPipeEstimator, PoseSequence
+from animate.settings import Settings
 
 FRAMES = 16
 
@@ -176,6 +178,12 @@ def test_bad_inputs_are_refused_before_work(tmp_path, data_dir):
         cli_run(["run", str(WOMAN_JPG), str(DANCE), "-o", str(tmp_path / "o.mp4"), "--engine", "diffusion"])
         == 2
     )
+
+    # a body model file the user named must exist: an error with its code, not a silent fallback to Anny
+    settings = Settings(weights_dir=tmp_path, body_model=tmp_path / "SMPL_NEUTRAL.npz")
+    with pytest.raises(AnimateError) as excinfo:
+        Animator(settings).run(WOMAN_JPG, DANCE, tmp_path / "o.mp4", AnimationOptions(max_frames=2))
+    assert excinfo.value.code == "body_model_not_found" and not (tmp_path / "o.mp4").exists()
 
 
 def test_default_size_follows_the_reference():
