@@ -97,6 +97,7 @@ class AnimationResult:
     artifacts: dict[str, Path] = field(default_factory=dict)
     motion: str = "skeleton"  # what moved the person: "body" (3D body fit) or "skeleton" (2D field)
     notes: list[str] = field(default_factory=list)  # e.g. why the body fit was not used
+    parts: dict[str, str] = field(default_factory=dict)  # the engine's active parts (diffusion: weights used)
 
     def to_dict(self) -> dict:
         return {
@@ -108,6 +109,7 @@ class AnimationResult:
             "height": self.size[1],
             "motion": self.motion,
             "notes": list(self.notes),
+            "parts": dict(self.parts),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
         }
@@ -343,6 +345,7 @@ class Animator:
             artifacts=prepared.artifacts,
             motion="body" if bundle.body is not None else "skeleton",
             notes=prepared.notes,
+            parts=dict(getattr(engine, "parts", None) or {}),
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -154,7 +155,9 @@ def test_run_with_the_motion_controlnet_writes_mp4(
     ]  # fmt: skip
     with caplog.at_level(logging.INFO, logger="animate.engines.diffusion"):
         assert cli_run(argv) == 0, capsys.readouterr().err
-    assert '"engine": "diffusion"' in capsys.readouterr().out
+    result = json.loads(capsys.readouterr().out)  # stdout is the result alone (no banners, no bar)
+    assert result["engine"] == "diffusion" and result["parts"]["motion_controlnet"] == "on (residuals once)"
+    assert result["parts"]["point_adapter"] == "on (DIFT)"
     info = open_video(out).info
     assert (info.codec, info.width, info.height, info.frame_count) == ("h264", 64, 64, 4)
     assert max(f.std() for f in open_video(out).frames()) > 1

@@ -27,6 +27,9 @@ import warp as wp
 from animate.body.camera import Camera
 from animate.body.parts import CHAMP_PALETTE
 
+# Warp prints its start-up banner and kernel loads to stdout, where `animate run --json` writes its result.
+wp.config.log_level = wp.LOG_WARNING
+
 DEPTH_NEAR_VALUE, DEPTH_FAR_VALUE, DEPTH_MIN_RANGE = 255.0, 64.0, 0.5
 NEAR = 1.0e-3  # triangles with a vertex nearer than this (metres) are not drawn
 DEPTH_SCALE = float(1 << 20)  # depth quantum of the z-buffer key: ~1 micrometre

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -45,7 +46,8 @@ def run(
         body=body,
     )
     options.validate()
-    with typer.progressbar(length=1000, label="animate", file=None, show_eta=True) as bar:
+    # the bar goes to stderr: stdout carries only the result (JSON with --json)
+    with typer.progressbar(length=1000, label="animate", file=sys.stderr, show_eta=True) as bar:
         shown = 0
 
         def on_progress(p: Progress) -> None:
