@@ -25,9 +25,13 @@ function show(job) {
     $("previews").innerHTML = "";
     for (const [name, url] of Object.entries(job.urls.artifacts)) {
       if (name === "poses") continue;
+      const figure = document.createElement("figure");
       const video = document.createElement("video");
       Object.assign(video, { src: url, muted: true, autoplay: true, loop: true, title: name });
-      $("previews").append(video);
+      const caption = document.createElement("figcaption");
+      caption.textContent = name;
+      figure.append(video, caption);
+      $("previews").append(figure);
     }
   }
 }
@@ -68,6 +72,7 @@ $("submit").onsubmit = async (event) => {
   $("result").hidden = true;
   try {
     const job = await api("/v1/jobs", { method: "POST", body: form });
+    recent();
     poll(job.id);
   } catch (error) {
     $("job").hidden = false;
