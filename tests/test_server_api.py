@@ -344,3 +344,39 @@ def test_health_metrics_openapi_and_page(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "<form" in page.text
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_inline_poll_gives_up_on_a_locked_file_and_the_threaded_read_waits(tmp_path: Path) -> None:
+    """A status poll reads SQLite on the event loop only while that cannot wait (WAL: readers do not wait
+    on the worker's writes); on a locked file it raises ``ReadBusy`` within ~50 ms and the route retries
+    in a thread, which waits for the lock."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.models import Job
+    from server.store import JobStore, ReadBusy
+
+    path = tmp_path / "jobs.db"
+    store = JobStore(f"sqlite:///{path}")
+    store.create(Job(id="a" * 32, reference_name="r.jpg", driving_name="d.mp4"))
+    assert store.poll_inline("a" * 32, "")[1] == 0  # queued, next to run
+    store.engine.dispose()
+    store._reader.dispose()
+
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("PRAGMA locking_mode=EXCLUSIVE")  # the one way to shut readers out of a WAL file
+    locker.execute("BEGIN EXCLUSIVE")
+    locker.execute("UPDATE jobs SET step = 1")
+    started = time.monotonic()
+    with pytest.raises(ReadBusy):
+        store.poll_inline("a" * 32, "")
+    assert time.monotonic() - started < 1.0
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(store.get_with_position, "a" * 32, "")
+        time.sleep(0.3)
+        assert not waiting.done()
+        locker.execute("COMMIT")
+        locker.close()
+        job, position = waiting.result(timeout=30)
+    assert job.step == 1 and position == 0
+    store.close()
