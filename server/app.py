@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 
 from animate import __version__
 from animate.settings import Settings
+from server import probe
 from server.deps import AppState, RateLimiter
 from server.errors import install_error_handlers
 from server.files import JobFiles
@@ -23,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=probe.warm_up, name="probe-warm-up", daemon=True).start()
         store = JobStore(database_url(settings))
         queue = JobQueue(settings)
         app.state.animate = AppState(

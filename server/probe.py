@@ -8,6 +8,7 @@ imported the decoders, so a probe costs a fork, not an interpreter start.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import resource
 import signal
 from dataclasses import dataclass
@@ -65,13 +66,24 @@ def _child(conn: Connection, target, args: tuple, limits: ProbeLimits) -> None:
         conn.close()
 
 
+def _context():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
+def warm_up() -> None:
+    """Start the fork server now (it imports the decoders, ~1 s), not on the first upload."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
+
+
 def run_sandboxed(target, args: tuple, limits: ProbeLimits) -> None:
     """Run ``target(*args)`` in a limited child; its ``AnimateError`` (or the limit it hit) is raised here.
 
     Blocks the calling thread for at most ``limits.timeout_seconds`` (plus the time to fork).
     """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
+    context = _context()
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(send, target, args, limits), daemon=True)
     child.start()
