@@ -6,6 +6,7 @@ Nested groups use ``__``: ``ANIMATE_MEDIA__MAX_VIDEO_SECONDS=30``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,5 +79,18 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Uploads, outputs, job database.")
     media: MediaLimits = Field(default_factory=MediaLimits)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    diffusion_speed: Literal["default", "fast", "low_memory"] = Field(
+        default="default",
+        description=(
+            "Diffusion engine speed paths (pipelines/optimizations.py): fast = fused QKV, channels_last, "
+            "regional torch.compile, batched CFG (large GPUs); low_memory = model CPU offload, feed-forward "
+            "chunking, sequential CFG, 2-frame VAE decode (16 GB cards)."
+        ),
+    )
+    diffusion_step_cache: int = Field(
+        default=1,
+        ge=1,
+        description="Opt-in DeepCache-style step cache: a full UNet pass every N steps (1 = off; outputs differ).",
+    )
     output_crf: int = Field(default=18, ge=0, le=51, description="H.264 quality of rendered videos.")
     output_preset: str = "medium"

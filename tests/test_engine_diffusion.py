@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from conftest import DANCE, HERO_RGBA
@@ -195,3 +196,50 @@ def test_skeleton_dense_flow_moves_the_person_with_the_keypoints():
     person = mask > 127
     np.testing.assert_allclose(flow[1][person], np.broadcast_to([5.0, -3.0], (person.sum(), 2)), atol=1e-4)
     assert not flow[1][~person].any()
+
+
+def _tiny_bundle(frames: int = 3):
+    from animate.motion.bundle import GuidanceBundle
+
+    rng = np.random.default_rng(0)
+    keypoints = np.zeros((frames, 133, 3), np.float32)
+    keypoints[:, :17, :2] = rng.uniform(8, 56, (frames, 17, 2))
+    keypoints[:, :17, 2] = 1.0
+    return GuidanceBundle(
+        reference=rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+        reference_mask=np.full((64, 64), 255, np.uint8),
+        reference_keypoints=keypoints[0],
+        keypoints=keypoints,
+        fps=8.0,
+        size=(64, 64),
+    )
+
+
+def test_speed_settings_reach_the_pipeline_and_keep_the_frames(tiny_weights):
+    """``ANIMATE_DIFFUSION_SPEED`` / ``ANIMATE_DIFFUSION_STEP_CACHE``: the low-memory path (offload left out
+    on a CPU) renders the plain path's frames; the opt-in step cache is attached, reported and changes them."""
+    from animate.engines.diffusion import DiffusionEngine, DiffusionOptions
+
+    # SVD's temporal VAE decoder mixes the frames of one decode call: compare at low_memory's chunk of 2
+    options = DiffusionOptions(steps=2, decode_chunk_size=2)
+    frames = {}
+    for name, settings in {
+        "plain": Settings(weights_dir=tiny_weights),
+        "low_memory": Settings(weights_dir=tiny_weights, diffusion_speed="low_memory"),
+        "cached": Settings(weights_dir=tiny_weights, diffusion_step_cache=2),
+    }.items():
+        engine = DiffusionEngine.from_settings(settings, options)
+        frames[name] = np.stack(list(engine.render(_tiny_bundle()))).astype(np.float32)
+        if name == "plain":
+            assert engine.parts["speed"] == "plain" and engine.call_kwargs == {}
+        if name == "low_memory":
+            assert engine.call_kwargs == {"cfg_mode": "sequential", "decode_chunk_size": 2}
+            assert (
+                "forward chunks of 1" in engine.parts["speed"] and "cpu_offload" not in engine.parts["speed"]
+            )
+        if name == "cached":
+            assert engine.parts["speed"] == "step cache every 2"
+            assert engine.pipeline.unet._step_cache.cached_calls > 0
+    assert frames["plain"].shape == (3, 64, 64, 3)
+    assert np.abs(frames["low_memory"] - frames["plain"]).max() <= 2  # uint8 rounding of a 1e-5 difference
+    assert np.abs(frames["cached"] - frames["plain"]).mean() > 0

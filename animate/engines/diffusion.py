@@ -61,6 +61,42 @@ def skeleton_dense_flow(bundle: GuidanceBundle) -> np.ndarray:
     return flow
 
 
+def speed_options(settings: Settings, cuda: bool):
+    """``pipelines.optimizations.OptimizationOptions`` for ``settings.diffusion_speed`` / ``diffusion_step_cache``.
+
+    Model CPU offload needs a GPU: without one the low-memory preset keeps its other parts.
+    """
+    from pipelines.optimizations import OptimizationOptions
+
+    presets = {
+        "default": OptimizationOptions,
+        "fast": OptimizationOptions.fast,
+        "low_memory": OptimizationOptions.low_memory,
+    }
+    overrides: dict = {"step_cache_interval": settings.diffusion_step_cache}
+    if not cuda:
+        overrides["cpu_offload"] = False
+    return presets[settings.diffusion_speed](**overrides)
+
+
+def describe_speed(options) -> str:
+    """The speed options that differ from the plain path, e.g. ``"fused_qkv, step cache every 2"``."""
+    on = [
+        name
+        for name in ("fused_qkv", "channels_last", "compile_blocks", "cpu_offload")
+        if getattr(options, name)
+    ]
+    if options.forward_chunk_size is not None:
+        on.append(f"forward chunks of {options.forward_chunk_size}")
+    if options.step_cache_interval > 1:
+        on.append(f"step cache every {options.step_cache_interval}")
+    if options.cfg_mode is not None:
+        on.append(f"{options.cfg_mode} CFG")
+    if options.decode_chunk_size is not None:
+        on.append(f"decode {options.decode_chunk_size} frames at a time")
+    return ", ".join(on) or "plain"
+
+
 class DiffusionEngine:
     name = "diffusion"
 
@@ -77,6 +113,7 @@ class DiffusionEngine:
         self.options = options or DiffusionOptions()
         self.sd15_dir = Path(sd15_dir) if sd15_dir is not None else None
         self.parts = self.describe_parts(pipeline, self.sd15_dir) | dict(parts or {})
+        self.call_kwargs: dict = {}  # pipeline-call arguments the speed options set (cfg_mode, decode chunk)
 
     @staticmethod
     def describe_parts(pipeline, sd15_dir: Path | None) -> dict[str, str]:
@@ -128,6 +165,7 @@ class DiffusionEngine:
         )
         from pipelines import AnimationPipeline, build_pipeline, load_dispose
         from pipelines.checkpoints import unet_config_from_dir
+        from pipelines.optimizations import optimize
 
         cuda = torch.cuda.is_available()
         dtype = torch.float16 if cuda else torch.float32
@@ -159,10 +197,16 @@ class DiffusionEngine:
                 dispose=root / DISPOSE_FILE if dispose_ok else None,
             )
             source = f"{SVD_DIR}/ + {MIMICMOTION_FILE}" + (f" + {DISPOSE_FILE}" if dispose_ok else "")
-        pipeline.to("cuda" if cuda else "cpu")
+        speed = speed_options(settings, cuda)
+        if not speed.cpu_offload:  # offload places each module itself
+            pipeline.to("cuda" if cuda else "cpu")
+        optimize(pipeline, speed)
         pipeline.set_progress_bar_config(disable=True)
         sd15 = root / SD15_DIR if features.get("dift") and pipeline.motion_controlnet is not None else None
-        engine = cls(pipeline, options, sd15_dir=sd15, parts={"weights": source})
+        engine = cls(
+            pipeline, options, sd15_dir=sd15, parts={"weights": source, "speed": describe_speed(speed)}
+        )
+        engine.call_kwargs = speed.call_kwargs()
         log.info("diffusion engine parts: %s", engine.parts)
         return engine
 
@@ -282,11 +326,11 @@ class DiffusionEngine:
             fps=opts.fps_id,
             motion_bucket_id=opts.motion_bucket_id,
             noise_aug_strength=opts.noise_aug_strength,
-            decode_chunk_size=opts.decode_chunk_size,
             generator=torch.Generator(device=device).manual_seed(opts.seed),
             output_type="np",
             callback_on_step_end=on_step_end,
             **motion,
+            **({"decode_chunk_size": opts.decode_chunk_size} | self.call_kwargs),  # speed options win
         )
         if should_cancel is not None and should_cancel():
             return
