@@ -133,9 +133,31 @@ def cluster(tmp_path: Path, data_dir: Path) -> Iterator[Cluster]:
     c.stop()
 
 
+def worker_children(pid: int) -> list:
+    """The worker processes a ``serve`` or ``worker --gpus`` process runs (exec'd, not yet reaped ones left out)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "worker_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # a dead one not reaped yet
+            pass
+    return found
+
+
 def test_serve_end_to_end_with_range_download(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_api(workers=1)
     cluster.wait(lambda: cluster.http.get("/readyz").status_code == 200, 60, "no live worker")
+    # The embedded worker dies (OOM killer, a crash): serve starts another, which runs the job below.
+    (first,) = worker_children(cluster.api.pid)
+    first.kill()
+    cluster.wait(
+        lambda: [w.pid for w in worker_children(cluster.api.pid)] not in ([], [first.pid]),
+        30,
+        "no new worker",
+    )
     job = cluster.submit(SHORT)
     done = cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED)
     assert done["status"] == "succeeded", done
@@ -356,13 +378,12 @@ def test_worker_gpus_runs_one_process_per_gpu(cluster: Cluster) -> None:
     lost.kill()
     lost.wait(timeout=10)
 
-    def replaced() -> bool:  # and exec'd: before that, a child still shows its parent's environment
-        now = psutil.Process(parent.pid).children()
-        started = all("worker_main" in " ".join(c.cmdline()) for c in now)
-        return len(now) == 2 and lost.pid not in {c.pid for c in now} and started
+    def replaced() -> bool:  # exec'd: before that, a child still shows its parent's environment
+        now = worker_children(parent.pid)
+        return len(now) == 2 and lost.pid not in {c.pid for c in now}
 
     cluster.wait(replaced, 30, "the dead worker was not replaced")
-    now = psutil.Process(parent.pid).children()
+    now = worker_children(parent.pid)
     assert sorted(c.environ()["CUDA_VISIBLE_DEVICES"] for c in now) == ["0", "1"]
 
     parent.terminate()

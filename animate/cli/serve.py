@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def serve(
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
     env = _embedded_worker_env(worker_threads)
-    children = [_spawn_worker(env, worker_nice) for _ in range(workers)]
+    pool = WorkerPool({f"embedded-{i}": env for i in range(workers)}, nice=worker_nice)
+    watcher = threading.Thread(target=pool.watch, name="worker-watch", daemon=True)
+    watcher.start()
     try:
         uvicorn.run(
             create_app(settings),
@@ -92,22 +95,54 @@ def serve(
             backlog=4096,
         )
     finally:
-        _stop(children)
+        pool.stop()
 
 
-def _stop(children: list[subprocess.Popen], signum: int = signal.SIGTERM) -> list[int]:
-    """SIGTERM (a running job goes back to the queue), then wait; SIGKILL what outlives 30 s."""
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signum)
-    codes = []
-    for child in children:
-        try:
-            codes.append(child.wait(timeout=30))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            codes.append(child.wait())
-    return codes
+class WorkerPool:
+    """One worker process per named environment; one that dies is started again until ``stop``."""
+
+    def __init__(self, envs: dict[str, dict[str, str]], nice: int = 0) -> None:
+        self.envs, self.nice = envs, nice
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.children = {name: _spawn_worker(env, nice) for name, env in envs.items()}
+        self._started = dict.fromkeys(envs, time.monotonic())
+
+    def check(self) -> None:
+        with self._lock:
+            for name, child in self.children.items():
+                code = child.poll()
+                # At most one restart per worker every 5 s: a worker that cannot start does not spin.
+                if (
+                    code is not None
+                    and not self._stopping.is_set()
+                    and time.monotonic() - self._started[name] > 5
+                ):
+                    log.warning("worker %s exited with %s; starting another", name, code)
+                    self.children[name] = _spawn_worker(self.envs[name], self.nice)
+                    self._started[name] = time.monotonic()
+
+    def watch(self, period: float = 0.5) -> None:
+        while not self._stopping.wait(period):
+            self.check()
+
+    def stop(self, signum: int = signal.SIGTERM) -> bool:
+        """Signal every worker (SIGTERM: a running job goes back to the queue), wait, SIGKILL what outlives
+        30 s. True when all ended cleanly (one still starting may die of the signal itself)."""
+        with self._lock:
+            self._stopping.set()
+            children = list(self.children.values())
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+        codes = []
+        for child in children:
+            try:
+                codes.append(child.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                codes.append(child.wait())
+        return all(code in (0, -signum) for code in codes)
 
 
 def worker(
@@ -129,9 +164,8 @@ def worker(
 
 
 def supervise(envs: dict[str, dict[str, str]]) -> None:
-    """One worker process per entry; one that dies is started again; SIGTERM/SIGINT stop them all."""
-    children = {name: _spawn_worker(env) for name, env in envs.items()}
-    started = dict.fromkeys(envs, time.monotonic())
+    """One worker process per entry, replaced if it dies; SIGTERM/SIGINT stop them all."""
+    pool = WorkerPool(envs)
     stopping: list[int] = []
 
     def stop(signum: int, _frame) -> None:
@@ -140,15 +174,9 @@ def supervise(envs: dict[str, dict[str, str]]) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while not stopping:
-        for name, child in children.items():
-            code = child.poll()
-            # At most one restart per GPU every 5 s: a worker that cannot start does not spin.
-            if code is not None and not stopping and time.monotonic() - started[name] > 5:
-                log.warning("worker for GPU %s exited with %s; starting another", name, code)
-                children[name], started[name] = _spawn_worker(envs[name]), time.monotonic()
+        pool.check()
         time.sleep(0.5)
-    codes = _stop(list(children.values()), stopping[0])
-    if any(code not in (0, -stopping[0]) for code in codes):  # one still starting dies of the signal itself
+    if not pool.stop(stopping[0]):
         raise typer.Exit(1)
 
 
