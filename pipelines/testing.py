@@ -7,6 +7,8 @@ stage, 32 output channels); the point adapter takes 16-channel reference feature
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,3 +154,82 @@ def reinit_zero_layers(module: torch.nn.Module, seed: int = 1, std: float = 0.5)
         ) and param.abs().max() == 0:
             with torch.no_grad():
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+TINY_CLIP_MERGES = ["p h", "h u", "hu m", "hum a", "huma n</w>", "o f</w>", "c a", "ca t</w>"]
+
+
+def write_clip_tokenizer(path: str | Path) -> int:
+    """A byte-level CLIP BPE vocabulary (every byte alone and word-final, a few merges) in SD 1.5's files
+    (``vocab.json``, ``merges.txt``, ``tokenizer_config.json``); returns the vocabulary size."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path = Path(path)
+    path.mkdir(parents=True)
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in TINY_CLIP_MERGES]
+    vocab = {token: i for i, token in enumerate([*tokens, "<|startoftext|>", "<|endoftext|>"])}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(TINY_CLIP_MERGES) + "\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return len(vocab)
+
+
+def save_tiny_sd15(root: str | Path, feature_channels: int = 32) -> Path:
+    """Stable Diffusion 1.5's diffusers layout, block types and scheduler config at toy widths (4 UNet
+    levels, a VAE downsampling by 8), for DIFT; ``up_blocks[1]`` gives ``feature_channels`` channels."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = Path(root)
+    vocab_size = write_clip_tokenizer(root / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    ).save_pretrained(root / "text_encoder")
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 16, feature_channels, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+    ).save_pretrained(root / "unet")
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    ).save_pretrained(root / "vae")
+    # SD 1.5 ships a PNDM config; DIFT noises with DDIM's add_noise over the same betas
+    PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    ).save_config(root / "scheduler")
+    return root

@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from conftest import DANCE, HERO_RGBA
 
 from animate.cli import run as cli_run
@@ -88,58 +87,19 @@ def test_diffusion_progress_per_step_and_cancel(tiny_weights, tmp_path, data_dir
     assert not (tmp_path / "b.mp4").exists()
 
 
-def _save_tiny_sd15(root, feature_channels: int) -> None:
-    """Stable Diffusion 1.5's layout and block types at toy widths; ``up_blocks[1]`` gives ``feature_channels``."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from test_dift import write_clip_tokenizer
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    vocab_size = write_clip_tokenizer(root / "tokenizer")
-    torch.manual_seed(0)
-    CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-            num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-        )
-    ).save_pretrained(root / "text_encoder", safe_serialization=True)  # fmt: skip
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(8, feature_channels, feature_channels, 16),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=1,
-        norm_num_groups=8,
-        cross_attention_dim=32,
-        attention_head_dim=2,
-    ).save_pretrained(root / "unet")
-    torch.manual_seed(0)
-    AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=4,
-        layers_per_block=1,
-    ).save_pretrained(root / "vae")
-    PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
-    ).save_config(root / "scheduler")
-
-
 @pytest.fixture(scope="module")
 def tiny_dispose_weights(tmp_path_factory):
     """UNet + pose guider + guidance encoders + motion ControlNet (re-initialised so each steers), converted;
     and a tiny SD 1.5 for the point adapter's DIFT features."""
     from pipelines import AnimationPipeline
-    from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, tiny_components
+    from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, save_tiny_sd15, tiny_components
 
     components = tiny_components(with_guidance_encoders=True, with_motion_controlnet=True)
     for name in ("pose_guider", "guidance_encoders", "motion_controlnet"):
         reinit_zero_layers(components[name])
     root = tmp_path_factory.mktemp("weights")
     AnimationPipeline(**components).save_pretrained(root / CONVERTED_DIR)
-    _save_tiny_sd15(root / SD15_DIR, TINY_POINT_CHANNELS)
+    save_tiny_sd15(root / SD15_DIR, TINY_POINT_CHANNELS)
     return root
 
 
