@@ -313,7 +313,9 @@ def test_retention_removes_finished_files_and_leaves_running_jobs(tmp_path: Path
     cluster = Cluster(tmp_path, env={"ANIMATE_SERVER__RETENTION_HOURS": str(retention / 3600)})
     try:
         cluster.start_api(workers=1)
-        short, long = cluster.submit(SHORT), cluster.submit(LONG)
+        # the long job must outlive several sweeps whatever the machine's speed: all 288 frames, canceled below
+        whole_clip = {**LONG, "max_frames": 288, "width": 576, "height": 1024}
+        short, long = cluster.submit(SHORT), cluster.submit(whole_clip)
         done = cluster.wait_for(short["id"], lambda j: j["status"] in FINISHED)
         assert done["status"] == "succeeded", done
         assert done["expired"] is False and done["expires_at"] is not None
