@@ -26,7 +26,7 @@ import numpy as np
 
 from animate.engines import ENGINE_NAMES, select_engine
 from animate.errors import AnimateError
-from animate.media import ReferenceImage, cover_size, load_image, open_video, write_video
+from animate.media import ReferenceImage, VideoWriters, cover_size, load_image, open_video, write_video
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.visualize import flow_to_color
 from animate.settings import Settings
@@ -37,6 +37,7 @@ STAGES = tuple(STAGE_WEIGHTS)
 MAX_SIDE, SHORT_SIDE = 1024, 576
 #: The reference body fit must cover at least this IoU of the reference person mask to be used.
 MIN_REFERENCE_FIT_IOU = 0.5
+PREVIEW = {"crf": 23, "preset": "veryfast"}  # guidance previews: for the eye, not the result
 
 log = logging.getLogger("animate.animator")
 
@@ -359,7 +360,7 @@ class Animator:
         targets.save(directory / "poses.json")
         out["poses"] = directory / "poses.json"
         skeletons = (draw_pose(pose, width, height) for pose in targets)
-        out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons, bundle.fps).path
+        out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons, bundle.fps, **PREVIEW).path
 
         def motion_frames() -> Iterator[np.ndarray]:
             # Trajectory flow in chunks, so memory stays bounded for long videos.
@@ -371,14 +372,16 @@ class Animator:
                     yield flow_to_color(flow, max_magnitude=max(4.0, 0.01 * height))
                 report("motion", min(start + chunk, bundle.num_frames), bundle.num_frames)
 
-        out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps).path
+        out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps, **PREVIEW).path
         if bundle.body is not None:
             out.update(self._write_body_artifacts(directory, bundle))
         return out
 
     @staticmethod
     def _write_body_artifacts(directory: Path, bundle: GuidanceBundle) -> dict:
-        """The fitted bodies (``body.json``) and the dense field as colours (``dense_flow.mp4``)."""
+        """The fitted bodies (``body.json``) and, from one render per frame, the guidance maps the diffusion
+        engine reads (``depth.mp4``, ``normal.mp4``, ``semantic.mp4``) and the dense field as colours
+        (``dense_flow.mp4``). Previews: encoded at a fast preset and a lower quality than the result."""
         import json
 
         from animate.motion.body_field import DenseField
@@ -392,11 +395,20 @@ class Animator:
         )
         dense = DenseField(motion, bundle.reference_mask)
         scale = max(4.0, 0.1 * bundle.height)
-        colours = (flow_to_color(dense.flow(v), max_magnitude=scale) for v in motion.iter_vertices())
-        return {
-            "body": directory / "body.json",
-            "dense_flow": write_video(directory / "dense_flow.mp4", colours, bundle.fps).path,
-        }
+        renderer, camera = motion.renderer()
+        names = ("depth", "normal", "semantic", "dense_flow")
+        with VideoWriters(directory, names, bundle.fps, **PREVIEW) as writers:
+            for vertices in motion.iter_vertices():
+                frame = renderer.render(vertices, camera)
+                writers.put(
+                    {
+                        "depth": np.repeat(frame.depth_image[..., None], 3, axis=2),
+                        "normal": frame.normal_image,
+                        "semantic": frame.semantic_image,
+                        "dense_flow": flow_to_color(dense.flow(vertices), max_magnitude=scale),
+                    }
+                )
+        return {"body": directory / "body.json", **{name: directory / f"{name}.mp4" for name in names}}
 
     def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter) -> None:
         """The full per-frame stacks a diffusion engine reads: the rendered body's depth / normal /

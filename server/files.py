@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
-ARTIFACT_NAMES = ("skeleton", "motion", "poses", "depth", "normal", "semantic")
+ARTIFACT_NAMES = ("skeleton", "motion", "poses", "depth", "normal", "semantic", "dense_flow")
 
 
 class JobFiles:

@@ -71,8 +71,11 @@ def test_run_writes_valid_mp4(animated):
     assert (info.width, info.height, info.frame_count, info.fps) == (576, 1024, FRAMES, 24.0)
     assert info.has_audio
     artifacts = animated / "artifacts"
-    for name in ("skeleton", "motion", "dense_flow"):
+    for name in ("skeleton", "motion", "dense_flow", "depth", "normal", "semantic"):
         assert open_video(artifacts / f"{name}.mp4").info.frame_count == FRAMES
+    # the body guidance previews show the body: a lit middle, a black background
+    depth = next(open_video(artifacts / "depth.mp4").frames())
+    assert depth[512, 288].mean() > 100 and depth[5, 5].mean() < 10
     poses = json.loads((artifacts / "poses.json").read_text())
     assert poses["layout"] == "coco_wholebody_133" and len(poses["frames"]) == FRAMES
     body = json.loads((artifacts / "body.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 from _media import make_video, top_level_boxes
 from conftest import DANCE
 
-from animate.media import MediaError, open_video, write_video
+from animate.media import MediaError, VideoWriters, open_video, write_video
 
 
 def test_round_trip_dance_576x1024(tmp_path, data_dir):
@@ -99,3 +99,25 @@ def test_output_permissions_follow_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_video_writers_write_side_by_side_and_abort_cleanly(tmp_path):
+    frames = [np.full((32, 48, 3), 20 * i, np.uint8) for i in range(6)]
+    with VideoWriters(tmp_path, ("a", "b"), 12.0) as writers:
+        for frame in frames:
+            writers.put({"a": frame, "b": 255 - frame})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]
+    a, b = (list(open_video(tmp_path / f"{n}.mp4").frames()) for n in "ab")
+    assert len(a) == len(b) == 6 and a[5].mean() > 90 and b[5].mean() < 160
+
+    aborted = tmp_path / "aborted"
+    with pytest.raises(RuntimeError), VideoWriters(aborted, ("c", "d"), 12.0) as writers:
+        for i, frame in enumerate(frames * 3):  # more frames than the queues hold
+            writers.put({"c": frame, "d": frame})
+            if i == 10:
+                raise RuntimeError("the producer failed")
+    assert list(aborted.iterdir()) == []  # no video, no partial file
+
+    # a writer's own error reaches the producer at close()
+    with pytest.raises(MediaError), VideoWriters(tmp_path / "bad", ("e",), 12.0) as writers:
+        writers.put({"e": np.zeros((32, 48), np.uint8)})  # not RGB

@@ -9,15 +9,13 @@ Writes into DIR: ``skeleton.mp4`` (driving poses retargeted to the reference), `
 from __future__ import annotations
 
 import json
-import queue
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import typer
 
 from animate.errors import AnimateError
+from animate.media import VideoWriters
 
 DEFAULT_SIZE = (576, 1024)
 MAPS = ("skeleton", "depth", "normal", "semantic", "mask", "overlay")
@@ -35,46 +33,6 @@ def parse_size(text: str | None, reference_wh: tuple[int, int]) -> tuple[int, in
     if not (16 <= w <= 4096 and 16 <= h <= 4096) or w % 2 or h % 2:
         raise AnimateError("bad_size", f"--size needs even sides between 16 and 4096, got {text!r}")
     return w, h
-
-
-class _Writers:
-    """One H.264 writer thread per output video, fed frame by frame (nothing is held in memory)."""
-
-    def __init__(self, out_dir: Path, names: tuple[str, ...], fps: float, crf: int, preset: str) -> None:
-        from animate.media import write_video
-
-        self.queues = {name: queue.Queue(maxsize=4) for name in names}
-        self.errors: list[BaseException] = []
-        self.threads = []
-        for name in names:
-
-            def run(name: str = name) -> None:
-                try:
-                    write_video(out_dir / f"{name}.mp4", self._drain(name), fps, crf=crf, preset=preset)
-                except BaseException as exc:  # surfaced in close()
-                    self.errors.append(exc)
-                    while self.queues[name].get() is not None:
-                        pass
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            self.threads.append(thread)
-
-    def _drain(self, name: str) -> Iterator[np.ndarray]:
-        while (frame := self.queues[name].get()) is not None:
-            yield frame
-
-    def put(self, frames: dict[str, np.ndarray]) -> None:
-        for name, frame in frames.items():
-            self.queues[name].put(frame)
-
-    def close(self) -> None:
-        for q in self.queues.values():
-            q.put(None)
-        for thread in self.threads:
-            thread.join()
-        if self.errors:
-            raise self.errors[0]
 
 
 def guidance(
@@ -148,7 +106,7 @@ def guidance(
     poses.save(output / "poses.json")
     renderer = Renderer(body.faces, body.vertex_parts, device=device)
     fps = poses.fps if poses.fps > 0 else video.fps
-    writers = _Writers(output, MAPS, fps, settings.output_crf, settings.output_preset)
+    writers = VideoWriters(output, MAPS, fps, crf=settings.output_crf, preset=settings.output_preset)
     gray = lambda m: np.repeat(m[..., None], 3, axis=2)  # noqa: E731
     fitted, moved_parts = [], []
     try:

@@ -3,7 +3,7 @@
 from animate.media.errors import MEDIA_ERROR_CODES, MediaError
 from animate.media.image import ReferenceImage, load_image
 from animate.media.video import DrivingVideo, VideoInfo, cover_size, open_video, probe_video
-from animate.media.writer import WrittenVideo, write_video
+from animate.media.writer import VideoWriters, WrittenVideo, write_video
 
 __all__ = [
     "MEDIA_ERROR_CODES",
@@ -11,6 +11,7 @@ __all__ = [
     "MediaError",
     "ReferenceImage",
     "VideoInfo",
+    "VideoWriters",
     "WrittenVideo",
     "cover_size",
     "load_image",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -198,3 +200,79 @@ def _check_frame(array: np.ndarray) -> np.ndarray:
             "invalid_frame", f"frames must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}"
         )
     return np.ascontiguousarray(array)
+
+
+class VideoWriters:
+    """Several videos written side by side from one pass over the frames: one ``write_video`` thread per
+    name, fed frame by frame through a short queue (nothing is held in memory). ``close()`` finishes every
+    file and re-raises the first writer error; ``abort()`` (or leaving a ``with`` block by an exception)
+    stops them without leaving a file behind."""
+
+    def __init__(
+        self, out_dir: str | Path, names: Iterable[str], fps: float, *, crf: int = 18, preset: str = "medium"
+    ):
+        self.out_dir = Path(out_dir)
+        self.queues: dict[str, queue.Queue] = {name: queue.Queue(maxsize=4) for name in names}
+        self.errors: list[BaseException] = []
+        self.written: dict[str, WrittenVideo] = {}
+        self._aborted = False
+        self.threads = [
+            threading.Thread(
+                target=self._run, args=(name, fps, crf, preset), name=f"writer-{name}", daemon=True
+            )
+            for name in self.queues
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, name: str, fps: float, crf: int, preset: str) -> None:
+        try:
+            self.written[name] = write_video(
+                self.out_dir / f"{name}.mp4", self._drain(name), fps, crf=crf, preset=preset
+            )
+        except BaseException as exc:  # surfaced by close()
+            self.errors.append(exc)
+            while self.queues[name].get() is not None:  # keep the producer from blocking
+                pass
+
+    def _drain(self, name: str) -> Iterator[np.ndarray]:
+        while (frame := self.queues[name].get()) is not None:
+            if self._aborted:
+                raise _Aborted
+            yield frame
+
+    def put(self, frames: dict[str, np.ndarray]) -> None:
+        """One frame for each video, by name."""
+        for name, frame in frames.items():
+            self.queues[name].put(frame)
+
+    def close(self) -> dict[str, WrittenVideo]:
+        for q in self.queues.values():
+            q.put(None)
+        for thread in self.threads:
+            thread.join()
+        errors = [e for e in self.errors if not isinstance(e, _Aborted)]
+        if errors:
+            raise errors[0]
+        return self.written
+
+    def abort(self) -> None:
+        self._aborted = True
+        for q in self.queues.values():
+            q.put(np.zeros((2, 2, 3), np.uint8))  # wakes a writer waiting for a frame; it raises _Aborted
+            q.put(None)
+        for thread in self.threads:
+            thread.join()
+
+    def __enter__(self) -> VideoWriters:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class _Aborted(Exception):
+    """Raised inside a writer's frame iterator so ``write_video`` removes its partial file."""
