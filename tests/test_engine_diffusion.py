@@ -129,35 +129,6 @@ def test_run_with_the_motion_controlnet_writes_mp4(
     assert "'dense_flow': 'bundle'" in parts and "'guidance_maps': 'depth, normal, semantic'" in parts
 
 
-def test_skeleton_dense_flow_moves_the_person_with_the_keypoints():
-    import numpy as np
-
-    from animate.engines.diffusion import skeleton_dense_flow
-    from animate.motion import GuidanceBundle
-
-    reference = np.zeros((133, 3), np.float32)
-    body = [(32, 10), (30, 8), (34, 8), (28, 9), (36, 9), (24, 18), (40, 18), (22, 28), (42, 28), (21, 36),
-            (43, 36), (27, 40), (37, 40), (27, 50), (37, 50), (27, 60), (37, 60)]  # fmt: skip
-    reference[:17, :2], reference[:17, 2] = body, 1.0
-    moved = reference.copy()
-    moved[:, :2] += (5.0, -3.0)
-    mask = np.zeros((64, 64), np.uint8)
-    mask[8:61, 20:45] = 255
-    bundle = GuidanceBundle(
-        reference=np.zeros((64, 64, 3), np.uint8),
-        reference_mask=mask,
-        reference_keypoints=reference,
-        keypoints=np.stack([reference, moved]),
-        fps=8.0,
-        size=(64, 64),
-    )
-    flow = skeleton_dense_flow(bundle)
-    assert flow.shape == (2, 64, 64, 2) and np.abs(flow[0]).max() < 1e-4
-    person = mask > 127
-    np.testing.assert_allclose(flow[1][person], np.broadcast_to([5.0, -3.0], (person.sum(), 2)), atol=1e-4)
-    assert not flow[1][~person].any()
-
-
 def _tiny_bundle(frames: int = 3):
     from animate.motion.bundle import GuidanceBundle
 

@@ -41,26 +41,6 @@ class DiffusionOptions:
     controlnet_cfg: str = "keep"  # the negative CFG half keeps flows and points, as DisPose
 
 
-def skeleton_dense_flow(bundle: GuidanceBundle) -> np.ndarray:
-    """``(T, H, W, 2)`` reference -> frame t displacement of the reference person's pixels under the 2D
-    skeleton field (zero elsewhere): the dense field when neither CMP nor a body fit gave one."""
-    from animate.motion.skeleton_field import SkeletonField
-
-    width, height = bundle.size
-    flow = np.zeros((bundle.num_frames, height, width, 2), np.float32)
-    ys, xs = np.nonzero(bundle.reference_mask > 127)
-    if len(xs) == 0:
-        return flow
-    pixels = np.stack([xs, ys], 1).astype(np.float64)
-    try:
-        field = SkeletonField(bundle.reference_keypoints, pixels)
-    except ValueError:  # no usable bones in the reference: no motion to propagate
-        return flow
-    for t, keypoints in enumerate(bundle.keypoints):
-        flow[t, ys, xs] = (field.positions(keypoints) - pixels).astype(np.float32)
-    return flow
-
-
 def speed_options(settings: Settings, cuda: bool):
     """``pipelines.optimizations.OptimizationOptions`` for ``settings.diffusion_speed`` / ``diffusion_step_cache``.
 
@@ -215,12 +195,16 @@ class DiffusionEngine:
         if getattr(self.pipeline, "motion_controlnet", None) is None:
             return {}
         from animate.motion.keypoint_flow import trajectory_flow
+        from animate.motion.skeleton_field import skeleton_dense_flow
         from animate.pose.layout import openpose18
 
         opts = self.options
         dense, dense_source = bundle.dense_flow, "bundle"
         if dense is None:
-            dense, dense_source = skeleton_dense_flow(bundle), "2D skeleton field"
+            dense, dense_source = (
+                skeleton_dense_flow(bundle.reference_keypoints, bundle.keypoints, bundle.reference_mask),
+                "2D skeleton field",
+            )
         trajectory, trajectory_source = bundle.trajectory_flow, "bundle"
         if trajectory is None:
             trajectory, trajectory_source = trajectory_flow(bundle.keypoints, bundle.size), "keypoints"

@@ -232,3 +232,24 @@ def _inside_polygon(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
             x_cross = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
         inside ^= crosses & (x < x_cross)
     return inside
+
+
+def skeleton_dense_flow(
+    reference_keypoints: np.ndarray, keypoints: np.ndarray, reference_mask: np.ndarray
+) -> np.ndarray:
+    """``(T, H, W, 2)`` reference -> frame t displacement of the reference person's pixels
+    (``reference_mask`` > 127) under the 2D skeleton field, zero elsewhere: the dense field when neither CMP
+    nor a body fit gives one. ``keypoints``: (T, 133, 3) in the mask's pixels."""
+    height, width = reference_mask.shape
+    flow = np.zeros((len(keypoints), height, width, 2), np.float32)
+    ys, xs = np.nonzero(reference_mask > 127)
+    if len(xs) == 0:
+        return flow
+    pixels = np.stack([xs, ys], 1).astype(np.float64)
+    try:
+        field = SkeletonField(reference_keypoints, pixels)
+    except ValueError:  # no usable bones in the reference: no motion to propagate
+        return flow
+    for t, frame_keypoints in enumerate(keypoints):
+        flow[t, ys, xs] = (field.positions(frame_keypoints) - pixels).astype(np.float32)
+    return flow
