@@ -128,22 +128,29 @@ def _check_svd(root: Path) -> tuple[WeightFile, dict[str, Any] | None]:
     return WeightFile("svd", SVD_DIR, OK, _size(path), "unet, vae, image_encoder"), unet_config_from_dir(path)
 
 
-def _check_mimicmotion(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
+def _pth_shapes(path: Path) -> dict[str, tuple[int, ...]] | str:
+    """Key names and shapes of a pickled state dict, or why it cannot be read. Memory-mapped: the tensors
+    stay on disk, only names and shapes are touched."""
     import torch
 
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        return f"unreadable: {exc}"
+    if not isinstance(state, dict):
+        return "not a state dict"
+    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _check_mimicmotion(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
     from pipelines import CheckpointError, check_mimicmotion
 
     path = root / MIMICMOTION_FILE
     if not path.is_file():
         return WeightFile("mimicmotion", MIMICMOTION_FILE, MISSING, detail="UNet + pose guider")
-    try:
-        # mmap: tensors stay on disk; only names and shapes are touched
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:
-        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), f"unreadable: {exc}")
-    if not isinstance(state, dict):
-        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), "not a state dict")
-    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    shapes = _pth_shapes(path)
+    if isinstance(shapes, str):
+        return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), shapes)
     try:
         reports = check_mimicmotion(shapes, unet_config or _svd_xt_unet_config())
     except CheckpointError as exc:
@@ -198,20 +205,14 @@ def _check_champ(root: Path) -> list[WeightFile]:
 
 
 def _check_dispose(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
-    import torch
-
     from pipelines import CheckpointError, check_dispose
 
     path = root / DISPOSE_FILE
     if not path.is_file():
         return WeightFile("dispose", DISPOSE_FILE, MISSING, detail="DisPose motion ControlNet")
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:
-        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), f"unreadable: {exc}")
-    if not isinstance(state, dict):
-        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), "not a state dict")
-    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    shapes = _pth_shapes(path)
+    if isinstance(shapes, str):
+        return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), shapes)
     try:
         report = check_dispose(shapes, unet_config or _svd_xt_unet_config())
     except CheckpointError as exc:
