@@ -3,7 +3,7 @@
 Everything is in the COCO-WholeBody 133 layout (``layout.py``) in pixels of the frame it came from.
 """
 
-from animate.pose.draw import draw_pose
+from animate.pose.draw import draw_pose, draw_pose_mimicmotion
 from animate.pose.errors import PoseError
 from animate.pose.estimator import PoseEstimator
 from animate.pose.extract import (
@@ -36,6 +36,7 @@ __all__ = [
     "SmoothingOptions",
     "TrackingOptions",
     "draw_pose",
+    "draw_pose_mimicmotion",
     "estimate_frames",
     "estimate_image",
     "estimate_sequence_from_image",

@@ -126,3 +126,82 @@ def draw_pose(
     small = cv2.resize(canvas.image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
     out[y0:y1, x0:x1] = small[:, :, ::-1]  # DWPose's BGR canvas, handed out as RGB like they do
     return out
+
+
+def _openpose18_dwpose(keypoints: np.ndarray) -> np.ndarray:
+    """OpenPose-18 as DWPose's wholebody.py builds it: the neck's score is 1 when both shoulders > 0.3, else 0."""
+    body = openpose18(keypoints)
+    body[1, 2] = float(keypoints[5, 2] > THRESHOLD and keypoints[6, 2] > THRESHOLD)
+    return body
+
+
+def draw_pose_mimicmotion(pose: Pose, width: int, height: int, ref_w: int = CANVAS_SHORT_SIDE) -> np.ndarray:
+    """MimicMotion's ``draw_pose(pose, H, W, ref_w=2160)`` exactly: an (height, width, 3) uint8 RGB image.
+
+    The canvas is ``int(H * sr) x int(W * sr)`` with ``sr = ref_w / min(H, W)``; coordinates are truncated
+    to canvas pixels. Body: limbs where both scores >= 0.3 (4 px half-width ellipses, colour * the two
+    scores, truncated), the canvas then dimmed by 0.6 (truncated), joints with score > 0.3 (radius 4, colour
+    * score). Hands: every edge and point whose canvas coordinates are >= 1, whatever the score (2 px lines
+    in hue * int(s1 * s2 * 255), radius-4 dots (0, 0, int(s * 255))). Face: radius-3 grey dots int(s * 255)
+    at canvas coordinates >= 1. Then ``cv2.resize`` (bilinear) to (W, H) and BGR -> RGB. Only the main
+    person is drawn (upstream draws everyone DWPose found). Products of scores are float32, scaled in
+    float64, as on the NumPy 1.x upstream ran with.
+    """
+    short = min(height, width)
+    sr = ref_w / short if short != ref_w else 1
+    canvas = np.zeros((int(height * sr), int(width * sr), 3), np.uint8)
+    if pose.detected:
+        kp = pose.keypoints.astype(np.float32)
+        # upstream keeps coordinates normalised by the image size and multiplies them by the canvas size
+        scale = np.array([width, height], np.float64)
+        body = _openpose18_dwpose(kp)
+        canvas = _mimicmotion_body(canvas, body[:, :2] / scale, body[:, 2])
+        for hand in (LEFT_HAND, RIGHT_HAND):
+            _mimicmotion_hand(canvas, kp[hand, :2] / scale, kp[hand, 2])
+        _mimicmotion_face(canvas, kp[FACE, :2] / scale, kp[FACE, 2])
+    return cv2.cvtColor(cv2.resize(canvas, (width, height)), cv2.COLOR_BGR2RGB)
+
+
+def _canvas_xy(canvas: np.ndarray, points: np.ndarray) -> list[tuple[int, int]]:
+    ch, cw = canvas.shape[:2]
+    return [(int(x * cw), int(y * ch)) for x, y in points]
+
+
+def _mimicmotion_body(canvas: np.ndarray, points: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    ch, cw = canvas.shape[:2]
+    for i, (a, b) in enumerate(LIMBS):
+        sa, sb = scores[a - 1], scores[b - 1]
+        if sa < THRESHOLD or sb < THRESHOLD:
+            continue
+        xs = points[[a - 1, b - 1], 0] * float(cw)
+        ys = points[[a - 1, b - 1], 1] * float(ch)
+        length = ((xs[0] - xs[1]) ** 2 + (ys[0] - ys[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
+        poly = cv2.ellipse2Poly(
+            (int(np.mean(xs)), int(np.mean(ys))), (int(length / 2), 4), int(angle), 0, 360, 1
+        )
+        cv2.fillConvexPoly(canvas, poly, [int(c * float(sa * sb)) for c in COLORS[i]])
+    canvas = (canvas * 0.6).astype(np.uint8)
+    for i, xy in enumerate(_canvas_xy(canvas, points)):
+        if scores[i] > THRESHOLD:
+            cv2.circle(canvas, xy, 4, [int(c * float(scores[i])) for c in COLORS[i]], thickness=-1)
+    return canvas
+
+
+def _mimicmotion_hand(canvas: np.ndarray, points: np.ndarray, scores: np.ndarray) -> None:
+    xy = _canvas_xy(canvas, points)
+    for i, (a, b) in enumerate(HAND_EDGES):
+        level = int(float(scores[a] * scores[b]) * 255)
+        if min(*xy[a], *xy[b]) > 0:
+            color = tuple(float(c) * level for c in HAND_COLORS[i])  # cv2 rounds float colours
+            cv2.line(canvas, xy[a], xy[b], color, thickness=2)
+    for (x, y), s in zip(xy, scores, strict=True):
+        if x > 0 and y > 0:
+            cv2.circle(canvas, (x, y), 4, (0, 0, int(float(s) * 255)), thickness=-1)
+
+
+def _mimicmotion_face(canvas: np.ndarray, points: np.ndarray, scores: np.ndarray) -> None:
+    for (x, y), s in zip(_canvas_xy(canvas, points), scores, strict=True):
+        if x > 0 and y > 0:
+            v = int(float(s) * 255)
+            cv2.circle(canvas, (x, y), 3, (v, v, v), thickness=-1)

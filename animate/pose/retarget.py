@@ -209,30 +209,38 @@ def retarget(
     return PoseSequence(frames, ref_width, ref_height, driving.fps, {"retarget": "bones", "scale": scale})
 
 
-# MimicMotion fits on these OpenPose-18 points: nose, neck, shoulders, hips, eyes, ears.
-GLOBAL_FIT_POINTS = (0, 1, 2, 5, 8, 11, 14, 15, 16, 17)
+# MimicMotion fits on these OpenPose-18 points: nose, neck, shoulders, hips, knees, ankles, eyes, ears.
+GLOBAL_FIT_POINTS = (0, 1, 2, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17)
 
 
 def global_fit(
     driving: PoseSequence, reference: Pose, ref_width: int, ref_height: int, threshold: float = 0.3
 ) -> PoseSequence:
-    """MimicMotion's alignment: one pixel scale (least squares on y) and offset for the whole clip."""
+    """MimicMotion's alignment (``get_video_pose``): one linear map for the whole clip, in coordinates
+    normalised by each image's size.
+
+    y: ``np.polyfit`` of the driving y onto the reference y over the ``GLOBAL_FIT_POINTS`` the reference shows
+    (score > ``threshold``), pooled over every frame with a person (the driving points whatever their score);
+    x: the scale ``ay * (fw / fh) * (ref_height / ref_width)`` (the same pixel scale as y) and the mean
+    offset. Every keypoint of every frame is mapped.
+    """
     ref18 = openpose18(reference.keypoints)
-    ids = [i for i in GLOBAL_FIT_POINTS if ref18[i, 2] >= threshold]
+    ids = [i for i in GLOBAL_FIT_POINTS if ref18[i, 2] > threshold]
     if len(ids) < 2 or not len(driving):
         raise PoseError("retarget_failed", "the reference shows too few head and torso points to fit")
-    frames18 = np.stack([openpose18(p.keypoints) for p in driving.frames])
-    usable = driving.detected & (frames18[:, ids, 2] >= threshold).all(axis=1)
-    if not usable.any():
-        raise PoseError("retarget_failed", "no driving frame shows the reference's head and torso points")
-    drv = frames18[usable][:, ids]
-    ref_pts = np.tile(ref18[ids, :2], (len(drv), 1))
-    k, by = np.polyfit(drv[:, :, 1].ravel(), ref_pts[:, 1], 1)
-    bx = float(np.mean(ref_pts[:, 0] - drv[:, :, 0].ravel() * k))
+    if not driving.detected.any():
+        raise PoseError("retarget_failed", "no driving frame shows a person")
+    # float32 normalised coordinates, as DWPose hands them out
+    size = np.array([driving.width, driving.height], np.float32)
+    ref_size = np.array([ref_width, ref_height], np.float32)
+    ref = ref18[ids, :2] / ref_size
+    drv = np.stack([openpose18(k)[ids, :2] for k in driving.keypoints[driving.detected]]) / size
+    ay, by = np.polyfit(drv[:, :, 1].ravel(), np.tile(ref[:, 1], len(drv)), 1)
+    ax = ay / (driving.height / driving.width / ref_height * ref_width)
+    bx = np.mean(np.tile(ref[:, 0], len(drv)) - drv[:, :, 0].ravel() * ax)
     kp = driving.keypoints.copy()
-    kp[:, :, 0] = kp[:, :, 0] * k + bx
-    kp[:, :, 1] = kp[:, :, 1] * k + by
+    kp[..., :2] = ((kp[..., :2] / size) * np.array([ax, ay]) + np.array([bx, by])) * ref_size
     result = driving.with_keypoints(kp)
     frames = [replace(p, mask=None) for p in result.frames]
-    meta = {"retarget": "global_fit", "scale": float(k)}
+    meta = {"retarget": "global_fit", "scale": float(ay * ref_height / driving.height)}
     return PoseSequence(frames, ref_width, ref_height, driving.fps, meta)
