@@ -24,11 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from animate.engines import ENGINE_NAMES, select_engine
+from animate.engines import ENGINE_NAMES, diffusion_unavailable_reason, select_engine
 from animate.errors import AnimateError
 from animate.media import ReferenceImage, VideoWriters, cover_size, load_image, open_video, write_video
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.visualize import flow_to_color
+from animate.presets import frame_stride, get_preset, preprocess_reference
 from animate.settings import Settings
 
 #: Share of the whole run each stage takes, for one overall ``fraction`` (rough CPU proportions).
@@ -69,6 +70,10 @@ class AnimationOptions:
     retarget: str = "bones"  # bones | global (MimicMotion's one scale + offset)
     audio: bool = True  # keep the driving video's audio
     body: bool = True  # fit the 3D body (else the warp engine moves pixels with the 2D skeleton field)
+    # mimicmotion | dispose: that system's published preprocessing (``animate.presets``; diffusion only)
+    preset: str | None = None
+    tile_size: int | None = None  # diffusion: frames per UNet call (None: the checkpoint's or preset's)
+    tile_overlap: int | None = None  # diffusion: frames shared by neighbouring tiles (None: likewise)
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -85,6 +90,23 @@ class AnimationOptions:
             raise AnimateError("invalid_option", "retarget must be 'bones' or 'global'")
         if not 1 <= self.steps <= 200:
             raise AnimateError("invalid_option", f"steps must be within 1..200, got {self.steps}")
+        if self.preset is not None:
+            get_preset(self.preset)
+            if self.engine == "warp":
+                raise AnimateError(
+                    "invalid_option", f"preset {self.preset!r} reproduces a diffusion model's run"
+                )
+            if self.size is not None or self.fps is not None:
+                raise AnimateError("invalid_option", f"preset {self.preset!r} sets the size and fps itself")
+        if self.tile_size is not None and self.tile_size < 2:
+            raise AnimateError("invalid_option", f"tile_size must be >= 2, got {self.tile_size}")
+        preset = get_preset(self.preset) if self.preset else None
+        tile = self.tile_size or getattr(preset, "tile_size", None)
+        overlap = getattr(preset, "tile_overlap", None) if self.tile_overlap is None else self.tile_overlap
+        if overlap is not None and (overlap < 0 or (tile is not None and overlap >= tile)):
+            raise AnimateError(
+                "invalid_option", f"tile_overlap must be >= 0 and below tile_size ({tile}), got {overlap}"
+            )
 
 
 @dataclass
@@ -187,7 +209,20 @@ class Animator:
     def _diffusion_options(options: AnimationOptions):
         from animate.engines.diffusion import DiffusionOptions
 
-        return DiffusionOptions(steps=options.steps, guidance_scale=options.guidance_scale, seed=options.seed)
+        tiles = {"tile_size": options.tile_size, "tile_overlap": options.tile_overlap}
+        if options.preset:  # the published run's tiles (its test.yaml) unless the user set them
+            preset = get_preset(options.preset)
+            tiles = {
+                "tile_size": options.tile_size or preset.tile_size,
+                "tile_overlap": preset.tile_overlap if options.tile_overlap is None else options.tile_overlap,
+            }
+        return DiffusionOptions(
+            steps=options.steps,
+            guidance_scale=options.guidance_scale,
+            seed=options.seed,
+            preset=options.preset,
+            **{name: value for name, value in tiles.items() if value is not None},
+        )
 
     def prepare(
         self,
@@ -221,10 +256,21 @@ class Animator:
         image = load_image(reference, media)
         video = open_video(driving, media)
         engine = select_engine(options.engine, self.settings, self._diffusion_options(options))
-        size = options.size or default_size(image.width, image.height)
-        fps = float(options.fps or video.fps)
-        ref_rgb, ref_alpha = fit_reference(image, size)
-        if options.body and self.settings.body_model is not None:
+        preset = get_preset(options.preset) if options.preset else None
+        if preset is None:
+            size = options.size or default_size(image.width, image.height)
+            fps = float(options.fps or video.fps)
+            ref_rgb, ref_alpha = fit_reference(image, size)
+        else:
+            if engine.name == "warp":  # auto fell back: a warp video would reproduce nothing
+                reason = diffusion_unavailable_reason(self.settings)
+                raise AnimateError(
+                    "invalid_option", f"preset {preset.name!r} needs the diffusion engine: {reason}"
+                )
+            ref_rgb, ref_alpha = preprocess_reference(image.rgb, preset, image.mask)
+            size, fps = (ref_rgb.shape[1], ref_rgb.shape[0]), preset.fps
+        fit_body = options.body and preset is None  # upstream has no body model
+        if fit_body and self.settings.body_model is not None:
             # a model file the user named must exist and load: their error, not a reason to fall back
             from animate.body import load_body
 
@@ -243,27 +289,36 @@ class Animator:
             # Settings may name a user's SMPL-family model file (``body_model``); Anny otherwise.
             model_path = self.settings.body_model
             reference_fit = (
-                pool.submit(_fit_reference_body, ref_pose, person, size, model_path) if options.body else None
+                pool.submit(_fit_reference_body, ref_pose, person, size, model_path) if fit_body else None
             )
-            expected = video.output_frame_count(options.fps, options.max_frames)
-            # The warp engine on the body path uses only the driver's body (Anny's hands are not posed,
-            # the face texture rides on the head): BlazePose alone is ~2.5x faster than Holistic.
-            body_only = options.body and engine.name == "warp"
-            with MediaPipeEstimator(static=False, whole_body=not body_only, segmentation=False) as estimator:
-                driving_poses = estimate_video(
-                    video,
-                    estimator,
-                    fps=options.fps,
-                    max_frames=options.max_frames,
-                    progress=lambda done, total: report("pose", done, max(total, expected)),
+            notes: list[str] = []
+            if preset is not None:
+                ref_pose, driving_poses = self._preset_poses(
+                    preset, ref_rgb, ref_pose, video, options, report
                 )
-            fit = global_fit if options.retarget == "global" else retarget
-            targets = fit(driving_poses, ref_pose, size[0], size[1])
+                targets = global_fit(driving_poses, ref_pose, size[0], size[1])
+                notes += _preset_notes(preset, video, self.settings)
+            else:
+                expected = video.output_frame_count(options.fps, options.max_frames)
+                # The warp engine on the body path uses only the driver's body (Anny's hands are not posed,
+                # the face texture rides on the head): BlazePose alone is ~2.5x faster than Holistic.
+                body_only = options.body and engine.name == "warp"
+                with MediaPipeEstimator(
+                    static=False, whole_body=not body_only, segmentation=False
+                ) as estimator:
+                    driving_poses = estimate_video(
+                        video,
+                        estimator,
+                        fps=options.fps,
+                        max_frames=options.max_frames,
+                        progress=lambda done, total: report("pose", done, max(total, expected)),
+                    )
+                fit = global_fit if options.retarget == "global" else retarget
+                targets = fit(driving_poses, ref_pose, size[0], size[1])
             lap("pose")
 
             # 3. body: the driving poses on the reference's body, or the reason there is none
             report("body", 0, 1)
-            notes: list[str] = []
             motion = None
             if reference_fit is not None:
                 motion, reason = _fit_body(reference_fit, driving_poses)
@@ -288,6 +343,8 @@ class Animator:
             size=size,
             body=motion,
         )
+        if preset is not None:
+            bundle.extras["preset"] = preset.name
         if engine.name != "warp":
             self._fill_guidance(bundle, report)
         bundle.validate()
@@ -296,7 +353,50 @@ class Animator:
             artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, report)
         report("motion", 1, 1)
         lap("motion")
-        return Prepared(bundle, targets, engine, video.info.has_audio, timings, artifacts, notes)
+        # the preset's 15 fps timing matches the driving video's only when fps / stride is 15
+        in_time = preset is None or abs(video.fps / frame_stride(video.fps, preset) - preset.fps) < 0.01
+        has_audio = video.info.has_audio and in_time
+        return Prepared(bundle, targets, engine, has_audio, timings, artifacts, notes)
+
+    def _preset_poses(self, preset, ref_rgb: np.ndarray, ref_pose, video, options: AnimationOptions, report):
+        """(reference pose, driving poses) as upstream gets them: DWPose (when its files are in the weights,
+        else MediaPipe) on the preprocessed reference and on driving frames 0, s, 2s, ... at their full size;
+        no smoothing. The driving poses stay in the video's pixels."""
+        from itertools import islice
+
+        from animate.media.prefetch import prefetched
+        from animate.pose import MediaPipeEstimator, SequenceOptions, estimate_frames, finish_sequence
+        from animate.pose.dwpose import DWPoseEstimator
+
+        stride = frame_stride(video.fps, preset)
+        frames = islice(video.frames(), 0, None, stride)
+        expected = -(-video.frame_count // stride)
+        if options.max_frames is not None:
+            frames, expected = islice(frames, options.max_frames), min(expected, options.max_frames)
+        if DWPoseEstimator.available(self.settings.weights_dir):
+            estimator = DWPoseEstimator.from_weights(self.settings.weights_dir)
+            people = estimator.detect(ref_rgb)
+            ref_pose = people[0] if people else ref_pose  # upstream fits on the first person found
+        else:
+            estimator = MediaPipeEstimator(static=False, whole_body=True, segmentation=False)
+        with estimator:
+            candidates = estimate_frames(
+                prefetched(frames, depth=8, name="pose-decode"),
+                estimator,
+                width=video.width,
+                height=video.height,
+                total=expected,
+                progress=lambda done, total: report("pose", done, max(total, expected)),
+            )
+        # the shortest gap filling there is (one frame), no smoothing
+        sequence = finish_sequence(
+            candidates,
+            video.width,
+            video.height,
+            preset.fps,
+            SequenceOptions(smoothing=None, max_gap_seconds=0),
+        )
+        return ref_pose, sequence
 
     def run(
         self,
@@ -352,14 +452,15 @@ class Animator:
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:
         """Guidance previews a person can check by eye: skeletons, keypoints, motion colours."""
         from animate.motion.keypoint_flow import trajectory_flow
-        from animate.pose import draw_pose
+        from animate.pose import draw_pose, draw_pose_mimicmotion
 
+        draw = draw_pose_mimicmotion if bundle.extras.get("preset") else draw_pose
         directory.mkdir(parents=True, exist_ok=True)
         width, height = bundle.size
         out: dict[str, Path] = {}
         targets.save(directory / "poses.json")
         out["poses"] = directory / "poses.json"
-        skeletons = (draw_pose(pose, width, height) for pose in targets)
+        skeletons = (draw(pose, width, height) for pose in targets)
         out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons, bundle.fps, **PREVIEW).path
 
         def motion_frames() -> Iterator[np.ndarray]:
@@ -454,6 +555,19 @@ class Animator:
             if dense is not None:
                 bundle.dense_flow[t] = dense.flow(vertices)
             report("motion", total + t + 1 if checkpoint else t + 1, 2 * total if checkpoint else total)
+
+
+def _preset_notes(preset, video, settings: Settings) -> list[str]:
+    """What the preset did to the timing, and what keeps it from upstream's exact preprocessing."""
+    from animate.pose.dwpose import DWPoseEstimator
+
+    stride = frame_stride(video.fps, preset)
+    notes = [f"preset {preset.name}: one driving frame in {stride}, written at {preset.fps:g} fps"]
+    if video.info.has_audio and abs(video.fps / stride - preset.fps) >= 0.01:
+        notes.append("audio dropped: the preset's frame timing differs from the driving video's")
+    if not DWPoseEstimator.available(settings.weights_dir):
+        notes.append("keypoints from MediaPipe (DWPose's files are not in the weights): pose images differ")
+    return notes
 
 
 def _fit_reference_body(pose, person: np.ndarray, size: tuple[int, int], model_path: Path | None = None):

@@ -39,6 +39,7 @@ class DiffusionOptions:
     motion_bucket_id: int = 127
     residual_mode: str | None = None  # the ControlNet's own config (DisPose.pth: "dispose")
     controlnet_cfg: str = "keep"  # the negative CFG half keeps flows and points, as DisPose
+    preset: str | None = None  # "mimicmotion" | "dispose": that system's published run (animate.presets)
 
 
 def speed_options(settings: Settings, cuda: bool):
@@ -257,14 +258,18 @@ class DiffusionEngine:
         import torch
         from PIL import Image
 
-        from animate.pose import Pose, draw_pose
+        from animate.pose import Pose, draw_pose, draw_pose_mimicmotion
+        from animate.presets import reference_round_trip
 
         opts = self.options
         width, height = bundle.size
+        draw = draw_pose_mimicmotion if opts.preset else draw_pose  # the preset: upstream's exact drawing
         pose_images = bundle.pose_images
         if pose_images is None:
-            pose_images = np.stack([draw_pose(Pose(k), width, height) for k in bundle.keypoints])
-        reference_pose = draw_pose(Pose(bundle.reference_keypoints), width, height)[None]
+            pose_images = np.stack([draw(Pose(k), width, height) for k in bundle.keypoints])
+        reference_pose = draw(Pose(bundle.reference_keypoints), width, height)[None]
+        # the preset: upstream's reference goes through [-1, 1] and back to uint8 by truncation
+        reference = reference_round_trip(bundle.reference) if opts.preset else bundle.reference
         maps = {
             name: value
             for name, value in (
@@ -295,7 +300,7 @@ class DiffusionEngine:
             return
         device = self.pipeline._execution_device
         result = self.pipeline(
-            Image.fromarray(bundle.reference),
+            Image.fromarray(reference),
             pose_images=pose_images,
             guidance_maps=maps or None,
             reference_pose_image=reference_pose,
