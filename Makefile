@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo serve clean browser
+.PHONY: install test lint format demo serve clean browser mutation
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Mutation testing (mutmut) per module of pyproject's [tool.mutmut.modules], in build/mutation/: e.g.
+# `make mutation MODULE=animate/media MUTATION_ARGS="--budget 600"`; see benchmarks/MUTATION.md.
+mutation: $(STAMP)
+	$(BIN)/python benchmarks/mutation.py $(MODULE) $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
