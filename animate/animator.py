@@ -29,7 +29,7 @@ from animate.errors import AnimateError
 from animate.media import ReferenceImage, VideoWriters, cover_size, load_image, open_video, write_video
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.visualize import flow_to_color
-from animate.presets import frame_stride, get_preset, preprocess_reference
+from animate.presets import frame_stride, get_preset, preprocess_reference, sample_frames
 from animate.settings import Settings
 
 #: Share of the whole run each stage takes, for one overall ``fraction`` (rough CPU proportions).
@@ -94,7 +94,7 @@ class AnimationOptions:
             get_preset(self.preset)
             if self.engine == "warp":
                 raise AnimateError(
-                    "invalid_option", f"preset {self.preset!r} reproduces a diffusion model's run"
+                    "invalid_option", f"preset {self.preset!r} needs engine diffusion (or auto)"
                 )
             if self.size is not None or self.fps is not None:
                 raise AnimateError("invalid_option", f"preset {self.preset!r} sets the size and fps itself")
@@ -104,9 +104,8 @@ class AnimationOptions:
         tile = self.tile_size or getattr(preset, "tile_size", None)
         overlap = getattr(preset, "tile_overlap", None) if self.tile_overlap is None else self.tile_overlap
         if overlap is not None and (overlap < 0 or (tile is not None and overlap >= tile)):
-            raise AnimateError(
-                "invalid_option", f"tile_overlap must be >= 0 and below tile_size ({tile}), got {overlap}"
-            )
+            below = f" and below tile_size {tile}" if tile is not None else ""
+            raise AnimateError("invalid_option", f"tile_overlap must be >= 0{below}, got {overlap}")
 
 
 @dataclass
@@ -346,7 +345,7 @@ class Animator:
         if preset is not None:
             bundle.extras["preset"] = preset.name
         if engine.name != "warp":
-            self._fill_guidance(bundle, report)
+            self._fill_guidance(bundle, report, engine)
         bundle.validate()
         artifacts: dict[str, Path] = {}
         if artifacts_dir is not None:
@@ -362,17 +361,11 @@ class Animator:
         """(reference pose, driving poses) as upstream gets them: DWPose (when its files are in the weights,
         else MediaPipe) on the preprocessed reference and on driving frames 0, s, 2s, ... at their full size;
         no smoothing. The driving poses stay in the video's pixels."""
-        from itertools import islice
-
         from animate.media.prefetch import prefetched
         from animate.pose import MediaPipeEstimator, SequenceOptions, estimate_frames, finish_sequence
         from animate.pose.dwpose import DWPoseEstimator
 
-        stride = frame_stride(video.fps, preset)
-        frames = islice(video.frames(), 0, None, stride)
-        expected = -(-video.frame_count // stride)
-        if options.max_frames is not None:
-            frames, expected = islice(frames, options.max_frames), min(expected, options.max_frames)
+        frames, expected = sample_frames(video, preset, options.max_frames)
         if DWPoseEstimator.available(self.settings.weights_dir):
             estimator = DWPoseEstimator.from_weights(self.settings.weights_dir)
             people = estimator.detect(ref_rgb)
@@ -511,26 +504,33 @@ class Animator:
                 )
         return {"body": directory / "body.json", **{name: directory / f"{name}.mp4" for name in names}}
 
-    def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter) -> None:
+    def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter, engine=None) -> None:
         """The full per-frame stacks a diffusion engine reads: the rendered body's depth / normal /
         semantic / mask and the dense field (CMP's when its checkpoint is in the weights, as DisPose's
-        ControlNet was trained on it; else the body's). Without a body fit only CMP can give the field."""
+        ControlNet was trained on it; else the body's). Without a body fit only CMP can give the field.
+        ``engine.guidance_conventions`` (the loaded networks' rules) say which keypoints and CMP input rules
+        make the dense field and which convention the depth map follows."""
         from animate.motion.body_field import DenseField
+        from animate.motion.bundle import GuidanceConventions
         from animate.motion.cmp import cmp_dense_flow, find_cmp_checkpoint, load_cmp
-        from animate.motion.keypoint_flow import sparse_motion
+        from animate.motion.keypoint_flow import conventional_sparse_motion
 
+        rules = getattr(engine, "guidance_conventions", None) or GuidanceConventions()
         total = bundle.num_frames
         checkpoint = find_cmp_checkpoint(self.settings.weights_dir)
         if checkpoint is not None:
-            bundle.sparse_flow, bundle.sparse_mask = sparse_motion(
-                bundle.reference_keypoints, bundle.keypoints, bundle.size
+            sparse_flow, sparse_mask = conventional_sparse_motion(
+                bundle.reference_keypoints, bundle.keypoints, bundle.size, rules
             )
+            if rules.cmp_io == "resample":  # DisPose's sparse input lies on CMP's grid, not the bundle's
+                bundle.sparse_flow, bundle.sparse_mask = sparse_flow, sparse_mask
             bundle.dense_flow = cmp_dense_flow(
                 bundle.reference,
                 bundle.reference_mask,
-                bundle.sparse_flow,
-                bundle.sparse_mask,
+                sparse_flow,
+                sparse_mask,
                 load_cmp(checkpoint),
+                io=rules.cmp_io,
                 callback=lambda done, n: report("motion", done, 2 * n),
             )
         motion = bundle.body
@@ -548,7 +548,7 @@ class Animator:
         renderer, camera = motion.renderer()
         for t, vertices in enumerate(motion.iter_vertices()):
             frame = renderer.render(vertices, camera)
-            bundle.depth[t] = frame.depth_image[..., None]
+            bundle.depth[t] = frame.depth_map(rules.depth)[..., None]
             bundle.normal[t] = frame.normal_image
             bundle.semantic[t] = frame.semantic_image
             bundle.mask[t] = frame.mask_image

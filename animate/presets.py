@@ -7,7 +7,8 @@ case and 16-frame tiles), so a user can reproduce a published result:
 - the reference resized to cover 576 x 1024 (portrait), 1024 x 576 (landscape, and MimicMotion's square)
   or 576 x 576 (DisPose's square) by bilinear interpolation without antialiasing (computed in float32,
   rounded half to even) and centre-cropped (torchvision's rounding of the crop box);
-- its [-1, 1] -> uint8 round trip by truncation before the pipeline (about a fifth of values drop 1 level);
+- the pipeline's copy of it through [-1, 1] and back to uint8 by truncation (about a fifth of values drop
+  1 level; pose estimation, CMP and DIFT see the image before that);
 - driving frames 0, s, 2s, ... with s = 2 * max(1, int(fps / 24)), the video written at 15 fps;
 - one linear pose fit for the clip (``animate.pose.global_fit``) and MimicMotion's pose drawing
   (``animate.pose.draw_pose_mimicmotion``); no smoothing, no body fit.
@@ -16,7 +17,9 @@ case and 16-frame tiles), so a user can reproduce a published result:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -97,15 +100,15 @@ def reference_round_trip(rgb: np.ndarray) -> np.ndarray:
 def preprocess_reference(
     rgb: np.ndarray, preset: Preset, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The reference as the preset's pipeline sees it (and its alpha mask with the same geometry).
+    """The reference resized and cropped as upstream does (and its alpha mask with the same geometry).
 
-    The mask only places the person; upstream ignores alpha, so it takes no round trip.
+    Pose estimation, CMP and DIFT see this image; only the pipeline's copy takes ``reference_round_trip``.
     """
     height, width = rgb.shape[:2]
     target = target_size(width, height, preset)
     resized = resize_size(width, height, target)
     left, top, right, bottom = crop_box(resized, target)
-    out = reference_round_trip(resize_bilinear(rgb, resized)[top:bottom, left:right])
+    out = resize_bilinear(rgb, resized)[top:bottom, left:right]
     if mask is not None:
         mask = np.ascontiguousarray(resize_bilinear(mask, resized)[top:bottom, left:right])
     return np.ascontiguousarray(out), mask
@@ -114,3 +117,12 @@ def preprocess_reference(
 def frame_stride(fps: float, preset: Preset) -> int:
     """Keep every n-th driving frame: ``sample_stride * max(1, int(fps / 24))``."""
     return preset.sample_stride * max(1, int(fps / 24))
+
+
+def sample_frames(video, preset: Preset, max_frames: int | None = None) -> tuple[Iterator[np.ndarray], int]:
+    """A ``DrivingVideo``'s frames 0, s, 2s, ... at its own size (``frame_stride``), and how many there are."""
+    stride = frame_stride(video.fps, preset)
+    frames, count = islice(video.frames(), 0, None, stride), -(-video.frame_count // stride)
+    if max_frames is not None:
+        frames, count = islice(frames, max_frames), min(count, max_frames)
+    return frames, count

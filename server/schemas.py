@@ -26,6 +26,20 @@ class JobOptions(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     steps: int = Field(default=25, ge=1, le=200)
     guidance_scale: float = Field(default=2.0, ge=0, le=50)
+    preset: Literal["mimicmotion", "dispose"] | None = Field(
+        default=None,
+        description="A published system's preprocessing, to reproduce its results (diffusion only; "
+        "sets the size and fps itself).",
+    )
+    tile_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=1024,
+        description="Frames per UNet call (default: the checkpoint's or preset's).",
+    )
+    tile_overlap: int | None = Field(
+        default=None, ge=0, le=1023, description="Frames shared by neighbouring tiles, below tile_size."
+    )
     webhook_url: str | None = Field(default=None, max_length=2048)
 
     @model_validator(mode="after")
@@ -44,6 +58,9 @@ class JobOptions(BaseModel):
             seed=self.seed,
             steps=self.steps,
             guidance_scale=self.guidance_scale,
+            preset=self.preset,
+            tile_size=self.tile_size,
+            tile_overlap=self.tile_overlap,
         )
 
 

@@ -31,6 +31,17 @@ def run(
     body: bool = typer.Option(
         True, "--body/--no-body", help="Fit the 3D body (--no-body: the 2D skeleton field moves the person)."
     ),
+    preset: str | None = typer.Option(
+        None,
+        help="mimicmotion | dispose: that system's published preprocessing, to reproduce its results "
+        "(reference crop, every 2nd frame at 15 fps, one linear pose fit, its pose drawing; diffusion only).",
+    ),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", help="Frames per UNet call (diffusion; default: the checkpoint's or preset's)."
+    ),
+    tile_overlap: int | None = typer.Option(
+        None, "--tile-overlap", help="Frames shared by neighbouring tiles (diffusion; below --tile-size)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Animate REFERENCE with the motion of DRIVING and write an mp4."""
@@ -44,6 +55,9 @@ def run(
         guidance_scale=guidance_scale,
         retarget=retarget,
         body=body,
+        preset=preset,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
     )
     options.validate()
     # the bar goes to stderr: stdout carries only the result (JSON with --json)
