@@ -51,7 +51,7 @@ _FORM_SCHEMA = {
             name: {
                 k: v
                 for k, v in prop.items()
-                if k in ("type", "anyOf", "enum", "minimum", "maximum", "default")
+                if k in ("type", "anyOf", "enum", "minimum", "maximum", "default", "description")
             }
             for name, prop in JobOptions.model_json_schema()["properties"].items()
         },
