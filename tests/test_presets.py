@@ -184,3 +184,64 @@ def test_preset_with_auto_falling_back_to_warp_is_invalid_option(tmp_path, data_
     with pytest.raises(AnimateError) as info:
         animator.prepare(HERO_RGBA, DANCE, AnimationOptions(preset="mimicmotion", max_frames=2))
     assert info.value.code == "invalid_option" and "diffusion" in info.value.message
+
+
+# ---- the API's option fields ----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def client(tmp_path, data_dir):
+    from fastapi.testclient import TestClient
+
+    from animate.settings import Settings
+    from server import create_app
+
+    settings = Settings(data_dir=tmp_path / "data", media={"max_video_seconds": 60})
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _post(client, data: dict):
+    from conftest import DANCE, WOMAN_JPG
+
+    files = {
+        "reference": ("reference.jpg", WOMAN_JPG.read_bytes(), "image/jpeg"),
+        "driving": ("driving.mp4", DANCE.read_bytes(), "video/mp4"),
+    }
+    return client.post("/v1/jobs", files=files, data={k: str(v) for k, v in data.items()})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"preset": "champ"},
+        {"preset": "dispose", "engine": "warp"},
+        {"tile_size": 1},
+        {"tile_size": 8, "tile_overlap": 8},
+        {"tile_overlap": -1},
+        {"preset": "mimicmotion", "fps": 24},
+    ],
+)
+def test_api_refuses_bad_preset_and_tile_fields_with_422(client, data) -> None:
+    response = _post(client, data)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_option"
+
+
+def test_api_documents_and_stores_the_preset_fields(client) -> None:
+    from server.schemas import JobOptions
+
+    spec = client.get("/openapi.json").json()
+    form = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = form["properties"]
+    assert {"mimicmotion", "dispose"} <= {v for o in fields["preset"]["anyOf"] for v in o.get("enum", [])}
+    assert (
+        fields["tile_size"]["anyOf"][0]["minimum"] == 2 and fields["tile_overlap"]["anyOf"][0]["minimum"] == 0
+    )
+    assert all(fields[name]["description"] for name in ("preset", "tile_size", "tile_overlap"))
+    response = _post(client, {"preset": "dispose", "tile_overlap": 4})
+    assert response.status_code == 202, response.text
+    stored = client.get(response.headers["Location"]).json()["options"]
+    # what the worker hands the animator (server/worker.py: JobOptions(**job.options).animation_options())
+    options = JobOptions(**stored).animation_options()
+    assert (options.preset, options.tile_size, options.tile_overlap) == ("dispose", None, 4)
