@@ -61,8 +61,33 @@ class ServerSettings(BaseModel):
     probe_memory_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="Address space the upload probe may add to its own."
     )
+    probe_slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="Upload probes at once; default: one per core, all within half the machine's memory.",
+    )
+    probe_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="An upload waits this long for a probe slot, then gets 503 probe_busy.",
+    )
     api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty: no auth.")
     rate_limit_per_minute: int = Field(default=120, ge=1, description="Requests per key per minute.")
+    auth_failures_per_minute: int = Field(
+        default=30, ge=1, description="Wrong keys one client address may send per minute, then 429."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Request line and headers together, or 431 (animate serve)."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection must send its request headers within this (408)."
+    )
+    upload_idle_seconds: float = Field(
+        default=30.0, gt=0, description="An upload that sends nothing this long is dropped (408)."
+    )
+    upload_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="Longest time an upload's body may take (408)."
+    )
     max_queued_per_key: int = Field(default=20, ge=1, description="Queued jobs one key may hold.")
     allow_private_webhooks: bool = False
     webhook_secret: str = Field(default="", description="HMAC key; default: generated into data_dir.")

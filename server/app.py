@@ -34,6 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files=JobFiles(settings.data_dir),
             queue=queue,
             limiter=RateLimiter(settings.server.rate_limit_per_minute),
+            probes=probe.ProbeSlots(
+                settings.server.probe_slots or probe.default_slots(settings.server.probe_memory_bytes),
+                settings.server.probe_wait_seconds,
+            ),
         )
         try:
             yield

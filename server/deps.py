@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from animate.settings import Settings
 from server.errors import ApiError
 from server.files import JobFiles
-from server.probe import ProbeLimits
+from server.probe import ProbeLimits, ProbeSlots
 from server.queue import JobQueue
 from server.store import JobStore
 
@@ -48,6 +48,7 @@ class AppState:
     files: JobFiles
     queue: JobQueue
     limiter: RateLimiter
+    probes: ProbeSlots
 
     @property
     def retention(self) -> timedelta:

@@ -6,12 +6,29 @@ retried job never serves a half-written file from an attempt that died.
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 from pathlib import Path
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 ARTIFACT_NAMES = ("skeleton", "motion", "poses", "depth", "normal", "semantic", "dense_flow")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a file or database write that found no space left."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if getattr(e, "errno", None) in _FULL or "database or disk is full" in str(e):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return False
 
 
 class JobFiles:

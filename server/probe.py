@@ -3,14 +3,21 @@
 A crafted file that makes the decoders spin, allocate without bound or crash kills only that child; the
 API answers 422 with a stable code and stays up. Children fork from a ``forkserver`` that has already
 imported the decoders, so a probe costs a fork, not an interpreter start.
+
+``ProbeSlots`` bounds how many probes run at once, so their memory together stays under
+``slots x probe_memory_bytes`` (by default at most half the machine's memory).
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import multiprocessing.forkserver
+import os
 import resource
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,6 +34,40 @@ class ProbeLimits:
     timeout_seconds: float
     cpu_seconds: int
     memory_bytes: int
+
+
+def default_slots(memory_bytes: int) -> int:
+    """One probe per core, and all of them together within half of the machine's memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(cores, memory // (2 * memory_bytes)))
+
+
+class ProbeBusy(Exception):
+    """No probe slot came free in time."""
+
+
+class ProbeSlots:
+    """At most ``size`` probes at once; a caller waits ``wait_seconds`` for a slot, then gets ``ProbeBusy``.
+
+    The wait is on the event loop, so waiting uploads hold no thread that status polls need.
+    """
+
+    def __init__(self, size: int, wait_seconds: float) -> None:
+        self.size = size
+        self.wait_seconds = wait_seconds
+        self._free = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait_seconds)
+        except TimeoutError:
+            raise ProbeBusy(f"all {self.size} upload checks are busy; try again shortly") from None
+        try:
+            yield
+        finally:
+            self._free.release()
 
 
 def _address_space() -> int:

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from hashlib import sha256
 
-from sqlalchemy import bindparam, case, create_engine, delete, event, func, select, update
+from sqlalchemy import bindparam, case, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -28,6 +29,10 @@ class Claim:
 
 class IdempotencyConflict(Exception):
     """Another job already holds this (owner, idempotency key)."""
+
+
+class QueueFull(Exception):
+    """The owner already holds its cap of queued jobs."""
 
 
 def _position():
@@ -106,15 +111,37 @@ class JobStore:
 
     # --- the API side ---------------------------------------------------------------------------
 
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, queued_cap: int | None = None) -> Job:
+        """Insert ``job``; with ``queued_cap``, only while its owner holds fewer queued jobs than that.
+
+        The count and the insert run under one lock (SQLite's write lock, a PostgreSQL advisory lock
+        per owner), so racing submits cannot all see room for themselves.
+        """
         try:
             with self.session() as s:
+                if queued_cap is not None:
+                    self._lock_owner(s, job.owner)
+                    queued = s.scalar(
+                        select(func.count()).where(Job.owner == job.owner, Job.status == "queued")
+                    )
+                    if queued >= queued_cap:
+                        raise QueueFull(job.owner)
                 s.add(job)
         except IntegrityError as exc:
             if job.idempotency_key is not None:
                 raise IdempotencyConflict(job.idempotency_key) from exc
             raise
         return job
+
+    def _lock_owner(self, s: Session, owner: str) -> None:
+        """Held until the transaction ends."""
+        if self.engine.dialect.name == "sqlite":
+            s.execute(text("BEGIN IMMEDIATE"))  # the database's one write lock, taken before the count
+        elif self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(sha256(owner.encode()).digest()[:8], "big", signed=True)
+            s.execute(select(func.pg_advisory_xact_lock(key)))
+        else:
+            raise NotImplementedError(f"no queued-job cap on {self.engine.dialect.name}")
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
         with self.session() as s:

@@ -1,11 +1,14 @@
 """``multipart/form-data`` streamed straight to disk, with a byte cap per file and a digest of the body.
 
 Starlette's form parser spools file parts without a limit; this one refuses the part that crosses its
-cap (413) as soon as it does, and refuses unknown or repeated fields (422).
+cap, or a body that outgrows the form (413), as soon as it does, refuses unknown or repeated fields and a
+body without its closing boundary (422), and gives up on an upload that goes idle or takes too long (408).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +19,17 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from server.errors import ApiError
+from server.files import disk_full
 
 MAX_HEADER_BYTES = 8 * 1024
 MAX_FIELD_BYTES = 4 * 1024
 MAX_PARTS = 32
+MAX_EPILOGUE_BYTES = 1024  # after the closing boundary: a CRLF is usual, a flood is not
+
+
+def insufficient_storage() -> ApiError:
+    """The server's disk is full: not the client's fault, and no OS text goes out."""
+    return ApiError(507, "insufficient_storage", "the server is out of storage space; try again later")
 
 
 @dataclass
@@ -38,7 +48,7 @@ class ParsedForm:
 
 class _Part:
     def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, bytes] = {}  # raw: file names may be UTF-8
         self.name: str | None = None
         self.filename: str | None = None
         self.handle: BinaryIO | None = None
@@ -53,8 +63,15 @@ async def receive_form(
     file_caps: dict[str, int],
     field_names: set[str],
     name_for: Callable[[str, str | None], str],
+    *,
+    idle_seconds: float,
+    total_seconds: float,
 ) -> ParsedForm:
-    """Stream the body into ``folder`` (files named by ``name_for(field, filename)``); fields as text."""
+    """Stream the body into ``folder`` (files named by ``name_for(field, filename)``); fields as text.
+
+    The upload fails with 408 ``upload_timeout`` when no byte comes for ``idle_seconds`` or the whole body
+    takes longer than ``total_seconds``.
+    """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data")
@@ -67,6 +84,7 @@ async def receive_form(
     part = _Part()
     header_field, header_value = bytearray(), bytearray()
     parts = 0
+    ended = False
     failure: list[ApiError] = []
     digest = hashlib.sha256()
 
@@ -92,12 +110,12 @@ async def receive_form(
             fail(ApiError(422, "invalid_request", "form part header too long"))
 
     def on_header_end() -> None:
-        part.headers[header_field.decode("latin-1").lower()] = header_value.decode("utf-8", "replace")
+        part.headers[header_field.decode("latin-1").lower()] = bytes(header_value)
         header_field.clear()
         header_value.clear()
 
     def on_headers_finished() -> None:
-        disposition, options = parse_options_header(part.headers.get("content-disposition", ""))
+        disposition, options = parse_options_header(part.headers.get("content-disposition", b""))
         name = options.get(b"name")
         if disposition != b"form-data" or name is None:
             fail(ApiError(422, "invalid_request", "a form part has no name"))
@@ -135,6 +153,10 @@ async def receive_form(
         elif part.name is not None:
             form.fields[part.name] = part.value.decode("utf-8", "replace")
 
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
     parser = MultipartParser(
         params[b"boundary"],
         callbacks={
@@ -145,20 +167,50 @@ async def receive_form(
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
             "on_headers_finished": on_headers_finished,
+            "on_end": on_end,
         },
     )
+    deadline = asyncio.get_running_loop().time() + total_seconds
+    received = epilogue = 0
     try:
-        async for chunk in request.stream():
+        while True:
+            message = await _receive(request, idle_seconds, deadline)
+            if message["type"] == "http.disconnect":
+                raise ApiError(422, "malformed_multipart", "the client went away before the body ended")
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:  # counted as it streams: a chunked body declares no length
+                raise ApiError(413, "too_large", f"the body is over the {limit}-byte limit")
+            if ended:
+                epilogue += len(chunk)
+                if epilogue > MAX_EPILOGUE_BYTES:
+                    raise ApiError(413, "too_large", "data follows the form's closing boundary")
             parser.write(chunk)
-        parser.finalize()
-    except ApiError:
-        raise failure[0] from None
+            if not message.get("more_body", False):
+                break
+        if not ended:
+            raise ApiError(422, "malformed_multipart", "the body ends before the form's closing boundary")
+    except ApiError as exc:
+        raise (failure[0] if failure else exc) from None
     except Exception as exc:
         if failure:
             raise failure[0] from None
-        raise ApiError(422, "invalid_request", f"malformed multipart body: {exc}") from None
+        if disk_full(exc):
+            raise insufficient_storage() from None
+        raise ApiError(422, "malformed_multipart", "the body is not valid multipart/form-data") from None
     finally:
         if part.handle is not None and not part.handle.closed:
-            part.handle.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush too; the folder goes anyway
+                part.handle.close()
     form.digest = digest.hexdigest()
     return form
+
+
+async def _receive(request: Request, idle_seconds: float, deadline: float) -> dict:
+    """The next ASGI message of the body, or 408 when the client is idle or past the deadline."""
+    wait = min(idle_seconds, deadline - asyncio.get_running_loop().time())
+    try:
+        async with asyncio.timeout(wait):
+            return await request.receive()
+    except TimeoutError:
+        raise ApiError(408, "upload_timeout", "the upload was too slow; send the body without pauses") from None

@@ -16,11 +16,12 @@ from pydantic import ValidationError
 
 from server.deps import AppState, current_owner, get_state
 from server.errors import ApiError, not_found
+from server.files import disk_full
 from server.models import FINISHED, Job
-from server.probe import probe_inputs, run_sandboxed
+from server.probe import ProbeBusy, probe_inputs, run_sandboxed
 from server.schemas import ErrorResponse, JobList, JobOptions, JobOut, job_out
-from server.store import IdempotencyConflict, ReadBusy
-from server.uploads import receive_form
+from server.store import IdempotencyConflict, QueueFull, ReadBusy
+from server.uploads import insufficient_storage, receive_form
 from server.webhooks import PrivateTarget, check_target
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -142,7 +143,11 @@ def _replay(state: AppState, existing: Job, digest: str) -> Response:
             "`no_video_stream`, ...), or `probe_timeout` / `probe_failed` when reading the file hit a limit."
         ),
         429: _error("Rate limit (`rate_limited`) or this key's queued-job cap (`too_many_queued`)."),
-        503: _error("The queue is unreachable (`queue_unavailable`)."),
+        503: _error(
+            "The queue is unreachable (`queue_unavailable`), or every upload check stayed busy for "
+            "`probe_wait_seconds` (`probe_busy`, with `Retry-After`)."
+        ),
+        507: _error("The server is out of disk space (`insufficient_storage`); nothing was kept."),
     },
     openapi_extra={
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}}}
@@ -159,10 +164,9 @@ async def submit(
     The files are streamed to disk under their caps, then probed in a sandboxed process (time and
     memory limits) before the job is queued.
     """
-    if state.settings.server.api_keys:
-        queued = await run_in_threadpool(state.store.count_queued, owner)
-        if queued >= state.settings.server.max_queued_per_key:
-            raise ApiError(429, "too_many_queued", "this key has too many queued jobs", {"Retry-After": "10"})
+    cap = _queued_cap(state)  # checked early, before reading the body, and again atomically at the insert
+    if cap is not None and await run_in_threadpool(state.store.count_queued, owner) >= cap:
+        raise _too_many_queued()
     job_id = uuid.uuid4().hex
     folder = state.files.job_dir(job_id)
     folder.mkdir(parents=True)
@@ -181,7 +185,21 @@ async def submit(
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return await run_in_threadpool(_admit, state, job_id, owner, idempotency_key, form)
+    try:
+        async with state.probes.slot():
+            return await run_in_threadpool(_admit, state, job_id, owner, idempotency_key, form)
+    except ProbeBusy as exc:
+        await run_in_threadpool(shutil.rmtree, folder, True)
+        raise ApiError(503, "probe_busy", str(exc), {"Retry-After": "5"}) from None
+
+
+def _queued_cap(state: AppState) -> int | None:
+    """Each API key's cap on queued jobs (none without keys: every caller is the same owner)."""
+    return state.settings.server.max_queued_per_key if state.settings.server.api_keys else None
+
+
+def _too_many_queued() -> ApiError:
+    return ApiError(429, "too_many_queued", "this key has too many queued jobs", {"Retry-After": "10"})
 
 
 def _admit(state: AppState, job_id: str, owner: str, idempotency_key: str | None, form) -> Response:
@@ -220,15 +238,19 @@ def _admit(state: AppState, job_id: str, owner: str, idempotency_key: str | None
             webhook_url=options.webhook_url,
         )
         try:
-            state.store.create(job)
+            state.store.create(job, _queued_cap(state))
+        except QueueFull:
+            raise _too_many_queued() from None
         except IdempotencyConflict:
             shutil.rmtree(folder, ignore_errors=True)
             existing = state.store.find_idempotent(owner, idempotency_key or "")
             if existing is None:
                 raise
             return _replay(state, existing, form.digest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, Exception) and disk_full(exc):  # the job table's file: SQLite on a full disk
+            raise insufficient_storage() from None
         raise
     try:
         state.queue.enqueue(job_id)
