@@ -91,7 +91,7 @@ def prepare(module: str, config: dict, resume: bool) -> tuple[Path, list[str]]:
 
 
 def run_mutmut(work: Path, budget: float, max_children: int) -> tuple[float, bool]:
-    """Run mutmut in `work` (log in mutmut.log); SIGINT at the budget. Returns (seconds, finished)."""
+    """Run mutmut in `work` (log in mutmut.log), stopped at the budget. Returns (seconds, finished)."""
     start = time.monotonic()
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
     with open(work / "mutmut.log", "wb") as log:
@@ -102,9 +102,10 @@ def run_mutmut(work: Path, budget: float, max_children: int) -> tuple[float, boo
             process.wait(timeout=budget)
             finished = process.returncode == 0
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGINT)  # mutmut stops its workers and keeps the results so far
+            # mutmut saves each mutant's result as it comes (SIGINT does not stop its workers)
+            os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=120)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
