@@ -203,6 +203,27 @@ def test_retarget_uses_reference_lengths_and_driver_angles() -> None:
     )
 
 
+@pytest.mark.parametrize("anchor", ["hips", "feet", "auto"])
+def test_retarget_moves_the_root_by_the_driver_displacement_times_the_body_ratio(anchor) -> None:
+    """A driver walking right and up (12 px, -8 px a frame at scale 2) moves the reference (scale 0.8)
+    by 0.4 times that in every frame, x and y: the torso ratio is 0.8 / 2.0 by construction."""
+    steps = [(100 + 12 * t, 300 - 8 * t) for t in range(8)]
+    driving = PoseSequence([person(offset, scale=2.0) for offset in steps], 1080, 1920, 30.0)
+    driving.frames[5].keypoints[11:13, 2] = 0.0  # hips unseen: that frame is scaled and shifted as a whole
+    ref = person((40, 0), scale=0.8)
+    out = retarget(driving, ref, 512, 768, options=RetargetOptions(anchor=anchor))
+    assert out.meta["scale"] == pytest.approx(0.4)
+    pelvis = out.keypoints[:, 11:13, :2].mean(1)
+    expected = ref.keypoints[11:13, :2].mean(0) + 0.4 * (np.array(steps) - np.array(steps[0]))
+    np.testing.assert_allclose(pelvis, expected, atol=1e-3)
+    # the whole body moves with the root: every frame is the first one shifted by the same amount
+    np.testing.assert_allclose(
+        out.keypoints[:, :, :2] - out.keypoints[:1, :, :2],
+        np.broadcast_to((expected - expected[0])[:, None], (8, 133, 2)),
+        atol=1e-3,
+    )
+
+
 def test_retarget_partial_reference_takes_scaled_driver_lengths_for_missing_bones() -> None:
     driving = _waving(6, scale=1.0, offset=(0, 0))
     ref = person(scale=1.5)
