@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from animate import __version__
 from animate.settings import Settings
@@ -34,6 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files=JobFiles(settings.data_dir),
             queue=queue,
             limiter=RateLimiter(settings.server.rate_limit_per_minute),
+            auth_failures=RateLimiter(
+                settings.server.auth_failures_per_minute,
+                "too_many_auth_failures",
+                "too many wrong API keys from this address; wait",
+            ),
             probes=probe.ProbeSlots(
                 settings.server.probe_slots or probe.default_slots(settings.server.probe_memory_bytes),
                 settings.server.probe_wait_seconds,
@@ -52,7 +58,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(CloseUnreadBody)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(web.router)
     return app
+
+
+class CloseUnreadBody:
+    """A response sent before its request body was read to the end says ``Connection: close``.
+
+    The server then closes the connection after the response instead of reading (and dropping) the rest
+    of the body for keep-alive: a refused 1 TB upload costs its headers, not its bytes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", ())) if scope["type"] == "http" else {}
+        if b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") == b"0":
+            await self.app(scope, receive, send)
+            return
+        read = False
+
+        async def receive_body() -> Message:
+            nonlocal read
+            message = await receive()
+            read = read or message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and not read:
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive_body, send_closing)

@@ -21,24 +21,29 @@ from server.store import JobStore
 
 @dataclass
 class RateLimiter:
-    """Fixed one-minute windows per key, in this process."""
+    """Fixed one-minute windows per key (an API key, a client address), in this process."""
 
     per_minute: int
+    code: str = "rate_limited"
+    message: str = "too many requests"
     _windows: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def check(self, owner: str) -> None:
+    def check(self, key: str, count: bool = True) -> None:
+        """Count one event for ``key`` (unless ``count`` is false); 429 once over the window's allowance."""
         now = time.time()
         window = int(now // 60)
         with self._lock:
-            start, count = self._windows.get(owner, (window, 0))
+            if len(self._windows) > 10_000:  # many addresses: forget the ones from past windows
+                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
+            start, seen = self._windows.get(key, (window, 0))
             if start != window:
-                start, count = window, 0
-            count += 1
-            self._windows[owner] = (start, count)
-        if count > self.per_minute:
+                start, seen = window, 0
+            seen += count
+            self._windows[key] = (start, seen)
+        if seen > self.per_minute:
             retry = max(1, int((window + 1) * 60 - now) + 1)
-            raise ApiError(429, "rate_limited", "too many requests", headers={"Retry-After": str(retry)})
+            raise ApiError(429, self.code, self.message, headers={"Retry-After": str(retry)})
 
 
 @dataclass
@@ -48,6 +53,7 @@ class AppState:
     files: JobFiles
     queue: JobQueue
     limiter: RateLimiter
+    auth_failures: RateLimiter
     probes: ProbeSlots
 
     @property
@@ -71,12 +77,19 @@ def key_digest(key: str) -> str:
 
 
 async def current_owner(request: Request, state: AppState = Depends(get_state)) -> str:
-    """The caller's key digest ("" when no keys are configured); 401 without a valid Bearer key."""
+    """The caller's key digest ("" when no keys are configured); 401 without a valid Bearer key.
+
+    An address that sent too many wrong keys this minute gets 429 for any key, the right one included.
+    """
     keys = state.settings.server.api_keys
     if not keys:
         return ""
+    address = request.client.host if request.client else ""
+    state.auth_failures.check(address, count=False)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
+    raw = token.strip().encode("latin-1")  # the header's bytes (Starlette decodes them as latin-1)
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(raw, k.encode()) for k in keys):
+        state.auth_failures.check(address)
         raise ApiError(401, "unauthorized", "a valid API key is required", {"WWW-Authenticate": "Bearer"})
     owner = key_digest(token.strip())
     state.limiter.check(owner)

@@ -213,4 +213,6 @@ async def _receive(request: Request, idle_seconds: float, deadline: float) -> di
         async with asyncio.timeout(wait):
             return await request.receive()
     except TimeoutError:
-        raise ApiError(408, "upload_timeout", "the upload was too slow; send the body without pauses") from None
+        raise ApiError(
+            408, "upload_timeout", "the upload was too slow; send the body without pauses"
+        ) from None

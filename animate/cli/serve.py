@@ -75,6 +75,7 @@ def serve(
     import uvicorn
 
     from server import create_app
+    from server.protocol import http_protocol
 
     _logging()
     settings = _settings(data_dir)
@@ -93,6 +94,7 @@ def serve(
             access_log=access_log,
             timeout_graceful_shutdown=5,
             backlog=4096,
+            http=http_protocol(settings.server),  # header size cap and deadline
         )
     finally:
         pool.stop()

@@ -17,6 +17,7 @@ BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The API process is up")
+@router.head("/healthz", response_model=HealthOut, summary="The API process is up (headers only)")
 async def healthz() -> HealthOut:
     return HealthOut(status="ok")
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from server.deps import AppState, current_owner, get_state
 from server.errors import ApiError, not_found
@@ -35,7 +36,10 @@ def _error(description: str) -> dict:
 ERRORS = {
     401: _error("Missing or invalid API key (`unauthorized`)."),
     422: _error("Invalid parameters (`invalid_request`, `invalid_cursor`)."),
-    429: _error("Rate limit (`rate_limited`), with `Retry-After`."),
+    429: _error(
+        "Rate limit (`rate_limited`), or too many wrong API keys from this address (`too_many_auth_failures`); "
+        "with `Retry-After`."
+    ),
 }
 NOT_FOUND = {404: _error("No such job (or not yours): `not_found`.")}
 _FORM_SCHEMA = {
@@ -134,15 +138,26 @@ def _replay(state: AppState, existing: Job, digest: str) -> Response:
                 },
             },
         },
-        413: _error("An upload is over its size cap (`too_large`)."),
+        408: _error(
+            "The upload went idle for `upload_idle_seconds` or took longer than `upload_timeout_seconds` "
+            "(`upload_timeout`); the connection is closed."
+        ),
+        413: _error(
+            "An upload is over its size cap, or the body over the form's (`too_large`, also for data after "
+            "the closing boundary); the rest of the body is not read, the connection is closed."
+        ),
         415: _error("Not multipart/form-data (`unsupported_media_type`)."),
         422: _error(
-            "Bad input, `error.code` says which: `missing_file`, `unknown_field`, `duplicate_field`, "
+            "Bad input, `error.code` says which: `malformed_multipart` (e.g. no closing boundary), "
+            "`missing_file`, `unknown_field`, `duplicate_field`, "
             "`invalid_option`, `idempotency_key_reused`, `invalid_webhook_url`, a media code "
             "(`unsupported_format`, `too_large`, `too_long`, `empty_media`, `corrupt_media`, "
             "`no_video_stream`, ...), or `probe_timeout` / `probe_failed` when reading the file hit a limit."
         ),
-        429: _error("Rate limit (`rate_limited`) or this key's queued-job cap (`too_many_queued`)."),
+        429: _error(
+            "Rate limit (`rate_limited`), this key's queued-job cap (`too_many_queued`), or too many wrong API "
+            "keys from this address (`too_many_auth_failures`)."
+        ),
         503: _error(
             "The queue is unreachable (`queue_unavailable`), or every upload check stayed busy for "
             "`probe_wait_seconds` (`probe_busy`, with `Retry-After`)."
@@ -181,6 +196,8 @@ async def submit(
             caps,
             set(JobOptions.model_fields),
             lambda kind, name: state.files.input_name(kind, name),
+            idle_seconds=state.settings.server.upload_idle_seconds,
+            total_seconds=state.settings.server.upload_timeout_seconds,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -268,13 +285,19 @@ async def list_jobs(
     state: AppState = Depends(get_state),
     owner: str = Depends(current_owner),
 ) -> Response:
-    before = None
-    if cursor is not None:
-        try:
-            before = int(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
-        except Exception:
-            raise ApiError(422, "invalid_cursor", "the cursor is not one this API gave out") from None
+    before = _cursor_seq(cursor) if cursor is not None else None
     return _json(await run_in_threadpool(_page, state, owner, status, before, limit))
+
+
+def _cursor_seq(cursor: str) -> int:
+    """The job sequence number a cursor holds: ASCII digits of a 64-bit signed integer, nothing else."""
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode() + b"==").decode("ascii")
+    except ValueError:
+        text = ""
+    if not (text.isdigit() and int(text) < 2**63):
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API gave out")
+    return int(text)
 
 
 def _page(state: AppState, owner: str, status: str | None, before: int | None, limit: int) -> JobList:
@@ -330,6 +353,13 @@ OUTPUT_ERRORS = {
     409: _error("The job has not succeeded (`not_ready`)."),
     410: _error("The files were deleted after the retention period (`expired`)."),
 }
+RANGE_ERRORS = {
+    400: _error("A malformed `Range` header (`invalid_range`)."),
+    416: {
+        **_error("The range starts past the end (`range_not_satisfiable`)."),
+        "headers": {"Content-Range": {"description": "`bytes */SIZE`", "schema": {"type": "string"}}},
+    },
+}
 
 
 @router.get(
@@ -343,20 +373,46 @@ OUTPUT_ERRORS = {
             "description": "The requested byte range",
             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
         },
-        416: {
-            "description": "Range not satisfiable",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        },
+        **RANGE_ERRORS,
     },
 )
-def get_video(job_id: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)):
+@router.head(
+    "/{job_id}/video",
+    summary="The mp4's headers (Content-Length, Accept-Ranges), no body",
+    response_class=FileResponse,
+    responses={**OUTPUT_ERRORS, **RANGE_ERRORS, 200: {"description": "Headers only."}},
+)
+def get_video(
+    job_id: str, request: Request, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+):
     job = _load(state, job_id, owner)
     path = state.files.video(job.id, _output(state, job))
     if not path.is_file():
         raise ApiError(410, "expired", "this job's video is gone")
-    return FileResponse(
-        path, media_type="video/mp4", filename=f"{job.id}.mp4", content_disposition_type="inline"
+    return _file(request, path, "video/mp4", filename=f"{job.id}.mp4")
+
+
+def _file(request: Request, path: Path, media_type: str, filename: str | None = None) -> FileResponse:
+    """``FileResponse`` whose Range errors are API errors (JSON, with a code), not Starlette's plain text."""
+    stat = path.stat()
+    response = FileResponse(
+        path, media_type=media_type, filename=filename, stat_result=stat, content_disposition_type="inline"
     )
+    wanted, if_range = request.headers.get("range"), request.headers.get("if-range")
+    # Starlette's own parser and If-Range rule, so these checks agree with what it then serves.
+    if wanted is not None and (if_range is None or response._should_use_range(if_range)):
+        try:
+            FileResponse._parse_range_header(wanted, stat.st_size)
+        except MalformedRangeHeader as exc:
+            raise ApiError(400, "invalid_range", exc.content) from None
+        except RangeNotSatisfiable:
+            raise ApiError(
+                416,
+                "range_not_satisfiable",
+                f"the file has {stat.st_size} bytes",
+                {"Content-Range": f"bytes */{stat.st_size}"},
+            ) from None
+    return response
 
 
 @router.get(
@@ -365,6 +421,7 @@ def get_video(job_id: str, state: AppState = Depends(get_state), owner: str = De
     response_class=FileResponse,
     responses={
         **OUTPUT_ERRORS,
+        **RANGE_ERRORS,
         404: _error("No such job, or no such artifact for it (`not_found`)."),
         200: {
             "description": "skeleton, motion, depth, normal, semantic: mp4; poses: JSON",
@@ -376,14 +433,17 @@ def get_video(job_id: str, state: AppState = Depends(get_state), owner: str = De
     },
 )
 def get_artifact(
-    job_id: str, name: str, state: AppState = Depends(get_state), owner: str = Depends(current_owner)
+    job_id: str,
+    name: str,
+    request: Request,
+    state: AppState = Depends(get_state),
+    owner: str = Depends(current_owner),
 ):
     job = _load(state, job_id, owner)
     path = state.files.artifacts(job.id, _output(state, job)).get(name)
     if path is None:
         raise not_found("artifact")
-    media_type = "video/mp4" if path.suffix == ".mp4" else "application/json"
-    return FileResponse(path, media_type=media_type, content_disposition_type="inline")
+    return _file(request, path, "video/mp4" if path.suffix == ".mp4" else "application/json")
 
 
 @router.post(
