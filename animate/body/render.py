@@ -7,7 +7,9 @@ is the same as casting one ray per pixel and taking the first hit. A second pass
 bounding box, recomputes the winning triangle's hit exactly and writes everything else:
 
 - ``depth``: z of the hit in metres (0 off the body); ``depth_image`` maps the body's nearest point to 255
-  and its farthest (at least 0.5 m behind) to 64, background 0 (near bright, as Champ's depth maps).
+  and its farthest (at least 0.5 m behind) to 64, background 0 (near bright, as Champ's depth maps, but
+  the far body stays apart from the background); ``depth_map("champ")`` is Champ's own convention (its
+  Blender scene normalises each frame's body depth min..max to 255..0), what its depth encoder was trained on.
 - ``normal``: unit camera-space (OpenCV axes) normal interpolated from vertex normals; ``normal_image``
   encodes it as ``(n + 1) / 2`` in OpenGL-style view axes (x right, y up, z towards the viewer), the usual
   look of normal maps: a surface facing the camera is (128, 128, 255).
@@ -31,6 +33,7 @@ from animate.body.parts import CHAMP_PALETTE
 wp.config.log_level = wp.LOG_WARNING
 
 DEPTH_NEAR_VALUE, DEPTH_FAR_VALUE, DEPTH_MIN_RANGE = 255.0, 64.0, 0.5
+DEPTH_CONVENTIONS = ("floor64", "champ")
 NEAR = 1.0e-3  # triangles with a vertex nearer than this (metres) are not drawn
 DEPTH_SCALE = float(1 << 20)  # depth quantum of the z-buffer key: ~1 micrometre
 FACE_BITS = 24  # triangle ids below 2^24 (16.7 M) fit in the key's low bits
@@ -248,6 +251,15 @@ class RenderedFrame:
     @property
     def depth_image(self) -> np.ndarray:
         """(H, W) uint8: nearest body point 255, farthest 64 (or less), background 0."""
+        return self.depth_map("floor64")
+
+    def depth_map(self, convention: str = "floor64") -> np.ndarray:
+        """(H, W) uint8 depth image, background 0. ``"floor64"``: nearest body point 255, farthest 64 (at
+        least ``DEPTH_MIN_RANGE`` behind; 1 at the least); ``"champ"``: the body's depth min..max -> 255..0
+        linearly, so the farthest body point equals the background (Blender's Normalize and Invert, rounded
+        half up to 8 bits)."""
+        if convention not in DEPTH_CONVENTIONS:
+            raise ValueError(f"depth convention must be one of {DEPTH_CONVENTIONS}, got {convention!r}")
         out = np.zeros(self.depth.shape, np.uint8)
         crop = self._crop()
         mask = self.mask[crop]
@@ -255,6 +267,13 @@ class RenderedFrame:
             return out
         z = self.depth[crop][mask]
         near = float(z.min())
+        if convention == "champ":
+            span = float(z.max()) - near
+            value = (
+                255.0 * (1.0 - (z.astype(np.float64) - near) / span) if span > 0 else np.full(z.shape, 255.0)
+            )
+            out[crop][mask] = np.floor(value + 0.5).clip(0, 255).astype(np.uint8)
+            return out
         far = max(float(z.max()), near + DEPTH_MIN_RANGE)
         value = DEPTH_NEAR_VALUE + (z - near) * ((DEPTH_FAR_VALUE - DEPTH_NEAR_VALUE) / (far - near))
         out[crop][mask] = np.clip(np.round(value), 1, 255).astype(np.uint8)

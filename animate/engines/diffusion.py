@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from animate.motion.bundle import GuidanceBundle
+from animate.motion.bundle import GuidanceBundle, GuidanceConventions
 from animate.settings import Settings
 
 log = logging.getLogger("animate.engines.diffusion")
@@ -40,6 +40,7 @@ class DiffusionOptions:
     residual_mode: str | None = None  # the ControlNet's own config (DisPose.pth: "dispose")
     controlnet_cfg: str = "keep"  # the negative CFG half keeps flows and points, as DisPose
     preset: str | None = None  # "mimicmotion" | "dispose": that system's published run (animate.presets)
+    conventions: GuidanceConventions | None = None  # None: the loaded networks' rules (for_networks)
 
 
 def speed_options(settings: Settings, cuda: bool):
@@ -191,11 +192,27 @@ class DiffusionEngine:
         log.info("diffusion engine parts: %s", engine.parts)
         return engine
 
+    @property
+    def guidance_conventions(self) -> GuidanceConventions:
+        """The rules guidance is made by: ``options.conventions``, else the loaded networks' (DisPose's when
+        DisPose.pth's ControlNet is loaded, Champ's for Champ's encoders; the ``dispose`` preset's)."""
+        if self.options.conventions is not None:
+            return self.options.conventions
+        controlnet = getattr(self.pipeline, "motion_controlnet", None)
+        encoders = getattr(self.pipeline, "guidance_encoders", None)
+        return GuidanceConventions.for_networks(
+            dispose=getattr(getattr(controlnet, "config", None), "residual_mode", None) == "dispose",
+            champ=getattr(getattr(encoders, "config", None), "guidance_types", None) or (),
+            preset=self.options.preset,
+        )
+
     def _motion_inputs(self, bundle: GuidanceBundle, should_cancel: Callable[[], bool] | None) -> dict:
-        """The ControlNet's pipeline arguments for ``bundle`` (empty without a ControlNet)."""
+        """The ControlNet's pipeline arguments for ``bundle`` (empty without a ControlNet); a trajectory flow
+        the bundle lacks is made from its keypoints by ``guidance_conventions`` (recorded in ``parts``)."""
+        self.parts["guidance_rules"] = self.guidance_conventions.describe()
         if getattr(self.pipeline, "motion_controlnet", None) is None:
             return {}
-        from animate.motion.keypoint_flow import trajectory_flow
+        from animate.motion.keypoint_flow import conventional_trajectory
         from animate.motion.skeleton_field import skeleton_dense_flow
         from animate.pose.layout import openpose18
 
@@ -208,7 +225,11 @@ class DiffusionEngine:
             )
         trajectory, trajectory_source = bundle.trajectory_flow, "bundle"
         if trajectory is None:
-            trajectory, trajectory_source = trajectory_flow(bundle.keypoints, bundle.size), "keypoints"
+            rules = self.guidance_conventions
+            trajectory = conventional_trajectory(
+                bundle.reference_keypoints, bundle.keypoints, bundle.size, rules
+            )
+            trajectory_source = f"keypoints ({rules.keypoints}, {rules.trajectory} rules)"
         self.parts |= {"dense_flow": dense_source, "trajectory_flow": trajectory_source}
         inputs = {
             "dense_flow": dense,
@@ -218,6 +239,7 @@ class DiffusionEngine:
         }
         if self.sd15_dir is None or (should_cancel is not None and should_cancel()):
             return inputs
+        # DIFT's noise is seeded: DisPose draws it unseeded from the global CUDA RNG (only a statistical match)
         features = self._dift_features(bundle.reference)
         if features is not None:
             # DisPose's 18 OpenPose body points, from our COCO-WholeBody keypoints

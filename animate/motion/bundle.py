@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,6 +11,78 @@ import numpy as np
 
 if TYPE_CHECKING:
     from animate.motion.body_field import BodyMotion
+
+
+#: Each rule's choices: ours first, then the published network's.
+CONVENTION_CHOICES = {
+    "keypoints": ("wholebody", "openpose18"),
+    "trajectory": ("density", "dispose"),
+    "cmp_io": ("resample", "dispose"),
+    "unseen": ("skip", "zeros"),
+    "seen": ("at_least", "above"),
+    "depth": ("floor64", "champ"),
+    "skeleton": ("pose_images", "dwpose"),
+}
+
+
+@dataclass(frozen=True)
+class GuidanceConventions:
+    """How guidance for a published network is made: the rules it was trained on, or ours.
+
+    Each field is one named rule (README, "Reproducing published results"); ``for_networks`` picks a
+    published network's rules whenever its weights are loaded, so its inputs stay in its training
+    distribution. Upstream defects (unseen keypoints read as (0, 0)) only come with the ``dispose`` preset.
+    """
+
+    # keypoints of the sparse (CMP) and trajectory flows: "wholebody" (all 133) | "openpose18" (DisPose's)
+    keypoints: str = "wholebody"
+    # "density": written at the end point, blur scaled with the image, normalised by point density, first
+    # flow zero | "dispose": written at int(start), fixed 199-tap sigma-20 unit-sum blur, first from reference
+    trajectory: str = "density"
+    # CMP's input/output: "resample" (bilinear reference, vectors by pixel centre, bilinear output) |
+    # "dispose" (nearest reference, vectors at int(x * 384 / W), nearest output)
+    cmp_io: str = "resample"
+    # a keypoint unseen in a frame or the reference: "skip" | "zeros" (read as (0, 0): DisPose's defect)
+    unseen: str = "skip"
+    # seen at score >= 0.3 ("at_least") or > 0.3 ("above", DWPose's)
+    seen: str = "at_least"
+    # depth map: "floor64" (nearest 255, farthest 64 or less, 0.5 m minimum range) | "champ" (body min..max ->
+    # 255..0 per frame)
+    depth: str = "floor64"
+    # the skeleton a `skeleton` guidance encoder reads: "pose_images" (the pose guider's) | "dwpose" (the
+    # rendered body's joints in DWPose's annotator style, as Champ's encoder was trained on)
+    skeleton: str = "pose_images"
+
+    def __post_init__(self) -> None:
+        for name, choices in CONVENTION_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"GuidanceConventions.{name} must be one of {choices}, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def for_networks(
+        cls, dispose: bool = False, champ: Iterable[str] = (), preset: str | None = None
+    ) -> GuidanceConventions:
+        """The rules for the loaded networks: ``dispose`` (DisPose.pth's ControlNet), ``champ`` (the guidance
+        types of Champ's encoders); ``preset="dispose"`` adds DisPose's defects as well."""
+        rules: dict[str, str] = {}
+        if dispose or preset == "dispose":
+            rules |= {"keypoints": "openpose18", "trajectory": "dispose", "cmp_io": "dispose"}
+        if preset == "dispose":
+            rules |= {"unseen": "zeros", "seen": "above"}
+        champ = set(champ)
+        if "depth" in champ:
+            rules["depth"] = "champ"
+        if "skeleton" in champ:
+            rules["skeleton"] = "dwpose"
+        return cls(**rules)
+
+    def describe(self) -> str:
+        """The rules that differ from ours, e.g. ``"keypoints=openpose18, trajectory=dispose"``."""
+        default = GuidanceConventions()
+        changed = [f"{k}={v}" for k, v in vars(self).items() if getattr(default, k) != v]
+        return ", ".join(changed) or "ours"
 
 
 @dataclass
