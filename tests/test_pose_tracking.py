@@ -1,0 +1,87 @@
+"""Main-person tracking: salience by hand, the matching gates at their boundaries, the selection window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from animate.pose.tracking import TrackingOptions, _Track, salience, track_main_person
+from animate.pose.types import Pose
+
+
+def boxed(x0: float, y0: float, x1: float, y1: float, score: float = 0.9) -> Pose:
+    """A pose whose 17 body keypoints span exactly the box (the rest unseen)."""
+    kp = np.zeros((133, 3), np.float32)
+    kp[:17, 0] = np.linspace(x0, x1, 17)
+    kp[:17, 1] = np.linspace(y0, y1, 17)[::-1]
+    kp[:17, 2] = score
+    return Pose(kp)
+
+
+def test_salience_by_hand():
+    w, h = 400, 300
+    assert salience((0, 0, w, h), w, h) == pytest.approx(1.0 * (0.5 + 0.5 * 1.0) + 1e-3)
+    # Quarter-size box in the top-left quadrant: half the diagonal, centre (-0.25, -0.25) from the middle:
+    # centrality 1 - 2 x 0.3536 / 1.4142 = 0.5.
+    assert salience((0, 0, w / 2, h / 2), w, h) == pytest.approx(0.5 * 0.75 + 0.5e-3)
+    # A box centred outside the frame has centrality 0, not a negative one.
+    diag = math.hypot(40, 30) / math.hypot(w, h)
+    assert salience((2 * w, 2 * h, 2 * w + 40, 2 * h + 30), w, h) == pytest.approx(diag * 0.5)
+
+
+def test_match_gates_at_their_boundaries():
+    options = TrackingOptions(max_missing=5, match_distance=0.5, min_size_ratio=0.5)
+    track = _Track({0: boxed(0, 0, 30, 40)}, (0, 0, 30, 40), 0)  # diagonal 50
+    # Cost: centre distance over the larger diagonal; the gate widens with missed frames up to 4 of them.
+    assert track.match_cost((10, 0, 40, 40), 1, options) == pytest.approx(10 / 50)
+    assert track.match_cost((25, 0, 55, 40), 1, options) == pytest.approx(0.5)  # at the gate: linked
+    assert track.match_cost((26, 0, 56, 40), 1, options) is None
+    assert track.match_cost((50, 0, 80, 40), 2, options) == pytest.approx(1.0)  # 2 frames: gate 1.0
+    assert track.match_cost((100, 0, 130, 40), 4, options) == pytest.approx(2.0)
+    assert track.match_cost((101, 0, 131, 40), 5, options) is None  # the gate stops growing at 4 frames
+    assert track.match_cost((0, 0, 30, 40), 5, options) == pytest.approx(0.0)  # max_missing: still linked
+    assert track.match_cost((0, 0, 30, 40), 6, options) is None
+    # Size: diagonal 25 is half of 50 (linked), 24 is less (not).
+    assert track.match_cost((0, 0, 15, 20), 1, options) is not None
+    assert track.match_cost((0, 0, 14.4, 19.2), 1, options) is None
+
+
+def test_no_usable_candidate_gives_empty_poses():
+    quiet = TrackingOptions(min_body_score=0.5)
+    frames = [[], [boxed(0, 0, 50, 100, score=0.49)], []]
+    assert [p.detected for p in track_main_person(frames, 200, 200, quiet)] == [False] * 3
+    at_threshold = [[boxed(0, 0, 50, 100, score=0.5)]]
+    assert track_main_person(at_threshold, 200, 200, quiet)[0].detected
+
+
+def test_people_crossing_keep_their_tracks():
+    # Two people walk towards each other: each frame is assigned by the cheapest link, not by list order.
+    frames = [
+        [boxed(200 - 10 * t, 50, 240 - 10 * t, 130), boxed(40 + 10 * t, 40, 100 + 10 * t, 160)]
+        for t in range(8)
+    ]
+    track = track_main_person(frames, 300, 200)  # the second person is larger: the main one
+    assert [p.keypoints[0, 0] for p in track] == pytest.approx([40 + 10 * t for t in range(8)])
+
+
+def test_the_main_person_is_chosen_in_the_first_frames_only():
+    # A larger person who arrives after the selection window does not take over.
+    options = TrackingOptions(select_frames=3)
+    frames = [[boxed(90, 60, 110, 100)] for _ in range(6)]
+    for t in range(3, 6):
+        frames[t].append(boxed(0, 0, 200, 200))
+    track = track_main_person(frames, 200, 200, options)
+    assert all(p.keypoints[0, 0] == 90 for p in track)
+    # Within the window the larger one wins, even if it arrives one frame later.
+    options = TrackingOptions(select_frames=4)
+    assert track_main_person(frames, 200, 200, options)[5].keypoints[0, 0] == 0
+
+
+def test_a_track_lost_for_longer_than_max_missing_is_not_resumed():
+    # Unseen for 1 frame: resumed; unseen for 2 = max_missing frames: a new track, not the main person's.
+    options = TrackingOptions(max_missing=2, select_frames=1)
+    frames = [[boxed(90, 60, 110, 100)], [], [boxed(90, 60, 110, 100)], [], [], [boxed(90, 60, 110, 100)]]
+    track = track_main_person(frames, 200, 200, options)
+    assert [p.detected for p in track] == [True, False, True, False, False, False]
