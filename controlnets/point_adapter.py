@@ -71,6 +71,31 @@ class PointAdapter(ModelMixin, ConfigMixin):
         return sampled[:, :, 0].transpose(1, 2)
 
     @staticmethod
+    def read_reference_cells(
+        features: torch.Tensor, positions: torch.Tensor, image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """DisPose's reference embeddings (``pipeline_ctrl.py:535-551``, a defect reproduced for its preset):
+        ``features`` ``(B, E, h, w)`` upsampled bilinearly to ``(W, H)`` of the ``(H, W)`` image, height and
+        width swapped, then cell ``[int(y * W), int(x * H)]`` read (clamped into the map) for each of the
+        ``positions`` ``(K, 2)`` (normalised x, y) -> ``(B, K, E)``. Only those K cells are interpolated,
+        with ``F.interpolate``'s arithmetic (``align_corners=False``); the whole map would be E x H x W."""
+        height, width = image_size
+        x, y = positions[:, 0].float(), positions[:, 1].float()
+        rows = (y * width).long().clamp(0, width - 1)  # int() truncates toward zero, then clamped
+        cols = (x * height).long().clamp(0, height - 1)
+
+        def source(index: torch.Tensor, size_in: int, size_out: int):
+            src = ((index.float() + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+            low = src.long()
+            return low, (low + 1).clamp(max=size_in - 1), (src - low).to(features.dtype)
+
+        y0, y1, ly = source(rows, features.shape[-2], width)
+        x0, x1, lx = source(cols, features.shape[-1], height)
+        top = (1 - lx) * features[:, :, y0, x0] + lx * features[:, :, y0, x1]
+        bottom = (1 - lx) * features[:, :, y1, x0] + lx * features[:, :, y1, x1]
+        return ((1 - ly) * top + ly * bottom).transpose(1, 2)
+
+    @staticmethod
     def scatter(
         embeddings: torch.Tensor,
         positions: torch.Tensor,

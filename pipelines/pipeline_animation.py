@@ -46,9 +46,16 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuider
 from controlnets.motion_controlnet import RESIDUAL_MODES
 from pipelines.injection import UNetInjector
+from pipelines.temporal_context import TEMPORAL_CONTEXTS, TemporalContext
 from pipelines.tiling import tile_indices, triangular_weights
 
 CFG_MODES = ("batched", "sequential")
+# the range guidance maps reach the encoders in: "signed" [-1, 1] (SVD's image convention), "unit" [0, 1] (Champ)
+GUIDANCE_RANGES = ("signed", "unit")
+# which CFG halves get the guidance encoders' features: "cond" (as the pose guider's) or "both" (Champ)
+GUIDANCE_CFG_MODES = ("cond", "both")
+# reference point reading and placement: "default" (ours) or "dispose" (DisPose's, defects included; D2, D7)
+POINT_RULES = ("default", "dispose")
 # what the negative half of classifier-free guidance gets from the motion ControlNet: "keep" runs it on the
 # negative inputs with the same flows and points (DisPose), "drop" adds no residuals there
 CONTROLNET_CFG_MODES = ("keep", "drop")
@@ -136,6 +143,9 @@ class AnimationPipeline(DiffusionPipeline):
             2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         )
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
+        self.unit_processor = VideoProcessor(
+            do_resize=True, vae_scale_factor=self.vae_scale_factor, do_normalize=False
+        )
 
     def _encode_image(
         self, image: PipelineImageInput, device: torch.device, num_videos_per_prompt: int, do_cfg: bool
@@ -195,9 +205,16 @@ class AnimationPipeline(DiffusionPipeline):
         return torch.cat([time_ids, time_ids]) if do_cfg else time_ids
 
     def _prepare_condition_frames(
-        self, frames: FrameInput, height: int, width: int, device: torch.device, dtype: torch.dtype
+        self,
+        frames: FrameInput,
+        height: int,
+        width: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        unit: bool = False,
     ) -> torch.Tensor:
-        """Pose images / guidance maps -> ``(F, 3, height, width)`` in ``[-1, 1]``.
+        """Pose images / guidance maps -> ``(F, 3, height, width)`` in ``[-1, 1]`` (``unit``: ``[0, 1]``,
+        uint8 / 255 as Champ).
 
         Accepts a list of PIL images, a uint8 or [0, 1] float array ``(F, H, W, 3)``, or a tensor
         ``(F, 3, H, W)`` in ``[0, 1]`` (diffusers' convention; a tensor already in ``[-1, 1]`` is kept).
@@ -210,7 +227,8 @@ class AnimationPipeline(DiffusionPipeline):
             frames = frames[None]
         if isinstance(frames, PIL.Image.Image):
             frames = [frames]
-        pixels = self.video_processor.preprocess(frames, height=height, width=width)
+        processor = self.unit_processor if unit else self.video_processor
+        pixels = processor.preprocess(frames, height=height, width=width)
         return pixels.to(device=device, dtype=dtype)
 
     def _run_chunked(self, module: torch.nn.Module, pixels: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -244,59 +262,54 @@ class AnimationPipeline(DiffusionPipeline):
         height: int,
         width: int,
         device: torch.device,
-    ) -> torch.Tensor | None:
-        """Features to add after ``conv_in`` for every frame of the internal sequence, ``(L, C, h, w)``;
-        ``None`` when no guidance contributes. The reference frame gets its own pose/maps, else nothing."""
+        guidance_range: str = "signed",
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Features to add after ``conv_in`` for every frame of the internal sequence, ``(L, C, h, w)``: the
+        pose guider's and the guidance encoders' (each ``None`` when nothing contributes). The reference
+        frame gets its own pose / maps, else zeros."""
         dtype = self.unet.dtype
-        sequences: list[tuple[FrameInput | None, FrameInput | None, str]] = []
-        if self.pose_guider is not None and scales.get("pose", 1.0) != 0:
-            sequences.append((pose_images, reference_pose_image, "pose"))
-        total: torch.Tensor | None = None
+        expected = num_frames + int(prepend_reference)
 
-        def add(features: torch.Tensor | None, ref_features: torch.Tensor | None) -> None:
-            nonlocal total
+        def sequence(features: torch.Tensor | None, ref: torch.Tensor | None) -> torch.Tensor | None:
             if features is None:
-                return
+                return None
             features = features.to(dtype)
             if prepend_reference:
-                ref = torch.zeros_like(features[:1]) if ref_features is None else ref_features.to(dtype)
+                ref = torch.zeros_like(features[:1]) if ref is None else ref.to(dtype)
                 features = torch.cat([ref, features])
-            total = features if total is None else total + features
+            if features.shape[0] != expected:
+                raise ValueError(f"guidance covers {features.shape[0]} frames, expected {expected}")
+            return features
 
-        for frames, ref_frame, _ in sequences:
-            if frames is None:
-                continue
-            scale = scales.get("pose", 1.0)
-            pixels = self._prepare_condition_frames(frames, height, width, device, self.pose_guider.dtype)
-            features = self._run_chunked(self.pose_guider, pixels) * scale
+        pose = None
+        scale = scales.get("pose", 1.0)
+        if self.pose_guider is not None and scale != 0 and pose_images is not None:
+            pixels = self._prepare_condition_frames(
+                pose_images, height, width, device, self.pose_guider.dtype
+            )
             ref = None
-            if ref_frame is not None and prepend_reference:
+            if reference_pose_image is not None and prepend_reference:
                 ref_pixels = self._prepare_condition_frames(
-                    ref_frame, height, width, device, self.pose_guider.dtype
+                    reference_pose_image, height, width, device, self.pose_guider.dtype
                 )
                 ref = self.pose_guider(ref_pixels[:1]) * scale
-            add(features, ref)
+            pose = sequence(self._run_chunked(self.pose_guider, pixels) * scale, ref)
 
+        maps_features = None
         if guidance_maps and self.guidance_encoders is not None:
             enc_dtype = self.guidance_encoders.dtype
-            maps = {
-                k: self._prepare_condition_frames(v, height, width, device, enc_dtype)
-                for k, v in guidance_maps.items()
-            }
+            unit = guidance_range == "unit"
+
+            def prepare(frames: FrameInput) -> torch.Tensor:
+                return self._prepare_condition_frames(frames, height, width, device, enc_dtype, unit)
+
             ref = None
             if reference_guidance_maps and prepend_reference:
-                ref_maps = {
-                    k: self._prepare_condition_frames(v, height, width, device, enc_dtype)[:1]
-                    for k, v in reference_guidance_maps.items()
-                }
+                ref_maps = {k: prepare(v)[:1] for k, v in reference_guidance_maps.items()}
                 ref = self.guidance_encoders(ref_maps, scales)
-            add(self._fused_chunked(maps, scales), ref)
-
-        if total is not None and total.shape[0] != num_frames + int(prepend_reference):
-            raise ValueError(
-                f"guidance covers {total.shape[0]} frames, expected {num_frames + int(prepend_reference)}"
-            )
-        return total
+            maps = {k: prepare(v) for k, v in guidance_maps.items()}
+            maps_features = sequence(self._fused_chunked(maps, scales), ref)
+        return pose, maps_features
 
     @staticmethod
     def _prepare_flow(flow: ArrayInput, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -333,9 +346,17 @@ class AnimationPipeline(DiffusionPipeline):
         height: int,
         width: int,
         device: torch.device,
+        point_rules: str = "default",
     ) -> _MotionInputs | None:
         """The ControlNet's inputs for the internal sequence (the prepended reference frame gets zero flows
-        and the reference keypoints); ``None`` when there is no ControlNet, no motion input or scale 0."""
+        and the reference keypoints); ``None`` when there is no ControlNet, no motion input or scale 0.
+
+        Points, ``point_rules="default"``: a keypoint is placed where it and the reference's reach the
+        threshold and it lies inside the image; its embedding is a bilinear sample of the features.
+        ``"dispose"`` (DisPose's ``pipeline_ctrl.py`` and ``point_adapter.py``, defects included): seen means
+        score > threshold; embeddings are ``PointAdapter.read_reference_cells`` (D2), zero where the reference
+        does not see the point; a point seen in its frame is placed even when the reference does not see it
+        (zero embedding), and one beyond the right or bottom edge lands in the last cell (D7)."""
         uses_points = point_features is not None
         if self.motion_controlnet is None or scale == 0:
             return None
@@ -356,16 +377,31 @@ class AnimationPipeline(DiffusionPipeline):
             size = torch.tensor([width, height], dtype=torch.float32)
             targets = torch.as_tensor(keypoints, dtype=torch.float32).cpu()
             reference = torch.as_tensor(reference_keypoints, dtype=torch.float32).cpu()
-            ref_positions, ref_visible = reference[:, :2] / size, reference[:, 2] >= keypoint_threshold
-            positions = targets[..., :2] / size
-            visible = (targets[..., 2] >= keypoint_threshold) & ref_visible
+            dispose = point_rules == "dispose"
+            ref_positions, positions = reference[:, :2] / size, targets[..., :2] / size
+            if dispose:
+                ref_visible, visible = (
+                    reference[:, 2] > keypoint_threshold,
+                    targets[..., 2] > keypoint_threshold,
+                )
+            else:
+                ref_visible = reference[:, 2] >= keypoint_threshold
+                visible = (targets[..., 2] >= keypoint_threshold) & ref_visible
             if prepend_reference:
                 positions = torch.cat([ref_positions[None], positions])
                 visible = torch.cat([ref_visible[None], visible])
+            if dispose:  # clamped into the last cell; points left of or above the image stay out
+                positions = positions.clamp(max=1.0)
             features = point_features.to(device=device, dtype=torch.float32)
             if features.ndim == 3:
                 features = features[None]
-            embeddings = PointAdapter.sample_reference(features, ref_positions.to(device))
+            if dispose:
+                embeddings = (
+                    PointAdapter.read_reference_cells(features, ref_positions.to(device), (height, width))
+                    * ref_visible.to(device)[None, :, None]
+                )
+            else:
+                embeddings = PointAdapter.sample_reference(features, ref_positions.to(device))
             if embeddings.shape[0] == 1 and batch_size > 1:
                 embeddings = embeddings.expand(batch_size, -1, -1)
             embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0).to(dtype)
@@ -566,7 +602,11 @@ class AnimationPipeline(DiffusionPipeline):
         device: torch.device,
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
+        noise_period: int | None = None,
     ) -> torch.Tensor:
+        """Initial noise ``(B, L, 4, h, w)`` times ``init_noise_sigma``. ``noise_period``: ``noise_period``
+        frames are drawn once and repeated along the sequence, frame ``k`` = frame ``k mod noise_period``
+        (MimicMotion, DisPose: ``pipeline_mimicmotion.py:515-526``); given ``latents`` are used as they are."""
         shape = (
             batch_size,
             num_frames,
@@ -576,7 +616,12 @@ class AnimationPipeline(DiffusionPipeline):
         )
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"{len(generator)} generators for an effective batch of {batch_size}")
-        if latents is None:
+        if latents is None and noise_period is not None:
+            period = randn_tensor(
+                (batch_size, noise_period, *shape[2:]), generator=generator, device=device, dtype=dtype
+            )
+            latents = period.repeat(1, num_frames // noise_period + 1, 1, 1, 1)[:, :num_frames]
+        elif latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
@@ -605,56 +650,70 @@ class AnimationPipeline(DiffusionPipeline):
     def _predict_tile(
         self,
         injector: UNetInjector,
+        temporal: TemporalContext,
         latent_input: torch.Tensor,
         t: torch.Tensor,
         image_latents: torch.Tensor,
         image_embeddings: torch.Tensor,
         added_time_ids: torch.Tensor,
         features: torch.Tensor | None,
+        shared_features: torch.Tensor | None,
         guidance_scale: torch.Tensor,
         cfg_mode: str,
         motion: _MotionInputs | None = None,
     ) -> torch.Tensor:
-        """One tile's guided prediction, ``(B, n, 4, h, w)``."""
+        """One tile's guided prediction, ``(B, n, 4, h, w)``. ``features`` go to the conditional half only,
+        ``shared_features`` to both halves."""
         batch, frames = latent_input.shape[:2]
-        residual = features.repeat(batch, 1, 1, 1) if features is not None else None
+        cond_residual = features if shared_features is None else shared_features
+        if features is not None and shared_features is not None:
+            cond_residual = features + shared_features
+        cond_residual = cond_residual.repeat(batch, 1, 1, 1) if cond_residual is not None else None
+        uncond_residual = shared_features.repeat(batch, 1, 1, 1) if shared_features is not None else None
         image_latents = image_latents.expand(-1, frames, -1, -1, -1)
         keep = motion is not None and motion.cfg == "keep"
 
         def unet(
             sample: torch.Tensor,
             rows: slice,
+            residual: torch.Tensor | None,
             skip_rows: int,
-            with_residual: bool,
             controlnet_from: int | None,
         ) -> torch.Tensor:
             """``controlnet_from``: the first video row of this call the ControlNet runs on (None: no rows)."""
             embeddings, time_ids = image_embeddings[rows], added_time_ids[rows]
+            first_video = rows.start or 0
             down = mid = None
             if motion is not None and controlnet_from is not None:
                 first = controlnet_from
-                down, mid = self._motion_residuals(
-                    sample[first:], t, embeddings[first:], time_ids[first:], motion
-                )
+                with temporal.call(image_embeddings, first_video + first):
+                    down, mid = self._motion_residuals(
+                        sample[first:], t, embeddings[first:], time_ids[first:], motion
+                    )
             controlnet_skip = (controlnet_from or 0) * frames
             with (
-                injector.conv_in_residual(residual if with_residual else None, skip_rows),
+                injector.conv_in_residual(residual, skip_rows),
                 injector.controlnet_residuals(down, mid, motion.mode if motion else "once", controlnet_skip),
+                temporal.call(image_embeddings, first_video),
             ):
                 return self.unet(
                     sample, t, encoder_hidden_states=embeddings, added_time_ids=time_ids, return_dict=False
                 )[0]
 
         if not self.do_classifier_free_guidance:
-            return unet(torch.cat([latent_input, image_latents], dim=2), slice(None), 0, True, 0)
+            return unet(torch.cat([latent_input, image_latents], dim=2), slice(None), cond_residual, 0, 0)
         if cfg_mode == "batched":
             sample = torch.cat([torch.cat([latent_input] * 2), image_latents], dim=2)
-            uncond, cond = unet(sample, slice(None), batch * frames, True, 0 if keep else batch).chunk(2)
+            if uncond_residual is None:
+                residual, skip_rows = cond_residual, batch * frames
+            else:
+                residual, skip_rows = torch.cat([uncond_residual, cond_residual]), 0
+            uncond, cond = unet(sample, slice(None), residual, skip_rows, 0 if keep else batch).chunk(2)
         else:
             uncond_sample = torch.cat([latent_input, image_latents[:batch]], dim=2)
-            uncond = unet(uncond_sample, slice(0, batch), 0, False, 0 if keep else None)
+            uncond = unet(uncond_sample, slice(0, batch), uncond_residual, 0, 0 if keep else None)
             cond_sample = torch.cat([latent_input, image_latents[batch:]], dim=2)
-            cond = unet(cond_sample, slice(batch, None), 0, True, 0)
+            cond = unet(cond_sample, slice(batch, None), cond_residual, 0, 0)
         return uncond + guidance_scale * (cond - uncond)
 
     @torch.no_grad()
@@ -679,6 +738,12 @@ class AnimationPipeline(DiffusionPipeline):
         tile_size: int = 16,
         tile_overlap: int = 6,
         prepend_reference: bool = True,
+        decode_reference: bool = False,
+        periodic_noise: bool = False,
+        temporal_context: str = "per_video",
+        point_rules: str = "default",
+        guidance_range: str = "signed",
+        guidance_cfg: str = "cond",
         num_inference_steps: int = 25,
         sigmas: list[float] | None = None,
         min_guidance_scale: float = 2.0,
@@ -724,6 +789,19 @@ class AnimationPipeline(DiffusionPipeline):
             tile_size, tile_overlap: frames per UNet call and the overlap of consecutive tiles (counting the
                 shared reference frame when ``prepend_reference``). Any length works, from 1 frame up.
             prepend_reference: denoise the reference as frame 0 of every tile (MimicMotion); not returned.
+            decode_reference: decode the prepended reference frame with the video (frames ``0..L-1`` in chunks
+                from frame 0) and drop it afterwards, as MimicMotion and DisPose (their VAE decoder mixes the
+                frames of a chunk); default: drop it first, decode frames ``1..L-1``.
+            periodic_noise: draw ``tile_size`` frames of initial noise once and repeat them along the sequence
+                (MimicMotion, DisPose); default: fresh noise for every frame.
+            temporal_context: ``"per_video"`` (each temporal-attention row sees its own video's CLIP token) or
+                ``"diffusers_0.27"`` (the pairing by pixel of diffusers 0.27, which DisPose's published videos
+                carry under batched CFG; ``pipelines.temporal_context``), in the UNet and the ControlNet.
+            point_rules: ``"default"`` or ``"dispose"``: DisPose's reference-point reading and placement,
+                defects included (``_prepare_motion``).
+            guidance_range: ``"signed"`` (maps in ``[-1, 1]``) or ``"unit"`` (``[0, 1]``, uint8 / 255: Champ).
+            guidance_cfg: ``"cond"`` (guidance-encoder features in the conditional half only, as the pose
+                guider's) or ``"both"`` (both halves of classifier-free guidance: Champ).
             min_guidance_scale, max_guidance_scale: per-frame CFG scale, ``linspace`` over the sequence.
             fps, motion_bucket_id, noise_aug_strength: SVD micro-conditioning (the UNet sees ``fps - 1``).
             decode_chunk_size: frames per VAE decode call (peak memory); defaults to all frames.
@@ -755,7 +833,8 @@ class AnimationPipeline(DiffusionPipeline):
         elif guidance_lengths and guidance_lengths != {num_frames}:
             raise ValueError(f"num_frames={num_frames} but the guidance has {guidance_lengths.pop()} frames")
         sequence_length = num_frames + int(prepend_reference)
-        decode_chunk_size = decode_chunk_size or num_frames
+        decode_reference = decode_reference and prepend_reference
+        decode_chunk_size = decode_chunk_size or (sequence_length if decode_reference else num_frames)
 
         # 1. Check inputs
         self.check_inputs(
@@ -771,6 +850,14 @@ class AnimationPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             uses_pose=pose_images is not None or reference_pose_image is not None,
         )
+        for name, value, allowed in (
+            ("temporal_context", temporal_context, TEMPORAL_CONTEXTS),
+            ("point_rules", point_rules, POINT_RULES),
+            ("guidance_range", guidance_range, GUIDANCE_RANGES),
+            ("guidance_cfg", guidance_cfg, GUIDANCE_CFG_MODES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
         self.check_motion_inputs(
             dense_flow,
             trajectory_flow,
@@ -814,7 +901,7 @@ class AnimationPipeline(DiffusionPipeline):
 
         # 5. Encode pose images and guidance maps into conv_in features, once for all steps; the motion
         #    ControlNet's per-frame inputs (it runs with the UNet, per call)
-        features = self._encode_guidance(
+        features, shared_features = self._encode_guidance(
             pose_images,
             guidance_maps,
             reference_pose_image,
@@ -825,7 +912,11 @@ class AnimationPipeline(DiffusionPipeline):
             height,
             width,
             device,
+            guidance_range,
         )
+        if guidance_cfg == "cond" and shared_features is not None:
+            features = shared_features if features is None else features + shared_features
+            shared_features = None
 
         motion = self._prepare_motion(
             dense_flow,
@@ -843,6 +934,7 @@ class AnimationPipeline(DiffusionPipeline):
             height,
             width,
             device,
+            point_rules,
         )
 
         # 6. Added time ids (SVD was trained on fps - 1)
@@ -869,6 +961,7 @@ class AnimationPipeline(DiffusionPipeline):
             device,
             generator,
             latents,
+            noise_period=tile_size if periodic_noise else None,
         )
 
         # 9. Per-frame guidance scale and tiles
@@ -880,15 +973,19 @@ class AnimationPipeline(DiffusionPipeline):
         tiles = tile_indices(sequence_length, tile_size, tile_overlap, anchor_first=prepend_reference)
 
         # 10. Denoising loop: every tile predicts, predictions fused, one scheduler step on the full length
-        with UNetInjector(self.unet) as injector, self.progress_bar(total=len(timesteps)) as progress_bar:
+        with (
+            UNetInjector(self.unet) as injector,
+            TemporalContext((self.unet, self.motion_controlnet), temporal_context) as temporal,
+            self.progress_bar(total=len(timesteps)) as progress_bar,
+        ):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 latent_input = self.scheduler.scale_model_input(latents, t)
                 if len(tiles) == 1:
                     noise_pred = self._predict_tile(
-                        injector, latent_input, t, image_latents, image_embeddings, added_time_ids,
-                        features, guidance_scale, cfg_mode, motion,
+                        injector, temporal, latent_input, t, image_latents, image_embeddings, added_time_ids,
+                        features, shared_features, guidance_scale, cfg_mode, motion,
                     )  # fmt: skip
                 else:
                     noise_pred = torch.zeros_like(latents)
@@ -896,10 +993,12 @@ class AnimationPipeline(DiffusionPipeline):
                     for idx in tiles:
                         weights = triangular_weights(len(idx), device, latents.dtype)
                         tile_features = features[idx] if features is not None else None
+                        tile_shared = shared_features[idx] if shared_features is not None else None
                         tile_motion = motion.tile(idx) if motion is not None else None
                         prediction = self._predict_tile(
-                            injector, latent_input[:, idx], t, image_latents, image_embeddings,
-                            added_time_ids, tile_features, guidance_scale[:, idx], cfg_mode, tile_motion,
+                            injector, temporal, latent_input[:, idx], t, image_latents, image_embeddings,
+                            added_time_ids, tile_features, tile_shared, guidance_scale[:, idx], cfg_mode,
+                            tile_motion,
                         )  # fmt: skip
                         noise_pred[:, idx] += prediction * weights[:, None, None, None]
                         weight_sum[idx] += weights
@@ -914,15 +1013,17 @@ class AnimationPipeline(DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()
 
-        # 11. Drop the reference frame and decode
-        if prepend_reference:
-            latents = latents[:, 1:]
+        # 11. Drop the reference frame and decode (or decode it with the video, then drop it)
         if output_type == "latent":
-            frames = latents
+            frames = latents[:, 1:] if prepend_reference else latents
         else:
             if needs_upcasting:
                 self.vae.to(dtype=torch.float16)
-            video = self.decode_latents(latents, num_frames, decode_chunk_size)
+            if decode_reference:
+                video = self.decode_latents(latents, sequence_length, decode_chunk_size)[:, :, 1:]
+            else:
+                latents = latents[:, 1:] if prepend_reference else latents
+                video = self.decode_latents(latents, num_frames, decode_chunk_size)
             frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
 
         self.maybe_free_model_hooks()

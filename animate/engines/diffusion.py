@@ -31,8 +31,10 @@ class DiffusionOptions:
     steps: int = 25
     guidance_scale: float = 2.0
     seed: int = 0
-    tile_size: int = 16  # frames per UNet call, including the shared reference frame
-    tile_overlap: int = 6
+    # frames per UNet call (counting the shared reference frame) and overlap; None: the checkpoint's own
+    # (pipelines.parity.TILES: 72 / 6 for MimicMotion 1.1, 16 / 6 for DisPose and for SVD alone)
+    tile_size: int | None = None
+    tile_overlap: int | None = None
     decode_chunk_size: int = 8
     noise_aug_strength: float = 0.0
     fps_id: int = 7  # SVD's fps conditioning as MimicMotion uses it
@@ -41,6 +43,14 @@ class DiffusionOptions:
     controlnet_cfg: str = "keep"  # the negative CFG half keeps flows and points, as DisPose
     preset: str | None = None  # "mimicmotion" | "dispose": that system's published run (animate.presets)
     conventions: GuidanceConventions | None = None  # None: the loaded networks' rules (for_networks)
+    skeleton_twice: bool = False  # a `skeleton` encoder reads a skeleton too when the pose guider runs
+
+
+def frames_to_uint8(frames: np.ndarray, truncate: bool = False) -> np.ndarray:
+    """``[0, 1]`` float frames -> uint8, rounded; ``truncate``: as MimicMotion and DisPose write their videos,
+    ``(frames * 255).to(uint8)`` (254.9 -> 254)."""
+    scaled = np.clip(frames * 255.0, 0, 255)
+    return (scaled if truncate else scaled + 0.5).astype(np.uint8)
 
 
 def speed_options(settings: Settings, cuda: bool):
@@ -271,6 +281,23 @@ class DiffusionEngine:
             log.warning("point adapter off: %s", exc)
             return None
 
+    def _parity(self, opts: DiffusionOptions) -> tuple[dict, bool]:
+        """The pipeline arguments of the upstream rules and tiles for the loaded parts and ``opts.preset``
+        (``pipelines.parity``), and whether frames are truncated to uint8; recorded in ``parts``."""
+        from animate.errors import AnimateError
+        from pipelines import parity
+
+        try:
+            kwargs = parity.call_kwargs(self.pipeline, opts.preset)
+        except ValueError as exc:
+            raise AnimateError("preset_unavailable", f"{exc} (see weights/README.md)") from exc
+        default_size, default_overlap = parity.default_tiles(self.pipeline, opts.preset)
+        kwargs["tile_size"] = default_size if opts.tile_size is None else opts.tile_size
+        kwargs["tile_overlap"] = default_overlap if opts.tile_overlap is None else opts.tile_overlap
+        self.parts["parity"] = parity.describe(self.pipeline, opts.preset)
+        self.parts["tiles"] = f"{kwargs['tile_size']} / {kwargs['tile_overlap']}"
+        return kwargs, parity.truncates_uint8(self.pipeline, opts.preset)
+
     def render(
         self,
         bundle: GuidanceBundle,
@@ -301,12 +328,18 @@ class DiffusionEngine:
             )
             if value is not None
         }
-        encoders = getattr(self.pipeline, "guidance_encoders", None)
+        from pipelines.parity import uses_champ_encoders
+
+        parity_kwargs, truncate = self._parity(opts)
+        # a preset runs only its published system's parts: no Champ encoders
+        encoders = (
+            self.pipeline.guidance_encoders if uses_champ_encoders(self.pipeline, opts.preset) else None
+        )
         known = set(getattr(getattr(encoders, "config", None), "guidance_types", None) or ())
         maps = {name: value for name, value in maps.items() if name in known}
-        if "skeleton" in known:
+        if "skeleton" in known and (self.pipeline.pose_guider is None or opts.skeleton_twice):
             maps["skeleton"] = pose_images
-        motion = self._motion_inputs(bundle, should_cancel)
+        motion = {} if opts.preset == "mimicmotion" else self._motion_inputs(bundle, should_cancel)
         self.parts["guidance_maps"] = ", ".join(maps) or "none"
         log.info("diffusion engine parts: %s", self.parts)
         total_steps = opts.steps
@@ -329,8 +362,6 @@ class DiffusionEngine:
             height=height,
             width=width,
             num_frames=bundle.num_frames,
-            tile_size=opts.tile_size,
-            tile_overlap=opts.tile_overlap,
             num_inference_steps=opts.steps,
             min_guidance_scale=opts.guidance_scale,
             max_guidance_scale=opts.guidance_scale,
@@ -341,10 +372,10 @@ class DiffusionEngine:
             output_type="np",
             callback_on_step_end=on_step_end,
             **motion,
+            **parity_kwargs,
             **({"decode_chunk_size": opts.decode_chunk_size} | self.call_kwargs),  # speed options win
         )
         if should_cancel is not None and should_cancel():
             return
-        frames = result.frames[0]
-        for frame in frames:
-            yield np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        for frame in result.frames[0]:
+            yield frames_to_uint8(frame, truncate)
