@@ -164,6 +164,15 @@ def test_over_long_video(tmp_path):
         open_video(path, MediaLimits(max_video_frames=20))
     assert _code(excinfo) == "too_long"
     assert open_video(path, MediaLimits(max_video_seconds=3.5)).info.frame_count == 30
+    assert open_video(path, MediaLimits(max_video_frames=30)).info.frame_count == 30  # exactly the limit
+    with pytest.raises(MediaError) as excinfo:
+        open_video(path, MediaLimits(max_video_frames=29))
+    assert _code(excinfo) == "too_long"
+    duration = probe_video(path).duration
+    assert open_video(path, MediaLimits(max_video_seconds=duration)).info.frame_count == 30
+    with pytest.raises(MediaError) as excinfo:
+        open_video(path, MediaLimits(max_video_seconds=duration - 0.01))
+    assert _code(excinfo) == "too_long"
 
 
 def test_too_many_pixels_and_bytes(tmp_path):
@@ -174,6 +183,26 @@ def test_too_many_pixels_and_bytes(tmp_path):
     with pytest.raises(MediaError) as excinfo:
         open_video(path, MediaLimits(max_file_bytes=100))
     assert _code(excinfo) == "too_large"
+    # exactly at the limits (64 x 48 pixels, the file's size) is accepted, one over is not
+    size = path.stat().st_size
+    assert open_video(path, MediaLimits(max_video_pixels=64 * 48, max_file_bytes=size)).width == 64
+    for limits in (MediaLimits(max_video_pixels=64 * 48 - 1), MediaLimits(max_file_bytes=size - 1)):
+        with pytest.raises(MediaError) as excinfo:
+            open_video(path, limits)
+        assert _code(excinfo) == "too_large"
+
+
+@pytest.mark.parametrize(("width", "height"), [(15, 15), (64, 15), (15, 64)])
+def test_a_video_under_16_pixels_a_side_is_too_small(tmp_path, width, height):
+    path = make_video(tmp_path / "tiny.mp4", n_frames=2, width=width, height=height, pix_fmt="yuv444p")
+    with pytest.raises(MediaError) as excinfo:
+        open_video(path)  # the default limits: 16 pixels a side
+    assert _code(excinfo) == "too_small"
+    sixteen = make_video(tmp_path / "16.mp4", n_frames=2, width=16, height=16)
+    assert open_video(sixteen).width == 16  # exactly the limit
+    with pytest.raises(MediaError) as excinfo:
+        open_video(sixteen, MediaLimits(min_video_side=17))
+    assert _code(excinfo) == "too_small"
 
 
 def test_only_local_files(tmp_path):
