@@ -93,3 +93,26 @@ def test_unknown_scale_measures_in_pixels(tracks):
     np.testing.assert_allclose(
         expected[:, 0], reference_one_euro(tracks[:, 0], 25.0, 1.0, options), atol=2e-3
     )
+
+
+def test_edges_follow_the_rule():
+    # Two frames at 1 fps and a sub-pixel scale are filtered; a score exactly at the threshold counts as
+    # seen; scores outside 0..1 act as 0 and 1; float64 input comes back as float32.
+    options = SmoothingOptions(bidirectional=False, threshold=0.5)
+    two = np.array([[[10.0, 20.0, 0.5]], [[30.0, 60.0, 0.5]]])
+    out = smooth_keypoints(two, 1.0, 0.5, options)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], reference_one_euro(two[:, 0], 1.0, 0.5, options), atol=1e-4)
+    assert out[1, 0, 0] != 30.0
+    clipped = two.copy()
+    clipped[:, 0, 2] = [2.0, 2.0]
+    ones = two.copy()
+    ones[:, 0, 2] = 1.0
+    np.testing.assert_array_equal(
+        smooth_keypoints(clipped, 1.0, 0.5, options)[..., :2],
+        smooth_keypoints(ones, 1.0, 0.5, options)[..., :2],
+    )
+    anything = SmoothingOptions(bidirectional=False, threshold=0.0)
+    negative = two.copy()
+    negative[:, 0, 2] = [1.0, -1.0]  # seen at threshold 0, with weight 0: the estimate stays put
+    assert smooth_keypoints(negative, 1.0, 0.5, anything)[1, 0, :2].tolist() == [10.0, 20.0]
