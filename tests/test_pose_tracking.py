@@ -33,19 +33,24 @@ def test_salience_by_hand():
 
 def test_match_gates_at_their_boundaries():
     options = TrackingOptions(max_missing=5, match_distance=0.5, min_size_ratio=0.5)
-    track = _Track({0: boxed(0, 0, 30, 40)}, (0, 0, 30, 40), 0)  # diagonal 50
+    track = _Track({0: boxed(100, 200, 130, 240)}, (100, 200, 130, 240), 0)  # diagonal 50
+
+    def moved(dx: float, dy: float, scale: float = 1.0) -> tuple[float, float, float, float]:
+        return (100 + dx, 200 + dy, 100 + dx + 30 * scale, 200 + dy + 40 * scale)
+
     # Cost: centre distance over the larger diagonal; the gate widens with missed frames up to 4 of them.
-    assert track.match_cost((10, 0, 40, 40), 1, options) == pytest.approx(10 / 50)
-    assert track.match_cost((25, 0, 55, 40), 1, options) == pytest.approx(0.5)  # at the gate: linked
-    assert track.match_cost((26, 0, 56, 40), 1, options) is None
-    assert track.match_cost((50, 0, 80, 40), 2, options) == pytest.approx(1.0)  # 2 frames: gate 1.0
-    assert track.match_cost((100, 0, 130, 40), 4, options) == pytest.approx(2.0)
-    assert track.match_cost((101, 0, 131, 40), 5, options) is None  # the gate stops growing at 4 frames
-    assert track.match_cost((0, 0, 30, 40), 5, options) == pytest.approx(0.0)  # max_missing: still linked
-    assert track.match_cost((0, 0, 30, 40), 6, options) is None
-    # Size: diagonal 25 is half of 50 (linked), 24 is less (not).
-    assert track.match_cost((0, 0, 15, 20), 1, options) is not None
-    assert track.match_cost((0, 0, 14.4, 19.2), 1, options) is None
+    assert track.match_cost(moved(6, 8), 1, options) == pytest.approx(10 / 50)
+    assert track.match_cost(moved(-15, 20), 1, options) == pytest.approx(0.5)  # at the gate: linked
+    assert track.match_cost(moved(15.6, -20.8), 1, options) is None
+    assert track.match_cost(moved(30, 40), 2, options) == pytest.approx(1.0)  # 2 frames: gate 1.0
+    assert track.match_cost(moved(60, 80), 4, options) == pytest.approx(2.0)
+    assert track.match_cost(moved(60.6, 80.8), 5, options) is None  # the gate stops growing at 4 frames
+    assert track.match_cost(moved(0, 0), 5, options) == pytest.approx(0.0)  # max_missing: still linked
+    assert track.match_cost(moved(0, 0), 6, options) is None
+    # Size: diagonal 25 is half of 50 (linked), 24 is less (not); the cost uses the larger diagonal.
+    assert track.match_cost(moved(0, 0, 0.5), 1, options) == pytest.approx(math.hypot(7.5, 10) / 50)
+    assert track.match_cost(moved(0, 0, 0.48), 1, options) is None
+    assert track.match_cost(moved(0, 0, 1.5), 1, options) == pytest.approx(math.hypot(7.5, 10) / 75)
 
 
 def test_no_usable_candidate_gives_empty_poses():
@@ -85,3 +90,11 @@ def test_a_track_lost_for_longer_than_max_missing_is_not_resumed():
     frames = [[boxed(90, 60, 110, 100)], [], [boxed(90, 60, 110, 100)], [], [], [boxed(90, 60, 110, 100)]]
     track = track_main_person(frames, 200, 200, options)
     assert [p.detected for p in track] == [True, False, True, False, False, False]
+
+
+def test_a_bystander_near_the_main_person_does_not_take_their_track():
+    # One track, two candidates within its gate: the closer one continues it, the other starts a new track.
+    main = [[boxed(100, 50, 140, 150)] for _ in range(3)]
+    main += [[boxed(102, 50, 142, 150), boxed(115, 60, 145, 140)] for _ in range(3)]
+    track = track_main_person(main, 300, 200)
+    assert [p.keypoints[0, 0] for p in track] == [100, 100, 100, 102, 102, 102]
