@@ -312,6 +312,53 @@ def test_auth_isolates_keys(tmp_path: Path) -> None:
         assert client.get("/metrics").status_code == 200
 
 
+def test_idempotency_keys_are_per_api_key(tmp_path: Path) -> None:
+    """Security: key B sending key A's Idempotency-Key gets its own job, never A's (nor A's 422)."""
+    settings = make_settings(tmp_path, api_keys=[KEY_A, KEY_B], rate_limit_per_minute=1000)
+    with TestClient(create_app(settings)) as client:
+        a, b = ({"Authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))
+        job_a = submit(client, data={"max_frames": 4}, headers={**a, "Idempotency-Key": "shared"})
+        same_body = submit(client, data={"max_frames": 4}, headers={**b, "Idempotency-Key": "shared"})
+        assert job_a.status_code == same_body.status_code == 202
+        assert same_body.json()["id"] != job_a.json()["id"]
+        assert same_body.headers.get("idempotent-replayed") != "true"
+        other_body = submit(client, data={"max_frames": 5}, headers={**b, "Idempotency-Key": "shared-2"})
+        submit(client, data={"max_frames": 6}, headers={**a, "Idempotency-Key": "shared-2"})
+        assert other_body.status_code == 202
+        # each key replays its own job
+        replay_a = submit(client, data={"max_frames": 4}, headers={**a, "Idempotency-Key": "shared"})
+        replay_b = submit(client, data={"max_frames": 4}, headers={**b, "Idempotency-Key": "shared"})
+        assert replay_a.json()["id"] == job_a.json()["id"]
+        assert replay_b.json()["id"] == same_body.json()["id"]
+        assert {j["id"] for j in client.get("/v1/jobs", headers=b).json()["jobs"]} == {
+            same_body.json()["id"],
+            other_body.json()["id"],
+        }
+        assert len(client.get("/v1/jobs", headers=a).json()["jobs"]) == 2
+
+
+def test_another_keys_job_is_not_found_everywhere(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys=[KEY_A, KEY_B], rate_limit_per_minute=1000)
+    with TestClient(create_app(settings)) as client:
+        a, b = ({"Authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))
+        job = submit(client, headers=a).json()["id"]
+        assert_error(client.get(f"/v1/jobs/{job}/video", headers=a), 409, "not_ready")
+        for method, path in [
+            ("get", f"/v1/jobs/{job}"),
+            ("get", f"/v1/jobs/{job}/video"),
+            ("head", f"/v1/jobs/{job}/video"),
+            ("get", f"/v1/jobs/{job}/artifacts/skeleton"),
+            ("post", f"/v1/jobs/{job}/cancel"),
+            ("delete", f"/v1/jobs/{job}"),
+        ]:
+            response = getattr(client, method)(path, headers=b)
+            assert response.status_code == 404, (method, path)
+            if method != "head":
+                assert_error(response, 404, "not_found")
+        assert client.get("/v1/jobs", headers=b).json()["jobs"] == []
+        assert client.get(f"/v1/jobs/{job}", headers=a).json()["status"] == "queued"  # untouched by B
+
+
 def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path, api_keys=[KEY_A], rate_limit_per_minute=3))) as client:
         headers = {"Authorization": f"Bearer {KEY_A}"}
