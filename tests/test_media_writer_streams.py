@@ -1,0 +1,58 @@
+"""What the writer puts in the file (x264 settings, the audio track's format) and how VideoWriters stops."""
+
+from __future__ import annotations
+
+import re
+
+import av
+import numpy as np
+from _media import make_video
+
+from animate.media import write_video
+from animate.media.writer import VideoWriters
+
+FRAMES = [np.full((32, 48, 3), 30 * i, np.uint8) for i in range(4)]
+
+
+def x264_settings(path) -> dict[str, str]:
+    """The encoder settings x264 records in the stream (its SEI user data): crf, subme, ..."""
+    text = re.search(rb"options: ([^\x00]*)", path.read_bytes()).group(1).decode()
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def test_video_writers_pass_crf_and_preset_to_x264(tmp_path):
+    with VideoWriters(tmp_path, ("default", "other"), 12.0) as writers:
+        for frame in FRAMES:
+            writers.put({"default": frame, "other": frame})
+    with VideoWriters(tmp_path / "fast", ("fast",), 12.0, crf=30, preset="ultrafast") as writers:
+        for frame in FRAMES:
+            writers.put({"fast": frame})
+    default, fast = x264_settings(tmp_path / "default.mp4"), x264_settings(tmp_path / "fast" / "fast.mp4")
+    # x264's medium preset searches sub-pixels at level 7 and ultrafast at 0.
+    assert (default["crf"], default["subme"]) == ("18.0", "7")
+    assert (fast["crf"], fast["subme"]) == ("30.0", "0")
+
+
+def test_writer_threads_are_named_daemons(tmp_path):
+    writers = VideoWriters(tmp_path, ("a", "b"), 12.0)
+    assert [(t.name, t.daemon) for t in writers.threads] == [("writer-a", True), ("writer-b", True)]
+    writers.abort()
+
+
+def test_abort_before_or_after_frames_leaves_no_file(tmp_path):
+    writers = VideoWriters(tmp_path / "none", ("a",), 12.0)
+    writers.abort()  # nothing was put: the wake-up value must not become a video
+    writers = VideoWriters(tmp_path / "some", ("a",), 12.0)
+    writers.put({"a": FRAMES[0]})
+    writers.put({"a": FRAMES[1]})
+    writers.abort()
+    assert list((tmp_path / "none").iterdir()) == [] and list((tmp_path / "some").iterdir()) == []
+
+
+def test_copied_audio_is_48khz_stereo_aac(tmp_path):
+    source = make_video(tmp_path / "mono.mp4", n_frames=10, fps=10, audio_seconds=1.0)  # mono
+    out = write_video(tmp_path / "out.mp4", FRAMES * 3, 12.0, audio_from=source)
+    with av.open(str(out.path)) as container:
+        audio = container.streams.audio[0]
+        assert (audio.codec_context.name, audio.rate, audio.channels) == ("aac", 48_000, 2)
+        assert 100_000 < audio.codec_context.bit_rate < 160_000  # 128 kb/s nominal
