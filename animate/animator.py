@@ -509,7 +509,8 @@ class Animator:
         semantic / mask and the dense field (CMP's when its checkpoint is in the weights, as DisPose's
         ControlNet was trained on it; else the body's). Without a body fit only CMP can give the field.
         ``engine.guidance_conventions`` (the loaded networks' rules) say which keypoints and CMP input rules
-        make the dense field and which convention the depth map follows."""
+        make the dense field, which convention the depth map follows, and whether a `skeleton` encoder gets
+        its own image (Champ's: the rendered body's joints in DWPose's annotator style)."""
         from animate.motion.body_field import DenseField
         from animate.motion.bundle import GuidanceConventions
         from animate.motion.cmp import cmp_dense_flow, find_cmp_checkpoint, load_cmp
@@ -542,6 +543,13 @@ class Animator:
         bundle.normal = np.empty((*shape, 3), np.uint8)
         bundle.semantic = np.empty((*shape, 3), np.uint8)
         bundle.mask = np.empty(shape, np.uint8)
+        skeletons = None
+        if rules.skeleton == "dwpose":
+            from animate.motion.body_field import snap_keypoints
+            from animate.pose.draw_dwpose import draw_pose_dwpose
+
+            skeletons = snap_keypoints(bundle.keypoints, motion.keypoints())
+            bundle.skeleton = np.empty((*shape, 3), np.uint8)
         dense = DenseField(motion, bundle.reference_mask) if bundle.dense_flow is None else None
         if dense is not None:
             bundle.dense_flow = np.empty((*shape, 2), np.float32)
@@ -552,6 +560,8 @@ class Animator:
             bundle.normal[t] = frame.normal_image
             bundle.semantic[t] = frame.semantic_image
             bundle.mask[t] = frame.mask_image
+            if skeletons is not None:
+                bundle.skeleton[t] = draw_pose_dwpose(skeletons[t], width, height)
             if dense is not None:
                 bundle.dense_flow[t] = dense.flow(vertices)
             report("motion", total + t + 1 if checkpoint else t + 1, 2 * total if checkpoint else total)

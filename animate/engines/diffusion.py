@@ -338,7 +338,7 @@ class DiffusionEngine:
         known = set(getattr(getattr(encoders, "config", None), "guidance_types", None) or ())
         maps = {name: value for name, value in maps.items() if name in known}
         if "skeleton" in known and (self.pipeline.pose_guider is None or opts.skeleton_twice):
-            maps["skeleton"] = pose_images
+            maps["skeleton"] = pose_images if bundle.skeleton is None else bundle.skeleton
         motion = {} if opts.preset == "mimicmotion" else self._motion_inputs(bundle, should_cancel)
         self.parts["guidance_maps"] = ", ".join(maps) or "none"
         log.info("diffusion engine parts: %s", self.parts)

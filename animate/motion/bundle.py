@@ -104,6 +104,7 @@ class GuidanceBundle:
     fps: float
     size: tuple[int, int]
     pose_images: np.ndarray | None = None  # (T, H, W, 3) skeletons, DWPose convention
+    skeleton: np.ndarray | None = None  # (T, H, W, 3) a `skeleton` encoder's own image (Champ's style)
     depth: np.ndarray | None = None  # (T, H, W, 3)
     normal: np.ndarray | None = None  # (T, H, W, 3)
     semantic: np.ndarray | None = None  # (T, H, W, 3)
@@ -135,6 +136,7 @@ class GuidanceBundle:
             "reference": (height, width, 3),
             "reference_mask": (height, width),
             "pose_images": (t, height, width, 3),
+            "skeleton": (t, height, width, 3),
             "depth": (t, height, width, 3),
             "normal": (t, height, width, 3),
             "semantic": (t, height, width, 3),
