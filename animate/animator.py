@@ -39,6 +39,7 @@ MAX_SIDE, SHORT_SIDE = 1024, 576
 #: The reference body fit must cover at least this IoU of the reference person mask to be used.
 MIN_REFERENCE_FIT_IOU = 0.5
 PREVIEW = {"crf": 23, "preset": "veryfast"}  # guidance previews: for the eye, not the result
+MIN_FPS, MAX_FPS = 1.0, 60.0  # output rates; a driving video outside them is resampled into them
 
 log = logging.getLogger("animate.animator")
 
@@ -82,7 +83,7 @@ class AnimationOptions:
             min(self.size) < 64 or max(self.size) > 4096 or self.size[0] % 2 or self.size[1] % 2
         ):
             raise AnimateError("invalid_option", f"size must be even and within 64..4096, got {self.size}")
-        if self.fps is not None and not 1 <= self.fps <= 60:
+        if self.fps is not None and not MIN_FPS <= self.fps <= MAX_FPS:
             raise AnimateError("invalid_option", f"fps must be within 1..60, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 1:
             raise AnimateError("invalid_option", f"max_frames must be >= 1, got {self.max_frames}")
@@ -258,7 +259,7 @@ class Animator:
         preset = get_preset(options.preset) if options.preset else None
         if preset is None:
             size = options.size or default_size(image.width, image.height)
-            fps = float(options.fps or video.fps)
+            fps = float(options.fps or min(max(video.fps, MIN_FPS), MAX_FPS))  # 1000 fps claims: 60
             ref_rgb, ref_alpha = fit_reference(image, size)
         else:
             if engine.name == "warp":  # auto fell back: a warp video would reproduce nothing
@@ -298,7 +299,8 @@ class Animator:
                 targets = global_fit(driving_poses, ref_pose, size[0], size[1])
                 notes += _preset_notes(preset, video, self.settings)
             else:
-                expected = video.output_frame_count(options.fps, options.max_frames)
+                resample = options.fps or (None if fps == video.fps else fps)
+                expected = video.output_frame_count(resample, options.max_frames)
                 # The warp engine on the body path uses only the driver's body (Anny's hands are not posed,
                 # the face texture rides on the head): BlazePose alone is ~2.5x faster than Holistic.
                 body_only = options.body and engine.name == "warp"
@@ -308,7 +310,7 @@ class Animator:
                     driving_poses = estimate_video(
                         video,
                         estimator,
-                        fps=options.fps,
+                        fps=resample,
                         max_frames=options.max_frames,
                         progress=lambda done, total: report("pose", done, max(total, expected)),
                     )

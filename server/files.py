@@ -7,6 +7,7 @@ retried job never serves a half-written file from an attempt that died.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 ARTIFACT_NAMES = ("skeleton", "motion", "poses", "depth", "normal", "semantic", "dense_flow")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+RESERVE_BYTES = 4 * 1024 * 1024
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -35,6 +37,22 @@ class JobFiles:
     def __init__(self, data_dir: Path) -> None:
         self.root = Path(data_dir) / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.reserve = Path(data_dir) / "disk-reserve"
+
+    def keep_reserve(self) -> None:
+        """Hold ``RESERVE_BYTES`` of the disk in a file: a job that fills the disk can still be recorded."""
+        if self.reserve.exists() or shutil.disk_usage(self.root).free < 2 * RESERVE_BYTES:
+            return
+        partial = self.reserve.with_name(f"{self.reserve.name}.{os.getpid()}")
+        try:
+            partial.write_bytes(os.urandom(RESERVE_BYTES))  # random: a compressing file system keeps it all
+            os.replace(partial, self.reserve)
+        except OSError:
+            partial.unlink(missing_ok=True)
+
+    def release_reserve(self) -> None:
+        """The disk is full: give back the reserve (``keep_reserve`` takes it again once there is room)."""
+        self.reserve.unlink(missing_ok=True)
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id

@@ -60,10 +60,13 @@ class ProbeSlots:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        try:
-            await asyncio.wait_for(self._free.acquire(), self.wait_seconds)
-        except TimeoutError:
-            raise ProbeBusy(f"all {self.size} upload checks are busy; try again shortly") from None
+        if not self._free.locked():  # a free slot and nobody ahead: taken at once, even with no wait allowed
+            await self._free.acquire()
+        else:
+            try:
+                await asyncio.wait_for(self._free.acquire(), self.wait_seconds)
+            except TimeoutError:
+                raise ProbeBusy(f"all {self.size} upload checks are busy; try again shortly") from None
         try:
             yield
         finally:

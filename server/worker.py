@@ -24,7 +24,7 @@ from huey.signals import SIGNAL_INTERRUPTED
 from animate.animator import AnimationResult, Animator, Canceled, Progress
 from animate.errors import AnimateError
 from animate.settings import Settings
-from server.files import JobFiles
+from server.files import JobFiles, disk_full
 from server.models import utcnow
 from server.queue import JobQueue
 from server.schemas import JobOptions, job_out
@@ -113,15 +113,19 @@ class JobRunner:
         except Canceled:
             if running.cancel and not (running.lost or running.interrupted):
                 recorded = self.store.finish(job_id, claim.attempt, "canceled")
-        except AnimateError as exc:
-            recorded = self.store.finish(
-                job_id, claim.attempt, "failed", error_code=exc.code, error_message=exc.message[:2000]
-            )
         except Exception as exc:
-            log.exception("job %s failed", job_id)
-            message = f"internal error ({type(exc).__name__})"
+            if disk_full(exc):
+                shutil.rmtree(folder, ignore_errors=True)  # first: recording the outcome needs the space
+                self.files.release_reserve()
+                log.error("job %s: the disk is full", job_id)
+                code, message = "disk_full", "the server ran out of disk space; submit the job again later"
+            elif isinstance(exc, AnimateError):
+                code, message = exc.code, exc.message[:2000]
+            else:
+                log.exception("job %s failed", job_id)
+                code, message = "internal_error", f"internal error ({type(exc).__name__})"
             recorded = self.store.finish(
-                job_id, claim.attempt, "failed", error_code="internal_error", error_message=message
+                job_id, claim.attempt, "failed", error_code=code, error_message=message
             )
         else:
             won = recorded = self.store.finish(
@@ -140,7 +144,9 @@ class JobRunner:
             beat.join(timeout=5)
             self.current = None
             self.jobs_done += 1
-            if not won:
+            if won:  # attempts that died mid-write (a killed worker) left their folders
+                self.files.remove_attempts(job_id, keep=folder.name)
+            else:
                 shutil.rmtree(folder, ignore_errors=True)
             log.info("job %s attempt %d ended (recorded: %s)", job_id, claim.attempt, recorded)
         if job.webhook_url and recorded:
@@ -171,8 +177,11 @@ class JobRunner:
         while not running.done.wait(self.settings.server.heartbeat_seconds):
             try:
                 owned, cancel = self.store.heartbeat(running.job_id, running.attempt)
-            except Exception:  # the database is briefly away: try again next beat
-                log.exception("heartbeat failed")
+            except Exception as exc:  # the database is briefly away (or its disk full): try again next beat
+                if disk_full(exc):
+                    log.warning("heartbeat of job %s not written: the disk is full", running.job_id)
+                else:
+                    log.exception("heartbeat failed")
                 continue
             running.lost = running.lost or not owned
             running.cancel = running.cancel or cancel
@@ -192,6 +201,7 @@ class JobRunner:
     def sweep(self) -> None:
         """Heartbeat this worker, re-enqueue jobs of dead workers, delete expired files."""
         server = self.settings.server
+        self.files.keep_reserve()
         current = self.current.job_id if self.current else None
         self.store.worker_beat(self.worker_id, socket.gethostname(), os.getpid(), current, self.jobs_done)
         for job_id in self.store.reap_stale(server.stale_after_seconds, server.max_attempts):
@@ -233,8 +243,11 @@ class JobRunner:
         while not self._stop.is_set():
             try:
                 self.sweep()
-            except Exception:
-                log.exception("sweep failed")
+            except Exception as exc:
+                if disk_full(exc):
+                    log.warning("sweep skipped: the disk is full")
+                else:
+                    log.exception("sweep failed")
             self._stop.wait(self.settings.server.maintenance_seconds)
 
     def stop(self) -> None:

@@ -7,6 +7,7 @@ IPv4-in-IPv6 targets (12, 13), a driving video claiming 1000 fps (14), a killed 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import shutil
@@ -29,7 +30,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from animate.media import open_video
+from animate.media.errors import MediaError
+from animate.settings import MediaLimits
 from server.models import Job
+from server.probe import ProbeBusy, ProbeSlots
 from server.store import JobStore, QueueFull
 from server.webhooks import PrivateTarget, check_address
 from tests.conftest import DANCE, WOMAN_JPG
@@ -130,6 +134,33 @@ def test_concurrent_probes_are_bounded_and_the_excess_gets_503(tmp_path: Path, d
     assert peak[0] == 1  # 8 at once before: one child each
     jobs = tmp_path / "data" / "jobs"
     assert job_folders(jobs) == sorted(a.json()["id"] for a in accepted)  # refused uploads left nothing
+
+
+def test_probe_slots_wait_then_refuse() -> None:
+    async def scenario() -> list[str]:
+        slots, seen = ProbeSlots(1, wait_seconds=0.2), []
+        async with slots.slot():
+            try:
+                async with slots.slot():
+                    seen.append("second ran")
+            except ProbeBusy:
+                seen.append("busy")
+        async with ProbeSlots(1, wait_seconds=0).slot():  # a free slot needs no waiting
+            seen.append("free")
+
+        async def hold() -> None:
+            async with slots.slot():
+                await asyncio.sleep(0.05)
+                seen.append("held")
+
+        holder = asyncio.create_task(hold())
+        await asyncio.sleep(0.01)
+        async with slots.slot():  # waits out the holder (under 0.2 s)
+            seen.append("waited")
+        await holder
+        return seen
+
+    assert asyncio.run(scenario()) == ["busy", "free", "held", "waited"]
 
 
 # --- row 5: the queued-job cap ----------------------------------------------------------------------------
@@ -296,6 +327,8 @@ def test_a_full_disk_fails_the_upload_with_507_and_the_job_with_disk_full(
     try:
         cluster.start_api(workers=1)
         jobs = cluster.data / "jobs"
+        # the worker holds a few MiB in reserve, given back when a job fills the disk: the outcome fits then
+        cluster.wait(lambda: (cluster.data / "disk-reserve").is_file(), 60, "no disk reserve")
 
         # row 9: the upload itself does not fit
         filler = cluster.fill(leave=512 * 1024)
@@ -305,7 +338,7 @@ def test_a_full_disk_fails_the_upload_with_507_and_the_job_with_disk_full(
         filler.unlink()
 
         # row 8: the outputs do not fit
-        job = post_job(cluster.http, SHORT)
+        job = post_job(cluster.http, LONG)
         assert job.status_code == 202, job.text
         job_id = job.json()["id"]
         cluster.wait_for(job_id, lambda j: j["status"] == "running", timeout=60)
@@ -342,6 +375,19 @@ def _lying_mkv(path: Path, frames: list, rate: int, claimed_seconds: float) -> P
     data[at + 3 : at + 11] = struct.pack(">d", claimed_seconds * 1000)
     path.write_bytes(data)
     return path
+
+
+def test_decoding_stops_where_the_real_length_passes_the_limit(tmp_path: Path, data_dir: Path) -> None:
+    frames = dance_frames(1, (64, 64)) * 30
+    mkv = _lying_mkv(tmp_path / "long.mkv", frames, 5, claimed_seconds=1.0)
+    header_passes = [MediaLimits(max_video_seconds=2), MediaLimits(max_video_seconds=60, max_video_frames=29)]
+    for limits in header_passes:  # 5.8 s over 2 s; 30 frames over 29
+        video = open_video(mkv, limits)
+        with pytest.raises(MediaError) as refused:
+            sum(1 for _ in video.frames())
+        assert refused.value.code == "too_long"
+    video = open_video(mkv, MediaLimits(max_video_seconds=6, max_video_frames=30))
+    assert sum(1 for _ in video.frames()) == 30  # within both
 
 
 @pytest.mark.slow
@@ -402,7 +448,7 @@ def test_webhook_redirects_are_not_followed(tmp_path: Path, data_dir: Path) -> N
         url = f"http://127.0.0.1:{redirector.server_address[1]}/hook"
         job = cluster.submit({**SHORT, "webhook_url": url})
         cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED)
-        cluster.wait(lambda: len(redirect_hits) >= 2, 30, "the webhook was not delivered (and retried)")
+        cluster.wait(lambda: len(redirect_hits) >= 2 or elsewhere_hits, 30, "the webhook was not delivered")
     finally:
         cluster.stop()
         redirector.shutdown()
@@ -455,7 +501,7 @@ def test_check_address_lets_public_ones_through(address: str) -> None:
 @pytest.mark.slow
 def test_a_1000_fps_driving_video_renders_at_60_fps(tmp_path: Path, data_dir: Path) -> None:
     base = dance_frames(8)
-    fast = write_video(tmp_path / "fast.mp4", [base[i // 15] for i in range(120)], 1000)
+    fast = write_video(tmp_path / "fast.mp4", [base[i // 8] for i in range(64)], 1000)  # 0.064 s
     with open_video(fast) as video:
         assert round(video.fps) == 1000
     cluster = Cluster(tmp_path)
@@ -466,7 +512,9 @@ def test_a_1000_fps_driving_video_renders_at_60_fps(tmp_path: Path, data_dir: Pa
     finally:
         cluster.stop()
     assert done["status"] == "succeeded", done
-    assert done["result"]["fps"] == 60.0 and done["result"]["frames"] == round(0.12 * 60), done["result"]
+    assert done["result"]["fps"] == 60.0 and 3 <= done["result"]["frames"] <= 5, done[
+        "result"
+    ]  # 0.064 s x 60
 
 
 # --- row 15: the files of an attempt that lost ------------------------------------------------------------

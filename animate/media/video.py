@@ -247,9 +247,11 @@ class DrivingVideo:
             stream.thread_type = "AUTO"
             graph = None
             try:
-                for frame in container.decode(stream):
+                for decoded, frame in enumerate(container.decode(stream), 1):
                     if graph is None:
                         graph = self._build_graph(stream, frame, fps, size)
+                        start = frame.time or 0.0
+                    self._check_decoded(decoded, (frame.time or 0.0) - start)
                     graph.vpush(frame)
                     for out in _drain(graph):
                         yielded += 1
@@ -264,6 +266,18 @@ class DrivingVideo:
                 raise MediaError("empty_media", f"{path.name} holds no decodable video frame")
             graph.vpush(None)
             yield from _drain(graph)
+
+    def _check_decoded(self, frames: int, seconds: float) -> None:
+        """The header may understate the length: the limits hold for what is really decoded."""
+        limits, name = self.limits, Path(self.info.path).name
+        if seconds > limits.max_video_seconds:
+            raise MediaError(
+                "too_long", f"{name} runs past {limits.max_video_seconds:g} s, whatever its header says"
+            )
+        if frames > limits.max_video_frames:
+            raise MediaError(
+                "too_long", f"{name} holds over {limits.max_video_frames} frames, whatever its header says"
+            )
 
     def _build_graph(
         self,
