@@ -94,9 +94,11 @@ def run_mutmut(work: Path, budget: float, max_children: int) -> tuple[float, boo
     """Run mutmut in `work` (log in mutmut.log), stopped at the budget. Returns (seconds, finished)."""
     start = time.monotonic()
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    # mutmut forks each mutant from a process that already ran torch: a forked OpenMP pool deadlocks.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(work / "mutmut.log", "wb") as log:
         process = subprocess.Popen(
-            command, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             process.wait(timeout=budget)
