@@ -255,7 +255,7 @@ def test_garbage_request_line_is_a_json_400(server: Cluster) -> None:
 # --- rows 3, 4, 17: cursor and auth ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("number", [str(2**63), str(2**64 + 5), "-1", "1_0", " 7"])
+@pytest.mark.parametrize("number", [str(2**63), str(2**64 + 5), "-1", "1_0", " 7", "\u0663", "\u00b2"])
 def test_out_of_range_cursor_is_invalid_cursor(server: Cluster, number: str) -> None:
     """Row 3: a cursor holding a number SQLite cannot bind (or one we never give out) is a 422."""
     cursor = base64.urlsafe_b64encode(number.encode()).decode().rstrip("=")
