@@ -128,3 +128,44 @@ def test_engine_uses_the_body_when_the_bundle_has_one(anny):
     # Frame 0 is the reference pose: the reference comes back (up to the soft edge).
     same = interior(person, 3)
     assert np.abs(frames[0][same].astype(int) - image[same]).mean() < 3
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_surface_seen_only_on_its_mirror_twin_takes_the_twins_colour(anny, scale):
+    """Reference: the left arm across the belly, the torso's other half painted blue. Frame: arms down.
+    The belly the arm hid is seen only on its mirror twin (the blue half), so it must come out blue,
+    not in the colour of the nearest seen surface (the unpainted half around it)."""
+    motion = synthetic_motion(anny, ARM_ACROSS, [{}])
+    image, person = reference_of(motion)
+    target = motion.renderer()[0].render(motion.vertices(0, 1)[0], motion.camera)
+    torso = np.isin(target.part, TORSO)
+    midline = np.nonzero(torso)[1].mean()  # the arms-down torso is symmetric about this column
+    columns = np.broadcast_to(np.arange(image.shape[1]), image.shape[:2])
+    hidden = np.isin(motion.reference_render.part, LEFT_ARM) & torso
+    hidden_side = -1 if np.nonzero(hidden)[1].mean() < midline else 1
+    far_side = (columns - midline) * hidden_side < 0
+    image[np.isin(motion.reference_render.part, TORSO) & far_side] = (0, 0, 255)
+    frame, masks = BodyWarp(motion, image, person, scale=scale).frame(motion.vertices(0, 1)[0])
+    # more than 3 px from the midline: the twin lies inside the blue half
+    revealed = interior(hidden) & interior(target.mask) & ((columns - midline) * hidden_side > 3)
+    assert revealed.sum() > 20
+    colours = frame[revealed].astype(int)
+    blue = (colours[:, 2] > 200) & (colours[:, :2] < 60).all(1)
+    assert blue.mean() > 0.9, blue.mean()
+    assert masks.fill[revealed].mean() < 0.1  # drawn from the twin's pixels, not from the mesh colours
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_reference_pose_samples_every_pixel_in_place(anny, scale):
+    """Frame in the reference's own pose, reference textured with 5 px checks: every body pixel shows the
+    reference's pixel at the same place (a sampling offset of half a pixel or more breaks the checks)."""
+    motion = synthetic_motion(anny, {}, [{}])
+    image, person = reference_of(motion)
+    ys, xs = np.mgrid[: person.shape[0], : person.shape[1]]
+    checks = ((xs // 5 + ys // 5) % 2).astype(bool)
+    image[person & checks] = (230, 40, 40)
+    image[person & ~checks] = (30, 60, 220)
+    frame, _ = BodyWarp(motion, image, person, scale=scale).frame(motion.vertices(0, 1)[0])
+    inside = interior(person, 3)
+    error = np.abs(frame[inside].astype(int) - image[inside]).sum(1)
+    assert (error > 30).mean() < 0.005, (error > 30).mean()
