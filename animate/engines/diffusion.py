@@ -235,11 +235,10 @@ class DiffusionEngine:
             )
         trajectory, trajectory_source = bundle.trajectory_flow, "bundle"
         if trajectory is None:
-            rules = self.guidance_conventions
             trajectory = conventional_trajectory(
-                bundle.reference_keypoints, bundle.keypoints, bundle.size, rules
+                bundle.reference_keypoints, bundle.keypoints, bundle.size, self.guidance_conventions
             )
-            trajectory_source = f"keypoints ({rules.keypoints}, {rules.trajectory} rules)"
+            trajectory_source = "keypoints"  # by the rules in parts["guidance_rules"]
         self.parts |= {"dense_flow": dense_source, "trajectory_flow": trajectory_source}
         inputs = {
             "dense_flow": dense,
