@@ -61,15 +61,18 @@ def check_target(url: str, allow_private: bool) -> list[str]:
 
     With ``allow_private`` nothing is resolved or checked: the host name itself is returned.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a bad port or bracketed host
+        raise PrivateTarget("webhook_url is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PrivateTarget("webhook_url must be an http(s) URL")
     if allow_private:
         return [parts.hostname]
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(parts.hostname, port)))
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a label IDNA cannot encode
         raise PrivateTarget(f"webhook host does not resolve: {parts.hostname}") from exc
     for address in addresses:
         check_address(ipaddress.ip_address(address.split("%")[0]))

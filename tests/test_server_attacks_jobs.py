@@ -475,7 +475,12 @@ def test_webhook_targets_hiding_private_ipv4_in_ipv6_are_refused(tmp_path: Path,
     cluster = Cluster(tmp_path)
     try:
         cluster.start_api()
-        for url in EMBEDDED:
+        malformed = [
+            "http://example.com:99999/h",
+            "http://[::1/h",
+            f"http://{'a' * 300}.example/h",
+        ]  # were 500s
+        for url in [*EMBEDDED, *malformed]:
             assert_error(post_job(cluster.http, {"webhook_url": url}), 422, "invalid_webhook_url")
         assert job_folders(tmp_path / "data" / "jobs") == []
     finally:
