@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import av
 import pytest
 from _media import make_audio_only, make_video
 
 from animate.media import MediaError, open_video, probe_video
+from animate.media.video import DrivingVideo
 from animate.settings import MediaLimits
 
 
@@ -123,3 +125,35 @@ def test_size_option_below_2x2_refused(clip, size):
 
 def test_size_option_2x2_streams(clip):
     assert next(open_video(clip).frames(size=(2, 2))).shape == (2, 2, 3)
+
+
+def _decoded_until_refused(video) -> tuple[int, MediaError | None]:
+    count = 0
+    try:
+        for _ in video.frames():
+            count += 1
+    except MediaError as error:
+        return count, error
+    return count, None
+
+
+@pytest.mark.parametrize("first_ms", [0, 500])
+def test_decoded_length_limits_hold_whatever_the_header_says(tmp_path, first_ms):
+    # 12 frames 100 ms apart: 1.1 s from the first frame's time to the last one's, wherever it starts.
+    path = make_video(tmp_path / "late.mp4", n_frames=12, pts_ms=[first_ms + 100 * i for i in range(12)])
+    info = probe_video(path)
+    with av.open(str(path)) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    elapsed = times[-1] - times[0]
+    assert elapsed == pytest.approx(1.1, abs=1e-3)
+    for limits in (MediaLimits(max_video_seconds=elapsed), MediaLimits(max_video_frames=12)):
+        assert _decoded_until_refused(DrivingVideo(info, limits)) == (12, None)
+    count, error = _decoded_until_refused(DrivingVideo(info, MediaLimits(max_video_frames=11)))
+    assert (error.code, error.message) == (
+        "too_long",
+        "late.mp4 holds over 11 frames, whatever its header says",
+    )
+    assert 9 <= count <= 11
+    count, error = _decoded_until_refused(DrivingVideo(info, MediaLimits(max_video_seconds=0.95)))
+    assert (error.code, error.message) == ("too_long", "late.mp4 runs past 0.95 s, whatever its header says")
+    assert 8 <= count <= 10  # the frames up to 0.9 s came out first
