@@ -23,10 +23,7 @@ PRESET_PARTS = {"mimicmotion": ("pose_guider",), "dispose": ("pose_guider", "mot
 # (tile_size, tile_overlap) each system was published with; the tile counts the prepended reference frame
 TILES = {
     "svd": (16, 6),  # no published tiling: ours
-    "mimicmotion": (
-        72,
-        6,
-    ),  # MimicMotion 1.1 is a 72-frame model: configs/test.yaml num_frames, frames_overlap
+    "mimicmotion": (72, 6),  # a 72-frame model: its configs/test.yaml num_frames, frames_overlap
     "dispose": (16, 6),  # DisPose's configs/test.yaml
 }
 
