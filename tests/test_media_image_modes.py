@@ -32,13 +32,21 @@ def grey(values, mode: str, dtype) -> Image.Image:
 @pytest.mark.parametrize(
     ("image", "fmt", "limits", "expected"),
     [
-        (grey([0, 128, 255, 257, 32768, 65535], "I;16", np.uint16), "PNG", DEEP, [0, 0, 1, 1, 128, 255]),
+        (
+            grey([0, 128, 255, 257, 32768, 65407, 65535], "I;16", np.uint16),
+            "PNG",
+            DEEP,
+            [0, 0, 1, 1, 128, 255, 255],
+        ),
+        (grey([0, 128, 255], "I;16", np.uint16), "TIFF", DEEP, [0, 0, 1]),  # 16-bit even when all are low
+        (grey([0, 257, 65535], "I;16B", ">u2"), "TIFF", DEEP, [0, 1, 255]),
+        (grey([0, 128, 256], "I", np.int32), "TIFF", DEEP, [0, 0, 1]),  # over 255: a 16-bit range
         (grey([0, 100, 255], "I", np.int32), "TIFF", DEEP, [0, 100, 255]),
         (grey([-5, 0, 256, 1000, 70000], "I", np.int32), "TIFF", DEEP, [0, 0, 1, 4, 255]),
         (grey([-1.0, 0.0, 0.5, 2.0], "F", np.float32), "TIFF", DEEP, [0, 0, 64, 255]),
         (grey([0.0, 0.25, 0.5], "F", np.float32), "TIFF", DEEP, [0, 64, 128]),
     ],
-    ids=["I;16", "I-8bit-range", "I-wide", "F-over-1", "F-under-1"],
+    ids=["I;16", "I;16-low", "I;16B", "I-256", "I-8bit-range", "I-wide", "F-over-1", "F-under-1"],
 )
 def test_deep_greyscale_scaled_to_8_bits(image, fmt, limits, expected):
     loaded = load_image(encoded(image, fmt), limits)
