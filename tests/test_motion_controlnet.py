@@ -172,6 +172,65 @@ def test_each_input_steers_the_residuals_and_scale_multiplies_them():
         controlnet(**(inputs | {"dense_flow": small["dense_flow"]}))
 
 
+def _reference_controlnet(
+    controlnet: MotionControlNet, inputs: dict, scale: float
+) -> tuple[list, torch.Tensor]:
+    """DisPose's ControlNetSVDModel.forward written out: both flow branches (conv, SiLU, ..., conv_out)
+    summed through conv_final and added after conv_in; the point adapter's level k added to the sample
+    after down block k (not to its skips); each skip and the mid output through its 1x1 conv, times scale."""
+    sample = inputs["sample"]
+    batch, frames = sample.shape[:2]
+    t = inputs["timestep"].reshape(-1).expand(batch)
+    emb = controlnet.time_embedding(controlnet.time_proj(t).to(sample.dtype))
+    ids = controlnet.add_time_proj(inputs["added_time_ids"].flatten()).reshape(batch, -1)
+    emb = (emb + controlnet.add_embedding(ids)).repeat_interleave(frames, dim=0)
+    context = inputs["encoder_hidden_states"].repeat_interleave(frames, dim=0)
+    embedding = controlnet.controlnet_cond_embedding
+
+    def branch(name: str, flow: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.silu(getattr(embedding, f"conv_in_{name}")(flow))
+        for conv in getattr(embedding, f"blocks_{name}"):
+            x = torch.nn.functional.silu(conv(x))
+        return getattr(embedding, f"conv_out_{name}")(x)
+
+    motion = embedding.conv_final(
+        branch("flow", inputs["dense_flow"]) + branch("traj", inputs["trajectory_flow"])
+    )
+    x = controlnet.conv_in(sample.flatten(0, 1)) + motion
+    indicator = torch.zeros(batch, frames)
+    sizes = [(8, 8), (8, 8)]  # the sample after each tiny down block (16 -> 8, then 8)
+    points = controlnet.point_adapter(
+        inputs["point_embeddings"], inputs["point_positions"], inputs["point_visible"], sizes
+    )
+    skips = [x]
+    for index, block in enumerate(controlnet.down_blocks):
+        kwargs = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+        x, res = block(hidden_states=x, temb=emb, image_only_indicator=indicator, **kwargs)
+        x = x + points[index]
+        skips += list(res)
+    x = controlnet.mid_block(
+        hidden_states=x, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator
+    )
+    down = [conv(s) * scale for s, conv in zip(skips, controlnet.controlnet_down_blocks, strict=True)]
+    return down, controlnet.controlnet_mid_block(x) * scale
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_residuals_equal_dispose_controlnet_forward(scale):
+    torch.manual_seed(0)
+    controlnet = tiny_motion_controlnet(tiny_unet()).eval()
+    reinit_zero_layers(controlnet)
+    inputs = _controlnet_inputs(controlnet)
+    inputs["point_visible"][0, 1] = False
+    with torch.no_grad():
+        down, mid = controlnet(**inputs, conditioning_scale=scale, return_dict=False)
+        expected_down, expected_mid = _reference_controlnet(controlnet, inputs, scale)
+    torch.testing.assert_close(mid, expected_mid, atol=1e-5, rtol=0)
+    assert len(down) == len(expected_down) == 6
+    for ours, theirs in zip(down, expected_down, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
 def test_point_adapter_places_reference_features_at_target_positions():
     torch.manual_seed(0)
     adapter = PointAdapter(embedding_channels=4, channels=(3, 5), mid_channels=6)
