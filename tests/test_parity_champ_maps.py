@@ -109,12 +109,22 @@ def test_dwpose_style_seen_rules_and_palette():
     body_only = k.copy()
     body_only[17:, 2] = 0.0
     assert len({tuple(c) for c in draw_pose_dwpose(body_only, 160, 160).reshape(-1, 3)}) <= 36
-    # a body point at exactly 0.3 is not drawn (> 0.3); a face point at 0.3 is (>= 0.3, its un_visible rule)
+    # DWPose's float32 scores against 0.3 as Champ's numpy 1.23 compares them: a body point element by element
+    # (float32 0.3 = 0.30000001 > 0.3 in float64: drawn), the neck from both shoulders > 0.3 in float32 (not
+    # drawn at 0.3), a hand or face point unless < 0.3 in float32 (drawn at 0.3)
+    below = np.nextafter(np.float32(0.3), np.float32(0))
     lone = np.zeros((133, 3), np.float32)
     lone[0] = (40.5, 40.5, 0.3)  # nose
+    lone[1] = (60.5, 40.5, below)  # left eye: OpenPose 15
+    lone[5] = (20.5, 120.5, 0.3)  # shoulders: the neck sits at their middle, (40, 120)
+    lone[6] = (60.5, 120.5, 0.3)
     lone[23 + 30] = (100.5, 100.5, 0.3)  # a face point
+    lone[23 + 31] = (130.5, 100.5, below)
     drawn = draw_pose_dwpose(lone, 160, 160)
-    assert not drawn[40, 40].any() and tuple(drawn[100, 100]) == (255, 255, 255)
+    assert tuple(drawn[40, 40]) == COLORS[0] and not drawn[40, 60].any()
+    assert tuple(drawn[120, 20]) == COLORS[5] and tuple(drawn[120, 60]) == COLORS[2]
+    assert not drawn[120, 40].any()  # no neck, so no limbs either
+    assert tuple(drawn[100, 100]) == (255, 255, 255) and not drawn[100, 130].any()
     assert tuple(drawn[103, 100]) == (255, 255, 255) and not drawn[104, 100].any()  # radius 3
 
 

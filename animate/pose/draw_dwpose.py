@@ -5,8 +5,10 @@ Unlike ``draw.draw_pose`` (MimicMotion's style: strokes scaled from a 2160 px ca
 confidence, BGR canvas): drawn at the map's own resolution with fixed sizes, full colours, in the annotator's
 channel order. Body limbs are ellipses 4 px in half-width whose colours are then multiplied by 0.6 (the
 neck -> right shoulder limb is (153, 0, 0)), joints discs of radius 4; hand edges 2 px lines with one hue
-each and blue joint discs; face points white discs of radius 3. A body point is seen at score > 0.3, a hand
-or face point at score >= 0.3; positions go through the annotator's normalise-by-size round trip.
+each and blue joint discs; face points white discs of radius 3. Seen, with DWPose's float32 scores compared
+as under Champ's numpy 1.23: a body point at score > 0.3 (element by element, so in float64), the neck when
+both shoulders are > 0.3 (in float32), a hand or face point unless its score < 0.3 (in float32); positions
+go through the annotator's normalise-by-size round trip.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def draw_pose_dwpose(keypoints: np.ndarray, width: int, height: int) -> np.ndarr
     canvas = np.zeros((height, width, 3), np.uint8)
     body = openpose18(keypoints)
     body_xy = _pixels(body[:, :2], width, height)
-    body_seen = body[:, 2] > THRESHOLD
+    scores = body[:, 2].astype(np.float32)
+    body_seen = scores.astype(np.float64) > THRESHOLD
+    body_seen[1] = scores[1] > np.float32(THRESHOLD)  # the neck: min of the shoulders' scores
     for i, (a, b) in enumerate(LIMBS):
         if not (body_seen[a - 1] and body_seen[b - 1]):
             continue
@@ -71,7 +75,7 @@ def draw_pose_dwpose(keypoints: np.ndarray, width: int, height: int) -> np.ndarr
 def _drawn(points: np.ndarray, width: int, height: int) -> list[tuple[int, int] | None]:
     """Integer pixels of the hand / face points the annotator draws (seen, and x, y > eps); else None."""
     xy = _pixels(points[:, :2], width, height)
-    seen = points[:, 2] >= THRESHOLD  # compared in the scores' precision (float32), as DWPose does
+    seen = ~(points[:, 2].astype(np.float32) < np.float32(THRESHOLD))
     out: list[tuple[int, int] | None] = []
     for (x, y), visible in zip(xy, seen, strict=True):
         px, py = int(x), int(y)
