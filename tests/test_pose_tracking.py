@@ -98,3 +98,13 @@ def test_a_bystander_near_the_main_person_does_not_take_their_track():
     main += [[boxed(102, 50, 142, 150), boxed(115, 60, 145, 140)] for _ in range(3)]
     track = track_main_person(main, 300, 200)
     assert [p.keypoints[0, 0] for p in track] == [100, 100, 100, 102, 102, 102]
+
+
+def test_a_taken_track_does_not_end_the_matching():
+    # b is closer to track A (cost 25/60) than to track B (35/60), but A already took a (cost 0):
+    # b must still continue B, the larger (main) person, instead of starting a new track.
+    options = TrackingOptions(match_distance=1.0)
+    a, b = (85, 80, 115, 120), (142, 76, 178, 124)  # diagonals 50 and 60, both 30 px from the centre
+    frames = [[boxed(*a), boxed(*b)] for _ in range(3)] + [[boxed(*a), boxed(107, 76, 143, 124)]]
+    track = track_main_person(frames, 260, 200, options)
+    assert [p.keypoints[0, 0] for p in track] == [142, 142, 142, 107]
