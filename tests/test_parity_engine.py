@@ -10,6 +10,16 @@ from pipelines import AnimationPipeline
 from pipelines.testing import tiny_components
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def engine(options: DiffusionOptions, **kwargs) -> DiffusionEngine:
     components = tiny_components(**kwargs)
     return DiffusionEngine(AnimationPipeline(**components), options)
@@ -54,3 +64,30 @@ def test_champ_encoders_get_unit_maps_in_both_halves():
     champ = engine(DiffusionOptions())
     kwargs, _ = champ._parity(champ.options)
     assert kwargs["guidance_range"] == "unit" and kwargs["guidance_cfg"] == "both"
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_the_skeleton_reaches_a_skeleton_encoder_too_only_when_asked(twice):
+    from test_engine_diffusion import _tiny_bundle
+
+    from controlnets import GuidanceFusion
+
+    components = tiny_components()
+    components["guidance_encoders"] = GuidanceFusion(
+        guidance_types=("skeleton",), block_out_channels=(8, 16), out_channels=32,
+        attention_num_heads=2, attention_norm_num_groups=8,
+    )  # fmt: skip
+    pipeline = AnimationPipeline(**components)
+    pipeline.set_progress_bar_config(disable=True)
+    skeleton = DiffusionEngine(pipeline, DiffusionOptions(steps=1, skeleton_twice=twice))
+    calls = []
+    encoder = pipeline.guidance_encoders.encoders["skeleton"]
+    handle = encoder.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        frames = list(skeleton.render(_tiny_bundle(2)))
+    finally:
+        handle.remove()
+    assert len(frames) == 2
+    # the pose guider reads the skeleton; Champ's skeleton encoder reads it as well only when asked
+    assert bool(calls) == twice
+    assert skeleton.parts["guidance_maps"] == ("skeleton" if twice else "none")
