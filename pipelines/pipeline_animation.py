@@ -5,14 +5,18 @@ Reads top to bottom like diffusers' ``StableVideoDiffusionPipeline``: output dat
 small private steps, then ``__call__`` in numbered sections. Differences from SVD:
 
 - features from the pose guider and the guidance encoders are added after the UNet's ``conv_in`` through a
-  forward hook (``pipelines.injection``: why hooks, not a UNet subclass), for the conditional half only;
+  forward hook (``pipelines.injection``: why hooks, not a UNet subclass), for the conditional half only
+  (the guidance encoders' in both halves with ``guidance_cfg="both"``, Champ's way);
 - the motion ControlNet (dense flow, trajectory flow, keypoint point features) runs on the UNet's own
   inputs and its residuals go into the skip connections and the mid block (hooks as well), added once or
   DisPose's way; under classifier-free guidance the negative half keeps the motion inputs (DisPose) or gets
   no residuals;
 - frames are denoised in tiles fused per step (``pipelines.tiling``); with ``prepend_reference`` frame 0
   is the reference (conditioned on the reference's own pose), it is in every tile and dropped from the output;
-- classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B).
+- classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B);
+- each rule of the published systems' own code that differs from ours is an argument (defaults: ours;
+  ``pipelines.parity`` picks them per loaded checkpoint): the reference frame decoded with the video,
+  tile-periodic noise, diffusers 0.27's time context, DisPose's point rules, Champ's map range and CFG.
 
 With no guidance, ``prepend_reference=False`` and one tile covering every frame, the computation is
 exactly SVD's (the oracle test compares frames).
