@@ -54,9 +54,8 @@ def test_dispose_preset_rules_and_a_preset_without_its_weights_is_a_clear_error(
     assert kwargs["temporal_context"] == "diffusers_0.27" and kwargs["point_rules"] == "dispose"
     assert (kwargs["tile_size"], kwargs["tile_overlap"], truncate) == (16, 6, True)
     assert "guidance_range" not in kwargs  # a preset runs no Champ encoders
-    missing = engine(DiffusionOptions(preset="dispose"), with_guidance_encoders=False)
-    with pytest.raises(AnimateError) as error:
-        missing._parity(missing.options)
+    with pytest.raises(AnimateError) as error:  # at construction, before any preprocessing
+        engine(DiffusionOptions(preset="dispose"), with_guidance_encoders=False)
     assert error.value.code == "preset_unavailable" and "motion_controlnet" in error.value.message
 
 

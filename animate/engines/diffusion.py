@@ -106,6 +106,7 @@ class DiffusionEngine:
         self.sd15_dir = Path(sd15_dir) if sd15_dir is not None else None
         self.parts = self.describe_parts(pipeline, self.sd15_dir) | dict(parts or {})
         self.call_kwargs: dict = {}  # pipeline-call arguments the speed options set (cfg_mode, decode chunk)
+        self._parity(self.options)  # a preset the weights cannot run fails here, before any preprocessing
 
     @staticmethod
     def describe_parts(pipeline, sd15_dir: Path | None) -> dict[str, str]:
