@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from animate.motion.skeleton_field import BONES, SkeletonField, _inside_polygon
+from animate.motion.skeleton_field import BONES, SkeletonField, _inside_polygon, skeleton_dense_flow
 from animate.pose.layout import (
     L_ANKLE,
     L_BIG_TOE,
@@ -153,3 +153,86 @@ def test_inside_polygon_even_odd():
     square = np.array([(0, 0), (10, 0), (10, 10), (0, 10)], np.float64)
     points = np.array([(5, 5), (-1, 5), (11, 5), (5, -1), (5, 11), (9.9, 0.1)], np.float64)
     assert _inside_polygon(points, square).tolist() == [True, False, False, False, False, True]
+
+
+def test_torso_distance_is_zero_inside_the_quad_and_to_the_nearest_edge_outside():
+    sigma = 0.035 * 300
+    # (100, 170): inside the torso quad, 10 px above the hip line and 22.4 px from either thigh.
+    # (100, 200): below the hips, 20 px from the hip edge and from both thighs: three equal weights.
+    field = SkeletonField(keypoints(), np.array([(100, 170), (100, 200)], np.float64))
+    thigh = math.exp(-(20**2 + 10**2) / (2 * sigma**2))
+    weights = field.weights[0]
+    assert weights[BONE["torso"]] == pytest.approx(1 / (1 + 2 * thigh), abs=1e-6)
+    assert weights[BONE["l_thigh"]] == pytest.approx(thigh / (1 + 2 * thigh), abs=1e-6)
+    for name in ("torso", "l_thigh", "r_thigh"):
+        assert field.weights[1, BONE[name]] == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_hair_above_the_head_stays_with_the_head():
+    # 30 px above the nose: beyond any limb's reach rule, but the head has none.
+    field = SkeletonField(keypoints(), np.array([(100, 10)], np.float64))
+    assert field.weights[0, BONE["head"]] == pytest.approx(1.0)
+
+
+def test_missing_reference_bones_do_not_stop_the_binding():
+    # No nose in the reference: no head bone, but every bone after it is still bound.
+    field = SkeletonField(keypoints(unseen=[NOSE]), np.array([(205, 80)], np.float64))
+    assert BONE["head"] not in field.ref_segments and BONE["l_forearm"] in field.ref_segments
+    assert field.dominant[0] == BONE["l_forearm"]
+    # No right shoulder: no neck, so no head bone either (the neck needs both shoulders).
+    assert BONE["head"] not in SkeletonField(keypoints(unseen=[R_SHOULDER]), np.zeros((1, 2))).ref_segments
+    # A bone the reference lacks (no left wrist) moves with its parent even when the frame shows it.
+    no_wrist = SkeletonField(keypoints(unseen=[L_WRIST]), np.zeros((1, 2)))
+    mats = no_wrist.bone_matrices(keypoints({L_WRIST: (180, 155)}))
+    np.testing.assert_array_equal(mats[BONE["l_forearm"]], mats[BONE["l_upper_arm"]])
+
+
+def test_a_bone_unseen_in_the_frame_does_not_stop_the_others(field):
+    mats = field.bone_matrices(keypoints({L_WRIST: (180, 155)}, unseen=[NOSE]))
+    assert apply(mats[BONE["l_forearm"]], 205, 84) == pytest.approx([176, 117.5])
+
+
+def test_keypoints_at_the_threshold_count_as_seen():
+    kp = keypoints()
+    kp[[L_SHOULDER, R_SHOULDER, L_WRIST], 2] = 0.5
+    field = SkeletonField(kp, np.zeros((1, 2)), threshold=0.5)
+    assert BONE["head"] in field.ref_segments and BONE["l_forearm"] in field.ref_segments
+
+
+def test_sigma_from_two_points_and_its_floor():
+    kp = np.zeros((133, 3), np.float32)
+    kp[L_SHOULDER], kp[L_ELBOW] = (130, 80, 1), (130, 280, 1)  # two body points, 200 px apart
+    assert SkeletonField(kp, np.zeros((1, 2))).sigma == pytest.approx(0.035 * 200)
+    kp[L_ELBOW] = (130, 140, 1)  # 60 px: 0.035 x 60 is under the 4 px floor
+    assert SkeletonField(kp, np.zeros((1, 2))).sigma == 4.0
+
+
+def test_the_mean_shift_uses_points_seen_in_both():
+    field = SkeletonField(keypoints(), np.zeros((1, 2)))
+    target = keypoints({i: (x + 7, y + 3) for i, (x, y) in POINTS.items()} | {L_HIP: (0, 0)}, unseen=[L_HIP])
+    np.testing.assert_allclose(field.bone_matrices(target)[BONE["torso"]], [[1, 0, 7], [0, 1, 3]], atol=1e-6)
+
+
+def test_positions_use_the_given_matrices(field):
+    moved = keypoints({L_WRIST: (180, 155)})
+    given = field.pixel_matrices(moved)
+    np.testing.assert_allclose(field.positions(keypoints(), given), field.positions(moved), atol=1e-4)
+
+
+def test_inside_a_slanted_quad():
+    torso = np.array([(130, 80), (70, 80), (80, 180), (120, 180)], np.float64)
+    # At y = 130 the slanted sides are at x = 75 and x = 125.
+    points = np.array([(73, 130), (77, 130), (123, 130), (127, 130)], np.float64)
+    assert _inside_polygon(points, torso).tolist() == [False, True, True, False]
+
+
+def test_dense_flow_mask_threshold_and_a_single_pixel():
+    reference = keypoints()
+    moved = keypoints({i: (x + 4, y) for i, (x, y) in POINTS.items()})
+    mask = np.zeros((400, 300), np.uint8)
+    mask[130, 100], mask[131, 100], mask[132, 100] = 127, 128, 0
+    flow = skeleton_dense_flow(reference, np.stack([moved]), mask)
+    assert flow.dtype == np.float32
+    assert flow[0, 130, 100].tolist() == [0, 0] and flow[0, 131, 100].tolist() == pytest.approx(
+        [4, 0], abs=1e-4
+    )
