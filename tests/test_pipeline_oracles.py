@@ -15,7 +15,7 @@ from diffusers import UNetSpatioTemporalConditionModel
 
 from pipelines import AnimationPipeline
 from pipelines.injection import UNetInjector
-from pipelines.testing import reinit_zero_layers, tiny_components, tiny_unet
+from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, tiny_components, tiny_unet
 
 SIZE = 32
 LATENT = SIZE // 2  # the tiny VAE downsamples by 2
@@ -407,3 +407,41 @@ def test_controlnet_rows_under_batched_cfg(controlnet_cfg):
     assert mid.shape[0] == rows
     expected = calls.reference(pipe.unet, call, down=down, mid=mid, mode="dispose")
     torch.testing.assert_close(call["output"], expected, atol=ATOL, rtol=0)
+
+
+def test_points_reach_the_controlnet_normalised_by_width_and_height():
+    """A 48 x 32 (W x H) video: positions are (x / 48, y / 32), the reference frame's first; a point shows
+    where its and the reference's scores reach the threshold; each carries the reference feature of the
+    cell under the reference keypoint (cell centres sample exactly)."""
+    pipe = make_pipe(controlnet=True)
+    seen: list[dict] = []
+    pipe.motion_controlnet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True
+    )
+    features = torch.randn(1, TINY_POINT_CHANNELS, 2, 3, generator=torch.Generator().manual_seed(4))
+    cells = [(0, 0), (1, 2), (0, 1)]  # (row, column) of each reference keypoint's 16-px cell
+    reference_keypoints = torch.tensor([[(c + 0.5) * 16, (r + 0.5) * 16, 0.9] for r, c in cells])
+    reference_keypoints[2, 2] = 0.1  # the reference does not show keypoint 2
+    keypoints = torch.tensor(
+        [
+            [[4.0, 8.0, 0.9], [40.0, 24.0, 0.9], [20.0, 2.0, 0.9]],
+            [[44.0, 30.0, 0.2], [12.0, 6.0, 0.5], [30.0, 10.0, 0.9]],
+        ]
+    )
+    run(
+        pipe,
+        height=32,
+        width=48,
+        point_features=features,
+        keypoints=keypoints,
+        reference_keypoints=reference_keypoints,
+        max_guidance_scale=1.0,
+    )
+    (call,) = seen
+    size = torch.tensor([48.0, 32.0])
+    positions = torch.cat([reference_keypoints[None, :, :2], keypoints[..., :2]]) / size
+    torch.testing.assert_close(call["point_positions"], positions)
+    expected_visible = torch.tensor([[True, True, False], [True, True, False], [False, True, False]])
+    assert torch.equal(call["point_visible"], expected_visible)
+    embeddings = torch.stack([features[0, :, r, c] for r, c in cells])  # (K, E)
+    torch.testing.assert_close(call["point_embeddings"], embeddings.expand(3, -1, -1), atol=1e-5, rtol=0)
