@@ -98,7 +98,7 @@ class _PinnedHTTPS(_PinnedHTTP):
         self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)
 
 
-def _post(url: str, address: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> int:
+def post_pinned(url: str, address: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> int:
     """One POST to ``address``; the status code. Redirects are answers, never followed."""
     parts = urlsplit(url)
     pinned = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
@@ -151,7 +151,7 @@ def deliver(url: str, body: bytes, message_id: str, secret: str, allow_private: 
             "webhook-signature": sign(secret, message_id, timestamp, body),
         }
         try:
-            status = _post(url, addresses[0], body, headers)
+            status = post_pinned(url, addresses[0], body, headers)
         except Exception as exc:
             log.info("webhook %s attempt %d failed: %s", message_id, attempt + 1, exc)
             continue

@@ -35,7 +35,7 @@ from animate.settings import MediaLimits
 from server.models import Job
 from server.probe import ProbeBusy, ProbeSlots
 from server.store import JobStore, QueueFull
-from server.webhooks import PrivateTarget, check_address
+from server.webhooks import PrivateTarget, check_address, post_pinned
 from tests.conftest import DANCE, WOMAN_JPG
 from tests.test_server_e2e import FINISHED, LONG, SHORT, Cluster
 
@@ -455,6 +455,30 @@ def test_webhook_redirects_are_not_followed(tmp_path: Path, data_dir: Path) -> N
         elsewhere.shutdown()
     assert set(redirect_hits) == {"POST"}  # a 3xx is not a delivery: retried, to the same URL
     assert elsewhere_hits == []
+
+
+def test_delivery_connects_to_the_address_that_was_checked() -> None:
+    """No second lookup between the check and the connection (DNS rebinding): the name is not resolved."""
+    seen: list[str] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(f"{self.path} {self.headers['host']}")
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        port = receiver.server_address[1]
+        url = f"http://hooks.example.invalid:{port}/h?x=1"  # .invalid never resolves
+        assert post_pinned(url, "127.0.0.1", b"{}", {"content-type": "application/json"}) == 204
+    finally:
+        receiver.shutdown()
+    assert seen == [f"/h?x=1 hooks.example.invalid:{port}"]
 
 
 EMBEDDED = [
