@@ -245,3 +245,53 @@ def test_api_documents_and_stores_the_preset_fields(client) -> None:
     # what the worker hands the animator (server/worker.py: JobOptions(**job.options).animation_options())
     options = JobOptions(**stored).animation_options()
     assert (options.preset, options.tile_size, options.tile_overlap) == ("dispose", None, 4)
+
+
+# ---- end to end: the CLI with tiny diffusion weights ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from animate.weights import CONVERTED_DIR
+    from pipelines import AnimationPipeline
+    from pipelines.testing import reinit_zero_layers, tiny_components
+
+    components = tiny_components(with_guidance_encoders=False)
+    reinit_zero_layers(components["pose_guider"])
+    root = tmp_path_factory.mktemp("weights")
+    AnimationPipeline(**components).save_pretrained(root / CONVERTED_DIR)
+    return root
+
+
+def test_prepare_with_a_preset_has_upstream_size_frame_rate_and_frames(tiny_weights, data_dir):
+    from conftest import DANCE, WOMAN_JPG
+    from PIL import Image
+
+    from animate.settings import Settings
+
+    animator = Animator(Settings(weights_dir=tiny_weights))
+    options = AnimationOptions(engine="diffusion", preset="mimicmotion", max_frames=3)
+    prepared = animator.prepare(WOMAN_JPG, DANCE, options)
+    bundle = prepared.bundle
+    width, height = Image.open(WOMAN_JPG).size
+    expected_size = (576, 1024) if height > width else (1024, 576)
+    assert bundle.size == expected_size and bundle.reference.shape == (*expected_size[::-1], 3)
+    assert (bundle.fps, bundle.num_frames) == (15.0, 3)  # 24 fps driving: frames 0, 2, 4 written at 15 fps
+    assert bundle.body is None and bundle.extras["preset"] == "mimicmotion"  # upstream has no body model
+    assert prepared.engine.options.preset == "mimicmotion"
+    assert (prepared.engine.options.tile_size, prepared.engine.options.tile_overlap) == (72, 6)
+    assert any("one driving frame in 2" in note for note in prepared.notes)
+    assert not prepared.has_audio  # 12 frames per second of video shown at 15: its audio would drift
+
+
+def test_cli_bad_preset_is_exit_2(tmp_path, capsys):
+    from conftest import DANCE, WOMAN_JPG
+
+    from animate.cli import run as cli_run
+
+    argv = ["run", str(WOMAN_JPG), str(DANCE), "-o", str(tmp_path / "o.mp4"), "--preset", "champ"]
+    assert cli_run(argv) == 2
+    assert "[invalid_option]" in capsys.readouterr().err
+    argv[-1:] = ["dispose", "--tile-size", "4"]  # the preset's overlap 6 does not fit
+    assert cli_run(argv) == 2
+    assert "tile_overlap" in capsys.readouterr().err
