@@ -445,3 +445,21 @@ def test_points_reach_the_controlnet_normalised_by_width_and_height():
     assert torch.equal(call["point_visible"], expected_visible)
     embeddings = torch.stack([features[0, :, r, c] for r, c in cells])  # (K, E)
     torch.testing.assert_close(call["point_embeddings"], embeddings.expand(3, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_the_prepended_reference_frame_is_dropped_from_the_output():
+    pipe = make_pipe()
+    last: list[torch.Tensor] = []
+
+    def keep(pipeline, step, timestep, tensors):
+        last[:] = [tensors["latents"].clone()]
+        return {}
+
+    out = run(pipe, num_frames=3, max_guidance_scale=1.0, callback_on_step_end=keep)
+    assert last[0].shape[1] == 4  # the reference + 3 frames are denoised
+    assert torch.equal(out, last[0][:, 1:])
+    frames = run(pipe, num_frames=3, max_guidance_scale=1.0, callback_on_step_end=keep, output_type="pt")
+    with torch.no_grad():  # SVD's decode: latents / scaling factor, VAE, [-1, 1] -> [0, 1]
+        latents = last[0][0, 1:] / pipe.vae.config.scaling_factor
+        decoded = pipe.vae.decode(latents, num_frames=3).sample
+    torch.testing.assert_close(frames[0], (decoded / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
