@@ -295,3 +295,42 @@ def test_cli_bad_preset_is_exit_2(tmp_path, capsys):
     argv[-1:] = ["dispose", "--tile-size", "4"]  # the preset's overlap 6 does not fit
     assert cli_run(argv) == 2
     assert "tile_overlap" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~30 s on a loaded 2-core machine
+def test_engine_under_a_preset_feeds_the_round_tripped_reference_and_upstream_pose_images(
+    tiny_weights, monkeypatch
+) -> None:
+    from animate.engines.diffusion import DiffusionEngine, DiffusionOptions
+    from animate.motion.bundle import GuidanceBundle
+    from animate.pose import draw_pose_mimicmotion
+    from animate.settings import Settings
+
+    rng = np.random.default_rng(0)
+    keypoints = np.zeros((3, 133, 3), np.float32)
+    keypoints[:, :17, :2] = rng.uniform(8, 56, (3, 17, 2))
+    keypoints[:, :17, 2] = 0.8
+    keypoints[:, 91:95] = (30, 40, 0.1)  # a hand point below 0.3: upstream still draws it
+    reference = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    bundle = GuidanceBundle(
+        reference, np.full((64, 64), 255, np.uint8), keypoints[0], keypoints, 15.0, (64, 64)
+    )
+    engine = DiffusionEngine.from_settings(
+        Settings(weights_dir=tiny_weights),
+        DiffusionOptions(steps=1, preset="mimicmotion", tile_size=4, tile_overlap=1),
+    )
+    pipeline_type = type(engine.pipeline)
+    real_call, seen = pipeline_type.__call__, {}
+
+    def spy(self, image, **kwargs):  # the real pipeline runs; only its inputs are kept
+        seen.update(kwargs, image=np.asarray(image))
+        return real_call(self, image, **kwargs)
+
+    monkeypatch.setattr(pipeline_type, "__call__", spy)
+    frames = list(engine.render(bundle))
+    assert len(frames) == 3
+    expected = ((torch.from_numpy(reference) / 127.5 - 1 + 1.0) * 127.5).to(torch.uint8).numpy()
+    np.testing.assert_array_equal(seen["image"], expected)
+    drawn = np.stack([draw_pose_mimicmotion(Pose(k), 64, 64) for k in keypoints])
+    np.testing.assert_array_equal(seen["pose_images"], drawn)
+    np.testing.assert_array_equal(seen["reference_pose_image"][0], drawn[0])
