@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from animate.settings import ServerSettings
@@ -19,7 +20,8 @@ from server.errors import error_body
 class GuardedHttpProtocol(HttpToolsProtocol):
     """Request line plus headers above ``max_header_bytes``: 431; not finished in ``header_timeout``: 408.
 
-    Errors the HTTP parser raises answer in the API's JSON error shape too (400 ``invalid_http``).
+    Errors the HTTP parser raises answer in the API's JSON error shape too (400 ``invalid_http``), and a
+    transfer coding other than ``chunked`` is refused (400) rather than guessed at.
     """
 
     max_header_bytes = 64 * 1024
@@ -29,6 +31,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_room: int | None = None  # None while a body (or nothing) is being read
         self._header_timer: asyncio.TimerHandle | None = None
+        self._parser_refusal: tuple[int, str, str] | None = None  # why a callback stopped the parser
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,6 +64,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._header_room = None
         self._cancel_header_timer()
+        coding = dict(self.headers).get(b"transfer-encoding")
+        if coding is not None and coding.strip().lower() != b"chunked":
+            self._parser_refusal = (400, "unsupported_transfer_encoding", "only chunked transfer coding")
+            raise httptools.HttpParserError("transfer coding")  # uvicorn answers via send_400_response
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -68,7 +75,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_room = self.max_header_bytes
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1")
+        self._refuse(*(self._parser_refusal or (400, "invalid_http", "the request is not valid HTTP/1.1")))
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
@@ -89,7 +96,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer in the JSON error shape and close, unless a response is under way (then only close)."""
         self._cancel_header_timer()
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.response_started:
+            cycle.disconnected = True  # the app's own answer to this request now goes nowhere
+            cycle.message_event.set()
+        if cycle is None or cycle.response_complete or cycle.disconnected:
             body = json.dumps(error_body(code, message), separators=(",", ":")).encode()
             head = [STATUS_LINE[status]]
             head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]

@@ -24,7 +24,7 @@ from server.files import disk_full
 MAX_HEADER_BYTES = 8 * 1024
 MAX_FIELD_BYTES = 4 * 1024
 MAX_PARTS = 32
-MAX_EPILOGUE_BYTES = 1024  # after the closing boundary: a CRLF is usual, a flood is not
+MAX_EPILOGUE_BYTES = 1024  # after the closing boundary: a CRLF is usual, anything else is refused
 
 
 def insufficient_storage() -> ApiError:
@@ -75,6 +75,9 @@ async def receive_form(
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data")
+    boundary = params[b"boundary"]
+    if not 1 <= len(boundary) <= 70:  # RFC 2046
+        raise ApiError(422, "malformed_multipart", "the boundary must have 1 to 70 characters")
     declared = request.headers.get("content-length")
     limit = sum(file_caps.values()) + MAX_PARTS * (MAX_FIELD_BYTES + MAX_HEADER_BYTES)
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -158,7 +161,7 @@ async def receive_form(
         ended = True
 
     parser = MultipartParser(
-        params[b"boundary"],
+        boundary,
         callbacks={
             "on_part_begin": on_part_begin,
             "on_part_data": on_part_data,
@@ -171,7 +174,10 @@ async def receive_form(
         },
     )
     deadline = asyncio.get_running_loop().time() + total_seconds
-    received = epilogue = 0
+    received = 0
+    closing = b"\r\n--" + boundary + b"--"
+    tail = b"\r\n"  # the last bytes before the chunk: a closing delimiter may span two chunks
+    epilogue = bytearray()  # what follows the closing delimiter
     try:
         while True:
             message = await _receive(request, idle_seconds, deadline)
@@ -182,14 +188,21 @@ async def receive_form(
             if received > limit:  # counted as it streams: a chunked body declares no length
                 raise ApiError(413, "too_large", f"the body is over the {limit}-byte limit")
             if ended:
-                epilogue += len(chunk)
-                if epilogue > MAX_EPILOGUE_BYTES:
-                    raise ApiError(413, "too_large", "data follows the form's closing boundary")
-            parser.write(chunk)
+                epilogue += chunk
+            else:
+                parser.write(chunk)
+                if ended:
+                    joined = tail + chunk
+                    epilogue += joined[joined.find(closing) + len(closing) :]
+                tail = (tail + chunk[-len(closing) :])[-len(closing) :]
+            if len(epilogue) > MAX_EPILOGUE_BYTES:
+                raise ApiError(413, "too_large", "data follows the form's closing boundary")
             if not message.get("more_body", False):
                 break
         if not ended:
             raise ApiError(422, "malformed_multipart", "the body ends before the form's closing boundary")
+        if epilogue.strip():  # more parts after the end, say: refused, not silently dropped
+            raise ApiError(422, "malformed_multipart", "data follows the form's closing boundary")
     except ApiError as exc:
         raise (failure[0] if failure else exc) from None
     except Exception as exc:
