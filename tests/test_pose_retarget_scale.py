@@ -1,4 +1,5 @@
-"""Retargeting's body ratio fallbacks, virtual joints and MimicMotion's global fit, against hand values."""
+"""Retargeting rules against hand values: body ratio fallbacks, virtual joints, unseen and zero-length
+bones, undetected frames, the root, and MimicMotion's global fit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from animate.pose import Pose, PoseError, PoseSequence
 from animate.pose.layout import L_EYE, L_HIP, L_SHOULDER, NOSE, R_EYE, R_HIP, R_SHOULDER
-from animate.pose.retarget import _extended, body_scale_ratio, global_fit
+from animate.pose.retarget import RetargetOptions, _extended, body_scale_ratio, global_fit, retarget
 
 NECK, PELVIS = 133, 134
 #: A standing body (x, y): head at the top, hips at y = 200.
@@ -92,4 +93,62 @@ def test_global_fit_refusals():
     assert (excinfo.value.code, excinfo.value.message) == (
         "retarget_failed",
         "no driving frame shows a person",
+    )
+
+
+def _sequence(frames: list[np.ndarray], detected=None) -> PoseSequence:
+    poses = [Pose(kp, detected=True if detected is None else detected[t]) for t, kp in enumerate(frames)]
+    return PoseSequence(poses, 200, 400, 30.0)
+
+
+HIPS = RetargetOptions(anchor="hips")
+
+
+def test_a_driver_at_half_size_lands_exactly_on_the_reference():
+    out = retarget(_sequence([keypoints(0.5)] * 2), Pose(keypoints()), 300, 600, HIPS)
+    assert (out.width, out.height, out.fps) == (300, 600, 30.0)
+    assert out.meta == {"retarget": "bones", "scale": pytest.approx(2.0)}
+    np.testing.assert_allclose(out.keypoints[:, :17], np.stack([keypoints()] * 2)[:, :17], atol=1e-4)
+
+
+def test_unseen_joints_follow_the_driver_offset_times_the_ratio():
+    frame = keypoints(0.5)  # elbow (70, 70), scale 2 back to the reference
+    frame[9] = (70 + 5, 70 + 10, 0.1)  # the left wrist, unseen
+    frame[91] = (70 + 6, 70 + 11, 0.9)  # the left hand's root, seen, hanging from the unseen wrist
+    out = retarget(_sequence([frame]), Pose(keypoints()), 300, 600, HIPS).keypoints[0]
+    assert out[9].tolist() == pytest.approx([140 + 10, 140 + 20, 0.1])  # reference elbow + offset x 2
+    assert out[91].tolist() == pytest.approx([140 + 12, 140 + 22, 0.9])  # from the last placed joint
+
+
+def test_a_zero_length_driving_bone_borrows_the_reference_direction():
+    frame = keypoints(0.5)
+    frame[9, :2] = frame[7, :2]  # wrist on the elbow
+    out = retarget(_sequence([frame]), Pose(keypoints()), 300, 600, HIPS).keypoints[0]
+    assert out[9, :2].tolist() == pytest.approx([145, 190])  # the reference's own forearm
+
+
+def test_undetected_frames_are_empty_and_do_not_count():
+    # A frame without a person (its stale keypoints twice as large) changes neither the ratio nor the
+    # frames after it.
+    frames = [keypoints(0.5), keypoints(1.0), keypoints(1.0), keypoints(0.5)]
+    out = retarget(_sequence(frames, detected=[True, False, False, True]), Pose(keypoints()), 300, 600, HIPS)
+    assert out.meta["scale"] == pytest.approx(2.0)
+    assert not out.frames[1].detected and not out.keypoints[1].any()
+    np.testing.assert_allclose(out.keypoints[3, :17], keypoints()[:17], atol=1e-4)
+
+
+def test_the_root_must_be_seen_in_enough_driving_frames():
+    # Hips seen in exactly half the frames: the pelvis is still the root (min_root_fraction 0.5), so the
+    # frame without it is the driver scaled and shifted as a whole: its longer forearm stays longer
+    # (with the neck as root the forearm would take the reference's length).
+    second = keypoints(0.5, unseen=[L_HIP])
+    second[9] = (70, 110, 0.9)
+    out = retarget(_sequence([keypoints(0.5), second]), Pose(keypoints()), 300, 600, HIPS)
+    assert out.keypoints[1, 9, :2].tolist() == pytest.approx([100 + (70 - 50) * 2, 200 + (110 - 100) * 2])
+    nothing = [keypoints(0.5, unseen=[L_HIP, R_SHOULDER, NOSE])]
+    with pytest.raises(PoseError) as excinfo:
+        retarget(_sequence(nothing * 2), Pose(keypoints(unseen=[L_HIP, R_SHOULDER, NOSE])), 300, 600, HIPS)
+    assert (excinfo.value.code, excinfo.value.message) == (
+        "retarget_failed",
+        "reference and driving video share no pelvis, neck or nose",
     )
