@@ -20,6 +20,7 @@ from animate.motion.bundle import GuidanceBundle
 GREY = np.array([128, 128, 128], np.uint8)
 TORSO = [PART_NAMES.index(n) for n in ("pelvis", "spine1", "spine2", "spine3")]
 LEFT_ARM = [PART_NAMES.index(n) for n in ("left_shoulder", "left_elbow", "left_wrist", "left_hand")]
+RIGHT_ARM = [PART_NAMES.index(n) for n in ("right_shoulder", "right_elbow", "right_wrist", "right_hand")]
 
 
 @pytest.fixture(scope="session")
@@ -132,9 +133,9 @@ def test_engine_uses_the_body_when_the_bundle_has_one(anny):
 
 @pytest.mark.parametrize("scale", [1, 2])
 def test_surface_seen_only_on_its_mirror_twin_takes_the_twins_colour(anny, scale):
-    """Reference: the left arm across the belly, the torso's other half painted blue. Frame: arms down.
-    The belly the arm hid is seen only on its mirror twin (the blue half), so it must come out blue,
-    not in the colour of the nearest seen surface (the unpainted half around it)."""
+    """Reference: the left arm across the belly, the torso's other half painted blue, the right arm
+    magenta. Frame: arms down. The belly the arm hid is seen only on its mirror twin (the blue half), so
+    it must come out blue, not in the colour of the nearest seen surface (the unpainted half around it)."""
     motion = synthetic_motion(anny, ARM_ACROSS, [{}])
     image, person = reference_of(motion)
     target = motion.renderer()[0].render(motion.vertices(0, 1)[0], motion.camera)
@@ -145,6 +146,7 @@ def test_surface_seen_only_on_its_mirror_twin_takes_the_twins_colour(anny, scale
     hidden_side = -1 if np.nonzero(hidden)[1].mean() < midline else 1
     far_side = (columns - midline) * hidden_side < 0
     image[np.isin(motion.reference_render.part, TORSO) & far_side] = (0, 0, 255)
+    image[np.isin(motion.reference_render.part, RIGHT_ARM)] = (255, 0, 255)
     frame, masks = BodyWarp(motion, image, person, scale=scale).frame(motion.vertices(0, 1)[0])
     # more than 3 px from the midline: the twin lies inside the blue half
     revealed = interior(hidden) & interior(target.mask) & ((columns - midline) * hidden_side > 3)
@@ -153,6 +155,13 @@ def test_surface_seen_only_on_its_mirror_twin_takes_the_twins_colour(anny, scale
     blue = (colours[:, 2] > 200) & (colours[:, :2] < 60).all(1)
     assert blue.mean() > 0.9, blue.mean()
     assert masks.fill[revealed].mean() < 0.1  # drawn from the twin's pixels, not from the mesh colours
+    # The side of the left arm the reference turns to the belly shows on the right arm (magenta): the
+    # twin's part is the mirrored one, so it counts as seen there.
+    left_arm = interior(np.isin(target.part, LEFT_ARM))
+    colours = frame[left_arm].astype(int)
+    magenta = (colours[:, [0, 2]] > 200).all(1) & (colours[:, 1] < 60)
+    assert magenta.mean() > 0.3, magenta.mean()
+    assert masks.fill[left_arm].mean() < 0.05
 
 
 @pytest.mark.parametrize("scale", [1, 2])
