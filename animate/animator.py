@@ -3,6 +3,8 @@
 The CLI, the server's workers and the tests all call this facade. Stages, in order: decode, pose, body,
 motion, render, encode (render and encode stream together, frame by frame). Progress is reported through
 one callback type; cancellation is cooperative (``should_cancel`` is polled between frames).
+``AnimationOptions.preset`` (``animate.presets``) swaps the decode and pose stages for a published system's
+preprocessing (MimicMotion's or DisPose's) and skips the body stage, so its published results reproduce.
 
 The body stage fits the 3D body to the reference (shape, pose, camera; on a helper thread while the
 driving video's poses are estimated) and to the driving frames, and transfers the driving poses onto the
