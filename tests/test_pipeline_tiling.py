@@ -20,6 +20,7 @@ from pipelines.tiling import tile_indices, triangular_weights
         ((3, 1, 0, False), [[0], [1], [2]]),  # one-frame tiles without an anchor
         ((4, 4, 3, True), [[0, 1, 2, 3]]),  # a video of exactly one tile
         ((2, 2, 0, True), [[0, 1]]),
+        ((1, 4, 1, True), [[0]]),  # a single frame is a video too
     ],
 )
 def test_tile_indices_by_hand(args, expected):
