@@ -31,7 +31,7 @@ def test_part_neighbours_are_the_kinematic_tree_plus_the_two_hips():
         if parent >= 0:
             expected[child, parent] = expected[parent, child] = True
     expected[1, 2] = expected[2, 1] = True
-    assert np.array_equal(near, expected)
+    assert near.dtype == bool and np.array_equal(near, expected)
     assert near.sum() == NUM_PARTS + 2 * (NUM_PARTS - 1) + 2
 
 
@@ -42,6 +42,10 @@ def test_project_is_a_pinhole_with_depth_kept():
     assert uv[0].tolist() == [1 / 4 * 100 + 50, 2 / 4 * 200 + 60]
     assert uv[1].tolist() == [50.0, 60.0]  # behind the camera: divided by 1e-3, not by a negative depth
     assert depth.tolist() == [4.0, -1.0]
+    # Batched (frames, vertices, 3); a depth under one unit divides as it is.
+    uv, _ = project(camera, np.array([[[1.0, 2.0, 0.5], [2.0, 1.0, 4.0]]]))
+    assert uv.shape == (1, 2, 2)
+    assert uv[0].tolist() == [[2 * 100 + 50, 4 * 200 + 60], [0.5 * 100 + 50, 0.25 * 200 + 60]]
 
 
 def test_interpolate_blends_three_vertices():
@@ -64,6 +68,8 @@ def test_part_affines_recover_each_part_and_keep_degenerate_ones():
     np.testing.assert_allclose(out[7], a7, atol=1e-8)
     identity = np.eye(2, 3)
     np.testing.assert_array_equal(out[5], identity)  # too few points
+    three = part_affines(source[:3], source[:3] @ a3[:, :2].T + a3[:, 2], np.zeros(3, np.int64))
+    np.testing.assert_allclose(three[0], a3, atol=1e-6)  # three points determine an affine map
     np.testing.assert_array_equal(out[0], identity)  # no points
     on_a_line = part_affines(np.array([[0.0, 0], [1, 1], [2, 2], [3, 3]]), np.zeros((4, 2)), np.full(4, 9))
     np.testing.assert_array_equal(on_a_line[9], identity)
@@ -71,17 +77,18 @@ def test_part_affines_recover_each_part_and_keep_degenerate_ones():
 
 def test_inverse_linear_inverts_and_refuses_near_singular_maps():
     affines = np.array(
-        [[[2.0, 1.0, 9.0], [1.0, 1.0, 9.0]], [[0.05, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.049, 0, 0], [0, 1, 0]]]
+        [[[2.0, 1.0, 9.0], [1.0, 3.0, 9.0]], [[0.05, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.049, 0, 0], [0, 1, 0]]]
     )
     out = inverse_linear(affines)
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out[0], [[1.0, -1.0], [-1.0, 2.0]], atol=1e-6)
+    np.testing.assert_allclose(out[0], np.array([[3.0, -1.0], [-1.0, 2.0]]) / 5, atol=1e-6)
     np.testing.assert_allclose(out[1], [[20.0, 0.0], [0.0, 1.0]], atol=1e-5)  # det 0.05: still inverted
     np.testing.assert_array_equal(out[2], np.eye(2))
 
 
 def test_falloff_is_one_then_a_cosine_to_zero():
     distance = np.array([0.0, 10.0, 15.0, 20.0, 30.0])
+    assert falloff(distance, 10.0).dtype == np.float32
     assert falloff(distance, 10.0).tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0], abs=1e-6)
     assert falloff(np.array([12.5]), 10.0)[0] == pytest.approx(0.5 + 0.5 * math.cos(math.pi / 4))
     # A reach under one pixel counts as one pixel.
@@ -117,7 +124,8 @@ def test_snap_keypoints_moves_hands_with_wrists_and_face_with_the_nose():
     body[0, L_WRIST] += (10, 0)
     body[0, R_WRIST] += (0, 20)
     body[0, NOSE] += (-5, -5)
-    out = snap_keypoints(keypoints, body)
+    out = snap_keypoints(keypoints.astype(np.float64), body)
+    assert out.dtype == np.float32
     assert np.array_equal(out[0, :23, :2], body[0])
     np.testing.assert_allclose(
         out[0, LEFT_HAND_ROOT : LEFT_HAND_ROOT + 21, :2] - keypoints[0, 91:112, :2], [[13, -2]] * 21
