@@ -216,6 +216,33 @@ def test_guidance_features_are_added_to_conv_in_of_the_conditional_rows(cfg_mode
     assert (cond["output"][-1] - plain[-1]).abs().max() > 10 * ATOL
 
 
+def test_reference_maps_and_every_video_of_the_batch_get_their_features():
+    """Two videos per prompt, batched CFG: rows are [uncond video 0, uncond video 1, cond video 0, cond
+    video 1], each video ``[reference, frames]``; the reference frame gets its own pose and maps."""
+    pipe = make_pipe(pose=True)
+    calls = UNetCalls(pipe.unet)
+    poses, depth = _rand(2, 3, SIZE, SIZE, seed=1), _rand(2, 3, SIZE, SIZE, seed=3)
+    ref_pose, ref_depth = _rand(1, 3, SIZE, SIZE, seed=2), _rand(1, 3, SIZE, SIZE, seed=4)
+    run(
+        pipe,
+        pose_images=poses,
+        reference_pose_image=ref_pose,
+        guidance_maps={"depth": depth},
+        reference_guidance_maps={"depth": ref_depth},
+        num_videos_per_prompt=2,
+    )
+    with torch.no_grad():
+        pose = pipe.pose_guider(torch.cat([ref_pose, poses]) * 2 - 1)
+        maps = pipe.guidance_encoders({"depth": torch.cat([ref_depth, depth]) * 2 - 1}, {})
+        video = pose + maps  # (3, C, h, w): the reference frame + 2
+    (call,) = calls.calls
+    assert call["sample"].shape[:2] == (4, 3)
+    features = torch.cat([torch.zeros_like(video), torch.zeros_like(video), video, video])
+    torch.testing.assert_close(
+        call["output"], calls.reference(pipe.unet, call, features=features), atol=ATOL, rtol=0
+    )
+
+
 # --- classifier-free guidance: uncond + s * (cond - uncond), s per frame ----------------------------
 
 
@@ -463,3 +490,26 @@ def test_the_prepended_reference_frame_is_dropped_from_the_output():
         latents = last[0][0, 1:] / pipe.vae.config.scaling_factor
         decoded = pipe.vae.decode(latents, num_frames=3).sample
     torch.testing.assert_close(frames[0], (decoded / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("with_pose", [True, False])
+def test_guidance_cfg_both_gives_the_maps_to_both_halves(with_pose):
+    """Champ's way: guidance-encoder features in the unconditional half too; the pose only in the other."""
+    pipe = make_pipe(pose=True)
+    calls = UNetCalls(pipe.unet)
+    poses, depth = _rand(2, 3, SIZE, SIZE, seed=1), _rand(2, 3, SIZE, SIZE, seed=3)
+    run(
+        pipe,
+        pose_images=poses if with_pose else None,
+        guidance_maps={"depth": depth},
+        guidance_cfg="both",
+        prepend_reference=False,
+    )
+    with torch.no_grad():
+        pose = pipe.pose_guider(poses * 2 - 1) if with_pose else 0
+        maps = pipe.guidance_encoders({"depth": depth * 2 - 1}, {})
+    (call,) = calls.calls
+    features = torch.cat([maps, pose + maps])
+    torch.testing.assert_close(
+        call["output"], calls.reference(pipe.unet, call, features=features), atol=ATOL, rtol=0
+    )
