@@ -175,6 +175,16 @@ def test_preset_and_tiles_reach_the_diffusion_options() -> None:
     AnimationOptions(preset="dispose", tile_size=7).validate()  # 6 < 7: fine
 
 
+def test_preset_tiles_are_the_engine_table_s() -> None:
+    """animate may not import pipelines outside the engine, so the preset's tiles are written twice: they agree."""
+    from animate.presets import PRESETS
+    from pipelines.parity import TILES
+
+    assert {name: (p.tile_size, p.tile_overlap) for name, p in PRESETS.items()} == {
+        name: TILES[name] for name in PRESETS
+    }
+
+
 def test_preset_with_auto_falling_back_to_warp_is_invalid_option(tmp_path, data_dir) -> None:
     from conftest import DANCE, HERO_RGBA
 
