@@ -55,6 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="animate",
         version=__version__,
         summary="Animate a reference photo of a person with the motion of a driving video.",
+        description=(
+            'Every error is JSON `{"error": {"code", "message"}}`. Besides the statuses each route lists, '
+            "`animate serve` may answer any request before it reaches a route: `400 invalid_http` (not valid "
+            "HTTP/1.1), `400 unsupported_transfer_encoding`, `408 request_timeout` (headers not sent in time), "
+            "`431 headers_too_large`; these close the connection."
+        ),
         lifespan=lifespan,
     )
     install_error_handlers(app)

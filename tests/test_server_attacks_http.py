@@ -457,6 +457,8 @@ def test_openapi_documents_the_new_errors(server: Cluster) -> None:
     assert "malformed_multipart" in submit["422"]["description"]
     assert "upload_timeout" in submit["408"]["description"]
     assert "too_many_auth_failures" in submit["429"]["description"]
+    for code in ("invalid_http", "unsupported_transfer_encoding", "request_timeout", "headers_too_large"):
+        assert code in spec["info"]["description"]
 
 
 # --- found by our own battery (raw framing and multipart fuzzing) ----------------------------------
