@@ -29,6 +29,7 @@ def test_svd_xt_dispose_multiplicities():
     with torch.device("meta"):
         svd = UNetSpatioTemporalConditionModel()  # the SVD-xt config: 4 down blocks of 2 resnets
     assert skip_multiplicities(svd, "dispose") == [4, 4, 4, 4, 3, 3, 3, 2, 2, 2, 1, 1]
+    assert UNetInjector(svd)._up_skips == [[9, 10, 11], [6, 7, 8], [3, 4, 5], [0, 1, 2]]
     with pytest.raises(ValueError) as excinfo:
         skip_multiplicities(svd, "twice")
     assert str(excinfo.value) == "residual mode must be one of ('once', 'dispose'), got 'twice'"
@@ -52,9 +53,10 @@ def test_conv_in_residual_is_added_to_the_rows_after_skip_rows(unet):
     injector = UNetInjector(unet)
     with injector, injector.conv_in_residual(residual, skip_rows=1):
         hooked = unet.conv_in(x)
+        unet.conv_in(x)
     torch.testing.assert_close(hooked[0], plain[0])
     torch.testing.assert_close(hooked[1:], plain[1:] + residual)
-    assert injector.calls_with_residual == 1
+    assert injector.calls_with_residual == 2
     torch.testing.assert_close(unet.conv_in(x), plain)  # hooks gone after the block
     with injector:
         torch.testing.assert_close(unet.conv_in(x), plain)  # no residual set: untouched
@@ -83,6 +85,12 @@ def test_controlnet_residuals_reach_each_skip_times_its_multiplicity(unet):
             [6.0] * 2,
         ]
         assert all((s[0] == 0).all() for s in kwargs["res_hidden_states_tuple"])  # the skipped row
+        with pytest.raises(ValueError) as excinfo:
+            injector._before_up_block(1)(None, (), {"res_hidden_states_tuple": (torch.zeros(4, 4),) * 3})
+        assert (
+            str(excinfo.value)
+            == "ControlNet residual down 0 (2, 4) does not fit the UNet's (4, 4) (after skipping 1 rows)"
+        )
         out = injector._after_mid_block(None, (), torch.zeros(3, 4))
         assert out[1:].eq(10.0).all() and out[0].eq(0.0).all()
         assert injector.calls_with_controlnet == 1
@@ -97,3 +105,48 @@ def test_controlnet_residuals_reach_each_skip_times_its_multiplicity(unet):
     with pytest.raises(ValueError) as excinfo, injector.controlnet_residuals(down[:5], None):
         pass
     assert str(excinfo.value) == "5 down residuals for a UNet with 6 skip connections"
+
+
+def _forward(unet, sample):
+    torch.manual_seed(1)
+    hidden = torch.randn(1, 1, 32)
+    return unet(sample, torch.tensor([10.0]), hidden, torch.tensor([[6.0, 127.0, 0.02]])).sample
+
+
+def test_hooks_reach_the_unet_forward_and_leave_with_the_block(unet):
+    # The skips the up blocks receive, seen by a pre-hook of our own registered after the injector's.
+    torch.manual_seed(0)
+    sample = torch.randn(1, 2, 8, 8, 8)
+    seen: dict[int, tuple] = {}
+
+    def spy(index):
+        def hook(module, args, kwargs):
+            seen[index] = tuple(t.clone() for t in kwargs["res_hidden_states_tuple"])
+
+        return hook
+
+    injector = UNetInjector(unet)
+    shapes = [(2, 32, 8, 8)] * 3 + [(2, 32, 4, 4)] + [(2, 64, 4, 4)] * 2
+    down = [torch.full(shape, 0.01 * (k + 1)) for k, shape in enumerate(shapes)]
+    with injector:
+        handles = [
+            b.register_forward_pre_hook(spy(i), with_kwargs=True) for i, b in enumerate(unet.up_blocks)
+        ]
+        plain = _forward(unet, sample)
+        plain_skips = dict(seen)
+        with injector.controlnet_residuals([torch.zeros(s) for s in shapes], torch.zeros(2, 64, 4, 4)):
+            assert torch.equal(_forward(unet, sample), plain)
+        with injector.controlnet_residuals(down, torch.zeros(2, 64, 4, 4), mode="dispose"):
+            changed = _forward(unet, sample)
+        for handle in handles:
+            handle.remove()
+    assert injector.calls_with_controlnet == 2 and not torch.equal(changed, plain)
+    times = [2, 2, 2, 2, 1, 1]
+    for up, skips in zip((0, 1), ([3, 4, 5], [0, 1, 2]), strict=True):
+        for position, k in enumerate(skips):
+            expected = plain_skips[up][position]
+            for _ in range(times[k]):
+                expected = expected + down[k]
+            torch.testing.assert_close(seen[up][position], expected)
+    torch.testing.assert_close(_forward(unet, sample), plain)  # hooks removed on exit
+    assert injector._handles == []
