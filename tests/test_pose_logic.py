@@ -224,6 +224,17 @@ def test_retarget_moves_the_root_by_the_driver_displacement_times_the_body_ratio
     )
 
 
+def test_retarget_bridges_an_unseen_joint_with_the_scaled_driver_offset() -> None:
+    """The driver's right elbow is not seen: the wrist hangs off the shoulder by the driver's shoulder ->
+    wrist offset times the torso ratio (0.4), and the unseen elbow is carried the same way."""
+    driving = PoseSequence([person((100, 300), scale=2.0)], 1080, 1920, 30.0)
+    driving.frames[0].keypoints[8, 2] = 0.1  # right elbow (index 8) below the threshold
+    out = retarget(driving, person((40, 0), scale=0.8), 512, 768, options=RetargetOptions(anchor="hips"))
+    drv, kp = driving.keypoints[0], out.keypoints[0]
+    for joint in (8, 10):  # the elbow, then the wrist whose parent (the elbow) was not placed
+        np.testing.assert_allclose(kp[joint, :2] - kp[6, :2], 0.4 * (drv[joint, :2] - drv[6, :2]), atol=1e-3)
+
+
 def test_retarget_partial_reference_takes_scaled_driver_lengths_for_missing_bones() -> None:
     driving = _waving(6, scale=1.0, offset=(0, 0))
     ref = person(scale=1.5)
