@@ -216,9 +216,13 @@ def test_diffusion_guidance_comes_from_the_transferred_body(prepared, tmp_path):
     frame = renderer.render(vertices, camera)
     np.testing.assert_array_equal(bundle.mask[3], frame.mask_image)
     np.testing.assert_array_equal(bundle.semantic[3], frame.semantic_image)
-    assert (bundle.depth[3][..., 0] == frame.depth_image).all() and bundle.normal[3][frame.mask].any()
+    # the same render up to float rounding of the posed vertices (chunked vs one frame): a level at most,
+    # on a handful of pixels whose depth sits on a rounding boundary
+    depth = bundle.depth[3][..., 0].astype(int) - frame.depth_image.astype(int)
+    assert np.abs(depth).max() <= 1 and np.count_nonzero(depth) <= 1e-3 * frame.mask.sum()
+    assert bundle.normal[3][frame.mask].any()
     flow = DenseField(bundle.body, bundle.reference_mask).flow(vertices)
-    np.testing.assert_allclose(bundle.dense_flow[3], flow)
+    np.testing.assert_allclose(bundle.dense_flow[3], flow, atol=1e-3)  # pixels; same float noise as above
     background = (bundle.reference_mask == 0) & ~motion.reference_render.mask
     assert not bundle.dense_flow[3][background].any()  # the background stays
 
