@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import av
 import numpy as np
@@ -45,6 +46,10 @@ def test_abort_before_or_after_frames_leaves_no_file(tmp_path):
     writers = VideoWriters(tmp_path / "some", ("a",), 12.0)
     writers.put({"a": FRAMES[0]})
     writers.put({"a": FRAMES[1]})
+    deadline = time.monotonic() + 30
+    while not writers.queues["a"].empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the writer has taken both frames and waits for the next one
     writers.abort()
     assert list((tmp_path / "none").iterdir()) == [] and list((tmp_path / "some").iterdir()) == []
 
@@ -56,3 +61,12 @@ def test_copied_audio_is_48khz_stereo_aac(tmp_path):
         audio = container.streams.audio[0]
         assert (audio.codec_context.name, audio.rate, audio.channels) == ("aac", 48_000, 2)
         assert 100_000 < audio.codec_context.bit_rate < 160_000  # 128 kb/s nominal
+
+
+def test_audio_shorter_than_the_video_ends_with_its_source(tmp_path):
+    source = make_video(tmp_path / "short.mp4", n_frames=5, fps=10, audio_seconds=0.5)
+    out = write_video(tmp_path / "out.mp4", FRAMES * 6, 12.0, audio_from=source)  # 2 s of video
+    with av.open(str(out.path)) as container:
+        audio = container.streams.audio[0]
+        seconds = sum(frame.samples for frame in container.decode(audio)) / audio.rate
+    assert out.frame_count == 24 and abs(seconds - 0.5) < 0.05
