@@ -126,13 +126,13 @@ BAD_INPUTS = [
         "webhook to loopback",
         lambda tmp: {"data": {"webhook_url": "http://127.0.0.1:9/hook"}},
         422,
-        "invalid_webhook_url",
+        "invalid_webhook",
     ),
     (
         "webhook not http",
         lambda tmp: {"data": {"webhook_url": "file:///etc/passwd"}},
         422,
-        "invalid_webhook_url",
+        "invalid_webhook",
     ),
 ]
 
@@ -307,7 +307,7 @@ def test_auth_isolates_keys(tmp_path: Path) -> None:
         assert_error(client.delete(f"/v1/jobs/{job['id']}", headers=b), 404, "not_found")
         assert client.get("/v1/jobs", headers=b).json()["jobs"] == []
         submit(client, headers=a)
-        assert_error(submit(client, headers=a), 429, "too_many_queued")
+        assert_error(submit(client, headers=a), 429, "queued_limit")
         assert client.get("/healthz").status_code == 200  # health needs no key
         assert client.get("/metrics").status_code == 200
 

@@ -211,7 +211,7 @@ def test_queued_cap_holds_under_concurrent_submits(
     assert sorted(a.status_code for a in answers) == [202] * 3 + [429] * 7, [a.text for a in answers]
     for answer in answers:
         if answer.status_code == 429:
-            assert_error(answer, 429, "too_many_queued")
+            assert_error(answer, 429, "queued_limit")
             assert int(answer.headers["retry-after"]) >= 1
     assert len(listed) == 3
     assert len(job_folders(tmp_path / "data" / "jobs")) == 3  # the refused uploads were removed
@@ -505,7 +505,7 @@ def test_webhook_targets_hiding_private_ipv4_in_ipv6_are_refused(tmp_path: Path,
             f"http://{'a' * 300}.example/h",
         ]  # were 500s
         for url in [*EMBEDDED, *malformed]:
-            assert_error(post_job(cluster.http, {"webhook_url": url}), 422, "invalid_webhook_url")
+            assert_error(post_job(cluster.http, {"webhook_url": url}), 422, "invalid_webhook")
         assert job_folders(tmp_path / "data" / "jobs") == []
     finally:
         cluster.stop()

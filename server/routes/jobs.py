@@ -103,7 +103,7 @@ def _check_webhook(url: str, allow_private: bool) -> None:
     try:
         check_target(url, allow_private)
     except PrivateTarget as exc:
-        raise ApiError(422, "invalid_webhook_url", str(exc)) from None
+        raise ApiError(422, "invalid_webhook", str(exc)) from None
 
 
 def _accepted(state: AppState, job: Job, replayed: bool = False) -> Response:
@@ -150,12 +150,12 @@ def _replay(state: AppState, existing: Job, digest: str) -> Response:
         422: _error(
             "Bad input, `error.code` says which: `malformed_multipart` (e.g. no closing boundary), "
             "`missing_file`, `unknown_field`, `duplicate_field`, "
-            "`invalid_option`, `idempotency_key_reused`, `invalid_webhook_url`, a media code "
+            "`invalid_option`, `idempotency_key_reused`, `invalid_webhook`, a media code "
             "(`unsupported_format`, `too_large`, `too_long`, `empty_media`, `corrupt_media`, "
             "`no_video_stream`, ...), or `probe_timeout` / `probe_failed` when reading the file hit a limit."
         ),
         429: _error(
-            "Rate limit (`rate_limited`), this key's queued-job cap (`too_many_queued`), or too many wrong API "
+            "Rate limit (`rate_limited`), this key's queued-job cap (`queued_limit`), or too many wrong API "
             "keys from this address (`too_many_auth_failures`)."
         ),
         503: _error(
@@ -181,7 +181,7 @@ async def submit(
     """
     cap = _queued_cap(state)  # checked early, before reading the body, and again atomically at the insert
     if cap is not None and await run_in_threadpool(state.store.count_queued, owner) >= cap:
-        raise _too_many_queued()
+        raise _queued_limit()
     job_id = uuid.uuid4().hex
     folder = state.files.job_dir(job_id)
     folder.mkdir(parents=True)
@@ -215,8 +215,8 @@ def _queued_cap(state: AppState) -> int | None:
     return state.settings.server.max_queued_per_key if state.settings.server.api_keys else None
 
 
-def _too_many_queued() -> ApiError:
-    return ApiError(429, "too_many_queued", "this key has too many queued jobs", {"Retry-After": "10"})
+def _queued_limit() -> ApiError:
+    return ApiError(429, "queued_limit", "this key has too many queued jobs", {"Retry-After": "10"})
 
 
 def _admit(state: AppState, job_id: str, owner: str, idempotency_key: str | None, form) -> Response:
@@ -257,7 +257,7 @@ def _admit(state: AppState, job_id: str, owner: str, idempotency_key: str | None
         try:
             state.store.create(job, _queued_cap(state))
         except QueueFull:
-            raise _too_many_queued() from None
+            raise _queued_limit() from None
         except IdempotencyConflict:
             shutil.rmtree(folder, ignore_errors=True)
             existing = state.store.find_idempotent(owner, idempotency_key or "")
