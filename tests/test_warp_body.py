@@ -14,7 +14,7 @@ from test_motion_body_field import ARM_ACROSS, FACING_CAMERA, synthetic_motion
 
 from animate.body import CHAMP_PALETTE, PART_NAMES, load_anny
 from animate.body.model import matrix_to_rotvec, rotvec_to_matrix
-from animate.engines.warp import BodyWarp, WarpEngine
+from animate.engines.warp import BodyWarp, WarpEngine, hidden_hands
 from animate.motion.bundle import GuidanceBundle
 
 GREY = np.array([128, 128, 128], np.uint8)
@@ -178,3 +178,26 @@ def test_reference_pose_samples_every_pixel_in_place(anny, scale):
     inside = interior(person, 3)
     error = np.abs(frame[inside].astype(int) - image[inside]).sum(1)
     assert (error > 30).mean() < 0.005, (error > 30).mean()
+
+
+def test_hidden_hands_take_the_faces_colour(anny):
+    """A reference whose hand keypoints were not found (in pockets): the fitted hands may be in view but
+    show clothes, so the frame draws them in the face's colour (here: the head's Champ colour). With one
+    hand hidden, the other (its mirror twin) is the better source."""
+    keypoints = np.zeros((133, 3), np.float32)
+    keypoints[112:133, 2] = 0.9  # the right hand's 21 keypoints are found, the left hand's are not
+    left, right, head = (PART_NAMES.index(n) for n in ("left_hand", "right_hand", "head"))
+    assert hidden_hands(keypoints) == (left,)
+    assert hidden_hands(np.zeros((133, 3), np.float32)) == (left, right)
+    motion = synthetic_motion(anny, {}, [{}])
+    image, person = reference_of(motion)
+    vertices = motion.vertices(0, 1)[0]
+    hands = {part: interior(motion.reference_render.part == part, 1) for part in (left, right)}
+    assert all(mask.sum() > 10 for mask in hands.values())
+    frame, masks = BodyWarp(motion, image, person, scale=1, unseen_parts=(left, right)).frame(vertices)
+    for mask in hands.values():
+        assert (palette_part(frame[mask]) == head).mean() > 0.9
+        assert masks.fill[mask].all()
+    frame, masks = BodyWarp(motion, image, person, scale=1, unseen_parts=(left,)).frame(vertices)
+    assert (palette_part(frame[hands[left]]) == right).mean() > 0.9
+    assert (palette_part(frame[hands[right]]) == right).mean() > 0.9
