@@ -61,6 +61,8 @@ class Job(Base):
     options: Mapped[dict] = mapped_column(JSON, default=dict)
     reference_name: Mapped[str] = mapped_column(String(64))
     driving_name: Mapped[str] = mapped_column(String(64))
+    # the uploads' own file names, sanitised, for display only: {"reference": ..., "driving": ...}
+    inputs: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_digest: Mapped[str] = mapped_column(String(64), default="")
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)

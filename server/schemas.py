@@ -104,6 +104,10 @@ class JobOut(BaseModel):
     attempts: int
     error: ErrorOut | None
     options: dict
+    inputs: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="The uploads' own file names (`reference`, `driving`), sanitised, for display only.",
+    )
     result: ResultOut | None
     created_at: datetime
     started_at: datetime | None
@@ -147,6 +151,7 @@ def job_out(
         attempts=job.attempts,
         error=ErrorOut(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         options=job.options,
+        inputs=job.inputs or {},
         result=ResultOut(**job.result) if job.result else None,
         created_at=job.created_at,
         started_at=job.started_at,

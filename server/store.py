@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from hashlib import sha256
 
-from sqlalchemy import bindparam, case, create_engine, delete, event, func, select, text, update
+from sqlalchemy import bindparam, case, create_engine, delete, event, func, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -77,10 +77,25 @@ def make_engine(url: str, busy_seconds: float = 30.0, pool_size: int = 64) -> En
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def add_missing_columns(engine: Engine) -> None:
+    """Add the model's nullable columns a database made by an older release lacks (``ALTER TABLE ... ADD
+    COLUMN``, the same on SQLite and PostgreSQL); ``create_all`` only creates missing tables."""
+    existing = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {column["name"] for column in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+
+
 class JobStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite in WAL mode: a read takes ~0.1 ms and does not wait on the writer, so the API may run it
         # on the event loop (two thread hand-offs per poll cost more than that when the CPU is busy).

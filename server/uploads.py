@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,20 @@ MAX_EPILOGUE_BYTES = 1024  # after the closing boundary: a CRLF is usual, anythi
 def insufficient_storage() -> ApiError:
     """The server's disk is full: not the client's fault, and no OS text goes out."""
     return ApiError(507, "insufficient_storage", "the server is out of storage space; try again later")
+
+
+DISPLAY_NAME_CHARS = 255
+
+
+def display_name(filename: str | None) -> str | None:
+    """A client's file name made safe to show: NFC, the last path component, no control or format characters
+    (bidi overrides such as U+202E included), at most 255 characters; None when nothing is left. Never used
+    on disk (files are stored as ``reference.<suffix>`` / ``driving.<suffix>``)."""
+    if not filename:
+        return None
+    name = unicodedata.normalize("NFC", filename).replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+    return name.strip()[:DISPLAY_NAME_CHARS] or None
 
 
 @dataclass

@@ -299,6 +299,9 @@ def test_filenames_outside_latin_1_are_accepted(server: Cluster) -> None:
     assert jobs_on_disk(server) - before == {job_id}
     names = sorted(p.name for p in (server.root / "data" / "jobs" / job_id).iterdir())
     assert names == ["driving.mp4", "reference.jpg"]
+    # the names are kept for display, sanitised: the right-to-left override is gone, nothing else changed
+    shown = server.http.get(f"/v1/jobs/{job_id}").json()["inputs"]
+    assert shown == {"reference": "照片.jpg", "driving": "\U0001f483 dancegpj.mp4"}
 
 
 def test_body_without_its_closing_boundary_is_malformed(server: Cluster) -> None:

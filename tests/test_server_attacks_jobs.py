@@ -567,3 +567,40 @@ def test_a_killed_attempts_files_are_removed_when_the_retry_succeeds(tmp_path: P
         cluster.stop()
     assert done["status"] == "succeeded" and done["attempts"] == 2, done
     assert sorted(p.name for p in folder.glob("attempt-*")) == ["attempt-2"]
+
+
+def test_a_database_from_an_older_release_gains_the_new_columns(
+    tmp_path: Path, job_database: dict[str, str]
+) -> None:
+    """A jobs table made before ``inputs`` existed (create_all never alters a table) is migrated at start:
+    its rows stay readable and new jobs keep their display names, on SQLite and PostgreSQL."""
+    from sqlalchemy import inspect as inspect_db
+    from sqlalchemy import text
+
+    from server.models import Job
+    from server.store import JobStore, make_engine
+
+    url = job_database.get("ANIMATE_SERVER__DATABASE_URL", f"sqlite:///{tmp_path / 'old.db'}")
+    JobStore(url).close()
+    old = make_engine(url)
+    with old.begin() as connection:  # the table as the older release made it
+        connection.execute(text('ALTER TABLE jobs DROP COLUMN "inputs"'))
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, owner, status, options, reference_name, driving_name, request_digest,"
+                " created_at, attempts, cancel_requested, fraction, step, total, files_deleted) VALUES"
+                " ('old', '', 'queued', '{}', 'reference.jpg', 'driving.mp4', '', :now, 0, false, 0, 0, 0, false)"
+            ),
+            {"now": "2026-01-01 00:00:00"},
+        )
+    assert "inputs" not in {c["name"] for c in inspect_db(old).get_columns("jobs")}
+    old.dispose()
+
+    store = JobStore(url)
+    try:
+        assert store.get("old", "").inputs is None
+        names = {"reference": "照片.jpg", "driving": None}
+        store.create(Job(id="new", reference_name="r.jpg", driving_name="d.mp4", options={}, inputs=names))
+        assert store.get("new", "").inputs == names
+    finally:
+        store.close()

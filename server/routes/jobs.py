@@ -22,7 +22,7 @@ from server.models import FINISHED, Job
 from server.probe import ProbeBusy, probe_inputs, run_sandboxed
 from server.schemas import ErrorResponse, JobList, JobOptions, JobOut, job_out
 from server.store import IdempotencyConflict, QueueFull, ReadBusy
-from server.uploads import insufficient_storage, receive_form
+from server.uploads import display_name, insufficient_storage, receive_form
 from server.webhooks import PrivateTarget, check_target
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -250,6 +250,7 @@ def _admit(state: AppState, job_id: str, owner: str, idempotency_key: str | None
             options=options.model_dump(exclude={"webhook_url"}),
             reference_name=form.files["reference"].path.name,
             driving_name=form.files["driving"].path.name,
+            inputs={field: display_name(form.files[field].filename) for field in ("reference", "driving")},
             idempotency_key=idempotency_key,
             request_digest=form.digest,
             webhook_url=options.webhook_url,
