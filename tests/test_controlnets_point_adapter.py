@@ -26,6 +26,12 @@ def test_scatter_cells_borders_and_means():
     assert means.shape == (5, 3)
     empty_cells, empty_means = PointAdapter.scatter(embeddings, positions, torch.zeros(2, 6), (4, 4))
     assert empty_cells.numel() == 0 and empty_means.shape == (0, 3)
+    one = torch.zeros(2, 6)
+    one[1, 1] = 1
+    cells, means = PointAdapter.scatter(embeddings, positions, one, (4, 4))
+    assert cells.tolist() == [19] and means[:, 0].tolist() == [7.0]
+    below = torch.tensor([[[0.5, 1.5]]])  # under the image: skipped, not clamped into the last row
+    assert PointAdapter.scatter(embeddings[:1, :1], below, torch.ones(1, 1), (4, 4))[0].numel() == 0
 
 
 def test_level_resize_masks_with_the_nearest_occupancy():
@@ -59,6 +65,6 @@ def test_sample_reference_at_the_border_reads_the_edge_pixel():
 def test_dispose_reference_cells_clamp_into_the_map():
     # Features the image's size: the upsampling is the identity and cell [int(y * W), int(x * H)] is read.
     features = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
-    positions = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-0.2, -0.2], [0.5, 0.25]])
+    positions = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-0.6, -0.6], [0.5, 0.25]])
     out = PointAdapter.read_reference_cells(features, positions, (4, 4))
     assert out[0, :, 0].tolist() == [0.0, 15.0, 0.0, 6.0]  # (0,0), (3,3) clamped, (0,0) clamped, (1,2)

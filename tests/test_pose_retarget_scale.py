@@ -152,3 +152,19 @@ def test_the_root_must_be_seen_in_enough_driving_frames():
         "retarget_failed",
         "reference and driving video share no pelvis, neck or nose",
     )
+
+
+def test_the_feet_anchor_needs_the_reference_feet():
+    no_feet = Pose(keypoints(unseen=[15, 16]))
+    with pytest.raises(PoseError) as excinfo:
+        retarget(_sequence([keypoints(0.5)]), no_feet, 300, 600, RetargetOptions(anchor="feet"))
+    assert (excinfo.value.code, excinfo.value.message) == (
+        "retarget_failed",
+        "anchor 'feet' needs the reference's feet",
+    )
+    assert (
+        len(
+            retarget(_sequence([keypoints(0.5)]), Pose(keypoints()), 300, 600, RetargetOptions(anchor="feet"))
+        )
+        == 1
+    )
