@@ -49,6 +49,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuider
 from controlnets.motion_controlnet import RESIDUAL_MODES
+from pipelines.distributed import TileGroup
 from pipelines.injection import UNetInjector
 from pipelines.temporal_context import TEMPORAL_CONTEXTS, TemporalContext
 from pipelines.tiling import tile_indices, triangular_weights
@@ -768,6 +769,7 @@ class AnimationPipeline(DiffusionPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        tile_group: TileGroup | None = None,
     ) -> AnimationPipelineOutput | tuple:
         r"""Animate ``image`` with ``pose_images`` (and ``guidance_maps``).
 
@@ -817,6 +819,10 @@ class AnimationPipeline(DiffusionPipeline):
             output_type: ``"pil" | "np" | "pt" | "latent"``. return_dict: output dataclass or a tuple.
             callback_on_step_end, callback_on_step_end_tensor_inputs: as diffusers; the callback may return
                 ``{"latents": ...}`` to replace the latents; set ``pipe._interrupt = True`` to stop.
+            tile_group: split the tiles of each step over processes (``pipelines.distributed``): every rank
+                calls with the same inputs and seed, predicts its share of the tiles (all of a single
+                tile), the weighted predictions are summed over the ranks, and every rank steps, decodes and
+                returns the same output. The callback must act alike on every rank.
         """
         # 0. Defaults
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -986,7 +992,7 @@ class AnimationPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 latent_input = self.scheduler.scale_model_input(latents, t)
-                if len(tiles) == 1:
+                if len(tiles) == 1:  # every rank predicts it: no exchange
                     noise_pred = self._predict_tile(
                         injector, temporal, latent_input, t, image_latents, image_embeddings, added_time_ids,
                         features, shared_features, guidance_scale, cfg_mode, motion,
@@ -994,7 +1000,7 @@ class AnimationPipeline(DiffusionPipeline):
                 else:
                     noise_pred = torch.zeros_like(latents)
                     weight_sum = latents.new_zeros(sequence_length)
-                    for idx in tiles:
+                    for idx in tiles if tile_group is None else tile_group.share(tiles):
                         weights = triangular_weights(len(idx), device, latents.dtype)
                         tile_features = features[idx] if features is not None else None
                         tile_shared = shared_features[idx] if shared_features is not None else None
@@ -1006,6 +1012,8 @@ class AnimationPipeline(DiffusionPipeline):
                         )  # fmt: skip
                         noise_pred[:, idx] += prediction * weights[:, None, None, None]
                         weight_sum[idx] += weights
+                    if tile_group is not None:
+                        tile_group.all_reduce(noise_pred, weight_sum)
                     noise_pred = noise_pred / weight_sum[:, None, None, None]
 
                 latents = self.scheduler.step(noise_pred, t, latents).prev_sample
