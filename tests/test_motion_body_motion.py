@@ -41,6 +41,7 @@ def test_with_track_keeps_the_reference_and_refuses_another_shape(anny):  # noqa
     still = body_track(anny, [{}] * 3, motion.camera)
     other = motion.with_track(still)
     assert other.num_frames == 3 and other.track is still and other.reference is motion.reference
+    assert other.camera == motion.camera and other.body is motion.body
     assert other.reference_vertices is reference  # the reference cache travels along
     np.testing.assert_allclose(other.vertices(0, 1)[0], motion.vertices(0, 1)[0], atol=1e-5)  # both at rest
     wider = replace(still, shape=still.shape + 0.5)
