@@ -168,3 +168,25 @@ def test_the_feet_anchor_needs_the_reference_feet():
         )
         == 1
     )
+
+
+def test_reference_gaps_use_the_driver_with_the_ratio():
+    # The reference shows no hips: the neck is the root and the shoulders give the ratio (60 / 30 = 2).
+    # Its left wrist is unseen (stale coordinates): the forearm takes the driver's length times 2.
+    reference = keypoints(unseen=[L_HIP, R_HIP, 9])
+    reference[[L_HIP, R_HIP, 9], :2] = 0  # stale coordinates of unseen points
+    driver = keypoints(0.5)
+    driver[NOSE, 2] = 0.0  # the nose is not needed
+    mask = np.zeros((400, 200), np.uint8)
+    driving = PoseSequence([Pose(driver, mask=mask)], 200, 400, 30.0)
+    out = retarget(driving, Pose(reference), 300, 600, HIPS)
+    assert out.keypoints[0, L_SHOULDER, :2].tolist() == pytest.approx([130, 80])
+    assert out.keypoints[0, 9, :2].tolist() == pytest.approx([145, 190], abs=1e-3)
+    assert out.frames[0].mask is None
+
+
+def test_a_driver_without_feet_keeps_the_feet_anchor_idle():
+    # The reference shows its feet but no driving frame does: the clip is still retargeted.
+    frames = [keypoints(0.5, unseen=[15, 16])] * 2
+    out = retarget(_sequence(frames), Pose(keypoints()), 300, 600)
+    np.testing.assert_allclose(out.keypoints[1, :15, :2], keypoints()[:15, :2], atol=1e-3)
