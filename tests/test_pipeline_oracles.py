@@ -513,3 +513,29 @@ def test_guidance_cfg_both_gives_the_maps_to_both_halves(with_pose):
     torch.testing.assert_close(
         call["output"], calls.reference(pipe.unet, call, features=features), atol=ATOL, rtol=0
     )
+
+
+def test_each_tile_is_guided_with_its_own_frames_scales():
+    """Two tiles under sequential CFG: tile k's prediction is uncond + s[frame] * (cond - uncond) with the
+    scales of its own frames (linspace(1.0, 2.5) over 6 frames), then the tiles are blended."""
+    pipe = make_pipe()
+    calls, noise_preds = UNetCalls(pipe.unet), []
+    run(
+        pipe,
+        noise_preds,
+        num_frames=6,
+        prepend_reference=False,
+        tile_size=4,
+        tile_overlap=2,
+        cfg_mode="sequential",
+    )
+    tiles, window = [[0, 1, 2, 3], [2, 3, 4, 5]], torch.tensor([0.25, 0.75, 0.75, 0.25])
+    scales = torch.tensor([1.0, 1.3, 1.6, 1.9, 2.2, 2.5])
+    assert len(calls.calls) == 4  # per tile: the unconditional call, then the conditional one
+    expected, weight = torch.zeros(1, 6, 4, LATENT, LATENT), torch.zeros(6)
+    for k, idx in enumerate(tiles):
+        uncond, cond = calls.calls[2 * k]["output"], calls.calls[2 * k + 1]["output"]
+        guided = uncond + scales[idx].view(1, 4, 1, 1, 1) * (cond - uncond)
+        expected[:, idx] += guided * window.view(1, 4, 1, 1, 1)
+        weight[idx] += window
+    torch.testing.assert_close(noise_preds[0], expected / weight.view(1, 6, 1, 1, 1), atol=ATOL, rtol=0)
