@@ -8,11 +8,21 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableVideoDiffusionPipeline
 
+import tests._unet_oracle as oracle
 from controlnets import PoseGuider
 from pipelines import AnimationPipeline, pipeline_animation, tile_indices, triangular_weights
-from pipelines.testing import reinit_zero_layers, tiny_components
+from pipelines.testing import reinit_zero_layers, tiny_components, tiny_unet
 
 SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models: thread hand-offs cost more than they save, and far more when the cores are shared
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def make_pipe(reinit: bool = False, **kwargs) -> AnimationPipeline:
@@ -439,3 +449,248 @@ def test_model_cpu_offload_on_gpu():
     out = run(pipe, **kwargs)
     assert pipe.unet.device.type == "cpu"
     assert (out.cpu() - expected).abs().max() < 1e-3
+
+
+# --- against independent expectations (tests/_unet_oracle.py): conv_in features, CFG, tile fusion ---
+
+
+def test_reference_forward_equals_the_stock_unet():
+    """The written-out forward is diffusers' (so the tests below compare with a faithful reference)."""
+    torch.manual_seed(0)
+    unet = tiny_unet().eval()
+    sample = torch.randn(2, 3, 8, oracle.LATENT, oracle.LATENT)
+    context, ids = torch.randn(2, 1, 32), torch.tensor([[6.0, 127.0, 0.02]] * 2)
+    t = torch.tensor(0.7)
+    with torch.no_grad():
+        stock = unet(sample, t, encoder_hidden_states=context, added_time_ids=ids, return_dict=False)[0]
+        ours = oracle.reference_unet(unet, sample, t, context, ids)
+    torch.testing.assert_close(ours, stock, atol=oracle.ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("cfg_mode", ["batched", "sequential"])
+def test_guidance_features_are_added_to_conv_in_of_the_conditional_rows(cfg_mode):
+    pipe = oracle.make_pipe(pose=True)
+    calls = oracle.UNetCalls(pipe.unet)
+    poses, ref_pose, depth = (
+        oracle._rand(3, 3, oracle.SIZE, oracle.SIZE, seed=1),
+        oracle._rand(1, 3, oracle.SIZE, oracle.SIZE, seed=2),
+        oracle._rand(3, 3, oracle.SIZE, oracle.SIZE, seed=3),
+    )
+    scales = {"pose": 0.5, "depth": 1.5}
+    oracle.run(
+        pipe,
+        pose_images=poses,
+        reference_pose_image=ref_pose,
+        guidance_maps={"depth": depth},
+        conditioning_scales=scales,
+        cfg_mode=cfg_mode,
+    )
+    with torch.no_grad():
+        # tensors in [0, 1] reach the modules in [-1, 1]; the prepended reference frame gets the reference's
+        # pose and no maps (zeros); scales multiply the pose guider's output
+        pose = 0.5 * pipe.pose_guider(torch.cat([ref_pose, poses]) * 2 - 1)
+        maps = pipe.guidance_encoders({"depth": depth * 2 - 1}, scales)
+        expected = pose + torch.cat([torch.zeros_like(maps[:1]), maps])
+    rows = expected.shape[0]  # 4: the reference frame + 3
+    if cfg_mode == "batched":
+        (call,) = calls.calls
+        features = torch.cat([torch.zeros_like(expected), expected])  # the unconditional half gets nothing
+        torch.testing.assert_close(
+            call["output"], calls.reference(pipe.unet, call, features=features), atol=oracle.ATOL, rtol=0
+        )
+    else:
+        uncond, cond = calls.calls
+        torch.testing.assert_close(
+            uncond["output"], calls.reference(pipe.unet, uncond), atol=oracle.ATOL, rtol=0
+        )
+        torch.testing.assert_close(
+            cond["output"], calls.reference(pipe.unet, cond, features=expected), atol=oracle.ATOL, rtol=0
+        )
+    assert all(c["sample"].shape[1] == rows for c in calls.calls)
+    # the features are not negligible: without them the prediction is far away
+    cond = calls.calls[-1]
+    plain = calls.reference(pipe.unet, cond)
+    assert (cond["output"][-1] - plain[-1]).abs().max() > 10 * oracle.ATOL
+
+
+def test_reference_maps_and_every_video_of_the_batch_get_their_features():
+    """Two videos per prompt, batched CFG: rows are [uncond video 0, uncond video 1, cond video 0, cond
+    video 1], each video ``[reference, frames]``; the reference frame gets its own pose and maps."""
+    pipe = oracle.make_pipe(pose=True)
+    calls = oracle.UNetCalls(pipe.unet)
+    poses, depth = (
+        oracle._rand(2, 3, oracle.SIZE, oracle.SIZE, seed=1),
+        oracle._rand(2, 3, oracle.SIZE, oracle.SIZE, seed=3),
+    )
+    ref_pose, ref_depth = (
+        oracle._rand(1, 3, oracle.SIZE, oracle.SIZE, seed=2),
+        oracle._rand(1, 3, oracle.SIZE, oracle.SIZE, seed=4),
+    )
+    oracle.run(
+        pipe,
+        pose_images=poses,
+        reference_pose_image=ref_pose,
+        guidance_maps={"depth": depth},
+        reference_guidance_maps={"depth": ref_depth},
+        num_videos_per_prompt=2,
+    )
+    with torch.no_grad():
+        pose = pipe.pose_guider(torch.cat([ref_pose, poses]) * 2 - 1)
+        maps = pipe.guidance_encoders({"depth": torch.cat([ref_depth, depth]) * 2 - 1}, {})
+        video = pose + maps  # (3, C, h, w): the reference frame + 2
+    (call,) = calls.calls
+    assert call["sample"].shape[:2] == (4, 3)
+    features = torch.cat([torch.zeros_like(video), torch.zeros_like(video), video, video])
+    torch.testing.assert_close(
+        call["output"], calls.reference(pipe.unet, call, features=features), atol=oracle.ATOL, rtol=0
+    )
+
+
+@pytest.mark.parametrize("cfg_mode", ["batched", "sequential"])
+def test_cfg_combines_the_halves_with_per_frame_scales(cfg_mode):
+    pipe = oracle.make_pipe()
+    calls, noise_preds = oracle.UNetCalls(pipe.unet), []
+    oracle.run(pipe, noise_preds, num_frames=4, prepend_reference=False, cfg_mode=cfg_mode)
+    if cfg_mode == "batched":
+        (call,) = calls.calls
+        uncond, cond = call["output"].chunk(2)
+        uncond_sample, uncond_context = call["sample"][:1], call["encoder_hidden_states"][:1]
+    else:
+        first, second = calls.calls
+        uncond, cond = first["output"], second["output"]
+        uncond_sample, uncond_context = first["sample"], first["encoder_hidden_states"]
+    # SVD's unconditional half: zero CLIP embedding and zero reference latents
+    assert not uncond_context.any() and not uncond_sample[:, :, 4:].any()
+    scale = torch.tensor([1.0, 1.5, 2.0, 2.5]).view(1, 4, 1, 1, 1)  # linspace(min 1.0, max 2.5) over 4 frames
+    torch.testing.assert_close(noise_preds[0], uncond + scale * (cond - uncond), atol=oracle.ATOL, rtol=0)
+
+
+def test_no_cfg_when_the_max_scale_is_one():
+    pipe = oracle.make_pipe()
+    calls, noise_preds = oracle.UNetCalls(pipe.unet), []
+    oracle.run(pipe, noise_preds, num_frames=3, prepend_reference=False, max_guidance_scale=1.0)
+    (call,) = calls.calls
+    assert call["sample"].shape[0] == 1 and call["encoder_hidden_states"].any()
+    torch.testing.assert_close(noise_preds[0], call["output"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("prepend_reference", "num_frames", "tiles"),
+    [
+        (False, 6, [[0, 1, 2, 3], [2, 3, 4, 5]]),  # tile 4, overlap 2
+        (True, 5, [[0, 1, 2, 3], [0, 3, 4, 5]]),  # the reference frame 0 in both tiles
+    ],
+)
+def test_two_tiles_are_blended_with_triangular_weights(prepend_reference, num_frames, tiles):
+    pipe = oracle.make_pipe()
+    calls, noise_preds = oracle.UNetCalls(pipe.unet), []
+    length = num_frames + int(prepend_reference)
+    latents = torch.randn(
+        1, length, 4, oracle.LATENT, oracle.LATENT, generator=torch.Generator().manual_seed(3)
+    )
+    oracle.run(
+        pipe,
+        noise_preds,
+        num_frames=num_frames,
+        prepend_reference=prepend_reference,
+        tile_size=4,
+        tile_overlap=2,
+        max_guidance_scale=1.0,  # one UNet call per tile, its output is the tile's prediction
+        latents=latents,
+    )
+    assert len(calls.calls) == len(tiles)
+    # each tile sees its frames of the scaled initial latents: x * init_sigma / sqrt(sigma_0^2 + 1)
+    sigma = pipe.scheduler.sigmas[0]
+    latent_input = latents * pipe.scheduler.init_noise_sigma / (sigma**2 + 1) ** 0.5
+    for call, idx in zip(calls.calls, tiles, strict=True):
+        torch.testing.assert_close(
+            call["sample"][:, :, :4], latent_input[:, idx], atol=oracle.ATOL, rtol=1e-6
+        )
+    # MimicMotion's window over 4 frames: min(w, 2 - w), w = (i + 0.5) / 2 -> 1/4, 3/4, 3/4, 1/4
+    window = [0.25, 0.75, 0.75, 0.25]
+    expected = torch.zeros(1, length, 4, oracle.LATENT, oracle.LATENT)
+    for frame in range(length):
+        terms = [
+            (window[idx.index(frame)], call["output"][:, idx.index(frame)])
+            for call, idx in zip(calls.calls, tiles, strict=True)
+            if frame in idx
+        ]
+        expected[:, frame] = sum(w * p for w, p in terms) / sum(w for w, _ in terms)
+    torch.testing.assert_close(noise_preds[0], expected, atol=oracle.ATOL, rtol=0)
+    # the overlap is not a plain average: frame 3 of the reference case weighs 1/4 against 3/4
+    (a, b) = (c["output"][:, tiles[k].index(3)] for k, c in enumerate(calls.calls))
+    assert (noise_preds[0][:, 3] - (a + b) / 2).abs().max() > 10 * oracle.ATOL
+
+
+def test_the_prepended_reference_frame_is_dropped_from_the_output():
+    pipe = oracle.make_pipe()
+    last: list[torch.Tensor] = []
+
+    def keep(pipeline, step, timestep, tensors):
+        last[:] = [tensors["latents"].clone()]
+        return {}
+
+    out = oracle.run(pipe, num_frames=3, max_guidance_scale=1.0, callback_on_step_end=keep)
+    assert last[0].shape[1] == 4  # the reference + 3 frames are denoised
+    assert torch.equal(out, last[0][:, 1:])
+    frames = oracle.run(
+        pipe, num_frames=3, max_guidance_scale=1.0, callback_on_step_end=keep, output_type="pt"
+    )
+    with torch.no_grad():  # SVD's decode: latents / scaling factor, VAE, [-1, 1] -> [0, 1]
+        latents = last[0][0, 1:] / pipe.vae.config.scaling_factor
+        decoded = pipe.vae.decode(latents, num_frames=3).sample
+    torch.testing.assert_close(frames[0], (decoded / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("with_pose", [True, False])
+def test_guidance_cfg_both_gives_the_maps_to_both_halves(with_pose):
+    """Champ's way: guidance-encoder features in the unconditional half too; the pose only in the other."""
+    pipe = oracle.make_pipe(pose=True)
+    calls = oracle.UNetCalls(pipe.unet)
+    poses, depth = (
+        oracle._rand(2, 3, oracle.SIZE, oracle.SIZE, seed=1),
+        oracle._rand(2, 3, oracle.SIZE, oracle.SIZE, seed=3),
+    )
+    oracle.run(
+        pipe,
+        pose_images=poses if with_pose else None,
+        guidance_maps={"depth": depth},
+        guidance_cfg="both",
+        prepend_reference=False,
+    )
+    with torch.no_grad():
+        pose = pipe.pose_guider(poses * 2 - 1) if with_pose else 0
+        maps = pipe.guidance_encoders({"depth": depth * 2 - 1}, {})
+    (call,) = calls.calls
+    features = torch.cat([maps, pose + maps])
+    torch.testing.assert_close(
+        call["output"], calls.reference(pipe.unet, call, features=features), atol=oracle.ATOL, rtol=0
+    )
+
+
+def test_each_tile_is_guided_with_its_own_frames_scales():
+    """Two tiles under sequential CFG: tile k's prediction is uncond + s[frame] * (cond - uncond) with the
+    scales of its own frames (linspace(1.0, 2.5) over 6 frames), then the tiles are blended."""
+    pipe = oracle.make_pipe()
+    calls, noise_preds = oracle.UNetCalls(pipe.unet), []
+    oracle.run(
+        pipe,
+        noise_preds,
+        num_frames=6,
+        prepend_reference=False,
+        tile_size=4,
+        tile_overlap=2,
+        cfg_mode="sequential",
+    )
+    tiles, window = [[0, 1, 2, 3], [2, 3, 4, 5]], torch.tensor([0.25, 0.75, 0.75, 0.25])
+    scales = torch.tensor([1.0, 1.3, 1.6, 1.9, 2.2, 2.5])
+    assert len(calls.calls) == 4  # per tile: the unconditional call, then the conditional one
+    expected, weight = torch.zeros(1, 6, 4, oracle.LATENT, oracle.LATENT), torch.zeros(6)
+    for k, idx in enumerate(tiles):
+        uncond, cond = calls.calls[2 * k]["output"], calls.calls[2 * k + 1]["output"]
+        guided = uncond + scales[idx].view(1, 4, 1, 1, 1) * (cond - uncond)
+        expected[:, idx] += guided * window.view(1, 4, 1, 1, 1)
+        weight[idx] += window
+    torch.testing.assert_close(
+        noise_preds[0], expected / weight.view(1, 6, 1, 1, 1), atol=oracle.ATOL, rtol=0
+    )

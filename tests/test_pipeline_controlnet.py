@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
+import tests._unet_oracle as oracle
 from pipelines import AnimationPipeline, tile_indices
+from pipelines.injection import UNetInjector
 from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, tiny_components
 
 SIZE = 32
@@ -208,3 +210,130 @@ def test_model_cpu_offload_with_the_controlnet_gives_the_same_frames():
     expected = run(pipe, **motion)
     pipe.enable_model_cpu_offload(device="cpu")  # real offload needs an accelerator; this exercises the hooks
     assert torch.equal(run(pipe, **motion), expected)
+
+
+# --- residuals against a written-out UNet forward (tests/_unet_oracle.py): once, DisPose's 4/3/2/1 ---
+
+
+def test_dispose_residuals_match_dispose_loop_on_svd_layout():
+    """SVD's 12 skips take their residual 4, 4, 4, 4, 3, 3, 3, 2, 2, 2, 1, 1 times in DisPose's UNet."""
+    unet = oracle._svd_layout_unet()
+    batch, frames = 1, 2
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(batch, frames, 8, 16, 16, generator=generator)
+    context, ids, t = (
+        torch.randn(batch, 1, 32, generator=generator),
+        torch.tensor([[6.0, 127.0, 0.0]]),
+        torch.tensor(1.5),
+    )
+
+    # the skip shapes, from a plain forward
+    shapes = []
+    for block in unet.up_blocks:
+        block.register_forward_pre_hook(
+            lambda m, a, k: shapes.extend(s.shape for s in reversed(k["res_hidden_states_tuple"])),
+            with_kwargs=True,
+        )
+    with torch.no_grad():
+        plain = unet(sample, t, encoder_hidden_states=context, added_time_ids=ids, return_dict=False)[0]
+    for block in unet.up_blocks:
+        block._forward_pre_hooks.clear()
+    shapes = shapes[::-1]  # the UNet's skip order
+    assert len(shapes) == 12
+    down = [torch.randn(shape, generator=generator) * 0.1 for shape in shapes]
+    mid = torch.randn(batch * frames, 32, 2, 2, generator=generator) * 0.1
+    with torch.no_grad():
+        ours = {}
+        for mode in ("dispose", "once"):
+            with UNetInjector(unet) as injector, injector.controlnet_residuals(down, mid, mode=mode):
+                ours[mode] = unet(
+                    sample, t, encoder_hidden_states=context, added_time_ids=ids, return_dict=False
+                )[0]
+            expected = oracle.reference_unet(unet, sample, t, context, ids, down=down, mid=mid, mode=mode)
+            torch.testing.assert_close(ours[mode], expected, atol=oracle.ATOL, rtol=0, msg=mode)
+        # the same counts by hand: each skip's residual times 4, 4, 4, 4, 3, 3, 3, 2, 2, 2, 1, 1, added once
+        times = [4, 4, 4, 4, 3, 3, 3, 2, 2, 2, 1, 1]
+        scaled = [r * n for r, n in zip(down, times, strict=True)]
+        by_count = oracle.reference_unet(unet, sample, t, context, ids, down=scaled, mid=mid, mode="once")
+    torch.testing.assert_close(ours["dispose"], by_count, atol=1e-4, rtol=0)
+    assert (ours["dispose"] - ours["once"]).abs().max() > 10 * oracle.ATOL
+    assert (ours["once"] - plain).abs().max() > 10 * oracle.ATOL
+
+
+@pytest.mark.parametrize(
+    ("config_mode", "call_mode", "expected_mode"),
+    [
+        ("dispose", None, "dispose"),  # the ControlNet's config decides when the call passes none
+        ("once", None, "once"),
+        ("dispose", "once", "once"),  # the call's argument wins
+        ("once", "dispose", "dispose"),
+    ],
+)
+def test_controlnet_residuals_follow_the_residual_mode(config_mode, call_mode, expected_mode):
+    pipe = oracle.make_pipe(controlnet=True, residual_mode=config_mode)
+    calls, residuals = oracle.UNetCalls(pipe.unet), oracle.ControlNetCalls(pipe.motion_controlnet)
+    flow = torch.randn(2, oracle.SIZE, oracle.SIZE, 2, generator=torch.Generator().manual_seed(1)) * 3
+    oracle.run(pipe, dense_flow=flow, residual_mode=call_mode, max_guidance_scale=1.0)
+    (call,), ((down, mid),) = calls.calls, residuals.outputs
+    expected = calls.reference(pipe.unet, call, down=down, mid=mid, mode=expected_mode)
+    torch.testing.assert_close(call["output"], expected, atol=oracle.ATOL, rtol=0)
+    other = calls.reference(
+        pipe.unet, call, down=down, mid=mid, mode=({"once", "dispose"} - {expected_mode}).pop()
+    )
+    assert (call["output"] - other).abs().max() > 10 * oracle.ATOL  # the two modes are told apart here
+
+
+@pytest.mark.parametrize("controlnet_cfg", ["keep", "drop"])
+def test_controlnet_rows_under_batched_cfg(controlnet_cfg):
+    """ "keep": the negative half gets its own residuals (the ControlNet runs on all rows); "drop": none."""
+    pipe = oracle.make_pipe(controlnet=True, residual_mode="dispose")
+    calls, residuals = oracle.UNetCalls(pipe.unet), oracle.ControlNetCalls(pipe.motion_controlnet)
+    flow = torch.randn(2, oracle.SIZE, oracle.SIZE, 2, generator=torch.Generator().manual_seed(1)) * 3
+    oracle.run(pipe, dense_flow=flow, controlnet_cfg=controlnet_cfg)
+    (call,), ((down, mid),) = calls.calls, residuals.outputs
+    rows = call["sample"].shape[0] * call["sample"].shape[1]
+    if controlnet_cfg == "drop":
+        assert mid.shape[0] == rows // 2
+        down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+        mid = torch.cat([torch.zeros_like(mid), mid])
+    assert mid.shape[0] == rows
+    expected = calls.reference(pipe.unet, call, down=down, mid=mid, mode="dispose")
+    torch.testing.assert_close(call["output"], expected, atol=oracle.ATOL, rtol=0)
+
+
+def test_points_reach_the_controlnet_normalised_by_width_and_height():
+    """A 48 x 32 (W x H) video: positions are (x / 48, y / 32), the reference frame's first; a point shows
+    where its and the reference's scores reach the threshold; each carries the reference feature of the
+    cell under the reference keypoint (cell centres sample exactly)."""
+    pipe = oracle.make_pipe(controlnet=True)
+    seen: list[dict] = []
+    pipe.motion_controlnet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True
+    )
+    features = torch.randn(1, TINY_POINT_CHANNELS, 2, 3, generator=torch.Generator().manual_seed(4))
+    cells = [(0, 0), (1, 2), (0, 1)]  # (row, column) of each reference keypoint's 16-px cell
+    reference_keypoints = torch.tensor([[(c + 0.5) * 16, (r + 0.5) * 16, 0.9] for r, c in cells])
+    reference_keypoints[2, 2] = 0.1  # the reference does not show keypoint 2
+    keypoints = torch.tensor(
+        [
+            [[4.0, 8.0, 0.9], [40.0, 24.0, 0.9], [20.0, 2.0, 0.9]],
+            [[44.0, 30.0, 0.2], [12.0, 6.0, 0.5], [30.0, 10.0, 0.9]],
+        ]
+    )
+    oracle.run(
+        pipe,
+        height=32,
+        width=48,
+        point_features=features,
+        keypoints=keypoints,
+        reference_keypoints=reference_keypoints,
+        max_guidance_scale=1.0,
+    )
+    (call,) = seen
+    size = torch.tensor([48.0, 32.0])
+    positions = torch.cat([reference_keypoints[None, :, :2], keypoints[..., :2]]) / size
+    torch.testing.assert_close(call["point_positions"], positions)
+    expected_visible = torch.tensor([[True, True, False], [True, True, False], [False, True, False]])
+    assert torch.equal(call["point_visible"], expected_visible)
+    embeddings = torch.stack([features[0, :, r, c] for r, c in cells])  # (K, E)
+    torch.testing.assert_close(call["point_embeddings"], embeddings.expand(3, -1, -1), atol=1e-5, rtol=0)
