@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from server.webhooks import deliver, load_secret, sign
+from server.webhooks import PrivateTarget, check_target, deliver, load_secret, sign
 
 
 def test_signature_is_standard_webhooks_hmac():
@@ -108,3 +108,27 @@ def test_a_connection_failure_is_retried(receiver):
             server.shutdown()
             server.server_close()
     assert [call["path"] for call in calls] == ["/late"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://host:99999/x", "webhook_url is not a valid URL"),
+        ("ftp://example.com/x", "webhook_url must be an http(s) URL"),
+        ("http:///x", "webhook_url must be an http(s) URL"),
+        ("http://10.0.0.1/x", "webhook targets on private networks are refused"),
+        ("https://[::ffff:192.168.1.1]/x", "webhook targets on private networks are refused"),
+        ("http://no-such-host.invalid/x", "webhook host does not resolve: no-such-host.invalid"),
+    ],
+)
+def test_target_refusals(url, message):
+    with pytest.raises(PrivateTarget) as excinfo:
+        check_target(url, allow_private=False)
+    assert str(excinfo.value) == message
+
+
+def test_targets_allowed_and_resolved():
+    # Private hosts are allowed as named (not resolved) only when the operator says so; https counts too.
+    assert check_target("https://10.0.0.1:8443/x", allow_private=True) == ["10.0.0.1"]
+    assert check_target("http://8.8.8.8/x", allow_private=False) == ["8.8.8.8"]
+    assert check_target("https://[2001:4860:4860::8888]/x", allow_private=False) == ["2001:4860:4860::8888"]
