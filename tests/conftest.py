@@ -29,3 +29,15 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"shared sample media not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on one torch thread (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    thread hand-offs cost more than they save, and far more when the cores are shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

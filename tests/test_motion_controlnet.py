@@ -14,14 +14,7 @@ from pipelines import CheckpointError, UNetInjector, check_dispose, load_dispose
 from pipelines.checkpoints import dispose_config
 from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, tiny_motion_controlnet, tiny_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: thread hand-offs cost more than they save, and far more when the cores are shared
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- key-exact with the published checkpoint -------------------------------------------------------

@@ -9,15 +9,7 @@ from animate.errors import AnimateError
 from pipelines import AnimationPipeline
 from pipelines.testing import tiny_components
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def engine(options: DiffusionOptions, **kwargs) -> DiffusionEngine:

@@ -22,12 +22,7 @@ from pipelines.testing import TINY_POINT_CHANNELS, reinit_zero_layers, tiny_comp
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pipe(**kwargs) -> AnimationPipeline:

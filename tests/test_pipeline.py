@@ -16,13 +16,7 @@ from pipelines.testing import reinit_zero_layers, tiny_components, tiny_unet
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: thread hand-offs cost more than they save, and far more when the cores are shared
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pipe(reinit: bool = False, **kwargs) -> AnimationPipeline:

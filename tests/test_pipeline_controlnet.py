@@ -16,13 +16,7 @@ SIZE = 32
 KEYPOINTS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: thread hand-offs cost more than they save, and far more when the cores are shared
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pipe(reinit: bool = False, with_controlnet: bool = True) -> AnimationPipeline:
