@@ -201,3 +201,24 @@ def test_hidden_hands_take_the_faces_colour(anny):
     frame, masks = BodyWarp(motion, image, person, scale=1, unseen_parts=(left,)).frame(vertices)
     assert (palette_part(frame[hands[left]]) == right).mean() > 0.9
     assert (palette_part(frame[hands[right]]) == right).mean() > 0.9
+
+
+def test_unseen_surface_blends_its_triangles_vertex_colours(anny):
+    """Back view, so the surface is filled from the mesh colours; with random colours per vertex, each
+    filled pixel (scale 1: the render is the output grid) shows its triangle's three vertex colours blended
+    by the pixel's barycentric weights, not one vertex's colour."""
+    turn = rotvec_to_matrix(torch.tensor([0.0, np.pi, 0.0])) @ rotvec_to_matrix(torch.tensor(FACING_CAMERA))
+    motion = synthetic_motion(anny, {}, [{}], roots=[matrix_to_rotvec(turn).tolist()])
+    image, person = reference_of(motion)
+    warp = BodyWarp(motion, image, person, scale=1, edge_sigma=0)
+    warp.colours = np.random.default_rng(0).uniform(0, 255, warp.colours.shape).astype(np.float32)
+    vertices = motion.vertices(0, 1)[0]
+    frame, masks = warp.frame(vertices)
+    target = motion.renderer()[0].render(vertices, motion.camera)
+    # the fill's low-resolution canvas pads its edge with the nearest fill colour: look 1 px inside
+    inside = interior(masks.fill & target.mask, 1)
+    assert inside.sum() > 500
+    corners = motion.faces.astype(np.int64)[target.face[inside]]  # (N, 3) vertex ids
+    expected = np.einsum("nk,nkc->nc", target.bary[inside].astype(np.float64), warp.colours[corners])
+    error = np.abs(frame[inside].astype(float) - expected)
+    assert np.percentile(error.max(1), 99) <= 1.0, np.percentile(error.max(1), 99)
