@@ -19,6 +19,7 @@ from animate.cli import media as media_cmd
 from animate.cli import pose as pose_cmd
 from animate.cli import run as run_cmd
 from animate.cli import serve as serve_cmd
+from animate.cli import train as train_cmd
 from animate.cli import weights as weights_cmd
 from animate.errors import AnimateError
 
@@ -56,6 +57,7 @@ app.command("guidance")(guidance_cmd.guidance)
 app.command("serve")(serve_cmd.serve)
 app.command("worker")(serve_cmd.worker)
 app.add_typer(weights_cmd.app, name="weights")
+app.add_typer(train_cmd.app, name="train")
 
 
 def run(argv: list[str] | None = None) -> int:
