@@ -22,7 +22,9 @@ from starlette.requests import Request
 from server.errors import ApiError
 from server.files import disk_full
 
-MAX_HEADER_BYTES = 8 * 1024
+# A part header longer than this gets our 422 invalid_request; it stays under python-multipart's own
+# 4 KiB + 128 line limit, past which the parser itself fails (malformed_multipart).
+MAX_HEADER_BYTES = 4 * 1024
 MAX_FIELD_BYTES = 4 * 1024
 MAX_PARTS = 32
 MAX_EPILOGUE_BYTES = 1024  # after the closing boundary: a CRLF is usual, anything else is refused
