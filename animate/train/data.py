@@ -1,0 +1,196 @@
+"""``ClipDataset``: training samples from a prepared data folder, in the formats ``AnimationPipeline`` takes.
+
+One sample per clip per epoch. Sample ``i`` of epoch ``e`` draws, from ``np.random.default_rng((seed, e, i))``
+only (so a resumed run sees the same samples), a reference frame ``r`` among the clip's reference frames and a
+window start ``s``; the window is frames ``s, s + stride, ..., s + (F - 1) * stride``.
+
+``dataset[i]`` is a dict of torch tensors, exactly (``F`` = ``frames``; ``H x W`` = ``size`` or the shard's):
+
+    "reference"           (3, H, W) float32 in [-1, 1]    frame r of clip i
+    "reference_pose"      (3, H, W) float32 in [0, 1]     frame r's skeleton
+    "reference_guidance"  {"depth", "normal", "semantic", "mask": (3, H, W) float32 in [0, 1]}  frame r's maps
+    "frames"              (F, 3, H, W) float32 in [-1, 1] the target frames
+    "pose_images"         (F, 3, H, W) float32 in [0, 1]  skeletons drawn by ``animate.pose.draw_pose``, as the
+                                                          diffusion engine draws them
+    "guidance_maps"       {"depth", "normal", "semantic", "mask": (F, 3, H, W) float32 in [0, 1]} the fitted
+                                                          body's renders (depth and mask grey in 3 channels)
+    "dense_flow"          (F, H, W, 2) float32 pixels: where each pixel of frame r lands in each frame
+                                                          (reference -> frame; zero at t = r on the body)
+    "trajectory_flow"     (F, H, W, 2) float32 pixels: keypoint flow frame k-1 -> k of the window, first zero,
+                                                          made from the keypoints by the inference code
+                                                          (``conventional_trajectory`` under ``conventions``)
+    "keypoints"           (F, 133, 3) float32 COCO-WholeBody x, y in pixels of W x H, score
+    "reference_keypoints" (133, 3) float32
+    "index"               int64 scalar tensor: i
+    "start"               int64 scalar tensor: s
+    "reference_index"     int64 scalar tensor: r
+
+These are ``AnimationPipeline.__call__``'s inputs: ``image`` <- (reference + 1) / 2, ``pose_images``,
+``guidance_maps`` (the encoders' types), ``reference_pose_image``, ``reference_guidance_maps``,
+``dense_flow``, ``trajectory_flow``, ``keypoints`` / ``reference_keypoints`` (``openpose18`` for DisPose's
+point adapter). ``collate`` stacks a list of samples into a batch (a leading batch axis everywhere, dicts
+kept). Dense flows are stored at 1/4 resolution (float16) and upsampled bilinearly here; the trajectory flow
+is computed, not stored, so it is exact at any ``stride`` and follows the rules the inference path uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from animate.motion.bundle import GuidanceConventions
+from animate.train.shard import MAP_NAMES, SHARD_FILE, clip_dirs, member, read_meta
+
+__all__ = ["ClipDataset", "collate"]
+
+
+class ClipDataset(Dataset):
+    """Clips of ``data_dir`` (``animate train prepare``'s output) as training samples.
+
+    frames: window length F. size: (width, height) to resize to, or None for the shards' size (all clips must
+    then share one size). stride: frame step inside a window. Clips shorter than ``(frames - 1) * stride + 1``
+    are left out (``skipped`` lists them). conventions: the guidance rules (default: ours, as inference).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        frames: int = 16,
+        size: tuple[int, int] | None = None,
+        seed: int = 0,
+        stride: int = 1,
+        conventions: GuidanceConventions | None = None,
+    ) -> None:
+        if frames < 1 or stride < 1:
+            raise ValueError(f"frames and stride must be >= 1, got {frames}, {stride}")
+        self.data_dir = Path(data_dir)
+        self.num_frames, self.stride, self.seed, self.epoch = int(frames), int(stride), int(seed), 0
+        self.conventions = conventions or GuidanceConventions()
+        span = (self.num_frames - 1) * self.stride + 1
+        self.clips: list[Path] = []
+        self.metas: list[dict] = []
+        self.skipped: list[str] = []
+        for clip in clip_dirs(self.data_dir):
+            meta = read_meta(clip)
+            if meta["frames"] >= span:
+                self.clips.append(clip)
+                self.metas.append(meta)
+            else:
+                self.skipped.append(clip.name)
+        sizes = {tuple(m["size"]) for m in self.metas}
+        if size is None and len(sizes) > 1:
+            raise ValueError(f"clips of several sizes {sorted(sizes)}: pass size=(width, height)")
+        self.size = tuple(size) if size is not None else (sizes.pop() if sizes else None)
+        self._open: dict[int, np.lib.npyio.NpzFile] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Samples of another epoch (call before iterating; DataLoader workers copy the dataset)."""
+        self.epoch = int(epoch)
+
+    def _shard(self, i: int) -> np.lib.npyio.NpzFile:
+        if self._pid != os.getpid():  # a forked DataLoader worker: open our own handles
+            self._open, self._pid = {}, os.getpid()
+        if i not in self._open:
+            self._open[i] = np.load(self.clips[i] / SHARD_FILE, allow_pickle=False)
+        return self._open[i]
+
+    def sample_plan(self, i: int) -> tuple[int, int]:
+        """(start, reference frame) of sample ``i`` in the current epoch."""
+        meta = self.metas[i]
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        span = (self.num_frames - 1) * self.stride + 1
+        start = int(rng.integers(0, meta["frames"] - span + 1))
+        reference = int(meta["references"][int(rng.integers(0, len(meta["references"])))])
+        return start, reference
+
+    def __getitem__(self, i: int) -> dict:
+        from animate.motion.keypoint_flow import conventional_trajectory
+        from animate.pose import Pose, draw_pose
+
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        shard, meta = self._shard(i), self.metas[i]
+        start, ref = self.sample_plan(i)
+        idx = [start + k * self.stride for k in range(self.num_frames)]
+        src_w, src_h = meta["size"]
+        width, height = self.size
+        sx, sy = width / src_w, height / src_h
+        resize = (width, height) != (src_w, src_h)
+
+        def image(name: str, t: int, nearest: bool = False) -> np.ndarray:
+            array = shard[member(name, t)]
+            if resize:
+                interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR)
+                array = cv2.resize(array, (width, height), interpolation=interp)
+            return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
+
+        def maps(t: int) -> dict[str, np.ndarray]:
+            return {name: image(name, t, nearest=name in ("semantic", "mask")) for name in MAP_NAMES}
+
+        keypoints = shard["keypoints"].astype(np.float32) * np.array([sx, sy, 1.0], np.float32)
+        window_kp = keypoints[idx]
+
+        def flow(t: int) -> np.ndarray:
+            small = shard[member("dense_flow", t, ref)].astype(np.float32)
+            up = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+            return up * np.array([sx, sy], np.float32)
+
+        trajectory = conventional_trajectory(keypoints[ref], window_kp, (width, height), self.conventions)
+        window_maps = [maps(t) for t in idx]
+        ref_maps = maps(ref)
+        return {
+            "reference": _signed(image("frames", ref)),
+            "reference_pose": _unit(draw_pose(Pose(keypoints[ref]), width, height)),
+            "reference_guidance": {name: _unit(ref_maps[name]) for name in MAP_NAMES},
+            "frames": _signed(np.stack([image("frames", t) for t in idx])),
+            "pose_images": _unit(np.stack([draw_pose(Pose(k), width, height) for k in window_kp])),
+            "guidance_maps": {name: _unit(np.stack([m[name] for m in window_maps])) for name in MAP_NAMES},
+            "dense_flow": torch.from_numpy(np.stack([flow(t) for t in idx])),
+            "trajectory_flow": torch.from_numpy(np.ascontiguousarray(trajectory, np.float32)),
+            "keypoints": torch.from_numpy(np.ascontiguousarray(window_kp)),
+            "reference_keypoints": torch.from_numpy(np.ascontiguousarray(keypoints[ref])),
+            "index": torch.tensor(i, dtype=torch.int64),
+            "start": torch.tensor(start, dtype=torch.int64),
+            "reference_index": torch.tensor(ref, dtype=torch.int64),
+        }
+
+    def __getstate__(self) -> dict:  # open zip handles do not travel to spawned workers
+        return {**self.__dict__, "_open": {}}
+
+
+def _channels_first(array: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+
+
+def _unit(array: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [0, 1]."""
+    return _channels_first(array).float().div_(255.0).contiguous()
+
+
+def _signed(array: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1]."""
+    return _channels_first(array).float().div_(127.5).sub_(1.0).contiguous()
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch: every tensor gains a leading batch axis; nested dicts are stacked per key."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    first = samples[0]
+    out = {}
+    for key, value in first.items():
+        if isinstance(value, dict):
+            out[key] = collate([s[key] for s in samples])
+        else:
+            out[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
+    return out
