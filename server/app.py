@@ -16,7 +16,7 @@ from server.deps import AppState, RateLimiter
 from server.errors import install_error_handlers
 from server.files import JobFiles
 from server.queue import JobQueue
-from server.routes import health, jobs, web
+from server.routes import engines, health, jobs, web
 from server.store import JobStore
 from server.worker import database_url
 
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CloseUnreadBody)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(engines.router)
     app.include_router(web.router)
     return app
 

@@ -126,6 +126,33 @@ class JobList(BaseModel):
     )
 
 
+class EngineOut(BaseModel):
+    name: str
+    available: bool
+    reason: str | None = Field(
+        description="Why the engine cannot run here (null when it can), in user words."
+    )
+    note: str | None = Field(description="A caveat when it can, e.g. no GPU: it runs on the CPU, slowly.")
+
+
+class EnginesOut(BaseModel):
+    engines: list[EngineOut]
+    auto: str = Field(description="The engine `engine=auto` picks on this server.")
+
+
+class LimitsOut(BaseModel):
+    reference_max_bytes: int = Field(description="Upload cap of the photo.")
+    driving_max_bytes: int = Field(description="Upload cap of the video.")
+    image_formats: list[str] = Field(description="Accepted photo formats, e.g. JPEG.")
+    video_formats: list[str] = Field(description="Accepted video containers, e.g. MP4.")
+    image_extensions: list[str] = Field(description="File name suffixes of the photo formats, e.g. `.jpg`.")
+    video_extensions: list[str] = Field(
+        description="File name suffixes of the video containers, e.g. `.mp4`."
+    )
+    max_video_seconds: float
+    max_video_frames: int
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
 

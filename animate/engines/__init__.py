@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +31,35 @@ def diffusion_unavailable_reason(settings: Settings, require_gpu: bool = True) -
     from animate.engines.diffusion import DiffusionEngine
 
     return DiffusionEngine.unavailable_reason(settings, require_gpu=require_gpu)
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Whether an engine can run on this machine, in user words: ``reason`` says why not, ``note`` adds a caveat."""
+
+    name: str
+    available: bool
+    reason: str | None = None
+    note: str | None = None
+
+
+def engine_statuses(settings: Settings) -> list[EngineStatus]:
+    """Every renderer (not ``auto``) with whether it can run here, from the same checks ``select_engine`` makes."""
+    statuses = [EngineStatus("warp", True, note="CPU, no weights: warps the reference photo")]
+    reason = diffusion_unavailable_reason(settings, require_gpu=False)
+    if reason is not None:
+        statuses.append(EngineStatus("diffusion", False, reason=reason))
+    else:
+        slow = diffusion_unavailable_reason(settings, require_gpu=True)
+        statuses.append(
+            EngineStatus("diffusion", True, note=f"{slow}: runs on the CPU, slowly" if slow else None)
+        )
+    return statuses
+
+
+def auto_engine_name(settings: Settings) -> str:
+    """The engine ``--engine auto`` picks here."""
+    return "warp" if diffusion_unavailable_reason(settings, require_gpu=True) else "diffusion"
 
 
 def select_engine(name: str, settings: Settings, diffusion_options: object | None = None) -> Engine:
