@@ -400,3 +400,220 @@ def test_an_older_database_gains_the_new_nullable_columns(tmp_path: Path) -> Non
         assert columns["webhook_url"] == "TEXT" and columns["inputs"] == "JSON"
     finally:
         store.close()
+
+
+# --- guards against rows a race or an older release may leave ------------------------------------------
+
+
+def test_cancel_flags_neither_finished_nor_other_jobs(store: JobStore) -> None:
+    store.create(job("done"))
+    store.create(job("run"))
+    store.claim("done", "w")
+    store.claim("run", "w")
+    store.finish("done", 1, "succeeded")
+    store.cancel("done")
+    assert store.get("done").cancel_requested is False
+    assert store.get("run").cancel_requested is False
+    assert store.heartbeat("run", 1) == (True, False)  # another job's flag is not ours
+    store.cancel("run")
+    assert store.heartbeat("done", 1) == (False, False)
+
+
+def test_finish_unqueued_leaves_other_queued_jobs(store: JobStore) -> None:
+    store.create(job("q1"))
+    store.create(job("q2"))
+    store.finish_unqueued("q1", "queue_unavailable")
+    assert statuses(store) == {"q1": "failed", "q2": "queued"}
+
+
+def test_heartbeat_and_progress_move_the_heartbeat(store: JobStore) -> None:
+    store.create(job("j"))
+    store.claim("j", "w")
+    old = utcnow() - timedelta(hours=1)
+    for write in (lambda: store.heartbeat("j", 1), lambda: store.progress("j", 1, "render", 0.1, 1, 10)):
+        with store.session() as s:
+            s.query(Job).filter(Job.id == "j").one().heartbeat_at = old
+        write()
+        assert utcnow() - store.get("j").heartbeat_at < timedelta(minutes=5)
+
+
+def test_reap_stale_cutoff_is_strict(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.store as store_module
+
+    now = utcnow()
+    monkeypatch.setattr(store_module, "utcnow", lambda: now)
+    store.create(job("edge"))
+    store.create(job("older"))
+    store.claim("edge", "w")
+    store.claim("older", "w")
+    with store.session() as s:
+        s.query(Job).filter(Job.id == "edge").one().heartbeat_at = now - timedelta(seconds=30)
+        s.query(Job).filter(Job.id == "older").one().heartbeat_at = now - timedelta(
+            seconds=30, microseconds=1
+        )
+    assert store.reap_stale(stale_after=30, max_attempts=5) == ["older"]
+    assert store.get("edge").status == "running"
+
+
+class RacingStore(JobStore):
+    """Runs ``between`` once, right after the reaper's first read (the stale list) and before its updates."""
+
+    between = None
+
+    def session(self):
+        context = super().session()
+        store = self
+
+        class Wrapped:
+            def __enter__(self):
+                return context.__enter__()
+
+            def __exit__(self, *exc):
+                result = context.__exit__(*exc)
+                if store.between is not None:
+                    action, store.between = store.between, None
+                    action()
+                return result
+
+        return Wrapped()
+
+
+def test_the_reaper_spares_a_job_that_beat_or_finished_meanwhile(tmp_path: Path) -> None:
+    store = RacingStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        for name in ("beat", "done"):
+            store.create(job(name))
+            store.claim(name, "w")
+        with store.session() as s:
+            for j in s.query(Job):
+                j.heartbeat_at = utcnow() - timedelta(seconds=100)
+
+        def meanwhile() -> None:
+            assert store.heartbeat("beat", 1) == (True, False)  # the worker is alive after all
+            assert store.finish("done", 1, "succeeded")
+
+        store.between = meanwhile
+        assert store.reap_stale(stale_after=50, max_attempts=5) == []
+        assert statuses(store) == {"beat": "running", "done": "succeeded"}
+        assert store.get("beat").worker_id == "w"
+    finally:
+        store.close()
+
+
+def test_expiry_and_durations_only_read_finished_rows(store: JobStore) -> None:
+    """A running row with a stale finished_at (left by an older release, say) is never expired or timed."""
+    past = utcnow() - timedelta(hours=3)
+    store.create(job("run"))
+    store.claim("run", "w")
+    store.create(job("ok"))
+    store.claim("ok", "w")
+    store.finish("ok", 1, "succeeded")
+    store.create(job("never"))
+    store.cancel("never")  # finished, never started
+    with store.session() as s:
+        for j in s.query(Job):
+            j.finished_at = past if j.id != "never" else None
+            j.started_at = past - timedelta(seconds=5)
+    assert store.expired(utcnow()) == ["ok"]
+    assert store.finished_durations() == [("succeeded", 5.0, {})]
+
+
+def test_expired_cutoff_is_strict_and_ordered_by_submission(store: JobStore) -> None:
+    at = utcnow() - timedelta(hours=2)
+    for name in ("first", "second", "third"):
+        store.create(job(name))
+        store.claim(name, "w")
+        store.finish(name, 1, "succeeded")
+    with store.session() as s:
+        rows = {j.id: j for j in s.query(Job)}
+        rows["first"].finished_at = at - timedelta(seconds=1)
+        rows["second"].finished_at = at - timedelta(seconds=3)  # ended first, submitted second
+        rows["third"].finished_at = at
+    assert store.expired(at) == ["first", "second"]
+
+
+def test_workers_are_listed_by_start(store: JobStore) -> None:
+    store.worker_beat("late", "h", 1, None, 0)
+    store.worker_beat("early", "h", 2, None, 0)
+    with store.session() as s:
+        from server.models import WorkerRecord
+
+        s.get(WorkerRecord, "early").started_at = utcnow() - timedelta(hours=1)
+    assert [w.id for w in store.workers()] == ["early", "late"]
+
+
+def test_errors_carry_what_they_are_about(store: JobStore) -> None:
+    store.create(job("a", A, key="k1"), queued_cap=1)
+    with pytest.raises(QueueFull) as full:
+        store.create(job("b", A), queued_cap=1)
+    assert full.value.args == (A,)
+    with pytest.raises(IdempotencyConflict) as conflict:
+        store.create(job("c", A, key="k1"))
+    assert conflict.value.args == ("k1",)
+    store.engine.dialect.name = "mssql"
+    with store.session() as s, pytest.raises(NotImplementedError, match="no queued-job cap on mssql"):
+        store._lock_owner(s, A)
+    store.engine.dialect.name = "sqlite"
+
+
+def test_an_inline_poll_of_a_locked_file_is_read_busy_at_once(store: JobStore, tmp_path: Path) -> None:
+    store.create(job("j"))
+    with store._reader.connect() as c:
+        assert c.execute(text("PRAGMA busy_timeout")).scalar() == 50
+    assert store._reader.pool.size() == 2
+    store.engine.dispose()
+    store._reader.dispose()
+    holder = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ReadBusy, match="database is locked"):
+            store.poll_inline("j", A)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+
+
+def test_the_store_is_used_from_many_threads(store: JobStore) -> None:
+    """The API runs store calls in a thread pool: pooled SQLite connections cross threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store.create(job("j"))
+    with store.engine.connect() as c:
+        assert c.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+    assert store.engine.pool.size() == 64
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: store.get("j").id, range(8)))
+    assert found == ["j"] * 8
+
+
+def test_postgres_engine_settings_and_urls(pg_url: str) -> None:
+    engine = make_engine(pg_url.replace("postgresql://", "postgres://") + "?application_name=a://b")
+    try:
+        assert engine.url.drivername == "postgresql+psycopg"
+        assert engine.url.query == {"application_name": "a://b"}
+        assert engine.pool._pre_ping is True
+        assert (engine.pool.size(), engine.pool._max_overflow) == (10, 20)
+    finally:
+        engine.dispose()
+
+
+def test_an_older_postgres_database_gains_typed_columns(pg_url: str) -> None:
+    JobStore(pg_url).close()
+    engine = make_engine(pg_url)
+    with engine.begin() as c:
+        c.execute(text("ALTER TABLE jobs DROP COLUMN started_at"))
+    engine.dispose()
+    store = JobStore(pg_url)
+    try:
+        with store.engine.connect() as c:
+            kind = c.execute(
+                text(
+                    "SELECT data_type FROM information_schema.columns WHERE table_name='jobs' AND column_name='started_at'"
+                )
+            ).scalar()
+        assert kind == "timestamp with time zone"
+        store.create(job("j"))
+        assert store.claim("j", "w").job.started_at.tzinfo is not None
+    finally:
+        store.close()
