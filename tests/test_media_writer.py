@@ -10,7 +10,52 @@ from conftest import DANCE
 
 from animate.media import MediaError, VideoWriters, open_video, write_video
 
+COLOURS = np.array([[200, 30, 40], [30, 180, 60], [40, 50, 210], [128, 128, 128]], np.uint8)
 
+
+def quadrants(i: int) -> np.ndarray:
+    """64x64, four flat saturated colours (rotated by i): chroma subsampling cannot blur their centres."""
+    frame = np.empty((64, 64, 3), np.uint8)
+    for q, (y, x) in enumerate([(0, 0), (0, 32), (32, 0), (32, 32)]):
+        frame[y : y + 32, x : x + 32] = COLOURS[(q + i) % 4]
+    return frame
+
+
+def test_round_trip_small_keeps_format_colours_and_whole_audio(tmp_path, data_dir):
+    """The cheap round trip (the mutation run collects it): H.264 High yuv420p, faststart, BT.709 colours
+    back within a few levels, and all 12 s of the source's audio under 12 s of tiny frames."""
+    out = tmp_path / "small.mp4"
+    frames = (quadrants(i // 72) for i in range(288))  # 288 frames at 24 fps: 12 s, four scenes
+    written = write_video(out, frames, 24.0, audio_from=DANCE)
+    assert (written.width, written.height, written.frame_count) == (64, 64, 288)
+    assert written.fps == 24.0 and written.has_audio and written.path == out
+
+    info = open_video(out).info
+    assert (info.codec, info.pix_fmt, info.width, info.height) == ("h264", "yuv420p", 64, 64)
+    assert info.frame_count == 288 and info.fps == pytest.approx(24.0)
+    boxes = top_level_boxes(out)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes
+    with av.open(str(out)) as container:
+        video = container.streams.video[0].codec_context
+        assert video.profile == "High"
+        assert (video.colorspace, video.color_primaries, video.color_trc) == (1, 1, 1)  # BT.709 tags
+        audio = container.streams.audio[0]
+        assert (audio.codec_context.name, audio.rate, audio.codec_context.layout.name) == (
+            "aac",
+            48000,
+            "stereo",
+        )
+        seconds = sum(frame.samples for frame in container.decode(audio)) / audio.rate
+        assert abs(seconds - 12.0) < 0.1
+    decoded = list(open_video(out).frames())
+    for i in (0, 100, 287):
+        expected = quadrants(i // 72)
+        for y, x in [(16, 16), (16, 48), (48, 16), (48, 48)]:
+            got = decoded[i][y - 4 : y + 4, x - 4 : x + 4].reshape(-1, 3).mean(axis=0)
+            assert np.abs(got - expected[y, x]).max() < 6, (i, y, x, got, expected[y, x])  # BT.601: 23
+
+
+@pytest.mark.slow
 def test_round_trip_dance_576x1024(tmp_path, data_dir):
     source = open_video(DANCE)
     out = tmp_path / "dance_576.mp4"
