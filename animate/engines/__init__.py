@@ -45,7 +45,7 @@ class EngineStatus:
 
 def engine_statuses(settings: Settings) -> list[EngineStatus]:
     """Every renderer (not ``auto``) with whether it can run here, from the same checks ``select_engine`` makes."""
-    statuses = [EngineStatus("warp", True, note="CPU, no weights: warps the reference photo")]
+    statuses = [EngineStatus("warp", True)]  # CPU, no weights: it always runs
     reason = diffusion_unavailable_reason(settings, require_gpu=False)
     if reason is not None:
         statuses.append(EngineStatus("diffusion", False, reason=reason))

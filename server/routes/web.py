@@ -19,3 +19,8 @@ def index() -> FileResponse:
 @router.get("/static/app.js")
 def script() -> FileResponse:
     return FileResponse(STATIC / "app.js", media_type="text/javascript")
+
+
+@router.get("/static/style.css")
+def style() -> FileResponse:
+    return FileResponse(STATIC / "style.css", media_type="text/css")
