@@ -149,6 +149,16 @@ def test_content_type_and_boundary_are_checked(
 ) -> None:
     error = parse(tmp_path, body(part("width", b"1")), content_type=content_type)
     assert (error.status, error.code) == (status, code)
+    messages = {415: "send multipart/form-data", 422: "the boundary must have 1 to 70 characters"}
+    assert error.message == messages[status]
+
+
+def test_a_boundary_of_71_characters_is_refused_even_when_the_body_uses_it(tmp_path: Path) -> None:
+    boundary = "b" * 71
+    data = f'--{boundary}\r\nContent-Disposition: form-data; name="width"\r\n\r\n12\r\n--{boundary}--\r\n'
+    error = parse(tmp_path, data.encode(), content_type=f"multipart/form-data; boundary={boundary}")
+    assert (error.status, error.code) == (422, "malformed_multipart")
+    assert error.message == "the boundary must have 1 to 70 characters"
 
 
 def test_boundaries_of_1_and_70_characters_are_fine(tmp_path: Path) -> None:
@@ -261,6 +271,11 @@ def test_data_after_the_closing_boundary_is_refused(tmp_path: Path, chunk: int) 
     assert parse(tmp_path, body(part("width", b"1"), epilogue=b"\r\n" + b" " * 1000), chunk=chunk).fields
     error = parse(tmp_path, body(part("width", b"1"), epilogue=b" " * (MAX_EPILOGUE_BYTES + 1)), chunk=chunk)
     assert (error.status, error.code) == (413, "too_large")
+    assert error.message == "data follows the form's closing boundary"
+    # the closing delimiter again after the end is data too
+    closing = f"\r\n--{BOUNDARY}--".encode()
+    error = parse(tmp_path, body(part("width", b"1"), epilogue=closing), chunk=chunk)
+    assert (error.status, error.code) == (422, "malformed_multipart")
     assert parse(tmp_path, body(part("width", b"1"), epilogue=b" " * MAX_EPILOGUE_BYTES), chunk=chunk).fields
 
 
@@ -282,7 +297,8 @@ def test_an_idle_or_slow_upload_is_408(tmp_path: Path) -> None:
     first = {"type": "http.request", "body": data[:10], "more_body": True}
     error = parse(tmp_path, data, messages=[first, stall], idle=0.05, total=5)
     assert (error.status, error.code) == (408, "upload_timeout")
-    error = parse(tmp_path, data, messages=[first, stall], idle=5, total=0.05)  # the whole-body deadline
+    assert error.message == "the upload was too slow; send the body without pauses"
+    error = parse(tmp_path, data, messages=[first, stall], idle=30, total=0.05)  # the whole-body deadline
     assert (error.status, error.code) == (408, "upload_timeout")
 
     async def late() -> dict:
@@ -303,6 +319,7 @@ def test_a_full_disk_is_507_and_other_write_errors_are_malformed(tmp_path: Path,
 
         def close(self) -> None:
             self.closed = True
+            raise OSError(errno.ENOSPC, "No space left on device")  # the flush fails too
 
     opened: list[FullFile] = []
 
@@ -313,7 +330,19 @@ def test_a_full_disk_is_507_and_other_write_errors_are_malformed(tmp_path: Path,
     monkeypatch.setattr(uploads, "open", fake_open, raising=False)
     error = parse(tmp_path, body(part("reference", b"abc", "a.jpg")))
     assert (error.status, error.code) == (507, "insufficient_storage")
+    assert error.message == "the server is out of storage space; try again later"
     assert opened[0].closed  # the handle is closed on failure
+
+    class BrokenFile(FullFile):
+        def write(self, _data: bytes) -> int:
+            raise OSError(errno.EIO, "I/O error")
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(uploads, "open", lambda path, mode: BrokenFile(), raising=False)
+    error = parse(tmp_path, body(part("reference", b"abc", "a.jpg")))
+    assert (error.status, error.code) == (422, "malformed_multipart")
 
 
 @pytest.mark.parametrize(
@@ -334,4 +363,71 @@ def test_a_full_disk_is_507_and_other_write_errors_are_malformed(tmp_path: Path,
     ],
 )
 def test_display_name(raw: str | None, shown: str | None) -> None:
+    assert display_name(raw) == shown
+
+
+def test_messages_without_body_or_more_body_keys_are_the_asgi_defaults(tmp_path: Path) -> None:
+    data = body(part("width", b"7"))
+    messages = [{"type": "http.request", "body": data, "more_body": True}, {"type": "http.request"}]
+    assert parse(tmp_path, data, messages=messages).fields == {"width": "7"}
+    assert parse(tmp_path, data, messages=[{"type": "http.request", "body": data}]).fields == {"width": "7"}
+
+
+def test_a_form_without_parts_in_one_chunk(tmp_path: Path) -> None:
+    form = parse(tmp_path, f"--{BOUNDARY}--\r\n".encode(), chunk=4096)
+    assert (form.files, form.fields) == ({}, {})
+
+
+def test_invalid_utf8_in_names_filenames_and_values_is_replaced(tmp_path: Path) -> None:
+    seen: list = []
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    raw_file = (
+        f"--{BOUNDARY}\r\n".encode()
+        + b'Content-Disposition: form-data; name="reference"; filename="a\xffb.jpg"\r\n\r\nDATA\r\n'
+    )
+    data = body(raw_file, part("width", b"1\xff"))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    messages = [{"type": "http.request", "body": data, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    def name_for(field: str, filename: str | None) -> str:
+        seen.append((field, filename))
+        return "stored.bin"
+
+    folder = tmp_path / "named"
+    folder.mkdir()
+    form = asyncio.run(
+        receive_form(Request(scope, receive), folder, CAPS, FIELDS, name_for, idle_seconds=5, total_seconds=5)
+    )
+    assert seen == [("reference", "a\ufffdb.jpg")]
+    assert form.files["reference"].filename == "a\ufffdb.jpg"
+    assert (folder / "stored.bin").read_bytes() == b"DATA"
+    assert form.fields == {"width": "1\ufffd"}
+    bad_name = f"--{BOUNDARY}\r\n".encode() + b'Content-Disposition: form-data; name="w\xff"\r\n\r\nx\r\n'
+    error = parse(tmp_path, body(bad_name))
+    assert (error.status, error.code, error.message) == (422, "unknown_field", "unknown field 'w\ufffd'")
+
+
+def test_a_part_header_name_of_exactly_4_kib_is_fine(tmp_path: Path) -> None:
+    name = b"X-" + b"n" * (MAX_HEADER_BYTES - 2) + b": v\r\n"
+    assert parse(tmp_path, body(part("width", b"1", headers=name)), chunk=1000).fields == {"width": "1"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("a\udcffb.png", "ab.png"),
+        ("a\ue000b.png", "ab.png"),
+        ("a\u0378b.png", "ab.png"),
+        ("a\U000f0000b", "ab"),
+    ],
+)
+def test_display_name_drops_surrogates_private_use_and_unassigned(raw: str, shown: str) -> None:
     assert display_name(raw) == shown
