@@ -95,14 +95,15 @@ def _weight_file(component_dir: Path) -> Path | None:
 
 
 def _check_svd(root: Path) -> tuple[WeightFile, dict[str, Any] | None]:
+    path = root / SVD_DIR
+    if not (path / "model_index.json").is_file():
+        return WeightFile("svd", SVD_DIR, MISSING, detail="SVD-xt 1.1 in diffusers format"), None
+    # imported only when there is something to check: a missing file costs no diffusers import
     from diffusers import UNetSpatioTemporalConditionModel
 
     from pipelines import KeyReport
     from pipelines.checkpoints import compare_keys, unet_config_from_dir
 
-    path = root / SVD_DIR
-    if not (path / "model_index.json").is_file():
-        return WeightFile("svd", SVD_DIR, MISSING, detail="SVD-xt 1.1 in diffusers format"), None
     problems = []
     for component in ("unet", "vae", "image_encoder"):
         weights = _weight_file(path / component)
@@ -143,11 +144,11 @@ def _pth_shapes(path: Path) -> dict[str, tuple[int, ...]] | str:
 
 
 def _check_mimicmotion(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
-    from pipelines import CheckpointError, check_mimicmotion
-
     path = root / MIMICMOTION_FILE
     if not path.is_file():
         return WeightFile("mimicmotion", MIMICMOTION_FILE, MISSING, detail="UNet + pose guider")
+    from pipelines import CheckpointError, check_mimicmotion
+
     shapes = _pth_shapes(path)
     if isinstance(shapes, str):
         return WeightFile("mimicmotion", MIMICMOTION_FILE, INVALID, _size(path), shapes)
@@ -175,11 +176,6 @@ def _svd_xt_unet_config() -> dict[str, Any]:
 
 
 def _check_champ(root: Path) -> list[WeightFile]:
-    import torch
-
-    from controlnets import GuidanceEncoder, convert_champ_state_dict
-    from pipelines import read_checkpoint
-
     files = []
     for name, filename in CHAMP_FILES.items():
         relative = f"{CHAMP_DIR}/{filename}"
@@ -187,6 +183,11 @@ def _check_champ(root: Path) -> list[WeightFile]:
         if not path.is_file():
             files.append(WeightFile(f"champ_{name}", relative, MISSING, detail="Champ guidance encoder"))
             continue
+        import torch
+
+        from controlnets import GuidanceEncoder, convert_champ_state_dict
+        from pipelines import read_checkpoint
+
         try:
             state = read_checkpoint(path)
         except Exception as exc:
@@ -205,11 +206,11 @@ def _check_champ(root: Path) -> list[WeightFile]:
 
 
 def _check_dispose(root: Path, unet_config: dict[str, Any] | None) -> WeightFile:
-    from pipelines import CheckpointError, check_dispose
-
     path = root / DISPOSE_FILE
     if not path.is_file():
         return WeightFile("dispose", DISPOSE_FILE, MISSING, detail="DisPose motion ControlNet")
+    from pipelines import CheckpointError, check_dispose
+
     shapes = _pth_shapes(path)
     if isinstance(shapes, str):
         return WeightFile("dispose", DISPOSE_FILE, INVALID, _size(path), shapes)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
 
 from animate.animator import AnimationOptions, Animator, Progress
 from animate.cli.media import parse_size
+from animate.cli.progress import StageProgress, warnings_to
 from animate.settings import Settings
 
 
@@ -60,21 +60,29 @@ def run(
         tile_overlap=tile_overlap,
     )
     options.validate()
-    # the bar goes to stderr: stdout carries only the result (JSON with --json)
-    with typer.progressbar(length=1000, label="animate", file=sys.stderr, show_eta=True) as bar:
-        shown = 0
+    settings = Settings()
+    # progress goes to stderr, one line per stage (redrawn in place in a terminal): stdout carries only
+    # the result (JSON with --json)
+    progress = StageProgress()
+    if options.body and options.preset is None and settings.body_model is None:
+        from animate.body import cache
 
-        def on_progress(p: Progress) -> None:
-            nonlocal shown
-            target = int(p.fraction * 1000)
-            if target > shown:
-                bar.label = f"{p.stage:<7}"
-                bar.update(target - shown)
-                shown = target
+        if not cache.is_built():
+            progress.note(
+                f"note: first use of the body model on this machine: building its data in {cache.cache_root()} "
+                f"({cache.APPROX_SIZE}, {cache.APPROX_TIME}; `make install` does it ahead)"
+            )
 
-        result = Animator(Settings()).run(
-            reference, driving, output, options, artifacts_dir=artifacts, progress=on_progress
-        )
+    def on_progress(p: Progress) -> None:
+        progress(p.stage, p.step, p.total)
+
+    with warnings_to(progress):
+        try:
+            result = Animator(settings).run(
+                reference, driving, output, options, artifacts_dir=artifacts, progress=on_progress
+            )
+        finally:
+            progress.close()
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -82,6 +90,5 @@ def run(
         typer.echo(
             f"wrote {result.video} ({w}x{h}, {result.frames} frames, {result.fps:g} fps, {result.engine})"
         )
-        typer.echo("  " + "  ".join(f"{stage} {seconds:.1f}s" for stage, seconds in result.timings.items()))
         for note in result.notes:
             typer.echo(f"  note: {note}")

@@ -34,6 +34,32 @@ _CONTAINER_MAGIC = (
 _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 # Only plain files may be opened: no demuxer may pull in a URL or another file by reference.
 _OPEN_OPTIONS = {"protocol_whitelist": "file"}
+# FFmpeg's demuxer and codec names in user words (for messages; MediaLimits holds FFmpeg's names).
+CONTAINER_WORDS = {
+    "mov,mp4,m4a,3gp,3g2,mj2": ("MP4", "MOV"),
+    "matroska,webm": ("MKV", "WebM"),
+    "avi": ("AVI",),
+}
+CODEC_WORDS = {
+    "h264": "H.264", "hevc": "HEVC", "vp8": "VP8", "vp9": "VP9", "av1": "AV1", "mpeg4": "MPEG-4",
+    "mjpeg": "MJPEG", "prores": "ProRes",
+}  # fmt: skip
+# Demuxers that read still images (FFmpeg opens a JPEG or PNG as a one-frame "video").
+_STILL_IMAGE_DEMUXERS = re.compile(r"^(image2|\w+_pipe|apng|gif|webp)$")
+
+
+def _in_words(names: tuple[str, ...], words: dict) -> str:
+    """("MP4", "MOV", "AVI") -> "MP4, MOV or AVI"."""
+    flat: list[str] = []
+    for name in names:
+        entry = words.get(name, name.upper())
+        flat += [entry] if isinstance(entry, str) else list(entry)
+    return flat[0] if len(flat) == 1 else f"{', '.join(flat[:-1])} or {flat[-1]}"
+
+
+def accepted_containers(limits: MediaLimits) -> str:
+    """The accepted video files in user words: ``"MP4, MOV, MKV, WebM or AVI"``."""
+    return _in_words(limits.video_containers, CONTAINER_WORDS)
 
 
 @dataclass(frozen=True)
@@ -102,16 +128,21 @@ def probe_video(path: str | Path, limits: MediaLimits | None = None) -> VideoInf
     with _open_container(path) as container:
         fmt = container.format.name
         if fmt not in limits.video_containers:
-            raise MediaError(
-                "unsupported_format", f"{fmt} files are not accepted; send MP4, MOV, MKV or WebM"
-            )
+            if _STILL_IMAGE_DEMUXERS.match(fmt):
+                problem = f"{path.name} is a still image, not a video"
+            else:
+                kind = "/".join(CONTAINER_WORDS.get(fmt, (fmt.split(",")[0].upper(),)))
+                problem = f"{path.name}: {kind} files are not accepted"
+            raise MediaError("unsupported_format", f"{problem}; send {accepted_containers(limits)}")
         if not container.streams.video:
             raise MediaError("no_video_stream", f"{path.name} has no video stream")
         stream = container.streams.video[0]
         codec = stream.codec_context.name
         if codec not in limits.video_codecs:
             raise MediaError(
-                "unsupported_codec", f"{codec} video is not accepted; use H.264, HEVC, VP9 or AV1"
+                "unsupported_codec",
+                f"{CODEC_WORDS.get(codec, codec)} video is not accepted; "
+                f"use {_in_words(limits.video_codecs, CODEC_WORDS)}",
             )
 
         try:
