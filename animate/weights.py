@@ -325,8 +325,8 @@ def inspect_weights(root: str | Path) -> WeightsReport:
     sd15 = _check_sd15(root)
     converted = _check_converted(root)
     others = [
-        _presence("dwpose_detector", DWPOSE_FILES[0], "DWPose (pose issue)", root),
-        _presence("dwpose_pose", DWPOSE_FILES[1], "DWPose (pose issue)", root),
+        _presence("dwpose_detector", DWPOSE_FILES[0], "DWPose person detector (optional)", root),
+        _presence("dwpose_pose", DWPOSE_FILES[1], "DWPose whole-body keypoints (optional)", root),
     ]
     pose_guided = converted.status == OK and "pose_guider" in converted.detail
     diffusion = pose_guided or (svd.status == OK and mimicmotion.status == OK)

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import platform
 import sys
+from pathlib import Path
 
 import typer
 
@@ -15,6 +16,23 @@ KEY_PACKAGES = (
     "torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pillow", "av",
     "mediapipe", "anny", "warp-lang", "typer", "pydantic-settings",
 )  # fmt: skip
+
+
+#: Files in the weights directory that are ours, not weights: its README and hidden files (.gitkeep, ...).
+NOT_WEIGHTS = ("README.md",)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files under ``directory`` that can be weights (not its README, not hidden files)."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.relative_to(directory).as_posix() not in NOT_WEIGHTS
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
 
 
 def _version(package: str) -> str | None:
@@ -31,7 +49,9 @@ def collect(settings: Settings) -> dict:
 
     cuda = torch.cuda.is_available()
     weights = settings.weights_dir
-    files = sorted(p for p in weights.rglob("*") if p.is_file()) if weights.is_dir() else []
+    files = weight_files(weights)
+    from animate.body import cache
+
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -56,6 +76,7 @@ def collect(settings: Settings) -> dict:
             "files": len(files),
             "bytes": sum(p.stat().st_size for p in files),
         },
+        "body_model_data": {"dir": str(cache.cache_dir() or cache.cache_root()), "built": cache.is_built()},
     }
 
 
@@ -79,7 +100,16 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
             if w["exists"]
             else "missing (warp engine only)"
         )
+        if w["exists"] and not w["files"]:
+            state = "no weight files (warp engine only; weights/README.md says where to get them)"
         typer.echo(f"weights     {w['dir']}: {state}")
+        body = report["body_model_data"]
+        built = (
+            "built"
+            if body["built"]
+            else "not built yet: the first run builds it (about 2 min; `make install` does it ahead)"
+        )
+        typer.echo(f"body model  {body['dir']}: {built}")
     missing = [name for name, version in report["packages"].items() if version is None]
     if missing or not report["ffmpeg"]["h264_encoder"]:
         raise typer.Exit(1)

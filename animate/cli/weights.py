@@ -21,6 +21,22 @@ def _root(directory: Path | None) -> Path:
     return directory if directory is not None else Settings().weights_dir
 
 
+#: What each feature of ``inspect_weights`` lets the engines do, in user words.
+FEATURE_WORDS = {
+    "diffusion": "diffusion engine (SVD-xt + MimicMotion, or a converted pipeline)",
+    "pose_guider": "pose guidance from the skeleton (MimicMotion's pose guider)",
+    "fast_load": "fast start from one converted pipeline folder",
+    "guidance_depth": "depth guidance from the 3D body (Champ)",
+    "guidance_normal": "surface-normal guidance from the 3D body (Champ)",
+    "guidance_semantic": "body-part guidance from the 3D body (Champ)",
+    "guidance_skeleton": "skeleton guidance drawn from the 3D body (Champ)",
+    "dwpose": "DWPose keypoints instead of MediaPipe's",
+    "dispose": "motion guidance from keypoint trajectories (DisPose)",
+    "cmp": "dense motion from CMP (else from the 3D body)",
+    "dift": "reference point features from Stable Diffusion 1.5 (DisPose)",
+}
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:,.1f} MiB" if size else "-"
 
@@ -39,7 +55,11 @@ def check(
         typer.echo(f"  {file.status:<8} {file.path:<48} {_mib(file.bytes):>14}  {file.detail}")
     typer.echo("features:")
     for name, enabled in report.features.items():
-        typer.echo(f"  {'yes' if enabled else 'no ':<4} {name}")
+        typer.echo(f"  {'yes' if enabled else 'no ':<4} {FEATURE_WORDS.get(name, name.replace('_', ' '))}")
+    if not report.features.get("diffusion"):
+        typer.echo(
+            "no diffusion weights: `animate run` uses the CPU warp engine; weights/README.md says where to get them"
+        )
 
 
 @app.command("convert")
