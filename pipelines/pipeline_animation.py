@@ -25,8 +25,8 @@ exactly SVD's (the oracle test compares frames).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -65,8 +65,14 @@ POINT_RULES = ("default", "dispose")
 # negative inputs with the same flows and points (DisPose), "drop" adds no residuals there
 CONTROLNET_CFG_MODES = ("keep", "drop")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# where per-frame conv_in features live between denoising steps: "none" (encoded again for every tile and
+# step: memory flat in length) or "host" (each frame encoded once, kept on the CPU: faster, grows with length)
+FEATURE_CACHES = ("none", "host")
 GUIDER_CHUNK = 16  # frames per pose-guider / encoder call; bounds activation memory at full resolution
 
+# Per-frame inputs: anything that slices like a ``(F, ...)`` array (``frames[a:b]``) and has ``len``: an array,
+# a tensor, a list of PIL images, or a lazy frame source that makes (or reads) only the frames asked for.
+# The pipeline reads them one tile window at a time, never all frames at once.
 FrameInput = torch.Tensor | np.ndarray | Sequence[PIL.Image.Image]
 ArrayInput = torch.Tensor | np.ndarray
 
@@ -84,17 +90,143 @@ class _MotionInputs:
     mode: str  # residual mode, "once" | "dispose"
     cfg: str  # "keep" | "drop"
 
-    def tile(self, idx: list[int]) -> _MotionInputs:
-        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
-            return None if value is None else value[idx]
 
-        return replace(
-            self,
-            dense_flow=pick(self.dense_flow),
-            trajectory_flow=pick(self.trajectory_flow),
-            positions=pick(self.positions),
-            visible=pick(self.visible),
+def _tile_frames(idx: Sequence[int], prepend_reference: bool) -> tuple[bool, int, int]:
+    """(whether the tile holds the prepended reference frame, first and end input frame) of a tile's internal
+    indices: the reference first (index 0), then consecutive frames (``tile_indices`` makes no others)."""
+    offset = int(prepend_reference)
+    has_reference = prepend_reference and idx[0] == 0
+    frames = idx[1:] if has_reference else idx
+    start, stop = frames[0] - offset, frames[-1] - offset + 1
+    if list(frames) != list(range(start + offset, stop + offset)):
+        raise ValueError(f"a tile's frames must be consecutive, got {list(idx)}")
+    return has_reference, start, stop
+
+
+@dataclass
+class _MotionSources:
+    """The motion ControlNet's per-frame inputs, read and prepared one tile at a time (``tile``)."""
+
+    dense_flow: Any  # per-frame flows (F, H, W, 2) / (F, 2, H, W) in their own grid's pixels, sliceable
+    trajectory_flow: Any
+    keypoints: Any  # (F, K, 3), or None without points
+    embeddings: torch.Tensor | None  # (videos, K, E)
+    reference_positions: torch.Tensor | None  # (K, 2)
+    reference_visible: torch.Tensor | None  # (K,)
+    threshold: float
+    point_rules: str
+    prepend_reference: bool
+    prepare_flow: Callable[[ArrayInput], torch.Tensor]  # -> (f, 2, height, width)
+    size: tuple[int, int]  # (width, height)
+    scale: float
+    mode: str
+    cfg: str
+
+    def tile(self, idx: Sequence[int]) -> _MotionInputs:
+        has_reference, start, stop = _tile_frames(idx, self.prepend_reference)
+
+        def flow(source: Any) -> torch.Tensor | None:
+            if source is None:
+                return None
+            value = self.prepare_flow(source[start:stop])
+            return torch.cat([torch.zeros_like(value[:1]), value]) if has_reference else value
+
+        positions = visible = None
+        if self.embeddings is not None:
+            size = torch.tensor(self.size, dtype=torch.float32)
+            window = self.keypoints[start:stop]
+            window = window if isinstance(window, torch.Tensor) else np.asarray(window)
+            targets = torch.as_tensor(window, dtype=torch.float32).cpu()
+            positions = targets[..., :2] / size
+            dispose = self.point_rules == "dispose"
+            if dispose:
+                visible = targets[..., 2] > self.threshold
+            else:
+                visible = (targets[..., 2] >= self.threshold) & self.reference_visible
+            if has_reference:
+                positions = torch.cat([self.reference_positions[None], positions])
+                visible = torch.cat([self.reference_visible[None], visible])
+            if dispose:  # clamped into the last cell; points left of or above the image stay out
+                positions = positions.clamp(max=1.0)
+        return _MotionInputs(
+            dense_flow=flow(self.dense_flow),
+            trajectory_flow=flow(self.trajectory_flow),
+            embeddings=self.embeddings,
+            positions=positions,
+            visible=visible,
+            scale=self.scale,
+            mode=self.mode,
+            cfg=self.cfg,
         )
+
+
+class _TileFeatures:
+    """The conv_in features of one tile (the pose guider's and the guidance encoders'), encoded from the
+    tile's own frames of the inputs when the tile is predicted.
+
+    ``cache="none"``: encoded again for every tile and step, only one tile's frames and features exist at a
+    time; ``"host"``: each frame is encoded once, at the first tile that holds it, and its features kept on
+    the CPU for later tiles and steps. The reference frame's features are encoded once. Every module works
+    frame by frame, so a frame's features do not depend on the tile it was encoded in.
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[int, int], tuple[torch.Tensor | None, torch.Tensor | None]],
+        reference: tuple[torch.Tensor | None, torch.Tensor | None],
+        num_frames: int,
+        prepend_reference: bool,
+        guidance_cfg: str,
+        cache: str,
+        device: torch.device,
+    ) -> None:
+        self.encode = encode  # (start, stop) -> (pose, maps) features of those input frames, or None each
+        self.reference = reference  # the prepended reference frame's (pose, maps), None: zeros
+        self.num_frames = num_frames
+        self.prepend_reference = prepend_reference
+        self.guidance_cfg = guidance_cfg
+        self.cache = cache
+        self.device = device
+        self._host: list[torch.Tensor | None] | None = None  # per part (pose, maps): (F, C, h, w) on the CPU
+        self._done = np.zeros(num_frames, dtype=bool)
+
+    def _frames(self, start: int, stop: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.cache == "none":
+            return self.encode(start, stop)
+        missing = np.flatnonzero(~self._done[start:stop]) + start
+        runs = np.split(missing, np.flatnonzero(np.diff(missing) != 1) + 1) if len(missing) else ()
+        for run in runs:
+            first, last = int(run[0]), int(run[-1]) + 1
+            parts = self.encode(first, last)
+            if self._host is None:
+                self._host = [
+                    None if part is None else part.new_empty((self.num_frames, *part.shape[1:]), device="cpu")
+                    for part in parts
+                ]
+            for store, part in zip(self._host, parts, strict=True):
+                if store is not None:
+                    store[first:last] = part.to("cpu")
+            self._done[first:last] = True
+        if self._host is None:
+            return None, None
+        return tuple(
+            None if store is None else store[start:stop].to(self.device, non_blocking=True)
+            for store in self._host
+        )
+
+    def tile(self, idx: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(features for the conditional half, features for both halves) of the tile ``idx``."""
+        has_reference, start, stop = _tile_frames(idx, self.prepend_reference)
+        parts = list(self._frames(start, stop))
+        if has_reference:
+            for k, (part, ref) in enumerate(zip(parts, self.reference, strict=True)):
+                if part is not None:
+                    ref = torch.zeros_like(part[:1]) if ref is None else ref.to(part.dtype)
+                    parts[k] = torch.cat([ref, part])
+        pose, maps = parts
+        if self.guidance_cfg == "cond" and maps is not None:
+            return (maps if pose is None else pose + maps), None
+        return pose, maps
 
 
 @dataclass
@@ -255,7 +387,7 @@ class AnimationPipeline(DiffusionPipeline):
             parts.append(part)
         return torch.cat(parts)
 
-    def _encode_guidance(
+    def _guidance_features(
         self,
         pose_images: FrameInput | None,
         guidance_maps: Mapping[str, FrameInput] | None,
@@ -268,53 +400,49 @@ class AnimationPipeline(DiffusionPipeline):
         width: int,
         device: torch.device,
         guidance_range: str = "signed",
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Features to add after ``conv_in`` for every frame of the internal sequence, ``(L, C, h, w)``: the
-        pose guider's and the guidance encoders' (each ``None`` when nothing contributes). The reference
-        frame gets its own pose / maps, else zeros."""
+        guidance_cfg: str = "cond",
+        feature_cache: str = "none",
+    ) -> _TileFeatures | None:
+        """The pose guider's and the guidance encoders' conv_in features, encoded per tile (``_TileFeatures``);
+        ``None`` when nothing contributes. The reference frame gets its own pose / maps, else zeros."""
         dtype = self.unet.dtype
-        expected = num_frames + int(prepend_reference)
-
-        def sequence(features: torch.Tensor | None, ref: torch.Tensor | None) -> torch.Tensor | None:
-            if features is None:
-                return None
-            features = features.to(dtype)
-            if prepend_reference:
-                ref = torch.zeros_like(features[:1]) if ref is None else ref.to(dtype)
-                features = torch.cat([ref, features])
-            if features.shape[0] != expected:
-                raise ValueError(f"guidance covers {features.shape[0]} frames, expected {expected}")
-            return features
-
-        pose = None
         scale = scales.get("pose", 1.0)
-        if self.pose_guider is not None and scale != 0 and pose_images is not None:
-            pixels = self._prepare_condition_frames(
-                pose_images, height, width, device, self.pose_guider.dtype
-            )
-            ref = None
-            if reference_pose_image is not None and prepend_reference:
-                ref_pixels = self._prepare_condition_frames(
-                    reference_pose_image, height, width, device, self.pose_guider.dtype
-                )
-                ref = self.pose_guider(ref_pixels[:1]) * scale
-            pose = sequence(self._run_chunked(self.pose_guider, pixels) * scale, ref)
+        uses_pose = self.pose_guider is not None and scale != 0 and pose_images is not None
+        uses_maps = bool(guidance_maps) and self.guidance_encoders is not None
+        if not (uses_pose or uses_maps):
+            return None
+        unit = guidance_range == "unit"
 
-        maps_features = None
-        if guidance_maps and self.guidance_encoders is not None:
+        def pose_pixels(frames: FrameInput) -> torch.Tensor:
+            return self._prepare_condition_frames(frames, height, width, device, self.pose_guider.dtype)
+
+        def map_pixels(frames: FrameInput) -> torch.Tensor:
             enc_dtype = self.guidance_encoders.dtype
-            unit = guidance_range == "unit"
+            return self._prepare_condition_frames(frames, height, width, device, enc_dtype, unit)
 
-            def prepare(frames: FrameInput) -> torch.Tensor:
-                return self._prepare_condition_frames(frames, height, width, device, enc_dtype, unit)
+        def encode(start: int, stop: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            pose = maps = None
+            if uses_pose:
+                pose = (self._run_chunked(self.pose_guider, pose_pixels(pose_images[start:stop])) * scale).to(
+                    dtype
+                )
+            if uses_maps:
+                window = {k: map_pixels(v[start:stop]) for k, v in guidance_maps.items()}
+                maps = self._fused_chunked(window, scales)
+                maps = None if maps is None else maps.to(dtype)
+            return pose, maps
 
-            ref = None
-            if reference_guidance_maps and prepend_reference:
-                ref_maps = {k: prepare(v)[:1] for k, v in reference_guidance_maps.items()}
-                ref = self.guidance_encoders(ref_maps, scales)
-            maps = {k: prepare(v) for k, v in guidance_maps.items()}
-            maps_features = sequence(self._fused_chunked(maps, scales), ref)
-        return pose, maps_features
+        ref_pose = ref_maps = None
+        if uses_pose and reference_pose_image is not None and prepend_reference:
+            ref_pose = (self.pose_guider(pose_pixels(reference_pose_image)[:1]) * scale).to(dtype)
+        if uses_maps and reference_guidance_maps and prepend_reference:
+            ref_maps = self.guidance_encoders(
+                {k: map_pixels(v)[:1] for k, v in reference_guidance_maps.items()}, scales
+            )
+            ref_maps = None if ref_maps is None else ref_maps.to(dtype)
+        return _TileFeatures(
+            encode, (ref_pose, ref_maps), num_frames, prepend_reference, guidance_cfg, feature_cache, device
+        )
 
     @staticmethod
     def _prepare_flow(flow: ArrayInput, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -352,9 +480,10 @@ class AnimationPipeline(DiffusionPipeline):
         width: int,
         device: torch.device,
         point_rules: str = "default",
-    ) -> _MotionInputs | None:
-        """The ControlNet's inputs for the internal sequence (the prepended reference frame gets zero flows
-        and the reference keypoints); ``None`` when there is no ControlNet, no motion input or scale 0.
+    ) -> _MotionSources | None:
+        """The ControlNet's inputs, prepared per tile by ``_MotionSources.tile`` (the prepended reference frame
+        gets zero flows and the reference keypoints); ``None`` when there is no ControlNet, no motion input or
+        scale 0.
 
         Points, ``point_rules="default"``: a keypoint is placed where it and the reference's reach the
         threshold and it lies inside the image; its embedding is a bilinear sample of the features.
@@ -369,34 +498,15 @@ class AnimationPipeline(DiffusionPipeline):
             return None
         dtype = self.motion_controlnet.dtype
 
-        def sequence(flow: ArrayInput | None) -> torch.Tensor | None:
-            if flow is None:
-                return None
-            flow = self._prepare_flow(flow, height, width, dtype)
-            if prepend_reference:
-                flow = torch.cat([torch.zeros_like(flow[:1]), flow])
-            return flow
-
-        embeddings = positions = visible = None
+        embeddings = ref_positions = ref_visible = None
         if uses_points:
             size = torch.tensor([width, height], dtype=torch.float32)
-            targets = torch.as_tensor(keypoints, dtype=torch.float32).cpu()
             reference = torch.as_tensor(reference_keypoints, dtype=torch.float32).cpu()
             dispose = point_rules == "dispose"
-            ref_positions, positions = reference[:, :2] / size, targets[..., :2] / size
-            if dispose:
-                ref_visible, visible = (
-                    reference[:, 2] > keypoint_threshold,
-                    targets[..., 2] > keypoint_threshold,
-                )
-            else:
-                ref_visible = reference[:, 2] >= keypoint_threshold
-                visible = (targets[..., 2] >= keypoint_threshold) & ref_visible
-            if prepend_reference:
-                positions = torch.cat([ref_positions[None], positions])
-                visible = torch.cat([ref_visible[None], visible])
-            if dispose:  # clamped into the last cell; points left of or above the image stay out
-                positions = positions.clamp(max=1.0)
+            ref_positions = reference[:, :2] / size
+            ref_visible = (
+                reference[:, 2] > keypoint_threshold if dispose else reference[:, 2] >= keypoint_threshold
+            )
             features = point_features.to(device=device, dtype=torch.float32)
             if features.ndim == 3:
                 features = features[None]
@@ -410,12 +520,18 @@ class AnimationPipeline(DiffusionPipeline):
             if embeddings.shape[0] == 1 and batch_size > 1:
                 embeddings = embeddings.expand(batch_size, -1, -1)
             embeddings = embeddings.repeat_interleave(num_videos_per_prompt, dim=0).to(dtype)
-        return _MotionInputs(
-            dense_flow=sequence(dense_flow),
-            trajectory_flow=sequence(trajectory_flow),
+        return _MotionSources(
+            dense_flow=dense_flow,
+            trajectory_flow=trajectory_flow,
+            keypoints=keypoints if uses_points else None,
             embeddings=embeddings,
-            positions=positions,
-            visible=visible,
+            reference_positions=ref_positions,
+            reference_visible=ref_visible,
+            threshold=keypoint_threshold,
+            point_rules=point_rules,
+            prepend_reference=prepend_reference,
+            prepare_flow=lambda flow: self._prepare_flow(flow, height, width, dtype),
+            size=(width, height),
             scale=float(scale),
             mode=residual_mode or self.motion_controlnet.config.residual_mode,
             cfg=controlnet_cfg,
@@ -467,15 +583,55 @@ class AnimationPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """``(B, F, 4, h, w)`` -> ``(B, 3, F, H, W)`` float32, ``decode_chunk_size`` frames per VAE call."""
         latents = (1 / self.vae.config.scaling_factor) * latents.flatten(0, 1)
-        forward = self.vae._orig_mod.forward if is_compiled_module(self.vae) else self.vae.forward
-        takes_num_frames = "num_frames" in inspect.signature(forward).parameters
-        frames = []
-        for start in range(0, latents.shape[0], decode_chunk_size):
-            chunk = latents[start : start + decode_chunk_size]
-            kwargs = {"num_frames": chunk.shape[0]} if takes_num_frames else {}
-            frames.append(self.vae.decode(chunk, **kwargs).sample)
+        frames = [
+            self._decode_chunk(latents[start : start + decode_chunk_size])
+            for start in range(0, latents.shape[0], decode_chunk_size)
+        ]
         video = torch.cat(frames).reshape(-1, num_frames, *frames[0].shape[1:]).permute(0, 2, 1, 3, 4)
         return video.float()
+
+    def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents ``(f, 4, h, w)`` -> frames ``(f, 3, H, W)`` in one VAE call."""
+        forward = self.vae._orig_mod.forward if is_compiled_module(self.vae) else self.vae.forward
+        kwargs = (
+            {"num_frames": latents.shape[0]} if "num_frames" in inspect.signature(forward).parameters else {}
+        )
+        return self.vae.decode(latents, **kwargs).sample
+
+    @torch.no_grad()
+    def decode_stream(
+        self,
+        latents: torch.Tensor,
+        decode_chunk_size: int = 14,
+        *,
+        reference_first: bool = False,
+        decode_reference: bool = False,
+        output_type: str = "np",
+    ) -> Iterator[np.ndarray | torch.Tensor]:
+        """One video's frames from its latents ``(1, L, 4, h, w)``, chunk by chunk as each is decoded, so a long
+        video goes to its writer without being held: ``(f, H, W, 3)`` float32 in ``[0, 1]`` (``"np"``) or
+        ``(f, 3, H, W)`` (``"pt"``), the frames ``__call__`` returns for the same latents and chunk size.
+
+        ``reference_first``: frame 0 is the prepended reference (``output_type="latent"`` with
+        ``keep_reference=True``); it is dropped, after being decoded with the first chunk when
+        ``decode_reference`` (as ``__call__``)."""
+        if latents.ndim != 5 or latents.shape[0] != 1:
+            raise ValueError(
+                f"decode_stream takes one video's latents (1, L, 4, h, w), got {tuple(latents.shape)}"
+            )
+        if output_type not in ("np", "pt"):
+            raise ValueError(f"decode_stream's `output_type` must be 'np' or 'pt', got {output_type!r}")
+        if reference_first and not decode_reference:
+            latents = latents[:, 1:]
+        drop_first = reference_first and decode_reference
+        latents = (1 / self.vae.config.scaling_factor) * latents[0]
+        for start in range(0, latents.shape[0], decode_chunk_size):
+            video = self._decode_chunk(latents[start : start + decode_chunk_size])
+            video = video[None].permute(0, 2, 1, 3, 4).float()  # (1, 3, f, H, W) as decode_latents
+            if start == 0 and drop_first:
+                video = video[:, :, 1:]
+            if video.shape[2]:
+                yield self.video_processor.postprocess_video(video=video, output_type=output_type)[0]
 
     def check_inputs(
         self,
@@ -770,6 +926,8 @@ class AnimationPipeline(DiffusionPipeline):
         | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         tile_group: TileGroup | None = None,
+        feature_cache: str = "none",
+        keep_reference: bool = False,
     ) -> AnimationPipelineOutput | tuple:
         r"""Animate ``image`` with ``pose_images`` (and ``guidance_maps``).
 
@@ -819,6 +977,12 @@ class AnimationPipeline(DiffusionPipeline):
             output_type: ``"pil" | "np" | "pt" | "latent"``. return_dict: output dataclass or a tuple.
             callback_on_step_end, callback_on_step_end_tensor_inputs: as diffusers; the callback may return
                 ``{"latents": ...}`` to replace the latents; set ``pipe._interrupt = True`` to stop.
+            feature_cache: where the pose guider's and the guidance encoders' features live between steps:
+                ``"none"`` (each tile's frames read and encoded when the tile is predicted, every step: only the
+                latents and the fusion sums grow with length) or ``"host"`` (each frame encoded once and kept on
+                the CPU: faster, memory grows with length). The same output either way.
+            keep_reference: with ``output_type="latent"`` and ``prepend_reference``, keep the reference frame's
+                latent at index 0 (to decode it with the video later: ``decode_stream``).
             tile_group: split the tiles of each step over processes (``pipelines.distributed``): every rank
                 calls with the same inputs and seed, predicts its share of the tiles (all of a single
                 tile), the weighted predictions are summed over the ranks, and every rank steps, decodes and
@@ -865,6 +1029,7 @@ class AnimationPipeline(DiffusionPipeline):
             ("point_rules", point_rules, POINT_RULES),
             ("guidance_range", guidance_range, GUIDANCE_RANGES),
             ("guidance_cfg", guidance_cfg, GUIDANCE_CFG_MODES),
+            ("feature_cache", feature_cache, FEATURE_CACHES),
         ):
             if value not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
@@ -909,9 +1074,9 @@ class AnimationPipeline(DiffusionPipeline):
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
 
-        # 5. Encode pose images and guidance maps into conv_in features, once for all steps; the motion
-        #    ControlNet's per-frame inputs (it runs with the UNet, per call)
-        features, shared_features = self._encode_guidance(
+        # 5. Pose images and guidance maps become conv_in features per tile, when the tile is predicted (the
+        #    reference frame's once); the motion ControlNet's inputs likewise (it runs with the UNet, per call)
+        tile_features = self._guidance_features(
             pose_images,
             guidance_maps,
             reference_pose_image,
@@ -923,10 +1088,9 @@ class AnimationPipeline(DiffusionPipeline):
             width,
             device,
             guidance_range,
+            guidance_cfg,
+            feature_cache,
         )
-        if guidance_cfg == "cond" and shared_features is not None:
-            features = shared_features if features is None else features + shared_features
-            shared_features = None
 
         motion = self._prepare_motion(
             dense_flow,
@@ -992,24 +1156,22 @@ class AnimationPipeline(DiffusionPipeline):
                 if self.interrupt:
                     continue
                 latent_input = self.scheduler.scale_model_input(latents, t)
-                if len(tiles) == 1:  # every rank predicts it: no exchange
-                    noise_pred = self._predict_tile(
-                        injector, temporal, latent_input, t, image_latents, image_embeddings, added_time_ids,
-                        features, shared_features, guidance_scale, cfg_mode, motion,
+
+                def predict(idx: list[int], sample: torch.Tensor, scale: torch.Tensor, t=t) -> torch.Tensor:
+                    cond, shared = tile_features.tile(idx) if tile_features is not None else (None, None)
+                    return self._predict_tile(
+                        injector, temporal, sample, t, image_latents, image_embeddings, added_time_ids, cond,
+                        shared, scale, cfg_mode, motion.tile(idx) if motion is not None else None,
                     )  # fmt: skip
+
+                if len(tiles) == 1:  # every rank predicts it: no exchange
+                    noise_pred = predict(tiles[0], latent_input, guidance_scale)
                 else:
                     noise_pred = torch.zeros_like(latents)
                     weight_sum = latents.new_zeros(sequence_length)
                     for idx in tiles if tile_group is None else tile_group.share(tiles):
                         weights = triangular_weights(len(idx), device, latents.dtype)
-                        tile_features = features[idx] if features is not None else None
-                        tile_shared = shared_features[idx] if shared_features is not None else None
-                        tile_motion = motion.tile(idx) if motion is not None else None
-                        prediction = self._predict_tile(
-                            injector, temporal, latent_input[:, idx], t, image_latents, image_embeddings,
-                            added_time_ids, tile_features, tile_shared, guidance_scale[:, idx], cfg_mode,
-                            tile_motion,
-                        )  # fmt: skip
+                        prediction = predict(idx, latent_input[:, idx], guidance_scale[:, idx])
                         noise_pred[:, idx] += prediction * weights[:, None, None, None]
                         weight_sum[idx] += weights
                     if tile_group is not None:
@@ -1027,7 +1189,7 @@ class AnimationPipeline(DiffusionPipeline):
 
         # 11. Drop the reference frame and decode (or decode it with the video, then drop it)
         if output_type == "latent":
-            frames = latents[:, 1:] if prepend_reference else latents
+            frames = latents[:, 1:] if prepend_reference and not keep_reference else latents
         else:
             if needs_upcasting:
                 self.vae.to(dtype=torch.float16)
