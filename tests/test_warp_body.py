@@ -222,3 +222,29 @@ def test_unseen_surface_blends_its_triangles_vertex_colours(anny):
     expected = np.einsum("nk,nkc->nc", target.bary[inside].astype(np.float64), warp.colours[corners])
     error = np.abs(frame[inside].astype(float) - expected)
     assert np.percentile(error.max(1), 99) <= 1.0, np.percentile(error.max(1), 99)
+
+
+def test_ring_never_carries_a_non_neighbouring_parts_clothes(anny):
+    """Reference: left hand hanging beside the thigh, a red patch of loose clothes on the thigh just below
+    the hand, and a big blue hair bun (so the ring reaches far). Frame: the left arm raised. The patch
+    belongs to the thigh, which does not move: no red pixel may follow the hand up, although the hand's
+    ring samples the reference right next to where the hand hung."""
+    down, up = {"left_shoulder": (0.0, 0.5, 0.0)}, {"left_shoulder": (0.0, -0.5, 0.0)}
+    motion = synthetic_motion(anny, down, [up])
+    image, person = reference_of(motion)
+    render = motion.reference_render
+    hand_y = np.nonzero(render.part == PART_NAMES.index("left_hand"))[0].max()
+    thigh_x = np.nonzero(render.part == PART_NAMES.index("left_hip"))[1].max()
+    head_y, head_x = np.nonzero(render.part == PART_NAMES.index("head"))
+    paint = np.zeros(person.shape, np.uint8)
+    cv2.circle(paint, (int(head_x.mean()), int(head_y.min())), 40, 2, -1)
+    cv2.rectangle(paint, (int(thigh_x) - 7, int(hand_y) + 10), (int(thigh_x) + 19, int(hand_y) + 50), 1, -1)
+    patch, hair = (paint == 1) & ~render.mask, (paint == 2) & ~render.mask
+    image[patch], image[hair] = (220, 30, 30), (30, 30, 220)
+    warp = BodyWarp(motion, image, person | patch | hair, scale=1)
+    assert warp.reach > 25  # the hand's ring reaches the patch
+    frame, _ = warp.frame(motion.vertices(0, 1)[0])
+    red = (frame[..., 0] > 150) & (frame[..., 1] < 90) & (frame[..., 2] < 90)
+    near_patch = cv2.dilate(patch.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
+    assert (red & near_patch).sum() > 0.4 * patch.sum()  # the patch stays drawn with its thigh
+    assert not (red & ~near_patch).any(), (red & ~near_patch).sum()
