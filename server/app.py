@@ -17,6 +17,7 @@ from server.errors import install_error_handlers
 from server.files import JobFiles
 from server.queue import JobQueue
 from server.routes import engines, health, jobs, web
+from server.routes.docs import install_docs
 from server.store import JobStore
 from server.worker import database_url
 
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "`431 headers_too_large`; these close the connection."
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs: server.routes.docs, its assets served here (no CDN); no /redoc
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(CloseUnreadBody)
@@ -69,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(engines.router)
     app.include_router(web.router)
+    install_docs(app)
     return app
 
 
