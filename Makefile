@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# the body model's data (~800 MB in ~/.cache/anny, about 2 minutes once per machine), so no run pays it
+	$(BIN)/python -m animate.body.cache --build
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,5 +55,6 @@ demo: $(STAMP)
 		../shared/data/driving/dance_musepose.mp4 -o out/demo.mp4 --artifacts out/demo_artifacts
 
 # The job server on the embedded defaults (SQLite jobs + queue, one worker): http://127.0.0.1:8000/
+# Uploads, outputs and the job/queue databases go to ./data (ignored by git).
 serve: $(STAMP)
 	$(BIN)/animate serve --data-dir data
