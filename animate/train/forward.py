@@ -1,0 +1,201 @@
+"""One training sample through ``AnimationPipeline``'s own conditioning path, to the EDM loss.
+
+Inference and training share every step that turns inputs into UNet inputs: the CLIP embedding
+(``_encode_image``; the reference resized to CLIP's size with antialiasing as the pipeline does for an image),
+the noise-augmented reference latent (``_encode_vae_image``), SVD's added time ids (``_get_add_time_ids``),
+the pose guider's and guidance encoders' ``conv_in`` features (``_guidance_features``, one tile of the whole sequence), the motion
+ControlNet's inputs (``_prepare_motion``) and one UNet call with its injection hooks (``_predict_tile``, no
+classifier-free guidance). The pipeline's rules for the loaded parts (``pipelines.parity.call_kwargs``: map
+range, CFG halves, residual mode, time context) are the ones inference uses. With ``prepend_reference`` the
+sequence is ``[reference, frames]`` as in inference (the reference frame is conditioned on its own pose and
+maps, and is a target too).
+
+Conditioning dropout: with probability ``dropout`` a sample loses its CLIP embedding and its reference
+latent together (both zero, exactly the unconditional half of classifier-free guidance at inference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _resize_with_antialiasing,
+)
+
+from animate.train.objective import EDMObjective
+
+VAE_CHUNK = 8  # frames per VAE encode call
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    prepend_reference: bool = True
+    conditioning_dropout: float = 0.1
+    noise_aug_strength: float = 0.02
+    fps_id: int = 7  # as the diffusion engine's default (the UNet sees fps_id - 1)
+    motion_bucket_id: int = 127
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The random stream of one sample draw (sigma, noise, dropout, noise augmentation): a function of the
+    run's seed, the epoch and the dataset index only, so it is the same on any rank and after a resume."""
+    value = ((int(seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(index)) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
+
+
+def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like.device, like.dtype)
+
+
+@torch.no_grad()
+def encode_latents(pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` in ``[-1, 1]`` -> scaled latents ``(N, 4, h, w)`` (``latent_dist.mode()`` times the
+    VAE's ``scaling_factor``), float32."""
+    vae = pipe.vae
+    chunks = [
+        vae.encode(pixels[i : i + VAE_CHUNK].to(vae.device, vae.dtype)).latent_dist.mode()
+        for i in range(0, len(pixels), VAE_CHUNK)
+    ]
+    return torch.cat(chunks).float() * vae.config.scaling_factor
+
+
+def pipeline_rules(pipe: Any) -> dict[str, Any]:
+    """The rules inference applies for the loaded parts (no preset), with the pipeline's defaults."""
+    from pipelines import parity
+
+    rules = {
+        "guidance_range": "signed",
+        "guidance_cfg": "cond",
+        "temporal_context": "per_video",
+        "point_rules": "default",
+    }
+    rules.update({k: v for k, v in parity.call_kwargs(pipe, None).items() if k in rules})
+    return rules
+
+
+def sample_loss(
+    pipe: Any,
+    item: Mapping[str, Any],
+    objective: EDMObjective,
+    generator: torch.Generator,
+    options: ForwardOptions,
+    autocast: Any = None,
+) -> torch.Tensor:
+    """The EDM loss of one clip ``item`` (a dataset sample, no batch axis), a 0-d float32 tensor with the
+    graph to the trainable parts."""
+    from pipelines.injection import UNetInjector
+    from pipelines.temporal_context import TemporalContext
+
+    device = pipe.unet.device
+    rules = pipeline_rules(pipe)
+    reference = item["reference"].to(device, torch.float32)[None]  # (1, 3, H, W) in [-1, 1]
+    frames = item["frames"].to(device, torch.float32)  # (F, 3, H, W)
+    num_frames, _, height, width = frames.shape
+    prepend = options.prepend_reference
+
+    # the random draws of this sample, in a fixed order
+    sigma = objective.sample_sigmas(1, generator).to(device)
+    drop = bool(torch.rand(1, generator=generator).item() < options.conditioning_dropout)
+    aug_noise = _randn(reference.shape, generator, reference)
+
+    with torch.no_grad():
+        side = int(getattr(pipe.image_encoder.config, "image_size", 224))
+        clip_pixels = (_resize_with_antialiasing(reference, (side, side)) + 1.0) / 2.0
+        image_embeddings = pipe._encode_image(clip_pixels, device, 1, False)
+        image_latents = pipe._encode_vae_image(
+            reference + options.noise_aug_strength * aug_noise, device, 1, False
+        ).to(image_embeddings.dtype)
+        if drop:
+            image_embeddings = torch.zeros_like(image_embeddings)
+            image_latents = torch.zeros_like(image_latents)
+        targets = frames if not prepend else torch.cat([reference, frames])
+        clean = encode_latents(pipe, targets)[None]  # (1, L, 4, h, w)
+    noise = _randn(clean.shape, generator, clean)
+    noisy = clean + sigma.view(1, 1, 1, 1, 1) * noise
+    pre = objective.precondition(sigma)
+    latent_input = (noisy * pre.c_in.view(1, 1, 1, 1, 1)).to(pipe.unet.dtype)
+    timestep = pre.c_noise.to(device)
+
+    known = set(getattr(pipe.guidance_encoders, "guidance_types", None) or ())
+    maps = {k: v for k, v in (item.get("guidance_maps") or {}).items() if k in known} or None
+    reference_maps = {k: v[None] for k, v in (item.get("reference_guidance") or {}).items() if k in known}
+    reference_pose = item.get("reference_pose")
+    added_time_ids = pipe._get_add_time_ids(
+        options.fps_id - 1,
+        options.motion_bucket_id,
+        options.noise_aug_strength,
+        image_embeddings.dtype,
+        1,
+        False,
+    ).to(device)
+
+    with autocast if autocast is not None else torch.autocast(device.type, enabled=False):
+        sequence = list(range(num_frames + int(prepend)))  # one tile: the whole sequence
+        encoder = pipe._guidance_features(
+            item.get("pose_images"),
+            maps,
+            None if reference_pose is None else reference_pose[None],
+            reference_maps or None,
+            {},
+            num_frames,
+            prepend,
+            height,
+            width,
+            device,
+            rules["guidance_range"],
+            rules["guidance_cfg"],
+            "none",  # no feature cache: the features keep their graph
+        )
+        features = shared = None
+        if encoder is not None:
+            features, shared = encoder.tile(sequence)
+        if shared is not None:  # one call, no CFG: both kinds of features go to it
+            features = shared if features is None else features + shared
+        motion = None
+        if pipe.motion_controlnet is not None and (
+            item.get("dense_flow") is not None or item.get("trajectory_flow") is not None
+        ):
+            sources = pipe._prepare_motion(
+                item.get("dense_flow"),
+                item.get("trajectory_flow"),
+                None,
+                None,
+                None,
+                0.3,
+                1.0,
+                None,
+                "keep",
+                prepend,
+                1,
+                1,
+                height,
+                width,
+                device,
+                rules["point_rules"],
+            )
+            motion = None if sources is None else sources.tile(sequence)
+        pipe._do_classifier_free_guidance = False
+        with (
+            UNetInjector(pipe.unet) as injector,
+            TemporalContext((pipe.unet, pipe.motion_controlnet), rules["temporal_context"]) as temporal,
+        ):
+            prediction = pipe._predict_tile(
+                injector,
+                temporal,
+                latent_input,
+                timestep,
+                image_latents,
+                image_embeddings,
+                added_time_ids,
+                features,
+                None,
+                None,
+                "batched",
+                motion,
+            )
+    sigma_b = sigma.view(1, 1, 1, 1, 1)
+    denoised = objective.denoise(prediction.float(), noisy, sigma_b)
+    return objective.loss(denoised, clean, sigma_b)
