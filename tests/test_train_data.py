@@ -185,8 +185,9 @@ def test_size_rescales_frames_keypoints_and_flow_vectors(data):
     start, ref = int(s["start"]), int(s["reference_index"])
     assert s["frames"].shape == (2, 3, H // 2, W // 2)
     assert torch.allclose(s["keypoints"][0, :17, :2], torch.from_numpy(_keypoints(T)[start, :17, :2] / 2))
-    half = _flow_value(ref, start) / 2  # vectors in pixels of the new size
-    assert torch.allclose(s["dense_flow"][0], torch.from_numpy(half).expand(H // 2, W // 2, 2))
+    for k in range(2):  # at least one of the two frames is not the reference: a non-zero flow
+        half = _flow_value(ref, start + k) / 2  # vectors in pixels of the new size
+        assert torch.allclose(s["dense_flow"][k], torch.from_numpy(half).expand(H // 2, W // 2, 2))
 
 
 def test_short_clips_are_left_out_and_collate_stacks_a_batch(tmp_path):
