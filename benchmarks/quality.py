@@ -11,10 +11,10 @@ transparent-background crop of the drawn character) driven by the dance; only th
 
 Metrics, per case and as a mean (MediaPipe BlazePose on the output and on the driving frames, both at the
 output size):
-- PCK@0.05 / PCK@0.1: share of body keypoints (COCO-17, seen in both) within 5% / 10% of the driving
+- PCK@0.05 / PCK@0.1: share of body keypoints (COCO-17, seen inside the frame in both) within 5% / 10% of the driving
   person's height (the height of its segmentation mask's box); kp err: mean distance over that height.
 - limb angle: mean |angle difference| in degrees of the 8 limb segments (upper arms, forearms, thighs,
-  shins) seen in both.
+  shins) seen inside the frame in both.
 - masked PSNR / SSIM (self-reconstruction only): inside the driving frame's person mask (MediaPipe's pose
   segmentation > 0.5), PSNR over RGB, SSIM (Gaussian window, sigma 1.5) on luma averaged over the mask.
 - face: share of frames whose driving frame shows a face (found by the detector in a square crop around
@@ -54,6 +54,16 @@ REFERENCES = DATA / "reference"
 
 # COCO-17 limb segments: upper arms, forearms, thighs, shins.
 LIMBS = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16))
+LIMB_NAMES = (
+    "l_upper_arm",
+    "l_forearm",
+    "r_upper_arm",
+    "r_forearm",
+    "l_thigh",
+    "l_shin",
+    "r_thigh",
+    "r_shin",
+)
 SELF_CASES = ("dance", "talking", "dance_half", "dance_flip", "dance_zoom")
 CROSS_CASES = ("woman_dance", "anime_dance", "hero_dance", "anime_half_dance")
 ALL_CASES = SELF_CASES + CROSS_CASES
@@ -77,6 +87,7 @@ class CaseResult:
     change: float = float("nan")
     fps: float = float("nan")
     rss_mb: float = float("nan")
+    limbs: dict[str, float] = field(default_factory=dict)  # limb angle error per segment (degrees)
     notes: list[str] = field(default_factory=list)
 
 
@@ -275,9 +286,18 @@ def person_heights(masks: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
     return np.maximum(np.array(heights), 1.0)
 
 
+def seen_in_frame(keypoints: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, 17) keypoints MediaPipe sees (visibility) inside the frame (it also guesses cut-off legs)."""
+    width, height = size
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return (keypoints[..., 2] >= KP_SCORE) & inside
+
+
 def keypoint_scores(out: Analysis, drv: Analysis) -> dict[str, float]:
     heights = person_heights(drv.masks, drv.keypoints)
-    both = (out.keypoints[..., 2] >= KP_SCORE) & (drv.keypoints[..., 2] >= KP_SCORE)
+    size = drv.masks.shape[2], drv.masks.shape[1]
+    both = seen_in_frame(out.keypoints, size) & seen_in_frame(drv.keypoints, size)
     dist = np.linalg.norm(out.keypoints[..., :2] - drv.keypoints[..., :2], axis=-1) / heights[:, None]
     result = {"pck05": float("nan"), "pck10": float("nan"), "kp_error": float("nan")}
     if both.any():
@@ -287,8 +307,8 @@ def keypoint_scores(out: Analysis, drv: Analysis) -> dict[str, float]:
             "pck10": float(np.mean(d < 0.1)),
             "kp_error": float(d.mean()),
         }
-    errors = []
-    for a, b in LIMBS:
+    errors, limbs = [], {}
+    for name, (a, b) in zip(LIMB_NAMES, LIMBS, strict=True):
         seen = both[:, a] & both[:, b]
         if not seen.any():
             continue
@@ -296,7 +316,9 @@ def keypoint_scores(out: Analysis, drv: Analysis) -> dict[str, float]:
         vd = drv.keypoints[seen, b, :2] - drv.keypoints[seen, a, :2]
         diff = np.arctan2(vo[:, 1], vo[:, 0]) - np.arctan2(vd[:, 1], vd[:, 0])
         errors.append(np.degrees(np.abs(np.arctan2(np.sin(diff), np.cos(diff)))))
+        limbs[name] = round(float(errors[-1].mean()), 1)
     result["limb_angle"] = float(np.concatenate(errors).mean()) if errors else float("nan")
+    result["limbs"] = limbs
     return result
 
 
@@ -415,14 +437,17 @@ def run_case(case: str, args, animator, faces: FaceDetector, tmp: Path) -> CaseR
     result = CaseResult(case, kind, n, size, motion, notes=notes)
     for key, value in keypoint_scores(out, drv).items():
         # Another person's proportions: only the limbs' directions can match the driving video.
-        if kind == "self" or key == "limb_angle":
+        if kind == "self" or key in ("limb_angle", "limbs"):
             setattr(result, key, value)
     if kind == "self":
         result.psnr, result.ssim = masked_psnr_ssim(outputs, drv_frames, drv.masks)
         has_face = drv.faces
         result.face = float(out.faces[has_face].mean()) if has_face.any() else float("nan")
     else:
-        result.face = float(out.faces.mean())  # the reference shows a face; the output should keep it
+        # Drawn faces may escape the detector: score only a reference whose face it finds.
+        still = cv2.resize(load_image(reference).rgb, size, interpolation=cv2.INTER_AREA)
+        if analyse([still], faces)[0].faces.all():
+            result.face = float(out.faces.mean())
     real = change(drv_frames)
     result.change = change(outputs) / real if real > 0 else float("nan")
     result.fps = n / seconds
@@ -484,6 +509,8 @@ def print_table(results: list[CaseResult], args, face_name: str) -> None:
     for row in rows:
         print("| " + " | ".join(_cell(fmt, row[key]) for key, _, fmt in COLUMNS) + " |")
     for r in results:
+        if r.limbs:
+            print(f"limbs {r.case}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.limbs.items()))
         for note in r.notes:
             print(f"note {r.case}: {note}")
 
