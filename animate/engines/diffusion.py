@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,11 @@ class DiffusionOptions:
     preset: str | None = None  # "mimicmotion" | "dispose": that system's published run (animate.presets)
     conventions: GuidanceConventions | None = None  # None: the loaded networks' rules (for_networks)
     skeleton_twice: bool = False  # a `skeleton` encoder reads a skeleton too when the pose guider runs
+    # a memory level of animate.engines.plan.LEVELS to start at; None: the planner's choice for the job
+    memory_level: str | None = None
+    gpu_memory: int | None = None  # plan for this much free GPU memory (bytes) instead of the detected
+    tile_group: Any = None  # pipelines.distributed.TileGroup: this process' share of one job's tiles
+    adapter: Path | None = None  # `animate train run`'s RUN_DIR/final: trained parts loaded over the base
 
 
 def frames_to_uint8(frames: np.ndarray, truncate: bool = False) -> np.ndarray:
@@ -89,6 +95,41 @@ def describe_speed(options) -> str:
     return ", ".join(on) or "plain"
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or host allocator) out-of-memory error."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def release_memory() -> None:
+    """Give the failed attempt's cached blocks back before the retry."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_trained_parts(pipeline, adapter: str | Path, dtype) -> str:
+    """Load ``animate train run``'s parts (``RUN_DIR/final``, ``pipelines.adapters``) over the base weights;
+    returns what was loaded in words. A folder that is not a training output is the user's error."""
+    from animate.errors import AnimateError
+    from pipelines.adapters import load_adapter
+    from pipelines.checkpoints import CheckpointError
+
+    try:
+        parts = load_adapter(pipeline, adapter, dtype=dtype)
+    except CheckpointError as exc:
+        raise AnimateError("adapter_invalid", str(exc)) from exc
+    return f"adapter {Path(adapter).name} ({', '.join(parts) or 'nothing'})"
+
+
 class DiffusionEngine:
     name = "diffusion"
 
@@ -106,6 +147,11 @@ class DiffusionEngine:
         self.sd15_dir = Path(sd15_dir) if sd15_dir is not None else None
         self.parts = self.describe_parts(pipeline, self.sd15_dir) | dict(parts or {})
         self.call_kwargs: dict = {}  # pipeline-call arguments the speed options set (cfg_mode, decode chunk)
+        self.speed = "default"  # settings.diffusion_speed: other than default, it overrides the plan's knobs
+        self.plan = None  # animate.engines.plan.Plan of the last render
+        self._offload = "none"  # what the pipeline's modules are set to now: none | model | sequential
+        self._shapes = None  # animate.engines.plan.ModelShapes of the pipeline, counted once
+        self._forward_chunk: int | None = None
         self._parity(self.options)  # a preset the weights cannot run fails here, before any preprocessing
 
     @staticmethod
@@ -190,6 +236,8 @@ class DiffusionEngine:
                 dispose=root / DISPOSE_FILE if dispose_ok else None,
             )
             source = f"{SVD_DIR}/ + {MIMICMOTION_FILE}" + (f" + {DISPOSE_FILE}" if dispose_ok else "")
+        if options is not None and options.adapter is not None:
+            source += " + " + load_trained_parts(pipeline, options.adapter, dtype)
         speed = speed_options(settings, cuda)
         if not speed.cpu_offload:  # offload places each module itself
             pipeline.to("cuda" if cuda else "cpu")
@@ -200,6 +248,9 @@ class DiffusionEngine:
             pipeline, options, sd15_dir=sd15, parts={"weights": source, "speed": describe_speed(speed)}
         )
         engine.call_kwargs = speed.call_kwargs()
+        engine.speed = settings.diffusion_speed
+        engine._offload = "model" if speed.cpu_offload else "none"
+        engine._forward_chunk = speed.forward_chunk_size
         log.info("diffusion engine parts: %s", engine.parts)
         return engine
 
@@ -223,20 +274,21 @@ class DiffusionEngine:
         self.parts["guidance_rules"] = self.guidance_conventions.describe()
         if getattr(self.pipeline, "motion_controlnet", None) is None:
             return {}
-        from animate.motion.keypoint_flow import conventional_trajectory
-        from animate.motion.skeleton_field import skeleton_dense_flow
+        from animate.motion import frames
         from animate.pose.layout import openpose18
 
         opts = self.options
         dense, dense_source = bundle.dense_flow, "bundle"
         if dense is None:
-            dense, dense_source = (
-                skeleton_dense_flow(bundle.reference_keypoints, bundle.keypoints, bundle.reference_mask),
+            dense, dense_source = (  # a tile window at a time, when the pipeline reads it
+                frames.skeleton_flow_source(
+                    bundle.reference_keypoints, bundle.keypoints, bundle.reference_mask
+                ),
                 "2D skeleton field",
             )
         trajectory, trajectory_source = bundle.trajectory_flow, "bundle"
         if trajectory is None:
-            trajectory = conventional_trajectory(
+            trajectory = frames.trajectory_source(
                 bundle.reference_keypoints, bundle.keypoints, bundle.size, self.guidance_conventions
             )
             trajectory_source = "keypoints"  # by the rules in parts["guidance_rules"]
@@ -298,15 +350,136 @@ class DiffusionEngine:
         self.parts["tiles"] = f"{kwargs['tile_size']} / {kwargs['tile_overlap']}"
         return kwargs, parity.truncates_uint8(self.pipeline, opts.preset)
 
+    def plan_for(self, bundle: GuidanceBundle):
+        """The ``animate.engines.plan.Plan`` for rendering ``bundle`` here (kept as ``self.plan``)."""
+        import dataclasses
+
+        from animate.engines.plan import Hardware, ModelShapes, Workload, load_coefficients, make_plan
+
+        parity_kwargs, _ = self._parity(self.options)
+        group = self.options.tile_group
+        hardware = Hardware.detect(gpus=group.world_size if group is not None else 1)
+        if self.options.gpu_memory is not None and hardware.device == "cuda":
+            hardware = dataclasses.replace(hardware, gpu_free=self.options.gpu_memory)
+        if self._shapes is None:
+            self._shapes = ModelShapes.from_pipeline(self.pipeline, dift=self.sd15_dir is not None)
+        work = Workload(
+            width=bundle.size[0],
+            height=bundle.size[1],
+            frames=bundle.num_frames,
+            steps=self.options.steps,
+            tile_size=parity_kwargs["tile_size"],
+            tile_overlap=parity_kwargs["tile_overlap"],
+            shapes=self._shapes,
+        )
+        self.plan = make_plan(
+            work, hardware, load_coefficients(), speed=self.speed, lowest=self.options.memory_level
+        )
+        return self.plan
+
+    def _plan_kwargs(self, plan) -> dict:
+        """Pipeline-call arguments of ``plan`` (the speed setting's own win); applies its module settings."""
+        import inspect
+
+        import torch
+
+        if plan.forward_chunk != self._forward_chunk:
+            for name in ("unet", "motion_controlnet"):
+                module = getattr(self.pipeline, name, None)
+                for block in module.modules() if module is not None else ():
+                    if hasattr(block, "set_chunk_feed_forward"):
+                        block.set_chunk_feed_forward(plan.forward_chunk, dim=0)
+            self._forward_chunk = plan.forward_chunk
+        if plan.offload != self._offload and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.current_device()}"
+            if self._offload != "none":
+                self.pipeline.remove_all_hooks()
+            if plan.offload == "model":
+                self.pipeline.enable_model_cpu_offload(device=device)
+            elif plan.offload == "sequential":
+                self.pipeline.enable_sequential_cpu_offload(device=device)
+            else:
+                self.pipeline.to(device)
+            self._offload = plan.offload
+        kwargs = {
+            "cfg_mode": plan.cfg,
+            "decode_chunk_size": min(plan.decode_chunk, self.options.decode_chunk_size),
+        }
+        if "feature_cache" in inspect.signature(self.pipeline.__call__).parameters:
+            kwargs["feature_cache"] = plan.feature_cache
+        if self.options.tile_group is not None:
+            kwargs["tile_group"] = self.options.tile_group
+        self.parts["plan"] = plan.describe()
+        return kwargs | self.call_kwargs
+
+    def _out_of_memory(self, plan, first=None):
+        """The ``out_of_memory`` error naming the plan(s) that failed and the settings to change."""
+        from animate.engines.plan import GIB
+        from animate.errors import AnimateError
+
+        tried = plan.describe() + (f", after {first.describe()}" if first is not None else "")
+        where = "the GPU" if plan.gpu_peak is not None else "the machine"
+        expected = plan.gpu_peak if plan.gpu_peak is not None else plan.host_memory
+        message = (
+            f"{where} ran out of memory at memory level {tried} (expected peak {expected / GIB:.1f} GiB); "
+            "set ANIMATE_DIFFUSION_SPEED=low_memory, or lower --tile-size or --size"
+            + (", or spread the job over more GPUs with --gpus" if plan.gpus == 1 else "")
+        )
+        error = AnimateError("out_of_memory", message)
+        error.plan = plan.to_dict()
+        return error
+
     def render(
         self,
         bundle: GuidanceBundle,
         progress: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> Iterator[np.ndarray]:
+        """Frames of ``bundle`` at the planned memory level; a CUDA out-of-memory error retries once at the
+        next lower level (frames already handed on are skipped), a second one raises ``out_of_memory``.
+        Several processes (``options.tile_group``) do not retry: their steps must stay in lockstep."""
+        plan = self.plan_for(bundle)
+        yielded, failed = 0, False
+        try:
+            for frame in self._render(bundle, plan, progress, should_cancel):
+                yielded += 1
+                yield frame
+            return
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            lower = plan.lower() if self.options.tile_group is None else None
+            if lower is None:
+                raise self._out_of_memory(plan) from exc
+            failed = True
+        if failed:  # outside the except block: the failed call's tensors are released with its traceback
+            release_memory()
+            log.warning("out of memory at %s; retrying at %s", plan.describe(), lower.describe())
+            self.plan = lower
+            try:
+                for index, frame in enumerate(self._render(bundle, lower, progress, should_cancel)):
+                    if index >= yielded:
+                        yield frame
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                error = self._out_of_memory(lower, plan)
+            else:
+                return
+            release_memory()
+            raise error
+
+    def _render(
+        self,
+        bundle: GuidanceBundle,
+        plan,
+        progress: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[np.ndarray]:
         import torch
         from PIL import Image
 
+        from animate.motion.frames import pose_image_source
         from animate.pose import Pose, draw_pose, draw_pose_mimicmotion
         from animate.presets import reference_round_trip
 
@@ -314,8 +487,8 @@ class DiffusionEngine:
         width, height = bundle.size
         draw = draw_pose_mimicmotion if opts.preset else draw_pose  # the preset: upstream's exact drawing
         pose_images = bundle.pose_images
-        if pose_images is None:
-            pose_images = np.stack([draw(Pose(k), width, height) for k in bundle.keypoints])
+        if pose_images is None:  # drawn a tile window at a time, when the pipeline reads them
+            pose_images = pose_image_source(bundle.keypoints, bundle.size, draw)
         reference_pose = draw(Pose(bundle.reference_keypoints), width, height)[None]
         # the preset: upstream's reference goes through [-1, 1] and back to uint8 by truncation
         reference = reference_round_trip(bundle.reference) if opts.preset else bundle.reference
@@ -354,6 +527,7 @@ class DiffusionEngine:
         if should_cancel is not None and should_cancel():
             return
         device = self.pipeline._execution_device
+        call_kwargs = self._plan_kwargs(plan)  # the plan's memory settings; the speed setting's win
         result = self.pipeline(
             Image.fromarray(reference),
             pose_images=pose_images,
@@ -369,13 +543,22 @@ class DiffusionEngine:
             motion_bucket_id=opts.motion_bucket_id,
             noise_aug_strength=opts.noise_aug_strength,
             generator=torch.Generator(device=device).manual_seed(opts.seed),
-            output_type="np",
+            output_type="latent",
+            keep_reference=True,  # decoded below, with or without it as the parity rules say
             callback_on_step_end=on_step_end,
             **motion,
             **parity_kwargs,
-            **({"decode_chunk_size": opts.decode_chunk_size} | self.call_kwargs),  # speed options win
+            **call_kwargs,
         )
-        if should_cancel is not None and should_cancel():
-            return
-        for frame in result.frames[0]:
-            yield frames_to_uint8(frame, truncate)
+        # decoded one VAE chunk at a time, each handed to the writer before the next is decoded
+        chunks = self.pipeline.decode_stream(
+            result.frames,
+            call_kwargs.get("decode_chunk_size") or opts.decode_chunk_size,
+            reference_first=parity_kwargs.get("prepend_reference", True),
+            decode_reference=parity_kwargs.get("decode_reference", False),
+        )
+        for frames in chunks:
+            if should_cancel is not None and should_cancel():
+                return
+            for frame in frames:
+                yield frames_to_uint8(frame, truncate)
