@@ -70,3 +70,36 @@ def test_audio_shorter_than_the_video_ends_with_its_source(tmp_path):
         audio = container.streams.audio[0]
         seconds = sum(frame.samples for frame in container.decode(audio)) / audio.rate
     assert out.frame_count == 24 and abs(seconds - 0.5) < 0.05
+
+
+def _wav(path, seconds: float, rate: int = 44_100):
+    """A mono 16-bit PCM WAV with a 440 Hz tone: not AAC's planar float, not 48 kHz."""
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        t = np.arange(round(seconds * rate))
+        data = (np.sin(2 * np.pi * 440 * t / rate) * 10_000).astype(np.int16)[None]
+        for start in range(0, data.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data[:, start : start + 1024]), format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts = rate, start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def test_pcm_audio_at_44k1_is_converted_and_trimmed_to_the_exact_sample(tmp_path):
+    source = _wav(tmp_path / "tone.wav", 3.0)
+    out = write_video(tmp_path / "out.mp4", FRAMES * 6, 12.0, audio_from=source, preset="ultrafast")  # 2 s
+    assert out.has_audio
+    with av.open(str(out.path)) as container:
+        audio = container.streams.audio[0]
+        assert (audio.codec_context.name, audio.rate, audio.channels) == ("aac", 48_000, 2)
+        assert audio.duration * audio.time_base == 2  # exactly 96 000 samples at 48 kHz
+        decoded = [frame.to_ndarray() for frame in container.decode(audio)]
+    samples = sum(d.shape[1] for d in decoded)
+    assert samples == -(-96_000 // 1024) * 1024  # AAC codes whole 1024-sample frames
+    tone = np.concatenate(decoded, axis=1)[0, 4_800:90_000]
+    assert 0.2 < np.abs(tone).max() < 0.4  # 10 000 / 32 768 = 0.31: the tone, not silence or noise
