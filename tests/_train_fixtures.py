@@ -100,3 +100,77 @@ class SyntheticClips(Dataset):
             "index": torch.tensor(index),
             "start": torch.tensor(1),
         }
+
+
+def write_synthetic_data(root, clips: int = 2, frames: int = 3, size: tuple[int, int] = (16, 16)):
+    """A data folder in ``animate train prepare``'s layout (``animate.train.shard``) holding ``clips`` clips
+    of ``SyntheticClips``' moving blob, ``frames`` frames each, frame 0 the only reference."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from animate.train.shard import (
+        CLIPS_DIR,
+        DONE_FILE,
+        FORMAT_VERSION,
+        META_FILE,
+        SHARD_FILE,
+        ShardWriter,
+        dump_json,
+        flow_size,
+        member,
+    )
+
+    root = Path(root)
+    width, height = size
+    fw, fh = flow_size(width, height)
+    source = SyntheticClips(clips, frames, size)
+    for clip in range(clips):
+        folder = root / CLIPS_DIR / f"synthetic-{clip:012d}"
+        folder.mkdir(parents=True)
+        images, poses, centres = zip(*(source._frame(clip, t) for t in range(frames)), strict=True)
+        with ShardWriter(folder / SHARD_FILE) as shard:
+            for t in range(frames):
+                rgb = ((images[t].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+                grey = (poses[t][0] * 255).round().byte().numpy()
+                shard.add(member("frames", t), rgb)
+                shard.add(member("depth", t), grey)
+                shard.add(member("normal", t), np.stack([grey, 255 - grey, grey // 2], axis=-1))
+                shard.add(member("semantic", t), np.stack([grey // 2, grey, 255 - grey], axis=-1))
+                shard.add(member("mask", t), np.where(grey > 64, 255, 0).astype(np.uint8))
+            for t in range(frames):
+                shift = np.array([centres[t][0] - centres[0][0], centres[t][1] - centres[0][1]], np.float32)
+                shard.add(member("dense_flow", t, 0), np.broadcast_to(shift, (fh, fw, 2)).astype(np.float16))
+            keypoints = np.zeros((frames, 133, 3), np.float32)
+            for t, (cx, cy) in enumerate(centres):
+                # a small upright figure around the blob: COCO body points spread on a vertical line
+                for k in range(17):
+                    keypoints[t, k] = (cx + (k % 3 - 1) * 1.5, cy - 3 + k * 0.4, 1.0)
+            shard.add("keypoints", keypoints)
+            shard.add("references", np.array([0], np.int64))
+            shard.add("person_masks", np.zeros((1, height, width), np.uint8))
+        meta = {
+            "format": FORMAT_VERSION,
+            "source": f"synthetic-{clip}",
+            "fps": 8.0,
+            "size": [width, height],
+            "frames": frames,
+            "references": [0],
+            "flow_size": [fw, fh],
+            "keypoints": "coco_wholebody_133",
+        }
+        (folder / META_FILE).write_text(dump_json(meta))
+        (folder / DONE_FILE).write_text("")
+    return root
+
+
+def save_tiny_base(root, with_motion_controlnet: bool = False):
+    """A weights folder whose ``animation-pipeline/`` is the tiny training pipeline (the diffusion engine's
+    fast-load layout)."""
+    from pathlib import Path
+
+    from animate.weights import CONVERTED_DIR
+
+    root = Path(root)
+    tiny_train_pipeline(with_motion_controlnet).save_pretrained(root / CONVERTED_DIR)
+    return root

@@ -71,3 +71,87 @@ def prepare(
         f" summary in {output / 'summary.json'}"
     )
 
+
+@app.command("run")
+def run(
+    data: Path = typer.Option(..., "--data", help="A data folder written by `animate train prepare`."),
+    base: Path = typer.Option(
+        ..., "--base", help="Base weights: a weights folder or an AnimationPipeline folder."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="The run folder (checkpoints, logs, final/)."),
+    train: str = typer.Option(
+        "pose_guider,guidance",
+        "--train",
+        help="Comma list of the parts to train: pose_guider, guidance, motion_controlnet, lora, temporal.",
+    ),
+    frames: int = typer.Option(16, "--frames", min=1, help="Frames per training clip."),
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT to train at (default: the shards')."),
+    stride: int = typer.Option(1, "--stride", min=1, help="Frame step inside a clip."),
+    steps: int = typer.Option(20000, "--steps", min=1, help="Optimizer steps."),
+    lr: float = typer.Option(1e-5, "--lr", help="Peak learning rate."),
+    lr_schedule: str = typer.Option(
+        "constant_with_warmup", "--lr-schedule", help="constant | constant_with_warmup | linear | cosine."
+    ),
+    warmup: int = typer.Option(0, "--warmup", min=0, help="Warm-up steps."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Clips per process per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Micro-batches per optimizer step."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no | fp16 | bf16 (GPU)."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="Recompute UNet activations in the backward pass."
+    ),
+    resume: str | None = typer.Option(None, "--resume", help="latest, or a checkpoint folder."),
+    validate_every: int = typer.Option(
+        500, "--validate-every", min=0, help="Validation video every N steps."
+    ),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Checkpoint every N steps."),
+    keep_checkpoints: int = typer.Option(3, "--keep-checkpoints", min=1, help="Checkpoints kept."),
+    ema: bool = typer.Option(False, "--ema", help="Keep an EMA of the trained weights (saved in final/)."),
+    ema_decay: float = typer.Option(0.9999, "--ema-decay"),
+    adam_8bit: bool = typer.Option(False, "--adam-8bit", help="8-bit AdamW when bitsandbytes is installed."),
+    lora_rank: int = typer.Option(16, "--lora-rank", min=1),
+    dropout: float = typer.Option(0.1, "--conditioning-dropout", help="P(drop the reference) for CFG."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Fine-tune the chosen parts on prepared clips; `accelerate launch -m animate.train run ...` for many GPUs."""
+    from animate.cli.media import parse_size
+    from animate.train.trainer import TrainConfig
+    from animate.train.trainer import train as run_training
+
+    config = TrainConfig(
+        output_dir=output,
+        base=base,
+        data_dir=data,
+        train=tuple(part.strip() for part in train.split(",") if part.strip()),
+        frames=frames,
+        size=parse_size(size),
+        stride=stride,
+        steps=steps,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup,
+        batch=batch,
+        grad_accum=grad_accum,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        resume=resume,
+        validate_every=validate_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        ema=ema,
+        ema_decay=ema_decay,
+        adam_8bit=adam_8bit,
+        lora_rank=lora_rank,
+        conditioning_dropout=dropout,
+        seed=seed,
+        num_workers=workers,
+        progress=progress,
+    )
+    result = run_training(config)
+    if result.interrupted:
+        typer.echo(f"interrupted at step {result.steps}; continue with --resume latest", err=True)
+        raise typer.Exit(130)
+    losses = result.losses
+    last = f", last loss {losses[-1]:.4f}" if losses else ""
+    typer.echo(f"trained {result.steps} steps{last}; parts in {result.final_dir}")
