@@ -236,3 +236,14 @@ def test_dense_flow_mask_threshold_and_a_single_pixel():
     assert flow[0, 130, 100].tolist() == [0, 0] and flow[0, 131, 100].tolist() == pytest.approx(
         [4, 0], abs=1e-4
     )
+
+
+def test_a_reference_without_bones_moves_rigidly_with_the_keypoints_it_shows():
+    """A face alone (nose seen, no shoulders): no bone can be bound, yet the picture must follow the face,
+    by the nose's displacement, not fail or stand still."""
+    shown = keypoints(unseen=[i for i in range(133) if i != NOSE])
+    pixels = np.array([(100, 40), (60, 10), (150, 120)], np.float64)
+    field = SkeletonField(shown, pixels)
+    target = keypoints({NOSE: (107, 36)}, unseen=[i for i in range(133) if i != NOSE])
+    np.testing.assert_allclose(field.positions(target), pixels + np.array([7.0, -4.0]), atol=1e-6)
+    np.testing.assert_allclose(field.positions(shown), pixels, atol=1e-6)

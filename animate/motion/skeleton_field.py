@@ -130,7 +130,10 @@ class SkeletonField:
         if bones is not None:
             distances[:, [i for i, bone in enumerate(BONES) if bone.name not in bones]] = np.inf
         if not np.isfinite(distances).any():
-            raise ValueError("the reference has no usable bones")
+            # No bone (a face or a single shoulder): the whole picture moves with the keypoints it shows.
+            if not (ref[:17, 2] >= threshold).any():
+                raise ValueError("the reference has no usable bones")
+            distances[:, 0] = 0.0
         # A limb only takes pixels within its own reach; loose clothes beside it stay with the torso.
         nearest_any = distances.min(axis=1)
         for i, (a, b) in self.ref_segments.items():
