@@ -47,6 +47,8 @@ const ERROR_MESSAGES = {
   weights_missing: "The model files this engine needs aren't installed on the server.",
   weights_invalid: "The model files on the server are damaged or of the wrong kind. Ask the server's administrator.",
   invalid_dtype: "That number format isn't supported for these weights.",
+  adapter_invalid: "The trained adapter this server is set up to use can't be loaded. Ask the server's administrator.",
+  out_of_memory: "The GPU ran out of memory for this job. Try a smaller size or fewer frames.",
   bad_body_model: "The body model file on the server can't be used. Ask the server's administrator.",
   body_model_not_found: "The body model file the server is set up to use is missing. Ask the server's administrator.",
   // the job
@@ -79,6 +81,7 @@ const ERROR_MESSAGES = {
   // the cli only; listed so every code has words
   file_not_found: "The file wasn't found.",
   output_exists: "The output already exists.",
+  train_invalid: "The training setup isn't valid.",
   network: "The server can't be reached. Check your connection, then try again.",
 };
 
@@ -97,7 +100,7 @@ const STATUS_WORDS = {
   queued: "Waiting", running: "Working", succeeded: "Done", failed: "Failed", canceled: "Canceled",
 };
 const PREVIEW_WORDS = {
-  skeleton: "Pose", motion: "Motion", depth: "Depth", normal: "Surface", semantic: "Body parts",
+  skeleton: "Pose", motion: "Joint motion", depth: "Depth", normal: "Surface", semantic: "Body parts",
   dense_flow: "Body motion",
 };
 const FINISHED = ["succeeded", "failed", "canceled"];
@@ -470,19 +473,24 @@ async function follow(id) {
 }
 
 // ------------------------------------------------------------------------------------------------ result
-// The result leads; the driving video and the previews follow its play, pause, seek and rate.
-function syncFollowers(leader, followers) {
-  const align = (video) => {
-    const end = Number.isFinite(video.duration) ? video.duration - 0.02 : Infinity;
-    const target = Math.min(leader.currentTime, Math.max(0, end));
-    if (Math.abs(video.currentTime - target) > 0.12) video.currentTime = target;
-  };
-  const each = (f) => followers().forEach((video) => video.readyState >= 1 && f(video));
-  leader.addEventListener("play", () => each((v) => { align(v); v.play().catch(() => {}); }));
-  leader.addEventListener("pause", () => each((v) => { v.pause(); align(v); }));
-  leader.addEventListener("seeked", () => each(align));
-  leader.addEventListener("timeupdate", () => each(align));
-  leader.addEventListener("ratechange", () => each((v) => { v.playbackRate = leader.playbackRate; }));
+// The result leads; the driving video and the previews follow its play, pause, seek and rate, also when they
+// become ready after it started.
+function matchLeader(video) {
+  const leader = $("result");
+  if (!video.src || video.readyState < 1 || !leader.src) return;
+  const end = Number.isFinite(video.duration) ? video.duration - 0.02 : Infinity;
+  const target = Math.min(leader.currentTime, Math.max(0, end));
+  if (Math.abs(video.currentTime - target) > 0.12) video.currentTime = target;
+  if (video.playbackRate !== leader.playbackRate) video.playbackRate = leader.playbackRate;
+  if (leader.paused && !video.paused) video.pause();
+  else if (!leader.paused && video.paused && target < end) video.play().catch(() => {});
+}
+
+function syncFollowers(leader) {
+  for (const type of ["play", "pause", "seeked", "timeupdate", "ratechange"]) {
+    leader.addEventListener(type, () => followers().forEach(matchLeader));
+  }
+  $("driving-view").addEventListener("loadeddata", (event) => matchLeader(event.target));
 }
 
 function followers() {
@@ -514,6 +522,7 @@ function showResult(job) {
     Object.assign(video, { src: job.urls.artifacts[name], muted: true, playsInline: true, preload: "auto", title: name });
     video.style.aspectRatio = ratio;
     video.setAttribute("aria-label", `${PREVIEW_WORDS[name]} preview`);
+    video.addEventListener("loadeddata", () => matchLeader(video));
     const caption = document.createElement("figcaption");
     caption.textContent = PREVIEW_WORDS[name];
     figure.append(video, caption);
@@ -571,7 +580,7 @@ $("again").addEventListener("click", () => {
 
 setUpDropZone("reference");
 setUpDropZone("driving");
-syncFollowers($("result"), followers);
+syncFollowers($("result"));
 loadLimits();
 loadEngines();
 recent();
