@@ -158,13 +158,22 @@ def test_sample_plan_depends_only_on_seed_epoch_and_index(data):
     assert torch.equal(again[1]["frames"], ds[1]["frames"])
 
 
-def test_trajectory_flow_is_the_window_keypoint_motion_first_frame_zero(data):
-    s = ClipDataset(data, frames=4, stride=3)[0]
-    flow = s["trajectory_flow"]
-    assert flow[0].abs().max() == 0
-    for k in range(1, 4):
-        x, y = s["keypoints"][k, 0, :2].round().long().tolist()  # at the nose of frame k
-        assert torch.allclose(flow[k, y, x], torch.from_numpy(STEP * 3), atol=1e-3)
+def test_trajectory_flow_is_the_keypoint_motion_over_one_stride(data):
+    ds = ClipDataset(data, frames=3, stride=3)
+    starts = set()
+    for epoch in range(20):
+        ds.set_epoch(epoch)
+        s = ds[0]
+        start, flow = int(s["start"]), s["trajectory_flow"]
+        starts.add(start)
+        for k in range(3):
+            if k == 0 and start < 3:  # nothing a stride before: the clip's first tile, zero as in inference
+                assert flow[0].abs().max() == 0
+            else:  # the frame a stride before exists (inside or before the window): every keypoint moved
+                # by 3 steps, so the flow is 3 * STEP where the keypoints are densest (full displacement)
+                peak = flow[k].norm(dim=-1).flatten().argmax()
+                assert torch.allclose(flow[k].reshape(-1, 2)[peak], torch.from_numpy(STEP * 3), atol=1e-3)
+    assert min(starts) < 3 <= max(starts)  # both cases were seen
 
 
 def test_pose_images_draw_the_window_keypoints(data):
@@ -188,6 +197,17 @@ def test_size_rescales_frames_keypoints_and_flow_vectors(data):
     for k in range(2):  # at least one of the two frames is not the reference: a non-zero flow
         half = _flow_value(ref, start + k) / 2  # vectors in pixels of the new size
         assert torch.allclose(s["dense_flow"][k], torch.from_numpy(half).expand(H // 2, W // 2, 2))
+
+
+def test_dataloader_workers_read_the_same_samples(data):
+    ds = ClipDataset(data, frames=2)
+    ds.set_epoch(3)
+    expected = collate([ds[0], ds[1]])
+    ds[0]  # the parent holds an open shard: forked workers must open their own
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+    (batch,) = list(loader)
+    assert torch.equal(batch["frames"], expected["frames"])
+    assert torch.equal(batch["dense_flow"], expected["dense_flow"])
 
 
 def test_short_clips_are_left_out_and_collate_stacks_a_batch(tmp_path):

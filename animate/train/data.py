@@ -16,8 +16,9 @@ window start ``s``; the window is frames ``s, s + stride, ..., s + (F - 1) * str
                                                           body's renders (depth and mask grey in 3 channels)
     "dense_flow"          (F, H, W, 2) float32 pixels: where each pixel of frame r lands in each frame
                                                           (reference -> frame; zero at t = r on the body)
-    "trajectory_flow"     (F, H, W, 2) float32 pixels: keypoint flow frame k-1 -> k of the window, first zero,
-                                                          made from the keypoints by the inference code
+    "trajectory_flow"     (F, H, W, 2) float32 pixels: keypoint flow from the frame ``stride`` before to each
+                                                          frame (zero for a window at the clip's start), made
+                                                          from the keypoints by the inference code
                                                           (``conventional_trajectory`` under ``conventions``)
     "keypoints"           (F, 133, 3) float32 COCO-WholeBody x, y in pixels of W x H, score
     "reference_keypoints" (133, 3) float32
@@ -113,7 +114,6 @@ class ClipDataset(Dataset):
         return start, reference
 
     def __getitem__(self, i: int) -> dict:
-        from animate.motion.keypoint_flow import conventional_trajectory
         from animate.pose import Pose, draw_pose
 
         if not 0 <= i < len(self):
@@ -144,7 +144,7 @@ class ClipDataset(Dataset):
             up = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
             return up * np.array([sx, sy], np.float32)
 
-        trajectory = conventional_trajectory(keypoints[ref], window_kp, (width, height), self.conventions)
+        trajectory = self._trajectory(keypoints, ref, start, idx, (width, height))
         window_maps = [maps(t) for t in idx]
         ref_maps = maps(ref)
         return {
@@ -162,6 +162,19 @@ class ClipDataset(Dataset):
             "start": torch.tensor(start, dtype=torch.int64),
             "reference_index": torch.tensor(ref, dtype=torch.int64),
         }
+
+    def _trajectory(self, keypoints: np.ndarray, ref: int, start: int, idx: list[int], size) -> np.ndarray:
+        """The window's trajectory flow as inference makes it for a tile at this place of a video: under our
+        rules (``density``) frame k's flow is idx[k-1] -> idx[k] and the first frame's is the motion from the
+        frame ``stride`` before it (zero at the very start of the clip, like the first tile of a video);
+        under DisPose's (``dispose``) the first flow comes from the reference, as its training clips had."""
+        from animate.motion.keypoint_flow import conventional_trajectory
+
+        rules = self.conventions
+        if rules.trajectory == "dispose" or start < self.stride:
+            return conventional_trajectory(keypoints[ref], keypoints[idx], size, rules)
+        frames = keypoints[[start - self.stride, *idx]]
+        return conventional_trajectory(keypoints[ref], frames, size, rules)[1:]
 
     def __getstate__(self) -> dict:  # open zip handles do not travel to spawned workers
         return {**self.__dict__, "_open": {}}
