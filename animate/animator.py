@@ -441,7 +441,8 @@ class Animator:
             size=(written.width, written.height),
             timings=timings,
             artifacts=prepared.artifacts,
-            motion="body" if bundle.body is not None else "skeleton",
+            # the warp engine moves a partial reference with the 2D field even when a body was fitted
+            motion=getattr(engine, "motion", None) or ("body" if bundle.body is not None else "skeleton"),
             notes=prepared.notes,
             parts=dict(getattr(engine, "parts", None) or {}),
         )

@@ -110,13 +110,21 @@ def test_hair_beside_the_head_moves_with_it(anny):
     assert silhouette[red].mean() > 0.8 and not body[red].any()
 
 
+def whole_body_keypoints(motion) -> np.ndarray:
+    """(133, 3) the reference body's own projected COCO body points, all seen (knees included)."""
+    kp = np.zeros((133, 3), np.float32)
+    reference = motion.with_track(motion.reference)
+    kp[:17, :2], kp[:17, 2] = reference.keypoints()[0, :17], 1.0
+    return kp
+
+
 def test_engine_uses_the_body_when_the_bundle_has_one(anny):
     motion = synthetic_motion(anny, {}, [{}, ARM_ACROSS], size=(288, 512))
     image, person = reference_of(motion)
     bundle = GuidanceBundle(
         reference=image,
         reference_mask=person.astype(np.uint8) * 255,
-        reference_keypoints=np.zeros((133, 3), np.float32),
+        reference_keypoints=whole_body_keypoints(motion),
         keypoints=np.zeros((2, 133, 3), np.float32),
         fps=24.0,
         size=(288, 512),
@@ -124,6 +132,7 @@ def test_engine_uses_the_body_when_the_bundle_has_one(anny):
     )
     engine = WarpEngine()
     frames = list(engine.render(bundle))
+    assert engine.motion == "body"
     assert len(frames) == 2 and frames[0].shape == (512, 288, 3)
     assert engine.last_body_mask is not None and engine.last_body_mask.sum() > 2000
     # Frame 0 is the reference pose: the reference comes back (up to the soft edge).
@@ -248,3 +257,37 @@ def test_ring_never_carries_a_non_neighbouring_parts_clothes(anny):
     near_patch = cv2.dilate(patch.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0
     assert (red & near_patch).sum() > 0.4 * patch.sum()  # the patch stays drawn with its thigh
     assert not (red & ~near_patch).any(), (red & ~near_patch).sum()
+
+
+def test_a_reference_that_shows_no_knee_takes_the_2d_field(anny):
+    """A body fitted to a half-body picture is guessed below the cut: the engine moves such a reference with
+    the 2D field (its frames follow the driving keypoints), and says so."""
+    from animate.engines.warp import partial_reference
+
+    motion = synthetic_motion(anny, {}, [{}], size=(288, 512))
+    image, person = reference_of(motion)
+    kp = whole_body_keypoints(motion)
+    assert not partial_reference(kp, (288, 512))
+    half = kp.copy()
+    half[13:17, 2] = 0.0  # knees and ankles not found
+    assert partial_reference(half, (288, 512))
+    below = kp.copy()
+    below[13:17, 1] = 600.0  # found, but guessed below the picture's edge
+    assert partial_reference(below, (288, 512))
+    moved = half.copy()
+    moved[:17, 0] += 12.0
+    bundle = GuidanceBundle(
+        reference=image,
+        reference_mask=person.astype(np.uint8) * 255,
+        reference_keypoints=half,
+        keypoints=moved[None],
+        fps=24.0,
+        size=(288, 512),
+        body=motion,
+    )
+    engine = WarpEngine()
+    assert len(list(engine.render(bundle))) == 1
+    assert engine.motion == "skeleton" and engine.last_body_mask is None
+    # Every keypoint moved 12 px right: so did the person (the silhouette's centre of mass).
+    shift = np.nonzero(engine.last_silhouette)[1].mean() - np.nonzero(person)[1].mean()
+    assert abs(shift - 12.0) < 1.5, shift
