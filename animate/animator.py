@@ -77,6 +77,7 @@ class AnimationOptions:
     preset: str | None = None
     tile_size: int | None = None  # diffusion: frames per UNet call (None: the checkpoint's or preset's)
     tile_overlap: int | None = None  # diffusion: frames shared by neighbouring tiles (None: likewise)
+    adapter: Path | None = None  # diffusion: RUN_DIR/final of `animate train run`, over the base weights
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -101,6 +102,13 @@ class AnimationOptions:
                 )
             if self.size is not None or self.fps is not None:
                 raise AnimateError("invalid_option", f"preset {self.preset!r} sets the size and fps itself")
+        if self.adapter is not None:
+            if self.engine == "warp":
+                raise AnimateError("invalid_option", "--adapter needs engine diffusion (or auto)")
+            if not (Path(self.adapter) / "adapter.json").is_file():
+                raise AnimateError(
+                    "adapter_invalid", f"{self.adapter} is not a training output (pass RUN_DIR/final)"
+                )
         if self.tile_size is not None and self.tile_size < 2:
             raise AnimateError("invalid_option", f"tile_size must be >= 2, got {self.tile_size}")
         preset = get_preset(self.preset) if self.preset else None
@@ -223,6 +231,7 @@ class Animator:
             guidance_scale=options.guidance_scale,
             seed=options.seed,
             preset=options.preset,
+            adapter=options.adapter,
             **{name: value for name, value in tiles.items() if value is not None},
         )
 

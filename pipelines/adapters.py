@@ -129,7 +129,7 @@ def load_adapter(pipeline: Any, path: str | Path, dtype: torch.dtype | None = No
         old = getattr(pipeline, name, None)
         target_dtype = dtype or (old.dtype if old is not None else pipeline.unet.dtype)
         try:
-            module = cls.from_pretrained(str(folder), torch_dtype=target_dtype)
+            module = cls.from_pretrained(str(folder), dtype=target_dtype)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{folder} cannot be loaded as {cls.__name__}: {exc}") from exc
         pipeline.register_modules(**{name: module.to(old.device if old is not None else device).eval()})

@@ -42,6 +42,9 @@ def run(
     tile_overlap: int | None = typer.Option(
         None, "--tile-overlap", help="Frames shared by neighbouring tiles (diffusion; below --tile-size)."
     ),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="Parts trained by `animate train run` (RUN_DIR/final), over the base weights."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Animate REFERENCE with the motion of DRIVING and write an mp4."""
@@ -58,6 +61,7 @@ def run(
         preset=preset,
         tile_size=tile_size,
         tile_overlap=tile_overlap,
+        adapter=adapter,
     )
     options.validate()
     settings = Settings()

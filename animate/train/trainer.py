@@ -209,7 +209,7 @@ def load_base_pipeline(base: str | Path, dtype: torch.dtype = torch.float32):
     base = Path(base)
     for candidate in (base, base / CONVERTED_DIR):
         if (candidate / "model_index.json").is_file():
-            return AnimationPipeline.from_pretrained(candidate, torch_dtype=dtype)
+            return AnimationPipeline.from_pretrained(candidate, dtype=dtype)
     if not (base / SVD_DIR / "model_index.json").is_file():
         raise TrainError(
             f"{base} holds no base weights (an animation-pipeline/ folder or {SVD_DIR}/; see weights/README.md)"
