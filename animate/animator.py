@@ -30,7 +30,7 @@ from animate.engines import ENGINE_NAMES, diffusion_unavailable_reason, select_e
 from animate.errors import AnimateError
 from animate.media import ReferenceImage, VideoWriters, cover_size, load_image, open_video, write_video
 from animate.motion.bundle import GuidanceBundle
-from animate.motion.visualize import flow_to_color
+from animate.motion.visualize import flow_to_color, motion_preview
 from animate.presets import frame_stride, get_preset, preprocess_reference, sample_frames
 from animate.settings import Settings
 
@@ -475,9 +475,11 @@ class Animator:
             chunk = 32
             for start in range(0, bundle.num_frames, chunk):
                 lo = max(0, start - 1)
-                flows = trajectory_flow(bundle.keypoints[lo : start + chunk], bundle.size)
-                for flow in flows[start - lo :]:
-                    yield flow_to_color(flow, max_magnitude=max(4.0, 0.01 * height))
+                points = bundle.keypoints[lo : start + chunk]
+                flows = trajectory_flow(points, bundle.size)
+                for flow, frame_points in zip(flows[start - lo :], points[start - lo :], strict=True):
+                    # with the skeleton: still frames (frame 0) are not blank white
+                    yield motion_preview(flow, frame_points, max_magnitude=max(4.0, 0.01 * height))
                 report("motion", min(start + chunk, bundle.num_frames), bundle.num_frames)
 
         out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps, **PREVIEW).path

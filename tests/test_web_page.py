@@ -152,6 +152,13 @@ def screenshot_spread(page, path: Path) -> float:
     return float(np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32).std())
 
 
+def first_frame(mp4: bytes) -> np.ndarray:
+    import av
+
+    with av.open(io.BytesIO(mp4)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
 def error_messages_in_page() -> dict[str, str]:
     """The page's ``ERROR_MESSAGES`` table, read from app.js as text (no browser involved)."""
     source = APP_JS.read_text()
@@ -302,6 +309,8 @@ def test_dropped_files_run_and_the_result_plays_in_step_beside_photo_and_video(
 
     titles = page.eval_on_selector_all("#previews video", "vs => vs.map(v => v.title)")
     assert {"skeleton", "motion"} <= set(titles) and "poses" not in titles, titles
+    first = first_frame(server.http.get(f"/v1/jobs/{job_id}/artifacts/motion").content)
+    assert (first.min(axis=2) < 200).mean() > 0.002, "the motion preview's first frame is blank"
     assert page.get_attribute("#download", "href") == f"/v1/jobs/{job_id}/video"
     assert page.get_attribute("#download", "download").endswith(".mp4")
     assert server.http.get(f"/v1/jobs/{job_id}/video").headers["content-type"] == "video/mp4"

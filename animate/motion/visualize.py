@@ -1,4 +1,5 @@
-"""Optical-flow colour coding (the standard colour wheel: hue = direction, saturation = magnitude)."""
+"""Optical-flow colour coding (the standard colour wheel: hue = direction, saturation = magnitude), and the
+motion preview: those colours with the frame's skeleton."""
 
 from __future__ import annotations
 
@@ -58,3 +59,32 @@ def flow_to_color(flow: np.ndarray, max_magnitude: float | None = None) -> np.nd
     colour = _wheel_lut()[index]  # (H, W, 3)
     colour = 1 - radius[..., None] * (1 - colour)
     return np.clip(colour * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+PREVIEW_BONES = (90, 90, 90)  # the skeleton under the motion colours: dark grey, no hue of its own
+
+
+def motion_preview(
+    flow: np.ndarray, keypoints: np.ndarray, max_magnitude: float | None = None, threshold: float = 0.3
+) -> np.ndarray:
+    """(H, W, 3) uint8: ``flow_to_color`` with the frame's body skeleton drawn on it in grey.
+
+    Motion colours alone are white where nothing moves, so a still frame (frame 0 has no motion by
+    definition) would be a blank white picture; the skeleton shows where the person is in every frame.
+    ``keypoints``: (133, 3) whole-body pixel coordinates and scores of this frame.
+    """
+    from animate.pose.draw import LIMBS
+    from animate.pose.layout import openpose18
+
+    out = flow_to_color(flow, max_magnitude)
+    height, width = out.shape[:2]
+    thickness = max(2, round(min(width, height) / 120))
+    body = openpose18(np.asarray(keypoints, np.float32))
+    shown = body[:, 2] >= threshold
+    points = np.rint(body[:, :2]).astype(np.int32)
+    for a, b in LIMBS:
+        if shown[a - 1] and shown[b - 1]:
+            cv2.line(out, tuple(points[a - 1]), tuple(points[b - 1]), PREVIEW_BONES, thickness, cv2.LINE_AA)
+    for point in points[shown]:
+        cv2.circle(out, tuple(point), thickness + 1, PREVIEW_BONES, -1, cv2.LINE_AA)
+    return out
