@@ -181,18 +181,18 @@ class ClipDataset(Dataset):
 
 
 def _channels_first(array: np.ndarray) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W), contiguous (transposed while still one byte a value)."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, -3))).float()
 
 
 def _unit(array: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [0, 1]."""
-    return _channels_first(array).float().div_(255.0).contiguous()
+    return _channels_first(array).div_(255.0)
 
 
 def _signed(array: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1]."""
-    return _channels_first(array).float().div_(127.5).sub_(1.0).contiguous()
+    return _channels_first(array).div_(127.5).sub_(1.0)
 
 
 def collate(samples: list[dict]) -> dict:
