@@ -250,10 +250,22 @@ def test_several_people_and_internal_errors_are_skips_not_crashes(tmp_path, monk
     assert not list((tmp_path / "b" / CLIPS_DIR).iterdir())  # and no half-written clip is left
 
 
-def test_missing_folder_is_a_clear_cli_error(tmp_path):
+def test_bad_folders_and_changed_options_are_clear_cli_errors(prepared, tmp_path, capsys):
     from animate.cli import run
 
+    videos, data, _ = prepared
     assert run(["train", "prepare", str(tmp_path / "nope"), "-o", str(tmp_path / "out")]) == 2
+    assert "[file_not_found]" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert run(["train", "prepare", str(videos), "-o", str(tmp_path / "file")]) == 2
+    assert "[bad_output]" in capsys.readouterr().err
+    # the same folder with another size would mix clip sizes: refused before any work, nothing changed
+    before = _tree_bytes(data)
+    args = ["train", "prepare", str(videos), "-o", str(data), *CLI_ARGS]
+    assert run([*args[:5], "--size", "96x128", *args[7:]]) == 2
+    err = capsys.readouterr().err
+    assert "[options_changed]" in err and "size [64, 96] -> [96, 128]" in err
+    assert _tree_bytes(data) == before
 
 
 def test_data_dir_can_be_removed_and_rebuilt(prepared, tmp_path):

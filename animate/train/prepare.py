@@ -64,9 +64,11 @@ SKIP_REASONS = (
     "corrupt_media",  # the right kind of file, but damaged (also: nothing decodable)
     "no_body_fit",  # the poses have no 3D landmarks, so no body can be fitted
     "internal_error",  # a bug: reported with its message, not recorded, retried by the next run
+    "unreadable",  # the file cannot be read (permissions, I/O error)
 )
 #: A clip has several people when this share of its frames shows two or more.
 SEVERAL_PEOPLE_FRACTION = 0.3
+OPTIONS_FILE = "options.json"  # the PrepareOptions a data folder was made with
 _MEDIA_REASONS = {"empty_media": "corrupt_media", "no_person_detected": "no_person"}
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -474,7 +476,7 @@ def prepare_videos(
     options = options or PrepareOptions()
     videos, data_dir = Path(videos), Path(data_dir)
     found, others = list_videos(videos)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _claim(data_dir, options)
     root = videos if videos.is_dir() else videos.parent
     jobs, duplicates, seen = [], [], {}
     for path in found:  # the same bytes under two names are one clip
@@ -509,6 +511,28 @@ def prepare_videos(
     part.write_text(dump_json(summary))
     os.replace(part, data_dir / SUMMARY_FILE)
     return summary
+
+
+def _claim(data_dir: Path, options: PrepareOptions) -> None:
+    """Create ``data_dir`` (or reuse one prepared with the same options: its clips and skips stay valid)."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise AnimateError("bad_output", f"{data_dir} exists and is not a folder")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / OPTIONS_FILE
+    wanted = dump_json(options.to_json())
+    if path.is_file():
+        recorded = path.read_text(encoding="utf-8")
+        if recorded != wanted:
+            old, new = json.loads(recorded), options.to_json()
+            changed = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v)
+            raise AnimateError(
+                "options_changed",
+                f"{data_dir} was prepared with other options ({changed}); use another folder or the same options",
+            )
+        return
+    part = data_dir / f".{OPTIONS_FILE}.{os.getpid()}"
+    part.write_text(wanted, encoding="utf-8")
+    os.replace(part, path)
 
 
 def _run_pool(jobs, data_dir: Path, options: PrepareOptions, workers: int, bars: _Bars) -> list[dict]:

@@ -3,6 +3,7 @@
 A data folder (``animate train prepare ... -o DATA_DIR``) holds::
 
     DATA_DIR/summary.json                 done clips, skipped videos with a reason code (rewritten per run)
+    DATA_DIR/options.json                 the prepare options (size, fps, ...); a rerun must use the same
     DATA_DIR/clips/<clip_id>/meta.json    source, sha256, fps, size, frame count, references, format version
     DATA_DIR/clips/<clip_id>/shard.npz    the arrays below (a zip of .npy members, read lazily per member)
     DATA_DIR/clips/<clip_id>/body.json    the fitted body track (``animate.body.fit.BodyTrack.to_json``)
