@@ -101,6 +101,16 @@ def test_odd_frames_padded_to_even(tmp_path):
     out = write_video(tmp_path / "odd.mp4", frames, 12)
     assert (out.width, out.height) == (64, 48)
     assert open_video(out.path).info.frame_count == 3
+    # the added row and column repeat the edge (grey 100), not black
+    decoded = next(open_video(out.path).frames())
+    assert (
+        np.abs(decoded[47, :].astype(int) - 100).max() < 6
+        and np.abs(decoded[:, 63].astype(int) - 100).max() < 6
+    )
+    # only the height odd, or only the width
+    for shape, size in (((47, 64, 3), (64, 48)), ((48, 63, 3), (64, 48))):
+        out = write_video(tmp_path / "one.mp4", [np.full(shape, 100, np.uint8)] * 2, 12, preset="ultrafast")
+        assert (out.width, out.height) == size
 
 
 def test_fractional_fps(tmp_path):
@@ -118,8 +128,15 @@ def test_errors_leave_no_file(tmp_path):
     with pytest.raises(MediaError) as excinfo:
         write_video(target, frames, 24)
     assert excinfo.value.code == "invalid_frame"
-    with pytest.raises(MediaError):
-        write_video(target, [np.zeros((32, 32), np.float32)], 24)
+    for bad in (
+        np.zeros((32, 32), np.uint8),
+        np.zeros((32, 32, 3), np.float32),
+        np.zeros((32, 32, 4), np.uint8),
+    ):
+        with pytest.raises(MediaError) as excinfo:
+            write_video(target, [bad], 24)
+        assert excinfo.value.code == "invalid_frame"
+        assert f"frames must be (H, W, 3) uint8 RGB, got {bad.shape} {bad.dtype}" in str(excinfo.value)
 
     def failing():
         yield np.zeros((32, 32, 3), np.uint8)
@@ -166,3 +183,25 @@ def test_video_writers_write_side_by_side_and_abort_cleanly(tmp_path):
     # a writer's own error reaches the producer at close()
     with pytest.raises(MediaError), VideoWriters(tmp_path / "bad", ("e",), 12.0) as writers:
         writers.put({"e": np.zeros((32, 48), np.uint8)})  # not RGB
+
+
+def test_defaults_crf_18_medium_and_missing_folders_are_made(tmp_path):
+    import re
+
+    out = write_video(tmp_path / "a" / "b" / "o.mp4", [np.full((32, 32, 3), 80, np.uint8)] * 2, 24)
+    assert out.path.is_file()
+    text = re.search(rb"options: ([^\x00]*)", out.path.read_bytes()).group(1).decode()
+    settings = dict(item.split("=", 1) for item in text.split() if "=" in item)
+    assert (settings["crf"], settings["subme"]) == ("18.0", "7")  # x264's medium preset: subme 7
+
+
+def test_fps_bounds(tmp_path):
+    for fps in (0, -1, 240.5):
+        with pytest.raises(MediaError) as excinfo:
+            write_video(tmp_path / "o.mp4", [np.zeros((32, 32, 3), np.uint8)], fps)
+        assert excinfo.value.code == "invalid_option"
+    assert (
+        write_video(tmp_path / "o.mp4", [np.zeros((32, 32, 3), np.uint8)], 240, preset="ultrafast").fps
+        == 240.0
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "o.mp4"]
