@@ -131,6 +131,7 @@ class AnimationResult:
     motion: str = "skeleton"  # what moved the person: "body" (3D body fit) or "skeleton" (2D field)
     notes: list[str] = field(default_factory=list)  # e.g. why the body fit was not used
     parts: dict[str, str] = field(default_factory=dict)  # the engine's active parts (diffusion: weights used)
+    plan: dict | None = None  # animate.engines.plan.Plan.to_dict(): what the render ran with
 
     def to_dict(self) -> dict:
         return {
@@ -143,6 +144,7 @@ class AnimationResult:
             "motion": self.motion,
             "notes": list(self.notes),
             "parts": dict(self.parts),
+            "plan": self.plan,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
         }
@@ -212,11 +214,14 @@ class Prepared:
 class Animator:
     """Holds the settings and the models loaded for them; reuse one instance across jobs."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, tile_group=None) -> None:
+        """``tile_group``: this process' share of one job spread over several GPUs (``pipelines.distributed``,
+        started by ``animate.engines.parallel``); the diffusion engine predicts only its tiles."""
         self.settings = settings or Settings()
+        self.tile_group = tile_group
 
     @staticmethod
-    def _diffusion_options(options: AnimationOptions):
+    def _diffusion_options(options: AnimationOptions, tile_group=None):
         from animate.engines.diffusion import DiffusionOptions
 
         tiles = {"tile_size": options.tile_size, "tile_overlap": options.tile_overlap}
@@ -232,6 +237,7 @@ class Animator:
             seed=options.seed,
             preset=options.preset,
             adapter=options.adapter,
+            tile_group=tile_group,
             **{name: value for name, value in tiles.items() if value is not None},
         )
 
@@ -266,7 +272,9 @@ class Animator:
         media = self.settings.media
         image = load_image(reference, media)
         video = open_video(driving, media)
-        engine = select_engine(options.engine, self.settings, self._diffusion_options(options))
+        engine = select_engine(
+            options.engine, self.settings, self._diffusion_options(options, self.tile_group)
+        )
         preset = get_preset(options.preset) if options.preset else None
         if preset is None:
             size = options.size or default_size(image.width, image.height)
@@ -431,14 +439,17 @@ class Animator:
             )
             report("render", bundle.num_frames, bundle.num_frames)  # raises Canceled if asked to stop
 
-        written = write_video(
-            output,
-            frames(),
-            bundle.fps,
-            crf=self.settings.output_crf,
-            preset=self.settings.output_preset,
-            audio_from=driving if options.audio and prepared.has_audio else None,
-        )
+        try:
+            written = write_video(
+                output,
+                frames(),
+                bundle.fps,
+                crf=self.settings.output_crf,
+                preset=self.settings.output_preset,
+                audio_from=driving if options.audio and prepared.has_audio else None,
+            )
+        finally:
+            bundle.close()  # the guidance caches on disk
         timings = {**prepared.timings, "render": time.perf_counter() - start}
         report("encode", 1, 1)
         report.finish(bundle.num_frames)
@@ -454,6 +465,7 @@ class Animator:
             motion=getattr(engine, "motion", None) or ("body" if bundle.body is not None else "skeleton"),
             notes=prepared.notes,
             parts=dict(getattr(engine, "parts", None) or {}),
+            plan=_engine_plan(engine, written),
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:
@@ -521,12 +533,16 @@ class Animator:
         return {"body": directory / "body.json", **{name: directory / f"{name}.mp4" for name in names}}
 
     def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter, engine=None) -> None:
-        """The full per-frame stacks a diffusion engine reads: the rendered body's depth / normal /
+        """The per-frame stacks a diffusion engine reads: the rendered body's depth / normal /
         semantic / mask and the dense field (CMP's when its checkpoint is in the weights, as DisPose's
         ControlNet was trained on it; else the body's). Without a body fit only CMP can give the field.
         ``engine.guidance_conventions`` (the loaded networks' rules) say which keypoints and CMP input rules
         make the dense field, which convention the depth map follows, and whether a `skeleton` encoder gets
-        its own image (Champ's: the rendered body's joints in DWPose's annotator style)."""
+        its own image (Champ's: the rendered body's joints in DWPose's annotator style).
+
+        The body's stacks are rendered once, frame by frame, into ``FrameCache`` files in a temporary folder
+        (``bundle.caches``; removed by ``bundle.close()``), so memory stays flat in length: the engine reads
+        them back a tile window at a time. Depth is kept as one channel and repeated on reading."""
         from animate.motion.body_field import DenseField
         from animate.motion.bundle import GuidanceConventions
         from animate.motion.cmp import cmp_dense_flow, find_cmp_checkpoint, load_cmp
@@ -553,34 +569,56 @@ class Animator:
         motion = bundle.body
         if motion is None:
             return
+        from animate.motion.frames import CacheDirectory
+
         width, height = bundle.size
-        shape = (total, height, width)
-        bundle.depth = np.empty((*shape, 3), np.uint8)
-        bundle.normal = np.empty((*shape, 3), np.uint8)
-        bundle.semantic = np.empty((*shape, 3), np.uint8)
-        bundle.mask = np.empty(shape, np.uint8)
+        image = (height, width)
+        if bundle.caches is None:
+            bundle.caches = CacheDirectory()
+        caches = {
+            "depth": bundle.caches.cache("depth", total, image, np.uint8),
+            "normal": bundle.caches.cache("normal", total, (*image, 3), np.uint8),
+            "semantic": bundle.caches.cache("semantic", total, (*image, 3), np.uint8),
+            "mask": bundle.caches.cache("mask", total, image, np.uint8),
+        }
         skeletons = None
         if rules.skeleton == "dwpose":
             from animate.motion.body_field import snap_keypoints
             from animate.pose.draw_dwpose import draw_pose_dwpose
 
             skeletons = snap_keypoints(bundle.keypoints, motion.keypoints())
-            bundle.skeleton = np.empty((*shape, 3), np.uint8)
+            caches["skeleton"] = bundle.caches.cache("skeleton", total, (*image, 3), np.uint8)
         dense = DenseField(motion, bundle.reference_mask) if bundle.dense_flow is None else None
         if dense is not None:
-            bundle.dense_flow = np.empty((*shape, 2), np.float32)
+            caches["dense_flow"] = bundle.caches.cache("dense_flow", total, (*image, 2), np.float32)
         renderer, camera = motion.renderer()
         for t, vertices in enumerate(motion.iter_vertices()):
             frame = renderer.render(vertices, camera)
-            bundle.depth[t] = frame.depth_map(rules.depth)[..., None]
-            bundle.normal[t] = frame.normal_image
-            bundle.semantic[t] = frame.semantic_image
-            bundle.mask[t] = frame.mask_image
+            caches["depth"].append(frame.depth_map(rules.depth))
+            caches["normal"].append(frame.normal_image)
+            caches["semantic"].append(frame.semantic_image)
+            caches["mask"].append(frame.mask_image)
             if skeletons is not None:
-                bundle.skeleton[t] = draw_pose_dwpose(skeletons[t], width, height)
+                caches["skeleton"].append(draw_pose_dwpose(skeletons[t], width, height))
             if dense is not None:
-                bundle.dense_flow[t] = dense.flow(vertices)
+                caches["dense_flow"].append(dense.flow(vertices))
             report("motion", total + t + 1 if checkpoint else t + 1, 2 * total if checkpoint else total)
+        depth = caches.pop("depth")
+        bundle.depth = depth.map(
+            lambda frames: np.repeat(frames[..., None], 3, axis=-1), (*image, 3), np.uint8
+        )
+        for name, cache in caches.items():
+            setattr(bundle, name, cache)
+
+
+def _engine_plan(engine, written) -> dict:
+    """The plan the engine rendered with (``animate.engines.plan``); the warp engine's has no GPU numbers."""
+    from animate.engines.plan import warp_plan
+
+    plan = getattr(engine, "plan", None)
+    if plan is not None:
+        return plan.to_dict()
+    return warp_plan(written.width, written.height, written.frame_count).to_dict()
 
 
 def _preset_notes(preset, video, settings: Settings) -> list[str]:

@@ -14,6 +14,7 @@ from pipelines.checkpoints import (
     load_mimicmotion,
     read_checkpoint,
 )
+from pipelines.distributed import TileGroup, init_tile_group
 from pipelines.injection import UNetInjector, skip_multiplicities
 from pipelines.pipeline_animation import AnimationPipeline, AnimationPipelineOutput
 from pipelines.tiling import tile_indices, triangular_weights
@@ -23,10 +24,12 @@ __all__ = [
     "AnimationPipelineOutput",
     "CheckpointError",
     "KeyReport",
+    "TileGroup",
     "UNetInjector",
     "build_pipeline",
     "check_dispose",
     "check_mimicmotion",
+    "init_tile_group",
     "load_champ_guidance_encoders",
     "load_dispose",
     "load_mimicmotion",

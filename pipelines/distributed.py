@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -50,8 +51,16 @@ class TileGroup:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
 
 
-def init_tile_group(rank: int, world_size: int, init_method: str, backend: str | None = None) -> TileGroup:
-    """Join the default process group (``backend``: ``nccl`` when CUDA is available, else ``gloo``)."""
+def init_tile_group(
+    rank: int,
+    world_size: int,
+    init_method: str,
+    backend: str | None = None,
+    timeout: timedelta | None = None,
+) -> TileGroup:
+    """Join the default process group (``backend``: ``nccl`` when CUDA is available, else ``gloo``);
+    ``timeout``: how long a collective call waits for the other ranks (``None``: PyTorch's default)."""
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    extra = {"timeout": timeout} if timeout is not None else {}
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, **extra)
     return TileGroup.from_process_group()

@@ -21,6 +21,7 @@ from animate import __version__
 from animate.cli import doctor as doctor_cmd
 from animate.cli import guidance as guidance_cmd
 from animate.cli import media as media_cmd
+from animate.cli import plan as plan_cmd
 from animate.cli import pose as pose_cmd
 from animate.cli import quiet
 from animate.cli import run as run_cmd
@@ -62,6 +63,7 @@ def _root(
 
 
 app.command("run")(run_cmd.run)
+app.command("plan")(plan_cmd.plan)
 app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(media_cmd.app, name="media")
 app.command("pose")(pose_cmd.pose)

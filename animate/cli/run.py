@@ -9,6 +9,7 @@ import typer
 
 from animate.animator import AnimationOptions, Animator, Progress
 from animate.cli.media import parse_size
+from animate.cli.plan import parse_gpus
 from animate.cli.progress import StageProgress, warnings_to
 from animate.settings import Settings
 
@@ -45,6 +46,17 @@ def run(
     adapter: Path | None = typer.Option(
         None, "--adapter", help="Parts trained by `animate train run` (RUN_DIR/final), over the base weights."
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the memory / time plan (as `animate plan`) and exit; nothing heavy runs.",
+    ),
+    gpus: str | None = typer.Option(
+        None, help="Spread the job over these GPUs, e.g. 0,1: the tiles of each step split, one process each."
+    ),
+    processes: int | None = typer.Option(
+        None, help="Spread the job over N CPU processes (as --gpus cpu,cpu,...; for machines without a GPU)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Animate REFERENCE with the motion of DRIVING and write an mp4."""
@@ -65,6 +77,13 @@ def run(
     )
     options.validate()
     settings = Settings()
+    devices = parse_gpus(gpus, processes)
+    if dry_run:
+        from animate.engines.plan import format_table, plan_job
+
+        planned = plan_job(settings, reference, driving, options, gpus=max(1, len(devices)))
+        typer.echo(json.dumps({"plan": planned.to_dict()}, indent=2) if as_json else format_table(planned))
+        return
     # progress goes to stderr, one line per stage (redrawn in place in a terminal): stdout carries only
     # the result (JSON with --json)
     progress = StageProgress()
@@ -82,9 +101,17 @@ def run(
 
     with warnings_to(progress):
         try:
-            result = Animator(settings).run(
-                reference, driving, output, options, artifacts_dir=artifacts, progress=on_progress
-            )
+            if devices:  # one process per GPU, rank 0 here (animate.engines.parallel)
+                from animate.engines.parallel import run_split
+
+                result = run_split(
+                    settings, devices, reference, driving, output, options, artifacts_dir=artifacts,
+                    progress=on_progress,
+                )  # fmt: skip
+            else:
+                result = Animator(settings).run(
+                    reference, driving, output, options, artifacts_dir=artifacts, progress=on_progress
+                )
         finally:
             progress.close()
     if as_json:

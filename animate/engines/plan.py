@@ -445,7 +445,8 @@ def _seconds(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tup
         step += calls * shapes.denoisers * 2 / k.pcie_bytes_per_s
     if hw.gpus > 1:  # the all-reduce of the fused predictions and weights
         step += 2 * 4 * 4 * work.latent_pixels * (work.frames + 1) / 10e9
-    decode = (work.frames * k.vae_tflop_frame * work.width * work.height / _REF_PIXELS) / (throughput / 2)
+    vae_scale = (work.width * work.height / _REF_PIXELS) * (shapes.vae_channels / 128) ** 2
+    decode = work.frames * k.vae_tflop_frame * vae_scale / (throughput / 2)  # memory-bound: half the rate
     return step, work.steps * step + decode
 
 
@@ -601,3 +602,120 @@ def calibration_path() -> Path | None:
 def load_coefficients() -> Coefficients:
     path = calibration_path()
     return Coefficients.from_json(path) if path is not None and path.is_file() else Coefficients()
+
+
+def _safetensors_params(directory: Path) -> int:
+    """Parameters of a diffusers component folder, from its safetensors headers (no tensor is read)."""
+    total = 0
+    for path in sorted(directory.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def shapes_from_weights(root: str | Path) -> ModelShapes:
+    """The networks ``root`` holds, without loading them: a converted folder's own configs and safetensors
+    headers, else the published shapes of what ``inspect_weights`` finds."""
+    from animate.weights import CONVERTED_DIR, inspect_weights
+
+    report = inspect_weights(root)
+    features = report.features
+    maps = sum(1 for name, on in features.items() if name.startswith("guidance_") and on)
+    converted = Path(root) / CONVERTED_DIR
+    if not features.get("fast_load"):
+        return ModelShapes.published(controlnet=features.get("dispose", False), guidance_maps=maps,
+                                     dift=features.get("dift", False))  # fmt: skip
+    index = json.loads((converted / "model_index.json").read_text())
+    encoders = converted / "guidance_encoders" / "config.json"
+    types = json.loads(encoders.read_text()).get("guidance_types", ()) if encoders.is_file() else ()
+    controlnet = (index.get("motion_controlnet") or [None])[0] is not None
+    dift = features.get("dift", False) and controlnet
+    return ModelShapes(
+        unet_params=_safetensors_params(converted / "unet"),
+        controlnet_params=_safetensors_params(converted / "motion_controlnet") if controlnet else 0,
+        image_encoder_params=_safetensors_params(converted / "image_encoder"),
+        vae_params=_safetensors_params(converted / "vae"),
+        small_params=_safetensors_params(converted / "pose_guider")
+        + _safetensors_params(converted / "guidance_encoders"),
+        dift_params=859_520_964 if dift else 0,
+        channels=json.loads((converted / "unet" / "config.json").read_text())["block_out_channels"][0],
+        vae_channels=json.loads((converted / "vae" / "config.json").read_text())["block_out_channels"][0],
+        pose_guider=(index.get("pose_guider") or [None])[0] is not None,
+        guidance_maps=len(types),
+    )
+
+
+def plan_job(
+    settings: Any,
+    reference: str | Path,
+    driving: str | Path,
+    options: Any,
+    *,
+    gpu_memory: int | None = None,
+    gpus: int = 1,
+    frames: int | None = None,
+) -> Plan:
+    """The plan of ``animate run REFERENCE DRIVING`` with ``options`` (``AnimationOptions``), from the
+    inputs' headers and the weights folder only: nothing heavy is loaded. ``gpu_memory``: plan the
+    diffusion engine for a card with that much free memory (weights or no GPU here); ``frames``: plan for
+    that many output frames instead of the driving video's."""
+    from animate.animator import MAX_FPS, MIN_FPS, default_size
+    from animate.engines import diffusion_unavailable_reason
+    from animate.errors import AnimateError
+    from animate.media import load_image, open_video
+    from animate.presets import get_preset, preprocess_reference, sample_frames
+    from pipelines.parity import TILES
+
+    image = load_image(reference, settings.media)
+    video = open_video(driving, settings.media)
+    preset = get_preset(options.preset) if options.preset else None
+    if preset is None:
+        width, height = options.size or default_size(image.width, image.height)
+        fps = float(options.fps or min(max(video.fps, MIN_FPS), MAX_FPS))
+        resample = options.fps or (None if fps == video.fps else fps)
+        count = video.output_frame_count(resample, options.max_frames)
+    else:
+        rgb, _ = preprocess_reference(image.rgb, preset, image.mask)
+        height, width = rgb.shape[:2]
+        count = sample_frames(video, preset, options.max_frames)[1]
+    count = frames or count
+    host = Hardware.detect(gpu_memory=None).host_available if gpu_memory is None else None
+    if options.engine == "warp":
+        return warp_plan(width, height, count, host)
+    reason = (
+        None if gpu_memory is not None else diffusion_unavailable_reason(settings, options.engine == "auto")
+    )
+    if reason is not None:
+        if options.engine == "diffusion":
+            raise AnimateError("engine_unavailable", f"the diffusion engine cannot run: {reason}")
+        plan = warp_plan(width, height, count, host)
+        return dataclasses.replace(plan, notes=(f"diffusion not used: {reason}", *plan.notes))
+    notes: list[str] = []
+    from animate.weights import inspect_weights
+
+    weights = Path(settings.weights_dir)
+    if weights.is_dir() and inspect_weights(weights).features.get("diffusion"):
+        shapes = shapes_from_weights(weights)
+    else:
+        shapes = ModelShapes.published()
+        notes.append("no weights here: planned for MimicMotion 1.1 (SVD-xt + pose guider)")
+    system = preset.name if preset else ("dispose" if shapes.controlnet_params else "mimicmotion")
+    if not shapes.pose_guider and not shapes.controlnet_params:
+        system = "svd"
+    tile_size, tile_overlap = TILES[system]
+    if preset is not None:
+        tile_size, tile_overlap = preset.tile_size, preset.tile_overlap
+    work = Workload(
+        width=width,
+        height=height,
+        frames=count,
+        steps=options.steps,
+        tile_size=options.tile_size or tile_size,
+        tile_overlap=tile_overlap if options.tile_overlap is None else options.tile_overlap,
+        shapes=shapes,
+    )
+    plan = make_plan(
+        work, Hardware.detect(gpu_memory, gpus), load_coefficients(), speed=settings.diffusion_speed
+    )
+    return dataclasses.replace(plan, notes=(*notes, *plan.notes))
