@@ -56,6 +56,7 @@ def guidance(
     from animate.body import Renderer, load_body
     from animate.body.fit import concat_tracks
     from animate.body.transfer import fit_driving_chunks, fit_reference, transfer
+    from animate.cli.progress import StageProgress
     from animate.media import load_image, open_video
     from animate.pose import SequenceOptions, draw_pose, estimate_image, estimate_video, retarget
     from animate.settings import Settings
@@ -71,28 +72,21 @@ def guidance(
     out_w, out_h = parse_size(size, (ref_w, ref_h))
     video = open_video(driving, settings.media)
 
-    typer.echo("pose: reference", err=True)
-    ref_pose = estimate_image(image)
+    progress = StageProgress()  # one line per stage on stderr (redrawn in place in a terminal)
     total = video.output_frame_count(None, max_frames)
-    with typer.progressbar(length=total, label="pose", file=None) as bar:
-        done = 0
-
-        def advance(count: int, _total: int) -> None:
-            nonlocal done
-            bar.update(count - done)
-            done = count
-
-        poses = estimate_video(
-            video,
-            max_frames=max_frames,
-            options=SequenceOptions(max_side=512, keep_masks=True),
-            progress=advance,
-        )
+    progress("pose", 0, total)
+    ref_pose = estimate_image(image)
+    poses = estimate_video(
+        video,
+        max_frames=max_frames,
+        options=SequenceOptions(max_side=512, keep_masks=True),
+        progress=lambda count, _total: progress("pose", count, total),
+    )
     masks = np.stack(
         [p.mask if p.mask is not None else np.zeros((poses.height, poses.width), np.uint8) for p in poses]
     )
 
-    typer.echo("body: fitting the reference and the driver's shape", err=True)
+    progress("body", 0, len(poses))  # fitting the reference's and the driver's shapes, then frame by frame
     ref_track = fit_reference(body, ref_pose, ref_w, ref_h, ref_pose.mask)
     out_camera = ref_track.camera.cover(out_w, out_h)
     chunks = fit_driving_chunks(body, poses, masks)  # the driver's shape is fitted on the first next()
@@ -114,43 +108,43 @@ def guidance(
         ref_rest = body.rest(body.tensor(ref_track.shape)[None])
         drv_rest = None
         # Fitting and rendering go chunk by chunk: only one chunk's meshes are ever held.
-        with typer.progressbar(length=len(poses), label="body", file=None) as bar:
-            for chunk in chunks:
-                if drv_rest is None:
-                    drv_rest = body.rest(body.tensor(chunk.shape)[None])
-                drv_camera = chunk.camera.cover(out_w, out_h)
-                moved = transfer(
-                    body, chunk, ref_track, camera=out_camera, origin=fitted[0] if fitted else chunk
+        rendered = 0
+        for chunk in chunks:
+            if drv_rest is None:
+                drv_rest = body.rest(body.tensor(chunk.shape)[None])
+            drv_camera = chunk.camera.cover(out_w, out_h)
+            moved = transfer(body, chunk, ref_track, camera=out_camera, origin=fitted[0] if fitted else chunk)
+            fitted.append(chunk)
+            moved_parts.append(moved)
+            moved_vertices = moved.vertices(body, rest=ref_rest)
+            drv_vertices = chunk.vertices(body, rest=drv_rest)
+            for i in range(len(chunk)):
+                t = chunk.meta["start"] + i
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                target = renderer.render(moved_vertices[i], out_camera)
+                fit = renderer.render(drv_vertices[i], drv_camera)
+                overlay = frame.copy()
+                overlay[fit.mask] = (0.5 * overlay[fit.mask] + 0.5 * fit.semantic_image[fit.mask]).astype(
+                    np.uint8
                 )
-                fitted.append(chunk)
-                moved_parts.append(moved)
-                moved_vertices = moved.vertices(body, rest=ref_rest)
-                drv_vertices = chunk.vertices(body, rest=drv_rest)
-                for i in range(len(chunk)):
-                    t = chunk.meta["start"] + i
-                    frame = next(frames, None)
-                    if frame is None:
-                        break
-                    target = renderer.render(moved_vertices[i], out_camera)
-                    fit = renderer.render(drv_vertices[i], drv_camera)
-                    overlay = frame.copy()
-                    overlay[fit.mask] = (0.5 * overlay[fit.mask] + 0.5 * fit.semantic_image[fit.mask]).astype(
-                        np.uint8
-                    )
-                    skeleton = draw_pose(skeletons[t].transformed((s, s), offset), out_w, out_h)
-                    writers.put(
-                        {
-                            "skeleton": skeleton,
-                            "depth": gray(target.depth_image),
-                            "normal": target.normal_image,
-                            "semantic": target.semantic_image,
-                            "mask": gray(target.mask_image),
-                            "overlay": overlay,
-                        }
-                    )
-                    bar.update(1)
+                skeleton = draw_pose(skeletons[t].transformed((s, s), offset), out_w, out_h)
+                writers.put(
+                    {
+                        "skeleton": skeleton,
+                        "depth": gray(target.depth_image),
+                        "normal": target.normal_image,
+                        "semantic": target.semantic_image,
+                        "mask": gray(target.mask_image),
+                        "overlay": overlay,
+                    }
+                )
+                rendered += 1
+                progress("body", rendered, len(poses))
     finally:
         writers.close()
+        progress.close()
     (output / "body.json").write_text(
         json.dumps(
             {

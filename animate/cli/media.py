@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from animate.cli.progress import StageProgress
 from animate.errors import AnimateError
 from animate.media import open_video, write_video
 from animate.settings import Settings
@@ -55,23 +56,24 @@ def transcode(
     settings = Settings()
     target_size = parse_size(size)
     video = open_video(source, settings.media)
-    with typer.progressbar(
-        length=video.output_frame_count(fps, max_frames), label="transcode", file=None
-    ) as bar:
+    total = video.output_frame_count(fps, max_frames)
+    progress = StageProgress()  # on stderr: one line when done (redrawn in place in a terminal)
 
-        def frames():
-            for frame in video.frames(fps=fps, max_frames=max_frames, size=target_size):
-                bar.update(1)
-                yield frame
+    def frames():
+        progress("transcode", 0, total)
+        for i, frame in enumerate(video.frames(fps=fps, max_frames=max_frames, size=target_size)):
+            yield frame
+            progress("transcode", i + 1, total)
 
-        written = write_video(
-            output,
-            frames(),
-            fps or video.info.fps,
-            crf=settings.output_crf if crf is None else crf,
-            preset=settings.output_preset,
-            audio_from=source if audio and video.info.has_audio else None,
-        )
+    written = write_video(
+        output,
+        frames(),
+        fps or video.info.fps,
+        crf=settings.output_crf if crf is None else crf,
+        preset=settings.output_preset,
+        audio_from=source if audio and video.info.has_audio else None,
+    )
+    progress.close()
     typer.echo(
         f"wrote {written.path} ({written.width}x{written.height}, {written.frame_count} frames, {written.fps:g} fps)"
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from animate.cli.progress import StageProgress
 from animate.errors import AnimateError
 from animate.media import load_image, open_video, write_video
 from animate.pose import (
@@ -34,16 +35,18 @@ def _estimator(name: EstimatorName, settings: Settings, static: bool) -> PoseEst
     return MediaPipeEstimator(static=static, segmentation=static)
 
 
-def _render(sequence: PoseSequence, path: Path, settings: Settings) -> None:
+def _render(sequence: PoseSequence, path: Path, settings: Settings, progress: StageProgress):
     fps = sequence.fps if sequence.fps > 0 else 1.0
-    with typer.progressbar(length=len(sequence), label="render", file=None) as bar:
 
-        def frames():
-            for pose in sequence:
-                yield draw_pose(pose, sequence.width, sequence.height)
-                bar.update(1)
+    def frames():
+        progress("render", 0, len(sequence))
+        for i, pose in enumerate(sequence):
+            yield draw_pose(pose, sequence.width, sequence.height)
+            progress("render", i + 1, len(sequence))
 
-        write_video(path, frames(), fps, crf=settings.output_crf, preset=settings.output_preset)
+    written = write_video(path, frames(), fps, crf=settings.output_crf, preset=settings.output_preset)
+    progress.close()
+    return written
 
 
 def pose(
@@ -55,6 +58,7 @@ def pose(
 ) -> None:
     """Estimate the main person's 133 whole-body keypoints (COCO-WholeBody) in every frame."""
     settings = Settings()
+    progress = StageProgress()  # one line per stage on stderr (redrawn in place in a terminal)
     if not source.is_file():
         raise AnimateError("file_not_found", f"{source} does not exist")
     if source.suffix.lower() in IMAGE_SUFFIXES:
@@ -64,18 +68,15 @@ def pose(
     else:
         video = open_video(source, settings.media)
         total = video.output_frame_count(None, max_frames)
-        with (
-            _estimator(estimator, settings, static=False) as model,
-            typer.progressbar(length=total, label="pose", file=None) as bar,
-        ):
-            done = 0
-
-            def advance(count: int, _total: int) -> None:
-                nonlocal done
-                bar.update(count - done)
-                done = count
-
-            sequence = estimate_video(video, model, max_frames=max_frames, progress=advance)
+        with _estimator(estimator, settings, static=False) as model:
+            progress("pose", 0, total)
+            sequence = estimate_video(
+                video,
+                model,
+                max_frames=max_frames,
+                progress=lambda done, _total: progress("pose", done, total),
+            )
+        progress.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     sequence.save(output)
     found = int(sequence.detected.sum())
@@ -83,5 +84,5 @@ def pose(
         f"wrote {output} ({len(sequence)} frames, person in {found}, {sequence.width}x{sequence.height})"
     )
     if render is not None:
-        _render(sequence, render, settings)
-        typer.echo(f"wrote {render}")
+        w = _render(sequence, render, settings, progress)
+        typer.echo(f"wrote {w.path} ({w.width}x{w.height}, {w.frame_count} frames, {w.fps:g} fps)")

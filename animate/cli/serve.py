@@ -183,5 +183,12 @@ def supervise(envs: dict[str, dict[str, str]]) -> None:
 
 
 def worker_main() -> None:
-    """Entry point of the worker processes that ``serve`` and ``worker --gpus`` start."""
-    typer.run(worker)
+    """Entry point of the worker processes that ``serve`` and ``worker --gpus`` start: only our log lines
+    (third-party chatter off unless ``ANIMATE_DEBUG=1``, see ``animate.cli.quiet``)."""
+    from animate.cli import quiet
+
+    quiet.install([])
+    try:
+        typer.run(worker)
+    finally:
+        quiet.uninstall()
