@@ -149,6 +149,8 @@ def run(
         progress=progress,
     )
     result = run_training(config)
+    if not result.main_process:  # rank 0 speaks for the run
+        raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         typer.echo(f"interrupted at step {result.steps}; continue with --resume latest", err=True)
         raise typer.Exit(130)

@@ -125,6 +125,7 @@ class TrainResult:
     final_dir: Path | None = None
     interrupted: bool = False
     seen: list[list[int]] = field(default_factory=list)  # this rank's dataset indices, per optimizer step
+    main_process: bool = True  # False on the other ranks of a multi-process run
 
 
 class EpochSampler(Sampler[int]):
@@ -626,6 +627,26 @@ class Trainer:
         finally:
             self.dataset.set_epoch(self.state.epoch)
 
+    def _write_rank_record(self, result: TrainResult) -> None:
+        """``logs/rank-R.json``: the clips this process trained on per step and a checksum of its trained
+        weights (every rank must end with the same), for auditing a multi-process run."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(self.named):
+            digest.update(name.encode())
+            digest.update(self.named[name].detach().float().cpu().numpy().tobytes())
+        record = {
+            "rank": self.accelerator.process_index,
+            "processes": self.accelerator.num_processes,
+            "steps": self.state.step,
+            "clips_per_step": result.seen,
+            "weights_sha256": digest.hexdigest(),
+        }
+        path = self.run_dir / LOGS_DIR / f"rank-{self.accelerator.process_index}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
     def _reduce_gradients(self) -> None:
         """Average the trainable gradients over the processes (one flat all-reduce)."""
         acc = self.accelerator
@@ -647,7 +668,7 @@ class Trainer:
         config, acc = self.config, self.accelerator
         if config.resume:
             self.resume(config.resume)
-        result = TrainResult(steps=self.state.step)
+        result = TrainResult(steps=self.state.step, main_process=acc.is_main_process)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(_jsonable(asdict(config)), indent=2))
@@ -728,6 +749,7 @@ class Trainer:
         bar.close()
         if not config.checkpoint_every or self.state.step % config.checkpoint_every:
             self.save_checkpoint()
+        self._write_rank_record(result)
         result.final_dir = self.save_final()
         acc.end_training()
         result.steps = self.state.step
