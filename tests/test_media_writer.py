@@ -123,11 +123,15 @@ def test_errors_leave_no_file(tmp_path):
     target = tmp_path / "out.mp4"
     with pytest.raises(MediaError) as excinfo:
         write_video(target, [], 24)
-    assert excinfo.value.code == "empty_media"
-    frames = [np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)]
+    assert excinfo.value.code == "empty_media" and "no frames to write" in str(excinfo.value)
+    frames = [np.zeros((32, 32, 3), np.uint8), np.zeros((16, 24, 3), np.uint8)]
     with pytest.raises(MediaError) as excinfo:
         write_video(target, frames, 24)
     assert excinfo.value.code == "invalid_frame"
+    assert "frame 1 is 24x16, not 32x32" in str(excinfo.value)
+    frames = [np.zeros((32, 32, 3), np.uint8)] * 5 + [np.zeros((16, 24, 3), np.uint8)]
+    with pytest.raises(MediaError, match="frame 5 is 24x16, not 32x32"):
+        write_video(target, frames, 24)
     for bad in (
         np.zeros((32, 32), np.uint8),
         np.zeros((32, 32, 3), np.float32),
@@ -200,8 +204,33 @@ def test_fps_bounds(tmp_path):
         with pytest.raises(MediaError) as excinfo:
             write_video(tmp_path / "o.mp4", [np.zeros((32, 32, 3), np.uint8)], fps)
         assert excinfo.value.code == "invalid_option"
+        assert f"fps must be in (0, 240], got {fps}" in str(excinfo.value)
+    assert (
+        write_video(tmp_path / "o.mp4", [np.zeros((32, 32, 3), np.uint8)], 0.5, preset="ultrafast").fps == 0.5
+    )
     assert (
         write_video(tmp_path / "o.mp4", [np.zeros((32, 32, 3), np.uint8)], 240, preset="ultrafast").fps
         == 240.0
     )
     assert list(tmp_path.iterdir()) == [tmp_path / "o.mp4"]
+
+
+def test_while_writing_a_hidden_part_file_sits_next_to_the_target(tmp_path):
+    """The file appears atomically: until the rename there is only a dot-named .mp4.part in the same folder
+    (same file system), and RGB-to-YUV runs on its own named thread."""
+    import threading
+
+    seen: list = []
+
+    def frames():
+        for i in range(3):
+            if i == 2:
+                seen.append(sorted(p.name for p in tmp_path.iterdir()))
+                seen.append({t.name for t in threading.enumerate()})
+            yield np.full((32, 32, 3), 40 * i, np.uint8)
+
+    write_video(tmp_path / "clip.mp4", frames(), 12, preset="ultrafast")
+    names, threads = seen
+    assert len(names) == 1 and names[0].startswith(".clip.") and names[0].endswith(".mp4.part")
+    assert "rgb-to-yuv" in threads
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]

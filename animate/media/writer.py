@@ -163,17 +163,20 @@ def write_video(
                 if audio is not None:
                     audio.write_until(count / fps)
 
-            def checked(array: np.ndarray) -> np.ndarray:
+            def checked(index: int, array: np.ndarray) -> np.ndarray:
+                # runs on the prefetch thread, ahead of ``count``: the frame's own index names it
                 array = _even(_check_frame(array))
                 if array.shape[:2] != (height, width):
                     raise MediaError(
                         "invalid_frame",
-                        f"frame {count} is {array.shape[1]}x{array.shape[0]}, not {width}x{height}",
+                        f"frame {index} is {array.shape[1]}x{array.shape[0]}, not {width}x{height}",
                     )
                 return array
 
             for frame in prefetched(
-                itertools.chain([first], map(checked, iterator)), transform=_to_yuv, name="rgb-to-yuv"
+                itertools.chain([first], itertools.starmap(checked, enumerate(iterator, 1))),
+                transform=_to_yuv,
+                name="rgb-to-yuv",
             ):
                 encode(frame)
             for packet in stream.encode(None):
