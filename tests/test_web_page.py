@@ -513,3 +513,56 @@ def test_static_files_are_served_with_their_types(server: Cluster) -> None:
     ):
         response = server.http.get(path)
         assert response.status_code == 200 and response.headers["content-type"].startswith(kind), path
+
+
+# WCAG 2 contrast of each text against the first opaque background behind it.
+CONTRAST = """
+(selectors) => {
+  const rgb = (text) => text.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => {
+    const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  };
+  const behind = (element) => {
+    for (let e = element; e; e = e.parentElement) {
+      const colour = rgb(getComputedStyle(e).backgroundColor);
+      if (colour.length === 3 || colour[3] === 1) return colour.slice(0, 3);
+    }
+    return rgb(getComputedStyle(document.body).backgroundColor).slice(0, 3);
+  };
+  return Object.fromEntries(selectors.map((selector) => {
+    const element = document.querySelector(selector);
+    const [a, b] = [luminance(rgb(getComputedStyle(element).color)), luminance(behind(element))];
+    return [selector, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+  }));
+}
+"""
+TEXTS = [
+    "h1",
+    ".lede",
+    "#reference-hint",
+    ".drop-call u",
+    ".engine small",
+    "label[data-engine=diffusion] .reason",
+    "#go",
+    ".options summary",
+    ".recent th",
+]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_has_enough_contrast_in_light_and_dark(
+    browser, server: Cluster, shots: Path, scheme: str
+) -> None:
+    context = browser.new_context(viewport=DESKTOP, color_scheme=scheme)
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{server.port}/")
+        page.wait_for_selector("label[data-engine=diffusion] .reason")
+        ratios = page.evaluate(CONTRAST, TEXTS)
+        assert all(ratio >= 4.5 for ratio in ratios.values()), ratios  # WCAG AA for body text
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert (background == "rgb(17, 19, 24)") is (scheme == "dark"), background
+        assert screenshot_spread(page, shots / f"empty-{scheme}.png") > 10
+    finally:
+        context.close()
