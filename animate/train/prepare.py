@@ -28,6 +28,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -456,7 +457,8 @@ class _Bars:
         self.overall.update(1)
 
     def write(self, text: str) -> None:
-        self.tqdm.write(text) if self.enabled else log.info(text)
+        """A line above the bars (stderr, as the bars), also without bars."""
+        self.tqdm.write(text, file=sys.stderr) if self.enabled else print(text, file=sys.stderr)
 
     def close(self) -> None:
         for bar in self.bars.values():
