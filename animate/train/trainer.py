@@ -55,7 +55,12 @@ TEMPORAL_KEYS = ("temporal_transformer_blocks", "temporal_res_block", "time_mixe
 
 
 class TrainError(AnimateError):
+    """Bad training input or setup; ``code`` ``train_invalid`` unless given."""
+
     code = "train_invalid"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(code, message)
 
 
 @dataclass
