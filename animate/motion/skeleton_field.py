@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from animate.pose.layout import (
     L_ANKLE,
     L_BIG_TOE,
+    L_EAR,
     L_ELBOW,
+    L_EYE,
     L_HIP,
     L_KNEE,
     L_SHOULDER,
@@ -27,7 +30,9 @@ from animate.pose.layout import (
     NOSE,
     R_ANKLE,
     R_BIG_TOE,
+    R_EAR,
     R_ELBOW,
+    R_EYE,
     R_HIP,
     R_KNEE,
     R_SHOULDER,
@@ -127,6 +132,7 @@ class SkeletonField:
                 continue
             self.ref_segments[i] = (a.astype(np.float64), b.astype(np.float64))
             distances[:, i] = _segment_distance(self.pixels, a, b)
+        self._claim_head(distances)
         if bones is not None:
             distances[:, [i for i, bone in enumerate(BONES) if bone.name not in bones]] = np.inf
         if not np.isfinite(distances).any():
@@ -151,6 +157,84 @@ class SkeletonField:
         self.dominant = self.weights.argmax(axis=1)
         self.layer = np.array([BONES[i].layer for i in self.dominant], np.int32)
         self.active = np.flatnonzero(self.weights.any(axis=0))
+
+    def _arm_pixels(self, distances: np.ndarray) -> dict[str, np.ndarray]:
+        """Per side ("l", "r"), the bound pixels that surely lie on that arm's hand or forearm: inside the
+        hand's keypoints grown by a quarter palm when the hand was found, else within 0.6 forearm lengths
+        of the wrist (a hand is about 0.7 of its forearm); and within 0.2 forearm lengths of the forearm."""
+        out = {}
+        for side, root, wrist in (("l", LEFT_HAND_ROOT, L_WRIST), ("r", RIGHT_HAND_ROOT, R_WRIST)):
+            keep = np.zeros(len(self.pixels), bool)
+            forearm = _INDEX[f"{side}_forearm"]
+            if forearm in self.ref_segments:
+                length = float(np.linalg.norm(np.subtract(*self.ref_segments[forearm])))
+                keep |= distances[:, forearm] <= 0.2 * length
+                hand = self.reference[root : root + 21]
+                seen = hand[:, 2] >= self.threshold
+                if seen.sum() >= 3:
+                    hull = cv2.convexHull(hand[seen, :2].astype(np.float32))
+                    palm = (
+                        float(np.linalg.norm(hand[MIDDLE_MCP, :2] - hand[0, :2]))
+                        if seen[[0, MIDDLE_MCP]].all()
+                        else 0.0
+                    )
+                    near = np.flatnonzero(
+                        np.linalg.norm(self.pixels - hand[seen, :2].mean(0), axis=1) < 3 * length
+                    )
+                    signed = np.array(
+                        [cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in self.pixels[near]]
+                    )
+                    keep[near[signed >= -0.25 * max(palm, 0.3 * length)]] = True
+                else:
+                    keep |= np.linalg.norm(self.pixels - self.reference[wrist, :2], axis=1) <= 0.6 * length
+            out[side] = keep
+        return out
+
+    def head_disc(self, arms: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+        """(centre, radius) of the reference head with its hair: around the face's keypoints, as wide as
+        0.6 ear-to-ear or 0.3 shoulder-to-shoulder distances, or as far as the bound pixels' row through
+        the face reaches from it, leaving out ``arms`` pixels (at most one shoulder-to-shoulder distance:
+        drawn characters have big heads and big hair); None without a face."""
+        ref, threshold = self.reference, self.threshold
+        face = [i for i in (NOSE, L_EYE, R_EYE, L_EAR, R_EAR) if ref[i, 2] >= threshold]
+        if not face:
+            return None
+        centre = ref[face, :2].mean(0).astype(np.float64)
+        radius, cap = 0.0, np.inf
+        for a, b, share in ((L_EAR, R_EAR, 0.6), (L_SHOULDER, R_SHOULDER, 0.3)):
+            if ref[a, 2] >= threshold and ref[b, 2] >= threshold:
+                distance = float(np.linalg.norm(ref[a, :2] - ref[b, :2]))
+                radius = max(radius, share * distance)
+                cap = distance if a == L_SHOULDER else cap
+        on_row = np.rint(self.pixels[:, 1]) == np.rint(centre[1])
+        if arms is not None:
+            on_row &= ~arms
+        row = np.sort(self.pixels[on_row, 0])
+        if len(row):
+            gaps = np.flatnonzero(np.diff(row) > 2.0)
+            starts, stops = np.r_[row[0], row[gaps + 1]], np.r_[row[gaps], row[-1]]
+            run = np.flatnonzero((starts <= centre[0] + 1) & (stops >= centre[0] - 1))
+            if len(run):
+                half = max(centre[0] - starts[run[0]], stops[run[0]] - centre[0])
+                radius = max(radius, min(float(half), cap))
+        return (centre, radius) if radius > 0 else None
+
+    def _claim_head(self, distances: np.ndarray) -> None:
+        """Pixels of the head disc (face and hair) belong to the head, unless they surely lie on an arm
+        (``_arm_pixels``): a hand raised beside the face then carries itself, never locks of hair."""
+        head = _INDEX["head"]
+        if head not in self.ref_segments:
+            return
+        arms = self._arm_pixels(distances)
+        disc = self.head_disc(arms["l"] | arms["r"])
+        if disc is None:
+            return
+        centre, radius = disc
+        inside = np.linalg.norm(self.pixels - centre, axis=1) <= radius
+        for side, keep in arms.items():
+            for limb in (f"{side}_hand", f"{side}_forearm", f"{side}_upper_arm"):
+                distances[inside & ~keep, _INDEX[limb]] = np.inf
+        distances[inside, head] = 0.0
 
     def torso_quad(self) -> np.ndarray | None:
         """The reference torso (shoulders and hips) as a (4, 2) polygon, or None when not seen."""
