@@ -74,6 +74,7 @@ def test_embedded_ipv4_by_hand() -> None:
     assert embedded(v6("2001:0:102:304:0:0:f5ff:fffe")) == [v4("1.2.3.4"), v4("10.0.0.1")]
     assert embedded(v6("2001:4860::1")) == []
     assert embedded(v6("1:0:0:0:0:0:102:304")) == []  # high bits set: not "compatible"
+    assert embedded(v6("::1:a00:1")) == []  # bit 32 set: not "compatible" either
 
 
 class Resolver:
@@ -186,20 +187,22 @@ class FakeSocket:
 def test_https_connects_to_the_address_and_verifies_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list = []
 
+    plain = FakeSocket()
+
     def create_connection(address, timeout):
         calls.append(("connect", address, timeout))
-        return FakeSocket()
+        return plain
 
     class Context:
         def wrap_socket(self, sock, server_hostname):
-            calls.append(("tls", server_hostname))
+            calls.append(("tls", sock is plain, server_hostname))
             return sock
 
     monkeypatch.setattr(webhooks.socket, "create_connection", create_connection)
     monkeypatch.setattr(webhooks.ssl, "create_default_context", Context)
     connection = webhooks._PinnedHTTPS("hooks.example.com", 443, "203.0.113.9", 7.5)
     connection.connect()
-    assert calls == [("connect", ("203.0.113.9", 443), 7.5), ("tls", "hooks.example.com")]
+    assert calls == [("connect", ("203.0.113.9", 443), 7.5), ("tls", True, "hooks.example.com")]
     assert webhooks._PinnedHTTPS.default_port == 443
 
     made: list = []
