@@ -35,12 +35,17 @@ from animate.presets import frame_stride, get_preset, preprocess_reference, samp
 from animate.settings import Settings
 
 #: Share of the whole run each stage takes, for one overall ``fraction`` (rough CPU proportions).
-STAGE_WEIGHTS = {"decode": 0.02, "pose": 0.33, "body": 0.2, "motion": 0.03, "render": 0.37, "encode": 0.05}
+STAGE_WEIGHTS = {
+    "decode": 0.02, "pose": 0.33, "body": 0.2, "motion": 0.03, "previews": 0.06, "render": 0.31, "encode": 0.05,
+}  # fmt: skip
 STAGES = tuple(STAGE_WEIGHTS)
 MAX_SIDE, SHORT_SIDE = 1024, 576
 #: The reference body fit must cover at least this IoU of the reference person mask to be used.
 MIN_REFERENCE_FIT_IOU = 0.5
 PREVIEW = {"crf": 23, "preset": "veryfast"}  # guidance previews: for the eye, not the result
+#: Previews are drawn at the output size divided by a whole number, so their longest side is at most this
+#: (576x1024 -> 288x512): a quarter of the pixels to draw, render and encode, same frames and timing.
+PREVIEW_MAX_SIDE = 512
 MIN_FPS, MAX_FPS = 1.0, 60.0  # output rates; a driving video outside them is resampled into them
 
 log = logging.getLogger("animate.animator")
@@ -148,6 +153,11 @@ class AnimationResult:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
         }
+
+
+def preview_divisor(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -> int:
+    """The smallest whole number that brings the longest side of ``size`` to ``max_side`` or less."""
+    return max(1, -(-max(size) // max_side))
 
 
 def default_size(width: int, height: int) -> tuple[int, int]:
@@ -368,11 +378,12 @@ class Animator:
         if engine.name != "warp":
             self._fill_guidance(bundle, report, engine)
         bundle.validate()
-        artifacts: dict[str, Path] = {}
-        if artifacts_dir is not None:
-            artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, report)
         report("motion", 1, 1)
         lap("motion")
+        artifacts: dict[str, Path] = {}
+        if artifacts_dir is not None:  # previews: a stage of their own, drawn at a reduced size
+            artifacts = self._write_artifacts(Path(artifacts_dir), bundle, targets, report)
+            lap("previews")
         # the preset's 15 fps timing matches the driving video's only when fps / stride is 15
         in_time = preset is None or abs(video.fps / frame_stride(video.fps, preset) - preset.fps) < 0.01
         has_audio = video.info.has_audio and in_time
@@ -469,41 +480,58 @@ class Animator:
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:
-        """Guidance previews a person can check by eye: skeletons, keypoints, motion colours."""
+        """Guidance previews a person can check by eye: skeletons, keypoints, motion colours; every frame,
+        at the output size divided by ``preview_divisor`` (``poses.json`` keeps the output's pixels)."""
         from animate.motion.keypoint_flow import trajectory_flow
         from animate.pose import draw_pose, draw_pose_mimicmotion
 
         draw = draw_pose_mimicmotion if bundle.extras.get("preset") else draw_pose
         directory.mkdir(parents=True, exist_ok=True)
-        width, height = bundle.size
+        k = preview_divisor(bundle.size)
+        width, height = bundle.width // k, bundle.height // k
+        frames = bundle.num_frames
+        total = frames * (3 if bundle.body is not None else 2)  # skeleton, motion (and body) frames
+        report("previews", 0, total)
         out: dict[str, Path] = {}
         targets.save(directory / "poses.json")
         out["poses"] = directory / "poses.json"
-        skeletons = (draw(pose, width, height) for pose in targets)
-        out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons, bundle.fps, **PREVIEW).path
+
+        def skeletons() -> Iterator[np.ndarray]:
+            for t, pose in enumerate(targets):
+                yield draw(pose.transformed((1 / k, 1 / k)), width, height)
+                report("previews", t + 1, total)
+
+        out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons(), bundle.fps, **PREVIEW).path
 
         def motion_frames() -> Iterator[np.ndarray]:
             # Trajectory flow in chunks, so memory stays bounded for long videos.
             chunk = 32
-            for start in range(0, bundle.num_frames, chunk):
+            for start in range(0, frames, chunk):
                 lo = max(0, start - 1)
-                points = bundle.keypoints[lo : start + chunk]
-                flows = trajectory_flow(points, bundle.size)
+                points = bundle.keypoints[lo : start + chunk] * np.array([1 / k, 1 / k, 1], np.float32)
+                flows = trajectory_flow(points, (width, height))
                 for flow, frame_points in zip(flows[start - lo :], points[start - lo :], strict=True):
                     # with the skeleton: still frames (frame 0) are not blank white
                     yield motion_preview(flow, frame_points, max_magnitude=max(4.0, 0.01 * height))
-                report("motion", min(start + chunk, bundle.num_frames), bundle.num_frames)
+                report("previews", frames + min(start + chunk, frames), total)
 
         out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps, **PREVIEW).path
         if bundle.body is not None:
-            out.update(self._write_body_artifacts(directory, bundle))
+            step = lambda t: report("previews", 2 * frames + t, total)  # noqa: E731
+            out.update(self._write_body_artifacts(directory, bundle, k, step))
         return out
 
     @staticmethod
-    def _write_body_artifacts(directory: Path, bundle: GuidanceBundle) -> dict:
+    def _write_body_artifacts(
+        directory: Path,
+        bundle: GuidanceBundle,
+        divisor: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict:
         """The fitted bodies (``body.json``) and, from one render per frame, the guidance maps the diffusion
         engine reads (``depth.mp4``, ``normal.mp4``, ``semantic.mp4``) and the dense field as colours
-        (``dense_flow.mp4``). Previews: encoded at a fast preset and a lower quality than the result."""
+        (``dense_flow.mp4``). Previews: rendered at the output size / ``divisor``, encoded at a fast preset
+        and a lower quality than the result."""
         import json
 
         from animate.motion.body_field import DenseField
@@ -517,19 +545,25 @@ class Animator:
         )
         dense = DenseField(motion, bundle.reference_mask)
         scale = max(4.0, 0.1 * bundle.height)
-        renderer, camera = motion.renderer()
+        renderer, camera = motion.renderer(scale=divisor)
         names = ("depth", "normal", "semantic", "dense_flow")
         with VideoWriters(directory, names, bundle.fps, **PREVIEW) as writers:
-            for vertices in motion.iter_vertices():
+            for t, vertices in enumerate(motion.iter_vertices()):
                 frame = renderer.render(vertices, camera)
+                flow = dense.flow(vertices)  # at the output size: its colours shrunk with the field
+                if divisor > 1:
+                    size = (frame.depth_image.shape[1], frame.depth_image.shape[0])
+                    flow = cv2.resize(flow, size, interpolation=cv2.INTER_AREA)
                 writers.put(
                     {
                         "depth": np.repeat(frame.depth_image[..., None], 3, axis=2),
                         "normal": frame.normal_image,
                         "semantic": frame.semantic_image,
-                        "dense_flow": flow_to_color(dense.flow(vertices), max_magnitude=scale),
+                        "dense_flow": flow_to_color(flow, max_magnitude=scale),
                     }
                 )
+                if progress is not None:
+                    progress(t + 1)
         return {"body": directory / "body.json", **{name: directory / f"{name}.mp4" for name in names}}
 
     def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter, engine=None) -> None:

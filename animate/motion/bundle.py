@@ -9,8 +9,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from animate.motion.frames import CacheDirectory, FrameSource
+
 if TYPE_CHECKING:
     from animate.motion.body_field import BodyMotion
+
+#: a per-frame stack: an array (T, ...) or a lazy source of its frames (``animate.motion.frames``)
+Frames = np.ndarray | FrameSource
 
 
 #: Each rule's choices: ours first, then the published network's.
@@ -91,10 +96,12 @@ class GuidanceBundle:
 
     Per-frame image stacks are optional: an engine that needs them (diffusion) has them filled in; the
     warp engine streams from ``body`` (or, without a body fit, from the keypoints), so memory stays flat
-    for long videos.
+    for long videos. A stack is an array or a ``FrameSource`` (lazy, or a ``FrameCache`` file the animator
+    filled once): it indexes, slices and iterates like the array, and engines read it a window at a time.
     Images are uint8 RGB (T, H, W, 3); masks uint8 (.., H, W) with 0/255; flows float32 (T, H, W, 2) in
     pixels (x, y); keypoints float32 (T, 133, 3) COCO-WholeBody, retargeted onto the reference.
     ``dense_flow[t]`` moves reference pixels to frame t; ``trajectory_flow[t]`` is frame t-1 -> t.
+    ``close()`` removes the on-disk frame caches (also done when the bundle is garbage-collected).
     """
 
     reference: np.ndarray  # (H, W, 3) the reference image at the output size
@@ -103,18 +110,19 @@ class GuidanceBundle:
     keypoints: np.ndarray  # (T, 133, 3)
     fps: float
     size: tuple[int, int]
-    pose_images: np.ndarray | None = None  # (T, H, W, 3) skeletons, DWPose convention
-    skeleton: np.ndarray | None = None  # (T, H, W, 3) a `skeleton` encoder's own image (Champ's style)
-    depth: np.ndarray | None = None  # (T, H, W, 3)
-    normal: np.ndarray | None = None  # (T, H, W, 3)
-    semantic: np.ndarray | None = None  # (T, H, W, 3)
-    mask: np.ndarray | None = None  # (T, H, W) the rendered target body
-    dense_flow: np.ndarray | None = None  # (T, H, W, 2)
-    trajectory_flow: np.ndarray | None = None  # (T, H, W, 2)
-    sparse_flow: np.ndarray | None = None  # (T, H, W, 2) CMP input
-    sparse_mask: np.ndarray | None = None  # (T, H, W)
+    pose_images: Frames | None = None  # (T, H, W, 3) skeletons, DWPose convention
+    skeleton: Frames | None = None  # (T, H, W, 3) a `skeleton` encoder's own image (Champ's style)
+    depth: Frames | None = None  # (T, H, W, 3)
+    normal: Frames | None = None  # (T, H, W, 3)
+    semantic: Frames | None = None  # (T, H, W, 3)
+    mask: Frames | None = None  # (T, H, W) the rendered target body
+    dense_flow: Frames | None = None  # (T, H, W, 2)
+    trajectory_flow: Frames | None = None  # (T, H, W, 2)
+    sparse_flow: Frames | None = None  # (T, H, W, 2) CMP input
+    sparse_mask: Frames | None = None  # (T, H, W)
     body: BodyMotion | None = None  # reference + transferred bodies in the output camera (None: no fit)
     extras: dict[str, object] = field(default_factory=dict)  # engine-specific data
+    caches: CacheDirectory | None = field(default=None, repr=False)  # where FrameCache files live
 
     @property
     def num_frames(self) -> int:
@@ -151,8 +159,14 @@ class GuidanceBundle:
             if value is not None and tuple(value.shape) != shape:
                 raise ValueError(f"GuidanceBundle.{name} has shape {tuple(value.shape)}, expected {shape}")
 
+    def close(self) -> None:
+        """Remove the on-disk frame caches; the stacks they back cannot be read afterwards."""
+        if self.caches is not None:
+            self.caches.cleanup()
+
     def save_npz(self, path: str | Path) -> Path:
-        """All arrays in one compressed file (for debugging and for feeding an engine elsewhere)."""
-        arrays = {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        """All arrays in one compressed file (for debugging and for feeding an engine elsewhere); lazy stacks
+        are read in full."""
+        arrays = {k: np.asarray(v) for k, v in vars(self).items() if isinstance(v, np.ndarray | FrameSource)}
         np.savez_compressed(path, fps=self.fps, size=np.array(self.size), **arrays)
         return Path(path)

@@ -95,8 +95,10 @@ class FrameSource:
             key, rest = key[0], key[1:]
         if isinstance(key, slice):
             start, stop, step = key.indices(self._length)
-            frames = self.window(start, stop) if step > 0 else self.window(stop + 1, start + 1)[::-1]
-            frames = frames[:: abs(step)] if step > 0 else frames[::step]
+            if step > 0:
+                frames = self.window(start, stop)[::step]
+            else:
+                frames = self.window(stop + 1, start + 1)[::-1][::-step]
             return frames[(slice(None), *rest)] if rest else frames
         if isinstance(key, int | np.integer):
             t = int(key) + self._length if key < 0 else int(key)
@@ -169,9 +171,15 @@ class FrameCache(FrameSource):
         if stop > self._written:
             raise ValueError(f"frames up to {stop - 1} asked for, {self._written} written so far")
         self._file.flush()
-        size = self.nbytes_per_frame
-        data = os.pread(self._file.fileno(), (stop - start) * size, self._offset + start * size)
-        return np.frombuffer(data, self.dtype).reshape(stop - start, *self.frame_shape)
+        frames = np.empty((stop - start, *self.frame_shape), self.dtype)
+        view = memoryview(frames).cast("B")
+        done, offset = 0, self._offset + start * self.nbytes_per_frame
+        while done < len(view):  # pread may return less than asked
+            read = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            if read == 0:
+                raise OSError(f"{self.path} ends before frame {stop - 1}")
+            done += read
+        return frames
 
     def close(self) -> None:
         self._finalizer()
@@ -196,3 +204,57 @@ class CacheDirectory:
         for cache in self._caches:
             cache.close()
         self._finalizer()
+
+
+# Guidance made on demand, a window at a time: each frame equals that frame of the whole-stack function.
+
+
+def pose_image_source(
+    keypoints: np.ndarray, size: tuple[int, int], draw: Callable[..., np.ndarray]
+) -> FrameSource:
+    """Skeleton images ``draw(Pose(keypoints[t]), width, height)``, uint8 (T, H, W, 3)."""
+    from animate.pose import Pose
+
+    width, height = size
+    return FrameSource.from_frames(
+        len(keypoints), lambda t: draw(Pose(keypoints[t]), width, height), (height, width, 3), np.uint8
+    )
+
+
+def trajectory_source(
+    reference_keypoints: np.ndarray, keypoints: np.ndarray, size: tuple[int, int], rules
+) -> FrameSource:
+    """``conventional_trajectory(reference_keypoints, keypoints, size, rules)`` (T, H, W, 2) float32, a window
+    at a time: frame t's flow needs only the keypoints of frames t - 1 and t (the reference's for t = 0 in
+    DisPose's rule)."""
+    from animate.motion.keypoint_flow import conventional_trajectory
+
+    width, height = size
+
+    def read(start: int, stop: int) -> np.ndarray:
+        if rules.trajectory == "dispose":
+            # the step into frame `start` starts at frame start - 1: pass it as the "reference"
+            before = reference_keypoints if start == 0 else keypoints[start - 1]
+            before = np.asarray(before, np.result_type(reference_keypoints, keypoints))
+            return conventional_trajectory(before, keypoints[start:stop], size, rules)
+        first = max(0, start - 1)  # the step into frame `start` needs frame start - 1
+        return conventional_trajectory(reference_keypoints, keypoints[first:stop], size, rules)[
+            start - first :
+        ]
+
+    return FrameSource(len(keypoints), read, (height, width, 2), np.float32)
+
+
+def skeleton_flow_source(
+    reference_keypoints: np.ndarray, keypoints: np.ndarray, reference_mask: np.ndarray
+) -> FrameSource:
+    """``skeleton_dense_flow`` (the 2D skeleton field's reference -> frame t flow), a window at a time."""
+    from animate.motion.skeleton_field import skeleton_dense_flow
+
+    height, width = reference_mask.shape
+    return FrameSource(
+        len(keypoints),
+        lambda start, stop: skeleton_dense_flow(reference_keypoints, keypoints[start:stop], reference_mask),
+        (height, width, 2),
+        np.float32,
+    )
