@@ -84,6 +84,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # engine, frames, fps, size, timings
+    plan: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # animate.engines.plan.Plan.to_dict()
     output_dir: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the winning attempt's folder
     files_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 

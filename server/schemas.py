@@ -109,6 +109,12 @@ class JobOut(BaseModel):
         description="The uploads' own file names (`reference`, `driving`), sanitised, for display only.",
     )
     result: ResultOut | None
+    plan: dict | None = Field(
+        default=None,
+        description="What the render ran with and expected to cost (memory level, dtype, CFG, offload, "
+        "chunks, peak GPU / host memory in GiB, seconds): set when the job ends; for `out_of_memory`, the "
+        "plan that failed.",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -180,6 +186,7 @@ def job_out(
         options=job.options,
         inputs=job.inputs or {},
         result=ResultOut(**job.result) if job.result else None,
+        plan=job.plan,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

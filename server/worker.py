@@ -58,8 +58,16 @@ class RunningJob:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, files: JobFiles, queue: JobQueue) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        files: JobFiles,
+        queue: JobQueue,
+        devices: list[str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.devices = list(devices or [])  # several: each job's tiles split over them (run_split)
         self.store = store
         self.files = files
         self.queue = queue
@@ -101,7 +109,7 @@ class JobRunner:
         try:
             options = JobOptions(**job.options).animation_options()
             inputs = self.files.job_dir(job_id)
-            result = self.animator.run(
+            result = self._animate(
                 inputs / job.reference_name,
                 inputs / job.driving_name,
                 folder / "video.mp4",
@@ -125,7 +133,12 @@ class JobRunner:
                 log.exception("job %s failed", job_id)
                 code, message = "internal_error", f"internal error ({type(exc).__name__})"
             recorded = self.store.finish(
-                job_id, claim.attempt, "failed", error_code=code, error_message=message
+                job_id,
+                claim.attempt,
+                "failed",
+                error_code=code,
+                error_message=message,
+                plan=getattr(exc, "plan", None),  # out_of_memory: the plan that failed
             )
         else:
             won = recorded = self.store.finish(
@@ -135,6 +148,7 @@ class JobRunner:
                 fraction=1.0,
                 stage="encode",
                 result=_result_record(result),
+                plan=result.plan,
                 output_dir=folder.name,
                 error_code=None,
                 error_message=None,
@@ -151,6 +165,14 @@ class JobRunner:
             log.info("job %s attempt %d ended (recorded: %s)", job_id, claim.attempt, recorded)
         if job.webhook_url and recorded:
             self._notify(job_id, claim.attempt)
+
+    def _animate(self, *args, **kwargs) -> AnimationResult:
+        """``Animator.run``, or over ``self.devices`` (one process per GPU, ``animate.engines.parallel``)."""
+        if len(self.devices) > 1:
+            from animate.engines.parallel import run_split
+
+            return run_split(self.settings, self.devices, *args, **kwargs)
+        return self.animator.run(*args, **kwargs)
 
     def _notify(self, job_id: str, attempt: int) -> None:
         job = self.store.get(job_id)
@@ -273,16 +295,17 @@ def _redacted(url: str | None) -> str | None:
 
 def _result_record(result: AnimationResult) -> dict:
     # Local file paths stay on the worker; clients get URLs instead.
-    return {k: v for k, v in result.to_dict().items() if k not in ("video", "artifacts")}
+    return {k: v for k, v in result.to_dict().items() if k not in ("video", "artifacts", "plan")}
 
 
-def run_worker(settings: Settings) -> None:
-    """One Huey consumer (one job at a time) plus the sweep thread, until SIGINT / SIGTERM."""
+def run_worker(settings: Settings, devices: list[str] | None = None) -> None:
+    """One Huey consumer (one job at a time) plus the sweep thread, until SIGINT / SIGTERM. ``devices``:
+    each job runs over these GPUs (``animate worker --gpus 0,1 --per-job``)."""
     store = JobStore(database_url(settings))
     files = JobFiles(settings.data_dir)
     runner_box: list[JobRunner] = []
     queue = JobQueue(settings, execute=lambda job_id: runner_box[0].run(job_id))
-    runner = JobRunner(settings, store, files, queue)
+    runner = JobRunner(settings, store, files, queue, devices)
     runner_box.append(runner)
 
     @queue.huey.signal(SIGNAL_INTERRUPTED)

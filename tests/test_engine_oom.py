@@ -166,3 +166,65 @@ def test_cli_run_oom_twice_fails_with_the_code_and_leaves_no_file(
     assert "memory level sequential_cfg" in err and "ANIMATE_DIFFUSION_SPEED" in err
     assert not out.exists()
     assert list(out.parent.iterdir()) == []  # no temporary .part file either
+
+
+@pytest.fixture()
+def job_server(tiny_weights, tmp_path, data_dir, monkeypatch):
+    """The API in-process and a ``JobRunner`` that runs its jobs in this process (body fit off: fast)."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from server import create_app
+    from server.files import JobFiles
+    from server.queue import JobQueue
+    from server.schemas import JobOptions
+    from server.store import JobStore
+    from server.worker import JobRunner, database_url
+
+    options = JobOptions.animation_options
+    monkeypatch.setattr(
+        JobOptions, "animation_options", lambda self: dataclasses.replace(options(self), body=False)
+    )
+    settings = Settings(data_dir=tmp_path / "data", weights_dir=tiny_weights, media={"max_video_seconds": 60})
+    with TestClient(create_app(settings)) as client:
+        store = JobStore(database_url(settings))
+        queue = JobQueue(settings, execute=lambda job_id: None)
+        try:
+            yield client, JobRunner(settings, store, JobFiles(settings.data_dir), queue)
+        finally:
+            queue.close()
+            store.close()
+
+
+def _submit(client) -> str:
+    parts = {
+        "reference": ("hero.png", HERO_RGBA.read_bytes(), "image/png"),
+        "driving": ("dance.mp4", DANCE.read_bytes(), "video/mp4"),
+    }
+    data = {"engine": "diffusion", "width": "64", "height": "64", "max_frames": "3", "steps": "2"}
+    response = client.post("/v1/jobs", files=parts, data=data)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_job_oom_twice_fails_out_of_memory_with_the_failed_plan(job_server, monkeypatch):
+    client, runner = job_server
+    OomAt(monkeypatch, failing=set(range(2, 100)))
+    job_id = _submit(client)
+    runner.run(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "out_of_memory"
+    assert "memory level sequential_cfg" in job["error"]["message"]
+    assert job["plan"]["level"] == "sequential_cfg" and job["urls"]["video"] is None
+    assert client.get(f"/v1/jobs/{job_id}/video").status_code == 409
+
+
+def test_job_record_carries_the_plan(job_server):
+    client, runner = job_server
+    job_id = _submit(client)
+    runner.run(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["plan"]["engine"] == "diffusion" and job["plan"]["level"] == "fast"
+    assert (job["plan"]["width"], job["plan"]["frames"]) == (64, 3) and "plan" not in job["result"]

@@ -152,6 +152,12 @@ def worker(
         None, help="Comma-separated GPU indices: one worker process per GPU, each seeing only its own."
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Same folder as the API's (shared)."),
+    per_job: bool = typer.Option(
+        False,
+        "--per-job",
+        help="With --gpus: one worker whose every job spreads over all these GPUs (the tiles of each step "
+        "split between them) instead of one worker per GPU. `cpu,cpu` runs CPU processes.",
+    ),
 ) -> None:
     """Consume jobs from the queue, one at a time per process, until SIGTERM or Ctrl-C."""
     from server.worker import run_worker
@@ -159,6 +165,11 @@ def worker(
     _logging()
     settings = _settings(data_dir)
     devices = [g.strip() for g in (gpus or "").split(",") if g.strip()]
+    if per_job:
+        from animate.cli.plan import parse_gpus
+
+        run_worker(settings, parse_gpus(gpus))
+        return
     if not devices:
         run_worker(settings)
         return
