@@ -347,6 +347,50 @@ def inspect_weights(root: str | Path) -> WeightsReport:
     return WeightsReport(root=str(root), files=files, features=features)
 
 
+def find_adapter(path: str | Path) -> Path | None:
+    """The trained-parts folder of ``animate train run`` at ``path``: the folder itself (``RUN_DIR/final``)
+    or a run folder's ``final/``; None when neither holds an ``adapter.json``."""
+    path = Path(path)
+    for candidate in (path, path / "final"):
+        if (candidate / "adapter.json").is_file():
+            return candidate
+    return None
+
+
+def inspect_adapter(path: str | Path) -> WeightsReport:
+    """Check the parts ``animate train run`` saved (``pipelines.adapters`` layout): each part's config and
+    safetensors header (key count); ``features`` names the parts, usable with ``animate run --adapter``."""
+    from pipelines.adapters import LORA_DIR, LORA_WEIGHTS, MODULE_PARTS, read_adapter_info
+    from pipelines.checkpoints import CheckpointError
+
+    path = Path(path)
+    try:
+        info = read_adapter_info(path)
+    except CheckpointError as exc:
+        missing = WeightFile("adapter", "adapter.json", INVALID, detail=str(exc))
+        return WeightsReport(root=str(path), files=(missing,), features={"adapter": False})
+    detail = f"{', '.join(info.get('parts', []))}; {info.get('steps')} steps" + (
+        " (EMA)" if info.get("ema") else ""
+    )
+    files = [WeightFile("adapter", "adapter.json", OK, _size(path / "adapter.json"), detail)]
+    layout = {name: (name, "config.json", "diffusion_pytorch_model.safetensors") for name in MODULE_PARTS}
+    layout["lora"] = (LORA_DIR, "adapter_config.json", LORA_WEIGHTS)
+    features = {}
+    for name, (folder, config, weights) in layout.items():
+        if not (path / folder).is_dir():
+            continue
+        try:
+            json.loads((path / folder / config).read_text())
+            keys = len(safetensors_header(path / folder / weights))
+            files.append(WeightFile(name, folder, OK, _size(path / folder), f"{keys} tensors"))
+            features[f"trained_{name}"] = True
+        except (OSError, ValueError, struct.error) as exc:
+            files.append(WeightFile(name, folder, INVALID, _size(path / folder), f"unreadable: {exc}"))
+            features[f"trained_{name}"] = False
+    features["adapter"] = all(f.status == OK for f in files)
+    return WeightsReport(root=str(path), files=tuple(files), features=features)
+
+
 def convert_weights(
     root: str | Path, out: str | Path | None = None, dtype: str = "fp16", force: bool = False
 ) -> Path:

@@ -253,6 +253,21 @@ def test_run_folder_round_trip_through_animate_run(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert "[adapter_invalid]" in err and "Traceback" not in err
 
+    # `animate weights check` on the run folder reports the trained parts; a damaged part shows
+    assert cli_run(["weights", "check", "--dir", str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["root"] == str(final)
+    assert report["features"] == {
+        "trained_pose_guider": True,
+        "trained_guidance_encoders": True,
+        "trained_lora": True,
+        "adapter": True,
+    }
+    (final / "unet_lora" / "adapter_model.safetensors").write_bytes(b"\x00" * 4)
+    assert cli_run(["weights", "check", "--dir", str(final), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["features"]["trained_lora"] is False and report["features"]["adapter"] is False
+
 
 def _bundle():
     from animate.motion.bundle import GuidanceBundle

@@ -34,6 +34,12 @@ FEATURE_WORDS = {
     "dispose": "motion guidance from keypoint trajectories (DisPose)",
     "cmp": "dense motion from CMP (else from the 3D body)",
     "dift": "reference point features from Stable Diffusion 1.5 (DisPose)",
+    "trained_pose_guider": "trained pose guider",
+    "trained_guidance_encoders": "trained guidance encoders",
+    "trained_motion_controlnet": "trained motion ControlNet",
+    "trained_unet": "trained UNet temporal layers",
+    "trained_lora": "trained LoRA on the UNet's attention",
+    "adapter": "a complete training output (animate run --adapter)",
 }
 
 
@@ -45,17 +51,25 @@ def _mib(size: int) -> str:
 def check(
     directory: Path | None = _DIR, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
-    """Report which weight files are present and valid, and which engine features they enable."""
-    report = inspect_weights(_root(directory))
+    """Report which weight files are present and valid, and which engine features they enable (a training
+    run folder: its trained parts, for `animate run --adapter`)."""
+    from animate.weights import find_adapter, inspect_adapter
+
+    adapter = find_adapter(_root(directory))
+    report = inspect_adapter(adapter) if adapter is not None else inspect_weights(_root(directory))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    typer.echo(f"weights directory: {report.root}")
+    typer.echo(f"{'trained parts' if adapter is not None else 'weights directory'}: {report.root}")
     for file in report.files:
         typer.echo(f"  {file.status:<8} {file.path:<48} {_mib(file.bytes):>14}  {file.detail}")
     typer.echo("features:")
     for name, enabled in report.features.items():
         typer.echo(f"  {'yes' if enabled else 'no ':<4} {FEATURE_WORDS.get(name, name.replace('_', ' '))}")
+    if adapter is not None:
+        usable = "use them with" if report.features.get("adapter") else "broken: retrain or restore"
+        typer.echo(f"{usable}: animate run ... --engine diffusion --adapter {report.root}")
+        return
     if not report.features.get("diffusion"):
         typer.echo(
             "no diffusion weights: `animate run` uses the CPU warp engine; weights/README.md says where to get them"
