@@ -291,3 +291,31 @@ def test_a_reference_that_shows_no_knee_takes_the_2d_field(anny):
     # Every keypoint moved 12 px right: so did the person (the silhouette's centre of mass).
     shift = np.nonzero(engine.last_silhouette)[1].mean() - np.nonzero(person)[1].mean()
     assert abs(shift - 12.0) < 1.5, shift
+
+
+def test_a_hand_on_the_belly_leaves_no_ghost_when_the_fit_is_off(anny):
+    """The reference's left hand lies on the belly, but the fitted body's arm is 0.3 rad off, so the
+    fitted torso covers real hand pixels. Frame: arms down. With the reference's 2D keypoints (forearm
+    and hand where the picture shows them), no left-arm colour may stay on the torso; without them the
+    ghost hand is there (the test's own premise)."""
+    true = synthetic_motion(anny, ARM_ACROSS, [{}])
+    fitted = synthetic_motion(anny, {"left_shoulder": (0.0, 0.9, 0.0)}, [{}])
+    image, person = reference_of(true)
+    kp = whole_body_keypoints(true)
+    hand = np.isin(
+        true.reference_render.part, [PART_NAMES.index("left_wrist"), PART_NAMES.index("left_hand")]
+    )
+    hy, hx = np.nonzero(hand)
+    pick = np.linspace(0, len(hx) - 1, 21).astype(int)  # 21 hand keypoints spread over the real hand
+    kp[91:112] = np.stack([hx[pick], hy[pick], np.ones(21)], 1)
+    vertices = fitted.vertices(0, 1)[0]
+    target = fitted.renderer()[0].render(vertices, fitted.camera)
+    torso = interior(np.isin(target.part, TORSO), 1)
+    ghost = []
+    for keypoints in (None, kp):
+        frame, _ = BodyWarp(fitted, image, person, scale=1, keypoints=keypoints).frame(vertices)
+        ghost.append(np.isin(palette_part(frame[torso]), LEFT_ARM).sum())
+        grey = (np.abs(frame[torso].astype(int) - GREY).sum(1) < 12).mean()
+        assert grey < 0.002, grey
+    assert ghost[0] > 100, ghost  # the misfit does paint the hand on the belly without keypoints
+    assert ghost[1] == 0, ghost

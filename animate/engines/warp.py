@@ -41,7 +41,16 @@ from animate.motion.body_field import (
 )
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.skeleton_field import BONES, SkeletonField
-from animate.pose.layout import L_KNEE, LEFT_HAND_ROOT, R_KNEE, RIGHT_HAND_ROOT
+from animate.pose.layout import (
+    L_ELBOW,
+    L_KNEE,
+    L_WRIST,
+    LEFT_HAND_ROOT,
+    R_ELBOW,
+    R_KNEE,
+    R_WRIST,
+    RIGHT_HAND_ROOT,
+)
 
 FrameProgress = Callable[[int, int], None]
 HEAD_PART = PART_NAMES.index("head")
@@ -85,6 +94,46 @@ def hidden_hands(keypoints: np.ndarray, threshold: float = 0.3) -> tuple[int, ..
         if np.mean(keypoints[root : root + 21, 2] >= threshold) < 0.5:
             hidden.append(PART_NAMES.index(part))
     return tuple(hidden)
+
+
+LEFT_ARM_PARTS = tuple(PART_NAMES.index(f"left_{n}") for n in ("elbow", "wrist", "hand"))
+RIGHT_ARM_PARTS = tuple(PART_NAMES.index(f"right_{n}") for n in ("elbow", "wrist", "hand"))
+
+
+def arm_regions(keypoints: np.ndarray, person: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+    """(H, W) uint8 bits: 1 where the 2D keypoints put the left forearm or hand, 2 the right (within the
+    person). A forearm is a capsule elbow-wrist of radius 0.12 of its length + 2 px; a hand is the hull
+    of its keypoints grown by 0.15 of the forearm, or without hand keypoints, only if the hand is not
+    hidden (then it is not in front of anything)."""
+    height, width = person.shape
+    out = np.zeros((height, width), np.uint8)
+    for bit, elbow, wrist, root in (
+        (1, L_ELBOW, L_WRIST, LEFT_HAND_ROOT),
+        (2, R_ELBOW, R_WRIST, RIGHT_HAND_ROOT),
+    ):
+        if keypoints[elbow, 2] < threshold or keypoints[wrist, 2] < threshold:
+            continue
+        a, b = keypoints[elbow, :2].astype(np.float64), keypoints[wrist, :2].astype(np.float64)
+        length = float(np.linalg.norm(b - a))
+        if length < 2:
+            continue
+        region = np.zeros((height, width), np.uint8)
+        cv2.line(
+            region,
+            tuple(np.rint(a).astype(int)),
+            tuple(np.rint(b).astype(int)),
+            1,
+            2 * round(0.12 * length + 2) + 1,
+        )
+        hand = keypoints[root : root + 21]
+        seen = hand[:, 2] >= threshold
+        if seen.sum() >= 3:
+            hull = np.zeros_like(region)
+            cv2.fillConvexPoly(hull, cv2.convexHull(np.rint(hand[seen, :2]).astype(np.int32)), 1)
+            grow = 2 * round(0.15 * length) + 1
+            region |= cv2.dilate(hull, np.ones((grow, grow), np.uint8))
+        out[(region > 0) & person] |= bit
+    return out
 
 
 class WarpEngine:
@@ -146,6 +195,7 @@ class WarpEngine:
             scale,
             self.edge_sigma,
             unseen_parts=hidden_hands(bundle.reference_keypoints),
+            keypoints=bundle.reference_keypoints,
         )
         total = bundle.num_frames
         for t, vertices in enumerate(bundle.body.iter_vertices()):
@@ -331,9 +381,12 @@ class BodyWarp:
         scale: int = 2,
         edge_sigma: float = 1.0,
         unseen_parts: tuple[int, ...] = (),
+        keypoints: np.ndarray | None = None,
     ) -> None:
         """person: (H, W) bool reference person mask. unseen_parts: body parts the reference hides
-        although its body is fitted in view (e.g. hands in pockets): they take the face's skin colour."""
+        although its body is fitted in view (e.g. hands in pockets): they take the face's skin colour.
+        keypoints: the reference's (133, 3) 2D keypoints; where they put a forearm or hand, no other part
+        samples the reference (``arm_regions``), however the fitted body lies there."""
         self.motion = motion
         self.scale = scale
         self.edge_sigma = edge_sigma
@@ -364,7 +417,18 @@ class BodyWarp:
         canvas[:, :width, :3] = self.source
         canvas[:, :width, 3] = np.clip(person_alpha + 0.5, 0, 255).astype(np.uint8)
         self.canvas = canvas
-        self.offbody_part = _offbody_parts(render.part, person, self.neighbours)
+        # Forearms and hands where the 2D keypoints see them: a body fitted a little off must not paint
+        # a hand that lay on the chest onto the chest (a ghost hand once the arm moves away).
+        height_, width_ = person.shape
+        self.arm_region = (
+            arm_regions(keypoints, person) if keypoints is not None else np.zeros((height_, width_), np.uint8)
+        )
+        self.part_arm = np.zeros(NUM_PARTS, np.uint8)
+        self.part_arm[list(LEFT_ARM_PARTS)], self.part_arm[list(RIGHT_ARM_PARTS)] = 1, 2
+        offbody = _offbody_parts(render.part, person, self.neighbours)
+        foreign = (self.arm_region & ~self.part_arm[np.maximum(offbody, 0)]) > 0
+        offbody[foreign] = -1
+        self.offbody_part = offbody
         tall = float(np.ptp(np.nonzero(body)[0])) if body.any() else float(height)
         self.reach = min(offbody_reach(person, body), 0.1 * tall)
         self.unseen_parts = np.isin(np.arange(NUM_PARTS), unseen_parts)
@@ -385,6 +449,8 @@ class BodyWarp:
         seen[inside] = (depth[inside] <= self.depth_limit[y, x]) & (
             (shown < 0) | self.neighbours[parts[inside], np.maximum(shown, 0)]
         )
+        # Nor where the reference shows another part's forearm or hand (by its 2D keypoints).
+        seen[inside] &= (self.arm_region[y, x] & ~self.part_arm[parts[inside]]) == 0
         return seen
 
     def _vertex_colours(self, body: np.ndarray) -> np.ndarray:
