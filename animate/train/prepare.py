@@ -402,17 +402,24 @@ def prepare_clip(
 # ---- many clips -------------------------------------------------------------------------------------------
 
 
-def _worker_init() -> None:
+_EVENTS = None  # a worker process's queue to the parent's progress bars
+
+
+def _worker_init(events) -> None:
+    import signal
+
     import torch
 
+    global _EVENTS
+    _EVENTS = events
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
     torch.set_num_threads(1)
 
 
-def _worker(
-    path: str, data_dir: str, options: PrepareOptions, source: str, sha256: str | None, events
-) -> dict:
+def _worker(path: str, data_dir: str, options: PrepareOptions, source: str, sha256: str | None) -> dict:
     def progress(stage: str, done: int, total: int) -> None:
-        events.put((source, stage, done, total))
+        if _EVENTS is not None:
+            _EVENTS.put((source, stage, done, total))
 
     return prepare_clip(Path(path), Path(data_dir), options, source, progress, sha256)
 
@@ -540,36 +547,40 @@ def _claim(data_dir: Path, options: PrepareOptions) -> None:
 def _run_pool(jobs, data_dir: Path, options: PrepareOptions, workers: int, bars: _Bars) -> list[dict]:
     context = multiprocessing.get_context("spawn")  # MediaPipe and torch are not fork-safe
     entries: list[dict] = []
-    with context.Manager() as manager:
-        events = manager.Queue()
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            pending = {
-                pool.submit(_worker, str(path), str(data_dir), options, source, sha, events): source
-                for path, source, sha in jobs
-            }
-            try:
-                while pending:
-                    done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    _drain(events, bars)
-                    for future in done:
-                        source = pending.pop(future)
-                        try:
-                            entry = future.result()
-                        except Exception as exc:  # a worker that died (out of memory, killed)
-                            entry = {
-                                "status": "skipped",
-                                "clip": None,
-                                "source": source,
-                                "reason": "internal_error",
-                                "message": f"the worker failed: {type(exc).__name__}: {exc}",
-                            }
-                        entries.append(entry)
-                        bars.finish(entry)
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+    events = context.Queue()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(events,))
+    try:
+        pending = {
+            pool.submit(_worker, str(path), str(data_dir), options, source, sha): source
+            for path, source, sha in jobs
+        }
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(events, bars)
+            for future in done:
+                source = pending.pop(future)
+                try:
+                    entry = future.result()
+                except Exception as exc:  # a worker that died (out of memory, killed)
+                    entry = {
+                        "status": "skipped",
+                        "clip": None,
+                        "source": source,
+                        "reason": "internal_error",
+                        "message": f"the worker failed: {type(exc).__name__}: {exc}",
+                    }
+                entries.append(entry)
+                bars.finish(entry)
+        _drain(events, bars)
+        pool.shutdown(wait=True)
+    except BaseException:  # Ctrl-C: end the workers now; their unfinished clips are redone by the next run
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        events.close()
+        events.cancel_join_thread()
     return entries
 
 
