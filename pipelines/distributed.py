@@ -29,6 +29,7 @@ class TileGroup:
     rank: int
     world_size: int
     group: dist.ProcessGroup | None = None
+    backend: str | None = None  # "gloo": the ranks compute on the CPU, even where CUDA is available
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -39,7 +40,7 @@ class TileGroup:
     @classmethod
     def from_process_group(cls, group: dist.ProcessGroup | None = None) -> TileGroup:
         """The calling process' rank and the size of ``group`` (an initialised ``torch.distributed`` group)."""
-        return cls(dist.get_rank(group), dist.get_world_size(group), group)
+        return cls(dist.get_rank(group), dist.get_world_size(group), group, str(dist.get_backend(group)))
 
     def share(self, tiles: Sequence[T]) -> list[T]:
         """This rank's tiles: every ``world_size``-th from ``rank`` (a rank may get none)."""

@@ -228,3 +228,17 @@ def test_job_record_carries_the_plan(job_server):
     assert job["status"] == "succeeded", job["error"]
     assert job["plan"]["engine"] == "diffusion" and job["plan"]["level"] == "fast"
     assert (job["plan"]["width"], job["plan"]["frames"]) == (64, 3) and "plan" not in job["result"]
+
+
+@pytest.mark.slow  # two processes each estimate the poses
+def test_a_per_job_worker_spreads_the_job_over_two_processes(job_server, monkeypatch):
+    """``animate worker --gpus cpu,cpu --per-job``: the runner's job runs over two gloo CPU processes."""
+    client, runner = job_server
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runner.devices = ["cpu", "cpu"]
+    job_id = _submit(client)
+    runner.run(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job["error"]
+    assert job["plan"]["gpus"] == 2 and job["result"]["frames"] == 3
+    assert client.get(f"/v1/jobs/{job_id}/video").status_code == 200

@@ -206,7 +206,9 @@ class DiffusionEngine:
         from pipelines.checkpoints import unet_config_from_dir
         from pipelines.optimizations import optimize
 
-        cuda = torch.cuda.is_available()
+        group = options.tile_group if options is not None else None
+        # ranks joined over gloo compute on the CPU (tests, GPU-less machines) even where CUDA is there
+        cuda = torch.cuda.is_available() and getattr(group, "backend", None) != "gloo"
         dtype = torch.float16 if cuda else torch.float32
         root = Path(settings.weights_dir)
         report = inspect_weights(root)
@@ -358,7 +360,9 @@ class DiffusionEngine:
 
         parity_kwargs, _ = self._parity(self.options)
         group = self.options.tile_group
-        hardware = Hardware.detect(gpus=group.world_size if group is not None else 1)
+        hardware = Hardware.detect(
+            gpus=group.world_size if group is not None else 1, cuda=getattr(group, "backend", None) != "gloo"
+        )
         if self.options.gpu_memory is not None and hardware.device == "cuda":
             hardware = dataclasses.replace(hardware, gpu_free=self.options.gpu_memory)
         if self._shapes is None:
@@ -390,7 +394,7 @@ class DiffusionEngine:
                     if hasattr(block, "set_chunk_feed_forward"):
                         block.set_chunk_feed_forward(plan.forward_chunk, dim=0)
             self._forward_chunk = plan.forward_chunk
-        if plan.offload != self._offload and torch.cuda.is_available():
+        if plan.offload != self._offload and plan.gpu_peak is not None:  # offload: CUDA plans only
             device = f"cuda:{torch.cuda.current_device()}"
             if self._offload != "none":
                 self.pipeline.remove_all_hooks()

@@ -156,8 +156,6 @@ def run_split(
             )
             for rank in range(1, world)
         ]
-        if devices[0] == "cpu":
-            _hide_gpus()
         for child in children:
             child.start()
         ok = False

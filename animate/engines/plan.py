@@ -237,9 +237,9 @@ class Hardware:
     detected: bool = False
 
     @classmethod
-    def detect(cls, gpu_memory: int | None = None, gpus: int = 1) -> Hardware:
+    def detect(cls, gpu_memory: int | None = None, gpus: int = 1, cuda: bool = True) -> Hardware:
         """This machine (``torch.cuda.mem_get_info`` of the current device); ``gpu_memory``: plan for a
-        card with that much free memory instead (no CUDA needed)."""
+        card with that much free memory instead (no CUDA needed); ``cuda=False``: the CPU even so."""
         import psutil
 
         host = int(psutil.virtual_memory().available)
@@ -248,7 +248,7 @@ class Hardware:
                        DEFAULT_GPU_TFLOPS)  # fmt: skip
         import torch
 
-        if not torch.cuda.is_available():
+        if not cuda or not torch.cuda.is_available():
             return cls("cpu", "cpu", None, None, host, gpus, CPU_TFLOPS, detected=True)
         free, total = torch.cuda.mem_get_info()
         name = torch.cuda.get_device_name()
