@@ -250,7 +250,10 @@ def _ensure_parts(pipe: Any, train: Sequence[str], guidance_types: Sequence[str]
             )
         )
     if "motion_controlnet" in train and pipe.motion_controlnet is None:
-        pipe.register_modules(motion_controlnet=MotionControlNet.from_unet(pipe.unet, residual_mode="once"))
+        controlnet = MotionControlNet.from_unet(
+            pipe.unet, residual_mode="once", conditioning_embedding_out_channels=(16, 32, 96, 256)[:stages]
+        )
+        pipe.register_modules(motion_controlnet=controlnet)
 
 
 def trainable_parameters(pipe: Any, train: Sequence[str]) -> dict[str, torch.nn.Parameter]:
