@@ -417,6 +417,11 @@ class Trainer:
             cpu=cpu,
         )
         acc = self.accelerator
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            raise TrainError(
+                f"{acc.distributed_type.name} is not supported by animate train yet: every process holds the "
+                "whole pipeline and the trained parts' gradients are averaged (launch with --multi_gpu)"
+            )
         if dataset is None:
             if config.data_dir is None:
                 raise TrainError("no training data: pass --data DATA_DIR")
