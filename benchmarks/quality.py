@@ -404,7 +404,7 @@ def render_case(animator, reference: Path, driving: Path, size, frames: int, met
     else:
         outputs = list(prepared.engine.render(bundle))
     seconds = time.perf_counter() - start
-    motion = "body" if bundle.body is not None else "skeleton"
+    motion = getattr(prepared.engine, "motion", None) or ("body" if bundle.body is not None else "skeleton")
     return outputs, seconds, motion, list(prepared.notes)
 
 
