@@ -236,6 +236,30 @@ def test_a_file_the_server_refuses_shows_its_code_in_words(page, server: Cluster
     assert page.get_attribute("#error", "role") == "alert"
 
 
+def test_a_job_that_fails_shows_why_in_words(page, server: Cluster) -> None:
+    from PIL import Image
+
+    # a photo with no person in it: a smooth sky-to-ground gradient, made here
+    ramp = np.linspace(0, 1, 384, dtype=np.float32)[:, None, None]
+    sky = (ramp * np.array([40, 120, 60]) + (1 - ramp) * np.array([120, 170, 230])).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(np.broadcast_to(sky, (384, 256, 3)).copy()).save(png, format="PNG")
+    drop(page, "#reference-drop", "landscape.png", "image/png", png.getvalue())
+    drop(page, "#driving-drop", DANCE.name, "video/mp4", DANCE.read_bytes())
+    page.select_option("select[name=size]", "288x512")
+    page.fill("input[name=max_frames]", "4")
+    page.click("#go")
+    page.wait_for_function("document.getElementById('job-id').textContent.length === 32")
+    job_id = page.text_content("#job-id")
+    page.wait_for_function("document.getElementById('status').dataset.status === 'failed'", timeout=120_000)
+    error = server.http.get(f"/v1/jobs/{job_id}").json()["error"]
+    assert error["code"] == "no_person_detected", error
+    assert page.text_content("#error-text") == error_messages_in_page()["no_person_detected"]
+    assert "No person was found in the photo" in page.text_content("#error-text")
+    assert page.text_content("#status") == "Failed"
+    assert page.locator("#cancel").is_hidden() and page.locator("#outcome").is_hidden()
+
+
 def test_dropped_files_run_and_the_result_plays_in_step_beside_photo_and_video(
     page, server: Cluster, shots: Path
 ) -> None:
