@@ -130,7 +130,7 @@ def test_queued_cap_on_postgresql_uses_the_owners_lock(pg_url: str) -> None:
             ).scalar()
             assert held == 1
         assert store.inline_reads is False
-        with pytest.raises(ReadBusy):
+        with pytest.raises(ReadBusy, match="inline reads are for SQLite"):
             store.poll_inline("a1", A)
         found, position = store.get_with_position("b1", B)
         assert found.id == "b1" and position == 1  # a1 is ahead of it
@@ -617,3 +617,11 @@ def test_an_older_postgres_database_gains_typed_columns(pg_url: str) -> None:
         assert store.claim("j", "w").job.started_at.tzinfo is not None
     finally:
         store.close()
+
+
+def test_expiry_hands_out_at_most_100_jobs_per_call_by_default(store: JobStore) -> None:
+    with store.session() as s:
+        for i in range(101):
+            s.add(job(f"j{i:03d}", status="succeeded", finished_at=utcnow() - timedelta(hours=1)))
+    first = store.expired(utcnow())
+    assert len(first) == 100 and first[0] == "j000" and first[-1] == "j099"
