@@ -8,8 +8,8 @@ float16, tiles of 72 frames with overlap 6, the reference frame prepended):
   feed-forward layer pair, 8 x 1280^2 x 2 B = 26 MB.
 - one feature map at 576x1024 (72x128 latent, 320 channels, 2 B): 5.898 MB; latents + accumulators:
   64 B x 9216 latent pixels per frame.
-- activations per UNet row 289.0 MB (+ 37.8 MB per call), chunked 137.7 MB (+ 195 MB), plus one pose feature
-  map per row; VAE decode 2113.9 MB per frame.
+- activations per UNet row 289.2 MB (+ 37.8 MB per call), chunked 118.2 MB (+ 214.6 MB), plus one pose
+  feature map per row; VAE decode 2114.0 MB per frame.
 - peak = 1.15 x (resident weights + sequence + max(activations, decode)) + 0.6 GiB; budget = 92% of free.
 """
 
@@ -43,10 +43,10 @@ def hand_peak(level: str, frames: int, scale: float = 1.0) -> float:
     """The expected peak in bytes; ``scale``: latent area relative to 576x1024."""
     rows = 144 if level == "fast" else 72
     if level in ("fast", "sequential_cfg"):
-        activations = rows * 289.0 * MB + 37.8 * MB + rows * FEATURE
+        activations = rows * 289.2 * MB + 37.8 * MB + rows * FEATURE
     else:
-        activations = rows * 137.7 * MB + 195.0 * MB + rows * FEATURE
-    decode = {"fast": 8, "sequential_cfg": 4, "chunked": 2}.get(level, 1) * 2113.9 * MB
+        activations = rows * 118.2 * MB + 214.6 * MB + rows * FEATURE
+    decode = {"fast": 8, "sequential_cfg": 4, "chunked": 2}.get(level, 1) * 2114.0 * MB
     resident = {"model_offload": WEIGHTS_MODEL_OFFLOAD, "sequential_offload": WEIGHTS_SEQUENTIAL}.get(
         level, WEIGHTS
     )
@@ -68,11 +68,12 @@ def card(gib: float, gpus: int = 1) -> Hardware:
 CASES = {
     (80, 576, 1024, 72): ("fast", True),  # 51.0 GiB of 73.6
     (48, 576, 1024, 72): ("sequential_cfg", True),  # fast 51.0 > 44.2; sequential CFG 28.3
-    (24, 576, 1024, 1024): ("chunked", True),  # sequential CFG 28.9 > 22.1; chunked 17.4
+    (24, 576, 1024, 1024): ("chunked", True),  # sequential CFG 28.9 > 22.1; chunked 15.9
     (24, 288, 512, 72): ("fast", True),  # a quarter of the pixels: fast 16.8 GiB
-    (24, 576, 1024, 14_400): ("sequential_offload", True),  # 8.5 GB of latents: offload all but 22.1 - 21.0
-    (16, 576, 1024, 72): ("sequential_offload", True),  # chunked 16.8, model offload 15.4 > 14.7; 12.0
-    (8, 576, 1024, 72): ("sequential_offload", False),  # 12.0 GiB at the leanest: does not fit
+    (24, 576, 1024, 14_400): ("sequential_offload", True),  # 8.5 GB of latents: model offload 23.0; 19.5
+    (16, 576, 1024, 72): ("model_offload", True),  # chunked 15.3 > 14.7; model offload 13.9
+    (12, 576, 1024, 72): ("sequential_offload", True),  # model offload 13.9 > 11.0; 10.5
+    (8, 576, 1024, 72): ("sequential_offload", False),  # 10.5 GiB at the leanest: does not fit
 }
 
 

@@ -25,11 +25,12 @@ How the coefficients were derived (uncalibrated: no GPU measured them). The SVD-
 ``../shared/research/manifests/svd_xt_unet_config.json``), DisPose's ControlNet and SVD's temporal VAE
 decoder were built with their real shapes on PyTorch fake tensors and run in float16 under a dispatch mode
 that adds up the bytes of every live (non-view) tensor and frees them when Python drops them: the peak of
-that sum is the activation memory of one forward. At the 72x128 latent (576x1024 pixels):
+that sum is the activation memory of one forward (``benchmarks/plan_calibrate.py --mode fake``, its output
+in ``benchmarks/results/plan_fake.json``; rows per call 1 and 3). At the 72x128 latent (576x1024 pixels):
 
 - UNet, per row (one frame of one CFG half): 289 MB, plus 38 MB per call; 72.3 MB per row at 36x64, so
-  linear in the latent area. With feed-forward chunking: 138 MB per row plus 195 MB per call.
-- ControlNet: 277 MB per row (its full-resolution flow branches included); its 12 + 1 residuals
+  linear in the latent area. With feed-forward chunking: 118 MB per row plus 215 MB per call.
+- ControlNet: 280 MB per row (its full-resolution flow branches included); its 12 + 1 residuals
   (30 MB per row) live while the UNet runs.
 - VAE decode: 2.11 GB per decoded frame (``../shared/research/REFERENCE_MODELS.md`` says ~1.1 GiB).
 - Weights: 1,524,623,082 UNet, 685,139,601 ControlNet parameters (the manifests), 97,742,847 VAE,
@@ -102,14 +103,14 @@ def parse_bytes(text: str) -> int:
 class Coefficients:
     """The memory and time model's numbers; defaults: derived from the real shapes (module docstring)."""
 
-    unet_row: float = 289.0e6 / _UNIT  # activations per UNet row, per (channel x latent pixel x byte)
+    unet_row: float = 289.2e6 / _UNIT  # activations per UNet row, per (channel x latent pixel x byte)
     unet_call: float = 37.8e6 / _UNIT  # per UNet call, whatever its rows
-    unet_row_chunked: float = 137.7e6 / _UNIT
-    unet_call_chunked: float = 195.0e6 / _UNIT
-    controlnet_row: float = 277.3e6 / _UNIT
+    unet_row_chunked: float = 118.2e6 / _UNIT
+    unet_call_chunked: float = 214.6e6 / _UNIT
+    controlnet_row: float = 279.7e6 / _UNIT
     controlnet_residuals_row: float = 30.2e6 / _UNIT
     feature_row: float = 1.0  # one pose / guidance feature map (base channels at the latent size)
-    vae_frame: float = 2113.9e6 / _VAE_UNIT  # VAE decode activations per frame
+    vae_frame: float = 2114.0e6 / _VAE_UNIT  # VAE decode activations per frame
     sequence_frame_bytes: float = 64.0  # latents + accumulators (fp32) per latent pixel of every frame
     overhead: float = 1.15  # allocator fragmentation and what the simulation misses
     context_bytes: float = 0.6 * GIB  # CUDA context, cuBLAS / cuDNN workspaces
