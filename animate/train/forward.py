@@ -76,6 +76,17 @@ def pipeline_rules(pipe: Any) -> dict[str, Any]:
     return rules
 
 
+@dataclass
+class Denoising:
+    """One training sample's denoising: clean and noisy latents ``(1, L, 4, h, w)``, the noise level, and the
+    denoised estimate ``D`` (with the graph to the trainable parts)."""
+
+    clean: torch.Tensor
+    noisy: torch.Tensor
+    sigma: torch.Tensor
+    denoised: torch.Tensor
+
+
 def sample_loss(
     pipe: Any,
     item: Mapping[str, Any],
@@ -86,6 +97,20 @@ def sample_loss(
 ) -> torch.Tensor:
     """The EDM loss of one clip ``item`` (a dataset sample, no batch axis), a 0-d float32 tensor with the
     graph to the trainable parts."""
+    out = sample_denoising(pipe, item, objective, generator, options, autocast)
+    return objective.loss(out.denoised, out.clean, out.sigma)
+
+
+def sample_denoising(
+    pipe: Any,
+    item: Mapping[str, Any],
+    objective: EDMObjective,
+    generator: torch.Generator,
+    options: ForwardOptions,
+    autocast: Any = None,
+) -> Denoising:
+    """Draw the sample's noise level, noise and dropout from ``generator`` and denoise it once through the
+    pipeline's conditioning path (module docstring)."""
     from pipelines.injection import UNetInjector
     from pipelines.temporal_context import TemporalContext
 
@@ -198,4 +223,4 @@ def sample_loss(
             )
     sigma_b = sigma.view(1, 1, 1, 1, 1)
     denoised = objective.denoise(prediction.float(), noisy, sigma_b)
-    return objective.loss(denoised, clean, sigma_b)
+    return Denoising(clean=clean, noisy=noisy, sigma=sigma_b, denoised=denoised)
