@@ -177,6 +177,16 @@ def test_resume_after_ctrl_c_continues_exactly(tmp_path):
         "step-0000006",
     ]
     assert second.lr_scheduler.get_last_lr() == straight.lr_scheduler.get_last_lr()
+    # final/ holds the EMA weights, not the last raw ones
+    from safetensors.torch import load_file
+
+    saved = load_file(rest.final_dir / "pose_guider" / "diffusion_pytorch_model.safetensors")
+    names = list(second.named)
+    for i, shadow in enumerate(second.ema.shadow_params):
+        if names[i].startswith("pose_guider."):
+            torch.testing.assert_close(saved[names[i].removeprefix("pose_guider.")], shadow, rtol=0, atol=0)
+    raw = second.named["pose_guider.final_proj.weight"]
+    assert not torch.equal(saved["final_proj.weight"], raw.detach())
 
 
 def test_run_folder_round_trip_through_animate_run(tmp_path, capsys, monkeypatch, data_dir):
