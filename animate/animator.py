@@ -46,6 +46,7 @@ PREVIEW = {"crf": 23, "preset": "veryfast"}  # guidance previews: for the eye, n
 #: Previews are drawn at the output size divided by a whole number, so their longest side is at most this
 #: (576x1024 -> 288x512): a quarter of the pixels to draw, render and encode, same frames and timing.
 PREVIEW_MAX_SIDE = 512
+CMP_CHUNK = 32  # frames of CMP input and output made at a time (memory flat in length)
 MIN_FPS, MAX_FPS = 1.0, 60.0  # output rates; a driving video outside them is resampled into them
 
 log = logging.getLogger("animate.animator")
@@ -155,9 +156,10 @@ class AnimationResult:
         }
 
 
-def preview_divisor(size: tuple[int, int], max_side: int = PREVIEW_MAX_SIDE) -> int:
-    """The smallest whole number that brings the longest side of ``size`` to ``max_side`` or less."""
-    return max(1, -(-max(size) // max_side))
+def preview_divisor(size: tuple[int, int], max_side: int | None = None) -> int:
+    """The smallest whole number that brings the longest side of ``size`` to ``max_side`` (default
+    ``PREVIEW_MAX_SIDE``) or less."""
+    return max(1, -(-max(size) // (max_side or PREVIEW_MAX_SIDE)))
 
 
 def default_size(width: int, height: int) -> tuple[int, int]:
@@ -584,31 +586,50 @@ class Animator:
 
         rules = getattr(engine, "guidance_conventions", None) or GuidanceConventions()
         total = bundle.num_frames
-        checkpoint = find_cmp_checkpoint(self.settings.weights_dir)
-        if checkpoint is not None:
-            sparse_flow, sparse_mask = conventional_sparse_motion(
-                bundle.reference_keypoints, bundle.keypoints, bundle.size, rules
-            )
-            if rules.cmp_io == "resample":  # DisPose's sparse input lies on CMP's grid, not the bundle's
-                bundle.sparse_flow, bundle.sparse_mask = sparse_flow, sparse_mask
-            bundle.dense_flow = cmp_dense_flow(
-                bundle.reference,
-                bundle.reference_mask,
-                sparse_flow,
-                sparse_mask,
-                load_cmp(checkpoint),
-                io=rules.cmp_io,
-                callback=lambda done, n: report("motion", done, 2 * n),
-            )
-        motion = bundle.body
-        if motion is None:
-            return
         from animate.motion.frames import CacheDirectory
 
         width, height = bundle.size
         image = (height, width)
         if bundle.caches is None:
             bundle.caches = CacheDirectory()
+        checkpoint = find_cmp_checkpoint(self.settings.weights_dir)
+        if checkpoint is not None:
+            model, dense_cache, sparse_caches = load_cmp(checkpoint), None, None
+            for start in range(0, total, CMP_CHUNK):  # CMP's input and output a chunk of frames at a time
+                sparse_flow, sparse_mask = conventional_sparse_motion(
+                    bundle.reference_keypoints,
+                    bundle.keypoints[start : start + CMP_CHUNK],
+                    bundle.size,
+                    rules,
+                )
+                dense = cmp_dense_flow(
+                    bundle.reference,
+                    bundle.reference_mask,
+                    sparse_flow,
+                    sparse_mask,
+                    model,
+                    io=rules.cmp_io,
+                    callback=lambda done, n, start=start: report("motion", start + done, 2 * total),
+                )
+                if dense_cache is None:
+                    dense_cache = bundle.caches.cache("dense_flow", total, (*image, 2), np.float32)
+                    if rules.cmp_io == "resample":  # DisPose's sparse input lies on CMP's grid, not ours
+                        sparse_caches = (
+                            bundle.caches.cache("sparse_flow", total, sparse_flow.shape[1:], np.float32),
+                            bundle.caches.cache(
+                                "sparse_mask", total, sparse_mask.shape[1:], sparse_mask.dtype
+                            ),
+                        )
+                dense_cache.append(dense)
+                if sparse_caches is not None:
+                    sparse_caches[0].append(sparse_flow)
+                    sparse_caches[1].append(sparse_mask)
+            bundle.dense_flow = dense_cache
+            if sparse_caches is not None:
+                bundle.sparse_flow, bundle.sparse_mask = sparse_caches
+        motion = bundle.body
+        if motion is None:
+            return
         caches = {
             "depth": bundle.caches.cache("depth", total, image, np.uint8),
             "normal": bundle.caches.cache("normal", total, (*image, 3), np.uint8),

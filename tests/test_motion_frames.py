@@ -141,3 +141,46 @@ def test_skeleton_flow_and_pose_image_windows_equal_the_whole_stacks():
     images = pose_image_source(keypoints, (96, 80), draw_pose)
     assert images.shape == (5, 80, 96, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(images[3], draw_pose(Pose(keypoints[3]), 96, 80))
+
+
+def test_cmp_guidance_is_made_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """With CMP's checkpoint in the weights, its input and dense flow go to the disk cache in chunks, equal
+    to one call on all frames (CMP's own batch split differs by float rounding only)."""
+    import cv2
+    from test_cmp import loaded_small_model
+
+    import animate.animator as animator_module
+    from animate.animator import Animator, _Reporter
+    from animate.motion.cmp import CMP_CHECKPOINT, cmp_dense_flow
+    from animate.motion.keypoint_flow import conventional_sparse_motion
+    from animate.settings import Settings
+
+    model = loaded_small_model(tmp_path / "small.pth.tar", seed=4, input_size=128)
+    (tmp_path / CMP_CHECKPOINT).parent.mkdir(parents=True)
+    (tmp_path / CMP_CHECKPOINT).write_bytes(b"")  # found in the weights; loading it gives the small model
+    monkeypatch.setattr("animate.motion.cmp.load_cmp", lambda path: model)
+    monkeypatch.setattr(animator_module, "CMP_CHUNK", 2)
+    reference_keypoints, keypoints = _walk(frames=5)
+    image = np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    person = np.zeros((80, 96), np.uint8)
+    cv2.ellipse(person, (48, 40), (20, 35), 0, 0, 360, 255, -1)
+    bundle = GuidanceBundle(
+        reference=image,
+        reference_mask=person,
+        reference_keypoints=reference_keypoints,
+        keypoints=keypoints,
+        fps=25.0,
+        size=(96, 80),
+    )
+    Animator(Settings(weights_dir=tmp_path))._fill_guidance(bundle, _Reporter(None, None))
+    bundle.validate()
+    assert all(isinstance(v, FrameCache) for v in (bundle.dense_flow, bundle.sparse_flow, bundle.sparse_mask))
+    sparse_flow, sparse_mask = conventional_sparse_motion(
+        reference_keypoints, keypoints, (96, 80), GuidanceConventions()
+    )
+    np.testing.assert_array_equal(np.asarray(bundle.sparse_flow), sparse_flow)
+    np.testing.assert_array_equal(np.asarray(bundle.sparse_mask), sparse_mask)
+    whole = cmp_dense_flow(image, person, sparse_flow, sparse_mask, model)
+    assert np.abs(whole[1:]).max() > 0.1  # CMP moves the frames
+    np.testing.assert_allclose(np.asarray(bundle.dense_flow), whole, atol=1e-4)
+    bundle.close()
