@@ -13,6 +13,8 @@ small private steps, then ``__call__`` in numbered sections. Differences from SV
   no residuals;
 - frames are denoised in tiles fused per step (``pipelines.tiling``); with ``prepend_reference`` frame 0
   is the reference (conditioned on the reference's own pose), it is in every tile and dropped from the output;
+- per-frame inputs are read, and their features encoded, one tile window at a time when the tile is
+  predicted (any sliceable source: memory flat in length); ``decode_stream`` decodes chunk by chunk;
 - classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B);
 - each rule of the published systems' own code that differs from ours is an argument (defaults: ours;
   ``pipelines.parity`` picks them per loaded checkpoint): the reference frame decoded with the video,
@@ -79,7 +81,7 @@ ArrayInput = torch.Tensor | np.ndarray
 
 @dataclass
 class _MotionInputs:
-    """The motion ControlNet's inputs for every frame of the internal sequence (``L`` frames) or a tile."""
+    """The motion ControlNet's inputs for one tile of ``L`` frames of the internal sequence."""
 
     dense_flow: torch.Tensor | None  # (L, 2, H, W) pixels at the pipeline's height x width
     trajectory_flow: torch.Tensor | None  # (L, 2, H, W)
