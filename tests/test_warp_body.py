@@ -259,7 +259,7 @@ def test_ring_never_carries_a_non_neighbouring_parts_clothes(anny):
     assert not (red & ~near_patch).any(), (red & ~near_patch).sum()
 
 
-def test_a_reference_that_shows_no_knee_takes_the_2d_field(anny):
+def test_a_reference_that_shows_no_ankle_takes_the_2d_field(anny):
     """A body fitted to a half-body picture is guessed below the cut: the engine moves such a reference with
     the 2D field (its frames follow the driving keypoints), and says so."""
     from animate.engines.warp import partial_reference
@@ -269,11 +269,14 @@ def test_a_reference_that_shows_no_knee_takes_the_2d_field(anny):
     kp = whole_body_keypoints(motion)
     assert not partial_reference(kp, (288, 512))
     half = kp.copy()
-    half[13:17, 2] = 0.0  # knees and ankles not found
+    half[15:17, 2] = 0.0  # ankles not found (knees may be guessed at the cut)
     assert partial_reference(half, (288, 512))
     below = kp.copy()
-    below[13:17, 1] = 600.0  # found, but guessed below the picture's edge
+    below[15:17, 1] = 600.0  # found, but guessed below the picture's edge
     assert partial_reference(below, (288, 512))
+    one = kp.copy()
+    one[15, 2] = 0.0  # one ankle is enough
+    assert not partial_reference(one, (288, 512))
     moved = half.copy()
     moved[:17, 0] += 12.0
     bundle = GuidanceBundle(

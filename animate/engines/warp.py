@@ -42,12 +42,12 @@ from animate.motion.body_field import (
 from animate.motion.bundle import GuidanceBundle
 from animate.motion.skeleton_field import BONES, SkeletonField
 from animate.pose.layout import (
+    L_ANKLE,
     L_ELBOW,
-    L_KNEE,
     L_WRIST,
     LEFT_HAND_ROOT,
+    R_ANKLE,
     R_ELBOW,
-    R_KNEE,
     R_WRIST,
     RIGHT_HAND_ROOT,
 )
@@ -73,17 +73,18 @@ def fill_background(image: np.ndarray, person: np.ndarray, scale: int = 4) -> np
 
 
 def partial_reference(keypoints: np.ndarray, size: tuple[int, int], threshold: float = 0.3) -> bool:
-    """True when the reference shows no knee in the picture (half-body, head and shoulders).
+    """True when the reference shows no ankle in the picture (half-body, cut at the knees, head and
+    shoulders); MediaPipe still guesses knees on a picture cut at the thighs.
 
     The 3D body fitted to such a picture is guessed below the cut, and its transferred poses swing the
-    arms and torso in ways the picture cannot support; the 2D field keeps what is shown rigidly attached.
-    Measured on the shared dance cut at the thighs (benchmarks/quality.py, case dance_half): PCK@0.05
-    0.76 with the body, 0.91 with the 2D field; masked PSNR 14.7 vs 17.3 dB.
+    arms and torso in ways the picture cannot support; the 2D field keeps what is shown attached
+    (benchmarks/quality.py: the drawn character cut at the thighs, limb-angle error 42.7 degrees with the
+    body; the talking head, PCK@0.05 0.60 -> 0.75, masked PSNR 14.0 -> 15.9 dB).
     """
     width, height = size
-    knees = keypoints[[L_KNEE, R_KNEE]]
-    inside = (knees[:, 0] >= 0) & (knees[:, 0] < width) & (knees[:, 1] >= 0) & (knees[:, 1] < height)
-    return not ((knees[:, 2] >= threshold) & inside).any()
+    ankles = keypoints[[L_ANKLE, R_ANKLE]]
+    inside = (ankles[:, 0] >= 0) & (ankles[:, 0] < width) & (ankles[:, 1] >= 0) & (ankles[:, 1] < height)
+    return not ((ankles[:, 2] >= threshold) & inside).any()
 
 
 def hidden_hands(keypoints: np.ndarray, threshold: float = 0.3) -> tuple[int, ...]:
@@ -139,8 +140,8 @@ def arm_regions(keypoints: np.ndarray, person: np.ndarray, threshold: float = 0.
 class WarpEngine:
     """Engine protocol: ``render(bundle, progress, should_cancel)`` yields (H, W, 3) uint8 frames.
 
-    Uses the body path when the bundle carries a ``BodyMotion`` and the reference shows the whole body
-    (``partial_reference``), else the 2D skeleton field; ``motion`` says which the last render used.
+    Uses the body path when the bundle carries a ``BodyMotion`` and the reference shows the legs to the
+    ankles (``partial_reference``), else the 2D skeleton field; ``motion`` says which the last render used.
     render_scale: the body is ray cast at 1/render_scale of the output size (1 for outputs under 384 px).
     """
 
