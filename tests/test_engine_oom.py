@@ -242,3 +242,31 @@ def test_a_per_job_worker_spreads_the_job_over_two_processes(job_server, monkeyp
     assert job["status"] == "succeeded", job["error"]
     assert job["plan"]["gpus"] == 2 and job["result"]["frames"] == 3
     assert client.get(f"/v1/jobs/{job_id}/video").status_code == 200
+
+
+def test_the_plan_column_is_added_to_an_older_database(tmp_path):
+    from sqlalchemy import inspect as inspect_db
+    from sqlalchemy import text
+
+    from server.store import JobStore, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    JobStore(url).close()
+    old = make_engine(url)
+    with old.begin() as connection:  # the table as the release before the planner made it
+        connection.execute(text('ALTER TABLE jobs DROP COLUMN "plan"'))
+    assert "plan" not in {c["name"] for c in inspect_db(old).get_columns("jobs")}
+    old.dispose()
+    JobStore(url).close()
+    assert "plan" in {c["name"] for c in inspect_db(make_engine(url)).get_columns("jobs")}
+
+
+def test_a_planned_level_sets_the_modules(tiny_weights):
+    """``chunked``: feed-forward chunks of one row in every UNet transformer block, sequential CFG."""
+    engine, _ = _render(tiny_weights, memory_level="chunked")
+    blocks = [b for b in engine.pipeline.unet.modules() if hasattr(b, "set_chunk_feed_forward")]
+    assert blocks and all(b._chunk_size == 1 for b in blocks)
+    assert engine.plan.cfg == "sequential" and engine.parts["plan"].startswith("chunked (sequential CFG")
+    engine.options = DiffusionOptions(steps=1)
+    list(engine.render(_bundle()))  # the planner's own choice again: chunking off
+    assert engine.plan.level == "fast" and all(b._chunk_size is None for b in blocks)

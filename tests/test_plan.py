@@ -189,3 +189,30 @@ def test_parse_bytes(text, value):
 def test_parse_bytes_refuses_nonsense():
     with pytest.raises(ValueError, match="not a memory size"):
         parse_bytes("lots")
+
+
+def test_calibration_json_is_read_from_the_setting(monkeypatch, tmp_path):
+    """``benchmarks/plan_calibrate.py``'s output (here its committed fake-mode run) feeds the planner."""
+    from pathlib import Path
+
+    from animate.engines.plan import Coefficients, load_coefficients
+
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "plan_fake.json"
+    measured = Coefficients.from_json(committed)
+    shipped = Coefficients()
+    for name in (
+        "unet_row",
+        "unet_call",
+        "unet_row_chunked",
+        "unet_call_chunked",
+        "controlnet_row",
+        "vae_frame",
+    ):
+        assert getattr(measured, name) == pytest.approx(getattr(shipped, name), rel=2e-3), name
+    calibration = tmp_path / "card.json"
+    calibration.write_text('{"coefficients": {"unet_row": 24.5, "efficiency": 0.5, "calibrated": true}}')
+    monkeypatch.setenv("ANIMATE_PLAN_CALIBRATION", str(calibration))
+    loaded = load_coefficients()
+    assert (loaded.unet_row, loaded.efficiency, loaded.calibrated) == (24.5, 0.5, True)
+    plan = make_plan(work(72), card(80), loaded)
+    assert plan.calibrated and plan.seconds_per_step == pytest.approx(2 * 72 * 2 * 3.2 / 50)
