@@ -170,6 +170,47 @@ def test_reader_tensors_agree_with_the_body_geometry(prepared):
             assert all(s["pose_images"][k].sum() > 0 for k in range(8))
 
 
+def test_face_and_hand_keypoints_lie_on_the_body(prepared):
+    """Only the 23 body and feet points are snapped onto the fitted body; the face and hands keep their own
+    layout, carried from the pose estimator's pixels into the shard's. On the talking head (a big face) the
+    seen face points fall on the rendered head and its surroundings."""
+    _, data, summary = prepared
+    clip = data / CLIPS_DIR / summary["done"][1]["clip"]
+    shard = np.load(clip / "shard.npz")
+    kp = shard["keypoints"]
+    inside = total = 0
+    for t in range(FRAMES):
+        body = cv2.dilate(shard[f"mask/{t:06d}"], np.ones((5, 5), np.uint8)) > 0
+        for x, y, score in kp[t, 23:]:  # face (68) and hands (2 x 21)
+            if score >= 0.3:
+                total += 1
+                xi, yi = round(float(x)), round(float(y))
+                inside += 0 <= xi < W and 0 <= yi < H and body[yi, xi]
+    assert total > 30 * FRAMES  # the face is seen
+    assert inside / total > 0.9
+
+
+def test_body_points_are_the_stored_body_seen_through_the_stored_camera(prepared):
+    """body.json (the fitted track and the clip's camera) and the keypoints agree: the 23 body and feet
+    points are the track's joints projected by the camera, as the inference path snaps them."""
+    from dataclasses import replace
+
+    from animate.body import load_body
+    from animate.body.camera import Camera
+    from animate.body.fit import BodyTrack
+    from animate.motion.body_field import BodyMotion
+
+    _, data, summary = prepared
+    clip = data / CLIPS_DIR / summary["done"][0]["clip"]
+    stored = json.loads((clip / "body.json").read_text())
+    track, camera = BodyTrack.from_json(stored["track"]), Camera.from_json(stored["camera"])
+    assert (camera.width, camera.height) == (W, H)
+    first = replace(track, root=track.root[:1], pose=track.pose[:1], transl=track.transl[:1], valid=None)
+    joints = BodyMotion(load_body(), first, track, camera).keypoints()
+    kp = np.load(clip / "shard.npz")["keypoints"]
+    assert np.abs(kp[:, :23, :2] - joints).max() < 0.05  # body.json keeps 5 decimals
+
+
 def _cli(videos: Path, data: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
