@@ -23,7 +23,8 @@ A data folder (``animate train prepare ... -o DATA_DIR``) holds::
     references            (R,) int64 the frames that may serve as the reference (dense flows exist from them)
     person_masks          (R, H, W) uint8 0/255 the segmented person in each reference frame
 
-``<t>`` and ``<r>`` are zero-padded to six digits. Pose images are not stored: the reader draws them from the
+Reserved for the identity issue: ``faces/<t>`` (aligned face crops) and ``meta["faces"]`` (their size and
+the aligner; ``None`` until written). ``<t>`` and ``<r>`` are zero-padded to six digits. Pose images are not stored: the reader draws them from the
 keypoints exactly as the inference path does. Writing is deterministic: members in a fixed order, a fixed
 zip timestamp and compression level, JSON with sorted keys and no times, so the same input gives the same
 bytes.
