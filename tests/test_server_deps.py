@@ -194,3 +194,13 @@ def test_state_comes_from_the_app_and_derives_retention_and_probe_limits(tmp_pat
     assert (limits.timeout_seconds, limits.cpu_seconds, limits.memory_bytes) == (7.0, 3, 1 << 30)
     req = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(animate=app_state)))
     assert asyncio.run(get_state(req)) is app_state
+
+
+def test_forgetting_past_windows_keeps_this_minutes_counts(clock: Clock) -> None:
+    limiter = RateLimiter(1)
+    limiter._windows = {f"k{i}": (10, 1) for i in range(10_000)}
+    clock.now = 660.0
+    assert refused(limiter, "hot") is None  # 10 000 keys: no purge yet; hot is at 1 of 1
+    error = refused(limiter, "hot")  # over 10 000 keys: the purge keeps minute 11's counts
+    assert error is not None and error.code == "rate_limited"
+    assert limiter._windows == {"hot": (11, 2)}
