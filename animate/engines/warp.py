@@ -218,6 +218,7 @@ class WarpEngine:
         reference = bundle.reference
         person = bundle.reference_mask > 127
         background = fill_background(reference, person)
+        reference, person = _extend_cut(reference, person)
         ys, xs = np.nonzero(person)
         field = SkeletonField(bundle.reference_keypoints, np.stack([xs, ys], 1).astype(np.float64))
         fields, layers, source = [field], [field.layer], reference
@@ -652,6 +653,19 @@ def _offbody_parts(part: np.ndarray, person: np.ndarray, neighbours: np.ndarray)
     clear = other > 2.0 * own_distance + 4.0
     out[oy[clear], ox[clear]] = own[clear]
     return out
+
+
+def _extend_cut(image: np.ndarray, person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A person the picture cuts at its bottom edge (half-body) goes on below it: the image and mask
+    with a quarter of their height added, repeating the last row, so a body that moves up in a frame
+    brings more of itself into the picture instead of lifting its cut edge off the frame's bottom."""
+    if person[-1].sum() < 0.05 * person.shape[1]:
+        return image, person
+    pad = max(8, person.shape[0] // 4)
+    return (
+        np.concatenate([image, np.repeat(image[-1:], pad, axis=0)]),
+        np.concatenate([person, np.repeat(person[-1:], pad, axis=0)]),
+    )
 
 
 def _extend_person(image: np.ndarray, person: np.ndarray) -> np.ndarray:

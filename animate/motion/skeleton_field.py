@@ -145,7 +145,23 @@ class SkeletonField:
         for i, (a, b) in self.ref_segments.items():
             if BONES[i].name == "head":
                 continue
-            reach = 0.35 * float(np.linalg.norm(b - a)) + self.sigma
+            length = float(np.linalg.norm(b - a))
+            reach = 0.35 * length + self.sigma
+            if BONES[i].name.endswith("hand"):
+                # A hand bone ends at the knuckles: the fingers reach about one more palm beyond them
+                # (where the hand's keypoints were found: only within them, hair may lie beyond).
+                beyond = (self.pixels - a) @ (b - a) > length**2
+                hand = ref[LEFT_HAND_ROOT if BONES[i].name == "l_hand" else RIGHT_HAND_ROOT :][:21]
+                seen = hand[:, 2] >= threshold
+                if seen.sum() >= 3:
+                    hull = cv2.convexHull(hand[seen, :2].astype(np.float32))
+                    near = np.flatnonzero(beyond & (distances[:, i] < 1.1 * length + self.sigma))
+                    inside = np.array(
+                        [cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in self.pixels[near]]
+                    )
+                    beyond[:] = False
+                    beyond[near[inside >= -0.25 * length]] = True
+                reach = np.where(beyond, 1.1 * length + self.sigma, reach)
             far = distances[:, i] > reach
             distances[far & (nearest_any < distances[:, i]) | far & np.isfinite(distances[:, 0]), i] = np.inf
         nearest = distances.min(axis=1, keepdims=True)
