@@ -305,6 +305,23 @@ def test_bad_folders_and_changed_options_are_clear_cli_errors(prepared, tmp_path
     assert _tree_bytes(data) == before
 
 
+def test_a_folder_without_usable_videos_fails_with_the_summary_written(tmp_path, capsys):
+    from animate.cli import run
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "notes.mp4").write_text("not a video\n")
+    (videos / "b.txt").write_text("")
+    assert run(["train", "prepare", str(videos), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 videos can be used" in err and "[no_clips]" in err
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["skipped"][0]["reason"] == "unsupported_format" and summary["ignored"] == ["b.txt"]
+    (videos / "notes.mp4").unlink()
+    assert run(["train", "prepare", str(videos), "-o", str(tmp_path / "out2"), "--no-progress"]) == 2
+    assert "no video files found" in capsys.readouterr().err
+
+
 def test_data_dir_can_be_removed_and_rebuilt(prepared, tmp_path):
     """Nothing outside DATA_DIR is written: copying a data folder elsewhere keeps it readable."""
     _, data, _ = prepared

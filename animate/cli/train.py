@@ -70,6 +70,12 @@ def prepare(
         f" done), {len(summary['skipped'])} skipped{f' ({reasons})' if reasons else ''};"
         f" summary in {output / 'summary.json'}"
     )
+    if not summary["done"]:
+        from animate.errors import AnimateError
+
+        found = len(summary["skipped"]) + len(summary["duplicates"])
+        what = f"none of the {found} videos can be used" if found else "no video files found"
+        raise AnimateError("no_clips", f"{what} in {videos}; see {output / 'summary.json'}")
 
 
 @app.command("run")
