@@ -156,8 +156,11 @@ def _body(model: str | None):
 
 
 def _estimate_poses(video, options: PrepareOptions, progress: Progress):
-    """The main person's poses at the estimation size (pixels of that size), the frame count and how many
-    frames showed several people. Raises ``ClipSkipped`` for no person / several people / too short."""
+    """The main person's poses (``PoseSequence`` with world landmarks and person masks) in pixels of the
+    estimation size (the video scaled to ``pose_side``, as ``animate guidance`` estimates). Raises
+    ``ClipSkipped`` for too short, several people (two or more detections in ``SEVERAL_PEOPLE_FRACTION`` of
+    the frames: never with MediaPipe, which finds one person, but with a multi-person estimator) and no
+    person."""
     from animate.media.prefetch import prefetched
     from animate.pose import MediaPipeEstimator, PoseError, SequenceOptions, estimate_frames, finish_sequence
     from animate.pose.extract import estimation_size
