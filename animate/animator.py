@@ -46,6 +46,7 @@ PREVIEW = {"crf": 23, "preset": "veryfast"}  # guidance previews: for the eye, n
 #: Previews are drawn at the output size divided by a whole number, so their longest side is at most this
 #: (576x1024 -> 288x512): a quarter of the pixels to draw, render and encode, same frames and timing.
 PREVIEW_MAX_SIDE = 512
+BODY_PREVIEWS = ("depth", "normal", "semantic", "dense_flow")
 CMP_CHUNK = 32  # frames of CMP input and output made at a time (memory flat in length)
 MIN_FPS, MAX_FPS = 1.0, 60.0  # output rates; a driving video outside them is resampled into them
 
@@ -482,8 +483,9 @@ class Animator:
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:
-        """Guidance previews a person can check by eye: skeletons, keypoints, motion colours; every frame,
-        at the output size divided by ``preview_divisor`` (``poses.json`` keeps the output's pixels)."""
+        """Guidance previews a person can check by eye: skeletons, motion colours and, with a body, the body's
+        guidance maps; ``poses.json`` (output pixels) and ``body.json``. One pass over the frames writes every
+        preview (one encoder thread each), every frame at the output size divided by ``preview_divisor``."""
         from animate.motion.keypoint_flow import trajectory_flow
         from animate.pose import draw_pose, draw_pose_mimicmotion
 
@@ -492,18 +494,9 @@ class Animator:
         k = preview_divisor(bundle.size)
         width, height = bundle.width // k, bundle.height // k
         frames = bundle.num_frames
-        total = frames * (3 if bundle.body is not None else 2)  # skeleton, motion (and body) frames
-        report("previews", 0, total)
-        out: dict[str, Path] = {}
+        report("previews", 0, frames)
         targets.save(directory / "poses.json")
-        out["poses"] = directory / "poses.json"
-
-        def skeletons() -> Iterator[np.ndarray]:
-            for t, pose in enumerate(targets):
-                yield draw(pose.transformed((1 / k, 1 / k)), width, height)
-                report("previews", t + 1, total)
-
-        out["skeleton"] = write_video(directory / "skeleton.mp4", skeletons(), bundle.fps, **PREVIEW).path
+        out: dict[str, Path] = {"poses": directory / "poses.json"}
 
         def motion_frames() -> Iterator[np.ndarray]:
             # Trajectory flow in chunks, so memory stays bounded for long videos.
@@ -515,25 +508,30 @@ class Animator:
                 for flow, frame_points in zip(flows[start - lo :], points[start - lo :], strict=True):
                     # with the skeleton: still frames (frame 0) are not blank white
                     yield motion_preview(flow, frame_points, max_magnitude=max(4.0, 0.01 * height))
-                report("previews", frames + min(start + chunk, frames), total)
 
-        out["motion"] = write_video(directory / "motion.mp4", motion_frames(), bundle.fps, **PREVIEW).path
+        streams = [
+            ({"skeleton": draw(pose.transformed((1 / k, 1 / k)), width, height)} for pose in targets),
+            ({"motion": image} for image in motion_frames()),
+        ]
+        names = ["skeleton", "motion"]
         if bundle.body is not None:
-            step = lambda t: report("previews", 2 * frames + t, total)  # noqa: E731
-            out.update(self._write_body_artifacts(directory, bundle, k, step))
-        return out
+            streams.append(self._body_previews(directory, bundle, k))
+            names += BODY_PREVIEWS
+            out["body"] = directory / "body.json"
+        with VideoWriters(directory, names, bundle.fps, **PREVIEW) as writers:
+            for t in range(frames):
+                item: dict[str, np.ndarray] = {}
+                for stream in streams:
+                    item.update(next(stream))
+                writers.put(item)
+                report("previews", t + 1, frames)
+        return {**out, **{name: directory / f"{name}.mp4" for name in names}}
 
     @staticmethod
-    def _write_body_artifacts(
-        directory: Path,
-        bundle: GuidanceBundle,
-        divisor: int = 1,
-        progress: Callable[[int], None] | None = None,
-    ) -> dict:
-        """The fitted bodies (``body.json``) and, from one render per frame, the guidance maps the diffusion
-        engine reads (``depth.mp4``, ``normal.mp4``, ``semantic.mp4``) and the dense field as colours
-        (``dense_flow.mp4``). Previews: rendered at the output size / ``divisor``, encoded at a fast preset
-        and a lower quality than the result."""
+    def _body_previews(directory: Path, bundle: GuidanceBundle, divisor: int = 1) -> Iterator[dict]:
+        """Writes the fitted bodies (``body.json``), then yields per frame the ``BODY_PREVIEWS`` images: from
+        one render, the guidance maps the diffusion engine reads (depth, normal, semantic) and the dense field
+        as colours, at the output size / ``divisor``."""
         import json
 
         from animate.motion.body_field import DenseField
@@ -548,25 +546,18 @@ class Animator:
         dense = DenseField(motion, bundle.reference_mask)
         scale = max(4.0, 0.1 * bundle.height)
         renderer, camera = motion.renderer(scale=divisor)
-        names = ("depth", "normal", "semantic", "dense_flow")
-        with VideoWriters(directory, names, bundle.fps, **PREVIEW) as writers:
-            for t, vertices in enumerate(motion.iter_vertices()):
-                frame = renderer.render(vertices, camera)
-                flow = dense.flow(vertices)  # at the output size: its colours shrunk with the field
-                if divisor > 1:
-                    size = (frame.depth_image.shape[1], frame.depth_image.shape[0])
-                    flow = cv2.resize(flow, size, interpolation=cv2.INTER_AREA)
-                writers.put(
-                    {
-                        "depth": np.repeat(frame.depth_image[..., None], 3, axis=2),
-                        "normal": frame.normal_image,
-                        "semantic": frame.semantic_image,
-                        "dense_flow": flow_to_color(flow, max_magnitude=scale),
-                    }
-                )
-                if progress is not None:
-                    progress(t + 1)
-        return {"body": directory / "body.json", **{name: directory / f"{name}.mp4" for name in names}}
+        for vertices in motion.iter_vertices():
+            frame = renderer.render(vertices, camera)
+            flow = dense.flow(vertices)  # at the output size: its colours shrunk with the field
+            if divisor > 1:
+                size = (frame.depth_image.shape[1], frame.depth_image.shape[0])
+                flow = cv2.resize(flow, size, interpolation=cv2.INTER_AREA)
+            yield {
+                "depth": np.repeat(frame.depth_image[..., None], 3, axis=2),
+                "normal": frame.normal_image,
+                "semantic": frame.semantic_image,
+                "dense_flow": flow_to_color(flow, max_magnitude=scale),
+            }
 
     def _fill_guidance(self, bundle: GuidanceBundle, report: _Reporter, engine=None) -> None:
         """The per-frame stacks a diffusion engine reads: the rendered body's depth / normal /

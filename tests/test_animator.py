@@ -72,12 +72,21 @@ def test_run_writes_valid_mp4(animated):
     assert info.has_audio
     artifacts = animated / "artifacts"
     for name in ("skeleton", "motion", "dense_flow", "depth", "normal", "semantic"):
-        assert open_video(artifacts / f"{name}.mp4").info.frame_count == FRAMES
+        preview = open_video(artifacts / f"{name}.mp4").info  # every frame, at half the size (<= 512)
+        assert (preview.frame_count, preview.width, preview.height) == (FRAMES, 288, 512), name
     # the body guidance previews show the body: a lit middle, a black background
     depth = next(open_video(artifacts / "depth.mp4").frames())
-    assert depth[512, 288].mean() > 100 and depth[5, 5].mean() < 10
+    assert depth[256, 144].mean() > 100 and depth[3, 3].mean() < 10
     poses = json.loads((artifacts / "poses.json").read_text())
     assert poses["layout"] == "coco_wholebody_133" and len(poses["frames"]) == FRAMES
+    # poses.json stays in the output's pixels; the skeleton preview draws them halved: its limbs span the
+    # halved box of the confident body keypoints (+- a limb's width)
+    sequence = PoseSequence.load(artifacts / "poses.json")
+    body = sequence.keypoints[0, :17]
+    box = body[body[:, 2] > 0.5, :2] / 2
+    drawn = np.argwhere(next(open_video(artifacts / "skeleton.mp4").frames()).max(axis=2) > 60)[:, ::-1]
+    assert np.abs(drawn.min(axis=0) - box.min(axis=0)).max() < 12, (drawn.min(axis=0), box.min(axis=0))
+    assert np.abs(drawn.max(axis=0) - box.max(axis=0)).max() < 12, (drawn.max(axis=0), box.max(axis=0))
     body = json.loads((artifacts / "body.json").read_text())
     assert len(body["transferred"]["frames"]) == FRAMES and len(body["reference"]["frames"]) == 1
 

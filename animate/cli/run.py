@@ -14,6 +14,14 @@ from animate.cli.progress import StageProgress, warnings_to
 from animate.settings import Settings
 
 
+def _import_engines() -> None:
+    """torch, Warp, the body model's code and MediaPipe: imported here, so the seconds they take are reported
+    as start-up (before the first stage), not as the decode stage that would import them otherwise."""
+    import mediapipe  # noqa: F401
+
+    import animate.engines.warp  # noqa: F401
+
+
 def run(
     reference: Path = typer.Argument(..., help="Reference image of the person (JPEG, PNG, WebP)."),
     driving: Path = typer.Argument(..., help="Driving video with the motion."),
@@ -95,6 +103,8 @@ def run(
                 f"note: first use of the body model on this machine: building its data in {cache.cache_root()} "
                 f"({cache.APPROX_SIZE}, {cache.APPROX_TIME}; `make install` does it ahead)"
             )
+
+    _import_engines()
 
     def on_progress(p: Progress) -> None:
         progress(p.stage, p.step, p.total)
