@@ -320,10 +320,16 @@ class Animator:
         try:
             # Settings may name a user's SMPL-family model file (``body_model``); Anny otherwise.
             model_path = self.settings.body_model
+            notes: list[str] = []
+            if fit_body and engine.name == "warp":
+                from animate.engines.warp import partial_reference
+
+                if partial_reference(ref_pose.keypoints, size):  # its body would be guessed below the cut
+                    fit_body = False
+                    notes.append("3D body not used: the reference shows no ankle (a partial body)")
             reference_fit = (
                 pool.submit(_fit_reference_body, ref_pose, person, size, model_path) if fit_body else None
             )
-            notes: list[str] = []
             if preset is not None:
                 ref_pose, driving_poses = self._preset_poses(
                     preset, ref_rgb, ref_pose, video, options, report
@@ -335,7 +341,7 @@ class Animator:
                 expected = video.output_frame_count(resample, options.max_frames)
                 # The warp engine on the body path uses only the driver's body (Anny's hands are not posed,
                 # the face texture rides on the head): BlazePose alone is ~2.5x faster than Holistic.
-                body_only = options.body and engine.name == "warp"
+                body_only = fit_body and engine.name == "warp"
                 with MediaPipeEstimator(
                     static=False, whole_body=not body_only, segmentation=False
                 ) as estimator:

@@ -115,3 +115,26 @@ def test_half_body_head_and_hair_stay_when_only_the_arms_move(half_body):
             continue
         error = np.abs(frame[head].astype(int) - bundle.reference[head].astype(int)).max(1)
         assert np.mean(error > 40) < 0.015, (angle, np.mean(error > 40))
+
+
+def test_the_facade_moves_a_half_body_reference_with_the_2d_field(tmp_path, data_dir):
+    """End to end: the drawn character cut at the thighs (transparent background) driven by the dance. No
+    3D body is fitted (it would be guessed below the cut, and its keypoints would bend the arms), so
+    the frames' keypoints are the retargeted driving ones, and the result says why."""
+    from conftest import DANCE
+
+    from animate.animator import AnimationOptions, Animator
+
+    image = load_image(ANIME_PNG).rgb
+    with MediaPipeEstimator(static=True, whole_body=False, segmentation=True) as estimator:
+        pose = estimator.detect(image)[0]
+    cut = int(0.5 * (pose.keypoints[[11, 12], 1].mean() + pose.keypoints[[13, 14], 1].mean()))
+    alpha = np.where(pose.mask[:cut] > 127, 255, 0).astype(np.uint8)
+    path = tmp_path / "half.png"
+    cv2.imwrite(str(path), np.dstack([cv2.cvtColor(image[:cut], cv2.COLOR_RGB2BGR), alpha]))
+    options = AnimationOptions(engine="warp", size=(288, 320), max_frames=3)
+    prepared = Animator().prepare(path, DANCE, options)
+    assert prepared.bundle.body is None
+    assert any("no ankle" in note for note in prepared.notes), prepared.notes
+    frames = list(prepared.engine.render(prepared.bundle))
+    assert len(frames) == 3 and prepared.engine.motion == "skeleton"
