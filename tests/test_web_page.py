@@ -383,6 +383,17 @@ def test_dropped_files_run_and_the_result_plays_in_step_beside_photo_and_video(
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     assert screenshot_spread(page, shots / "phone.png") > 20
 
+    # "Start over" puts the focus back on the first drop zone; the recent list opens the job again
+    page.click("#again")
+    assert (
+        page.locator("#job").is_hidden() and page.evaluate("document.activeElement.id") == "reference-input"
+    )
+    page.click(f"#recent tr[data-id='{job_id}'] a")
+    page.wait_for_selector("#outcome:not([hidden])")
+    assert (
+        page.evaluate("document.getElementById('result').getAttribute('src')") == f"/v1/jobs/{job_id}/video"
+    )
+
 
 def test_keyboard_only_submit_with_queue_position_and_cancel(page, server: Cluster) -> None:
     # the worker is busy with one job and another waits: ours is the second in line
