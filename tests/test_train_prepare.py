@@ -211,6 +211,37 @@ def test_body_points_are_the_stored_body_seen_through_the_stored_camera(prepared
     assert np.abs(kp[:, :23, :2] - joints).max() < 0.05  # body.json keeps 5 decimals
 
 
+def test_a_real_sample_is_what_the_pipeline_takes(prepared):
+    """A sample of a prepared clip goes into ``AnimationPipeline`` as it is (every guidance input given),
+    so training sees the inference formats: one step of the tiny pipeline runs and returns the window."""
+    import PIL.Image
+
+    from pipelines import AnimationPipeline
+    from pipelines.testing import tiny_components
+
+    _, data, _ = prepared
+    s = ClipDataset(data, frames=2, size=(32, 48))[0]
+    pipe = AnimationPipeline(**tiny_components(with_motion_controlnet=True))
+    known = set(pipe.guidance_encoders.config.guidance_types)
+    # the reference as the diffusion engine hands it over: a PIL image of the uint8 frame
+    reference = ((s["reference"].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    out = pipe(
+        PIL.Image.fromarray(reference),
+        pose_images=s["pose_images"],
+        guidance_maps={k: v for k, v in s["guidance_maps"].items() if k in known},
+        reference_pose_image=s["reference_pose"][None],
+        reference_guidance_maps={k: v[None] for k, v in s["reference_guidance"].items() if k in known},
+        dense_flow=s["dense_flow"],
+        trajectory_flow=s["trajectory_flow"],
+        height=48,
+        width=32,
+        num_inference_steps=1,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).frames
+    assert out.shape == (1, 2, 48, 32, 3) and np.isfinite(out).all()
+
+
 def _cli(videos: Path, data: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
