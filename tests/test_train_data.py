@@ -225,6 +225,18 @@ def test_short_clips_are_left_out_and_collate_stacks_a_batch(tmp_path):
     assert torch.equal(only["frames"], batch["frames"])
 
 
+def test_open_shards_are_bounded(tmp_path, monkeypatch):
+    import animate.train.data as data_module
+
+    monkeypatch.setattr(data_module, "MAX_OPEN_SHARDS", 2)
+    for name in ("a", "b", "c"):
+        write_clip(tmp_path, name)
+    ds = ClipDataset(tmp_path, frames=2)
+    first = [ds[i]["frames"] for i in range(3)]
+    assert len(ds._open) == 2
+    assert all(torch.equal(ds[i]["frames"], first[i]) for i in range(3))  # a closed shard reopens
+
+
 def test_several_sizes_need_an_explicit_size(tmp_path):
     write_clip(tmp_path, "a")
     write_clip(tmp_path, "b", size=(W * 2, H * 2))

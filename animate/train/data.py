@@ -49,6 +49,8 @@ from animate.train.shard import MAP_NAMES, SHARD_FILE, clip_dirs, member, read_m
 
 __all__ = ["ClipDataset", "collate"]
 
+MAX_OPEN_SHARDS = 32  # shard files a dataset (each DataLoader worker) keeps open at once
+
 
 class ClipDataset(Dataset):
     """Clips of ``data_dir`` (``animate train prepare``'s output) as training samples.
@@ -101,6 +103,9 @@ class ClipDataset(Dataset):
         if self._pid != os.getpid():  # a forked DataLoader worker: open our own handles
             self._open, self._pid = {}, os.getpid()
         if i not in self._open:
+            if len(self._open) >= MAX_OPEN_SHARDS:  # thousands of clips must not exhaust file descriptors
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
             self._open[i] = np.load(self.clips[i] / SHARD_FILE, allow_pickle=False)
         return self._open[i]
 
