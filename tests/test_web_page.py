@@ -321,6 +321,10 @@ def test_dropped_files_run_and_the_result_plays_in_step_beside_photo_and_video(
     assert all(s["t"] - start >= 3 for s in running if s["eta"]), running
     assert page.get_attribute("#stage", "aria-live") is None  # its paragraph is the live region
     assert page.get_attribute(".stage-line", "aria-live") == "polite"
+    # the live region stays on screen when the job is done, so the outcome is announced
+    assert (
+        page.locator(".stage-line").is_visible() and page.text_content("#stage") == "Your animation is ready"
+    )
 
     # the result, the driving video and the previews play in step; the result leads
     state = page.evaluate(MEDIA_STATE, ["result", "driving-view"])

@@ -397,7 +397,7 @@ $("submit").addEventListener("submit", async (event) => {
     $("status").textContent = "Not started";
     $("status").dataset.status = "failed";
     $("progress-box").hidden = true;
-    $("error").focus?.();
+    $("stage").textContent = "The job was not started";
   } finally {
     $("go").disabled = false;
   }
@@ -410,6 +410,9 @@ function openJobCard(id) {
   $("outcome").hidden = true;
   $("previews").innerHTML = "";
   $("progress-box").hidden = false;
+  for (const id of ["stage", "queue", "percent", "eta", "status"]) $(id).textContent = "";
+  $("status").dataset.status = "";
+  $("bar").value = 0;
   showError(null);
   for (const video of document.querySelectorAll("#outcome video")) {
     video.pause();
