@@ -108,3 +108,28 @@ def test_inputs_are_not_modified() -> None:
     out, det = fill_gaps(kp, detected, max_gap=2)
     assert (kp == before_kp).all() and (detected == before_det).all()
     assert out.dtype == np.float32 and det.dtype == bool
+
+
+def test_a_gap_starting_at_frame_1_is_filled() -> None:
+    kp = track()
+    detected = np.ones(12, bool)
+    detected[1:3] = False
+    out, det = fill_gaps(kp, detected, max_gap=2)
+    assert det.all() and out[1:3, 0, 0] == pytest.approx([10, 20])
+
+
+def test_an_unfillable_run_does_not_stop_the_keypoints_later_runs() -> None:
+    kp = track()
+    kp[0:2, 5, 2] = 0.0  # at the start: not filled
+    kp[6, 5, 2] = 0.0  # later, short: filled
+    out, _ = fill_gaps(kp, np.ones(12, bool), max_gap=2)
+    assert (out[0:2, 5, 2] == 0).all()
+    assert out[6, 5, 0] == pytest.approx(60) and out[6, 5, 2] == pytest.approx(0.9)
+
+
+def test_a_filled_frame_whose_body_is_exactly_at_the_threshold_counts() -> None:
+    kp = track(score=0.5)  # 0.5 is exact in float32, so the interpolated score equals the threshold
+    detected = np.ones(12, bool)
+    detected[5] = False
+    out, det = fill_gaps(kp, detected, max_gap=1, threshold=0.5)
+    assert det[5] and out[5, 0, 2] == 0.5
