@@ -102,7 +102,27 @@ def test_overfitting_two_clips(tmp_path):
     assert step == 40
     assert latent_l1 <= 0.8 * before_latent_l1
     assert l1 < before_l1
-    assert (tmp_path / "run" / "validation" / "step-0000040.mp4").is_file()
+    # the validation video: reference | result | pose, side by side, one row per frame
+    from animate.media import open_video
+
+    video = open_video(tmp_path / "run" / "validation" / "step-0000040.mp4").info
+    assert (video.codec, video.width, video.height, video.frame_count) == ("h264", 48, 16, 3)
+    # TensorBoard got every step's loss (the values the run returned), lr, grad norm, speed, memory
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "train")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/samples_per_second",
+        "train/memory_mb",
+    } <= tags
+    assert {"validation/l1", "validation/latent_l1"} <= tags
+    logged = [e.value for e in events.Scalars("train/loss")]
+    np.testing.assert_allclose(logged, result.losses, rtol=1e-6)
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([3e-3] * 40)
     # zero-init outputs trained: non-zero, and the guidance now steers the frames
     assert pipe.pose_guider.final_proj.weight.abs().max() > 0
     for encoder in pipe.guidance_encoders.encoders.values():
