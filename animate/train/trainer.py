@@ -498,7 +498,8 @@ class Trainer:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision)
         if dtype is None:
             return
-        self.pipe.vae.to(dtype=dtype)
+        if not (dtype == torch.float16 and getattr(self.pipe.vae.config, "force_upcast", False)):
+            self.pipe.vae.to(dtype=dtype)  # SVD's VAE overflows in fp16 (force_upcast): it stays float32
         self.pipe.image_encoder.to(dtype=dtype)
         if not ({"lora", "temporal"} & set(self.config.train)):
             self.pipe.unet.to(dtype=dtype)
