@@ -189,3 +189,66 @@ def test_decode_stream_gives_the_frames_of_output_np_chunk_by_chunk(pipe, decode
 def test_decode_stream_refuses_a_batch(pipe):
     with pytest.raises(ValueError, match="one video's latents"):
         next(pipe.decode_stream(torch.zeros(2, 3, 4, 16, 16)))
+
+
+def test_the_engine_streams_guidance_in_and_frames_out(pipe, monkeypatch):
+    """The diffusion engine hands the pipeline lazy sources and decodes chunk by chunk: its frames equal the
+    pipeline's own ``output_type="np"`` frames for the same inputs materialised as arrays."""
+    from animate.engines.diffusion import DiffusionEngine, DiffusionOptions, frames_to_uint8
+    from animate.motion.bundle import GuidanceBundle
+
+    inputs, recorder = _inputs(), Recorder()
+    keypoints = np.zeros((FRAMES, 133, 3), np.float32)
+    keypoints[:, :17, :2] = np.random.default_rng(2).uniform(4, SIZE - 4, (FRAMES, 17, 2))
+    keypoints[:, :17, 2] = 1.0
+    bundle = GuidanceBundle(
+        reference=np.asarray(inputs["image"]),
+        reference_mask=np.full((SIZE, SIZE), 255, np.uint8),
+        reference_keypoints=keypoints[0],
+        keypoints=keypoints,
+        fps=8.0,
+        size=(SIZE, SIZE),
+        dense_flow=recorder.source("dense_flow", inputs["dense_flow"]),
+        **{k: recorder.source(k, v) for k, v in inputs["guidance_maps"].items()},
+    )
+    calls, decoded = [], []
+    original = type(pipe).__call__
+
+    def call(self, *args, **kwargs):
+        calls.append((args, dict(kwargs)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "__call__", call)
+    hook = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: decoded.append(args[0].shape[0]))
+    engine = DiffusionEngine(
+        pipe, DiffusionOptions(steps=2, tile_size=TILE, tile_overlap=OVERLAP, decode_chunk_size=4)
+    )
+    try:
+        frames = np.stack(list(engine.render(bundle)))
+    finally:
+        hook.remove()
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3) and frames.dtype == np.uint8
+    assert set(recorder.windows) == {"dense_flow", "depth", "normal", "semantic"}
+    for name, reads in recorder.windows.items():
+        assert reads and max(stop - start for start, stop in reads) <= TILE - 1, name
+    # chunks of at most 4 frames; the reference frame decoded with the first one under DisPose's rules
+    parity_kwargs, truncate = engine._parity(engine.options)  # DisPose's rules for these parts
+    with_reference = parity_kwargs.get("decode_reference", False)
+    assert decoded and max(decoded) <= 4 and sum(decoded) == FRAMES + with_reference
+
+    ((args, kwargs),) = calls
+    assert kwargs["output_type"] == "latent" and kwargs["keep_reference"]
+    assert isinstance(kwargs["pose_images"], FrameSource) and isinstance(
+        kwargs["trajectory_flow"], FrameSource
+    )
+
+    def whole(frames):  # every frame as one array: the all-in-memory inputs
+        return frames.window(0, len(frames)) if isinstance(frames, FrameSource) else np.asarray(frames)
+
+    for name in ("pose_images", "dense_flow", "trajectory_flow"):
+        kwargs[name] = whole(kwargs[name])
+    kwargs["guidance_maps"] = {k: whole(v) for k, v in kwargs["guidance_maps"].items()}
+    kwargs |= {"output_type": "np", "keep_reference": False, "feature_cache": "host"}
+    kwargs |= {"generator": torch.Generator().manual_seed(0), "callback_on_step_end": None}
+    expected = original(pipe, *args, **kwargs).frames[0]
+    np.testing.assert_array_equal(frames, frames_to_uint8(expected, truncate))
