@@ -6,6 +6,7 @@ its keypoints back onto the marker's position in the original pixels, computed b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ from animate.pose.extract import (
     estimation_size,
     finish_sequence,
 )
+from animate.pose.smoothing import SmoothingOptions
+from animate.pose.tracking import TrackingOptions
 from animate.pose.types import NUM_KEYPOINTS, Pose
 
 RED = (255, 0, 0)
@@ -379,3 +382,103 @@ def test_estimate_video_reads_at_the_estimation_size_and_maps_back(tmp_path: Pat
 
 class _LeftHalf(MarkerEstimator):
     """make_video paints the left half red: its centroid is the marker."""
+
+
+# --- more: compositing, the default estimator, options that must reach their stage ----------------------
+
+
+def test_transparency_is_blended_over_grey_127_exactly() -> None:
+    rgb = np.zeros((8, 256, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 255, 200
+    mask = np.tile(np.arange(256, dtype=np.uint8), (8, 1))
+    estimator = MarkerEstimator()
+    with pytest.raises(PoseError):
+        estimate_image(type("Ref", (), {"rgb": rgb, "mask": mask})(), estimator)
+    alpha = np.arange(256) / 255.0
+    expected = np.floor(np.array([255, 0, 200]) * alpha[:, None] + 127 * (1 - alpha[:, None]) + 0.5)
+    assert (estimator.seen[0][0].astype(int) == expected.astype(int)).all()
+
+
+def test_a_mask_is_dropped_at_the_same_size_unless_kept() -> None:
+    frames = [picture(320, 180, 100, 40, 16)]
+    same = estimate_frames(frames, MarkerEstimator(with_mask=True), width=320, height=180)
+    assert same[0][0].mask is None
+
+
+def test_a_reference_object_is_read_through_its_rgb() -> None:
+    reference = type("Ref", (), {"rgb": picture(640, 480, 100, 100, 20), "mask": None})()
+    sequence = estimate_sequence_from_image(reference, MarkerEstimator())
+    assert (sequence.width, sequence.height) == (640, 480)
+
+
+class Recorder(MarkerEstimator):
+    made: ClassVar[list] = []
+
+    def __init__(self, *, static: bool, segmentation: bool) -> None:
+        super().__init__(with_mask=segmentation)
+        Recorder.made.append(self)
+        self.options = (static, segmentation)
+
+
+def test_without_an_estimator_mediapipe_is_made_for_the_job_and_closed(tmp_path, monkeypatch) -> None:
+    import animate.pose.mediapipe_estimator as mp
+
+    monkeypatch.setattr(mp, "MediaPipeEstimator", Recorder)
+    Recorder.made = []
+    estimate_image(picture(900, 800, 300, 300, 30))
+    path = make_video(tmp_path / "v.mp4", n_frames=4, width=128, height=96, fps=10)
+    estimate_video(path, options=SequenceOptions(smoothing=None))
+    estimate_video(path, options=SequenceOptions(smoothing=None, keep_masks=True))
+    assert [r.options for r in Recorder.made] == [(True, True), (False, False), (False, True)]
+    assert [r.closed for r in Recorder.made] == [1, 1, 1]
+    kept = estimate_video(
+        path, _LeftHalf(with_mask=True), options=SequenceOptions(smoothing=None, keep_masks=True)
+    )
+    assert kept[0].mask is not None and kept[0].mask.shape == (96, 128)
+
+
+def test_video_options_reach_sampling_progress_and_finishing(tmp_path) -> None:
+    import threading
+
+    path = make_video(tmp_path / "v.mp4", n_frames=10, width=128, height=96, fps=10)
+    calls: list = []
+    threads: set = set()
+
+    class Watching(_LeftHalf):
+        def detect(self, rgb):
+            threads.update(t.name for t in threading.enumerate())
+            return super().detect(rgb)
+
+    sequence = estimate_video(
+        path, Watching(), fps=5, options=SequenceOptions(smoothing=None), progress=lambda *a: calls.append(a)
+    )
+    assert (len(sequence), sequence.fps) == (5, 5.0)
+    assert calls == [(i, 5) for i in range(1, 6)]
+    assert "pose-decode" in threads
+    calls.clear()
+    estimate_video(path, _LeftHalf(), max_frames=3, progress=lambda *a: calls.append(a))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_sequence_options_reach_tracking_detection_threshold_and_smoothing() -> None:
+    strict = SequenceOptions(smoothing=None, tracking=TrackingOptions(min_body_score=0.95))
+    with pytest.raises(PoseError):  # every candidate's body score is under 0.95: nobody is tracked
+        finish_sequence(detections([True] * 4), 640, 360, 10.0, strict)
+    rng = np.random.default_rng(1)
+    candidates = [[marker_pose(300 + rng.normal(0, 4), 100.0, 17)] for _ in range(40)]
+    default = finish_sequence(candidates, 640, 360, 25.0).keypoints[:, 0, 0]
+    heavy = SequenceOptions(smoothing=SmoothingOptions(min_cutoff=0.05, beta=0.0))
+    heavier = finish_sequence(candidates, 640, 360, 25.0, heavy).keypoints[:, 0, 0]
+    assert np.diff(heavier).std() < 0.5 * np.diff(default).std()
+
+
+def test_the_gap_length_follows_the_rate_with_a_floor_of_one_frame() -> None:
+    raw = SequenceOptions(smoothing=None)
+    one_fps = finish_sequence(detections([True, False, False, True, True, True]), 640, 360, 1.0, raw)
+    assert one_fps.detected.tolist() == [True, False, False, True, True, True]  # 0.3 s at 1 fps: 1 frame
+    still = finish_sequence(detections([True, False, True, True]), 640, 360, 0.0, raw)
+    assert still.detected.tolist() == [True, False, True, True]  # fps 0 (images): nothing is filled
+
+
+def test_estimation_size_keeps_two_pixels_on_the_short_side() -> None:
+    assert estimation_size(3, 1000, 100) == (2, 100)
