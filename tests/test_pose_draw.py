@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from animate.pose.draw import draw_pose
+from animate.pose.draw import draw_pose, draw_pose_mimicmotion
 from animate.pose.types import NUM_KEYPOINTS, Pose
 
 S = 2160  # DWPose's canvas short side: scale 1
@@ -147,3 +147,69 @@ def test_a_smaller_output_is_the_exact_area_average_of_the_canvas() -> None:
     averaged = big.reshape(1080, 2, 1080, 2, 3).mean(axis=(1, 3))
     assert np.abs(small - averaged).max() <= 1.0
     assert small[400, 300].sum() > 0 and small.max() > 100
+
+
+# --- draw_pose_mimicmotion (MimicMotion's upstream drawing) at 2160 px: canvas = output ------------------
+
+
+def test_mimicmotion_limb_follows_its_bone_direction_and_length() -> None:
+    # COCO 6 (right shoulder) -> 8 (right elbow) is OpenPose limb (3, 4), colour index 2
+    pose = pose_with({6: (1000, 1000, 0.9), 8: (1200, 1200, 0.9)})
+    image = draw_pose_mimicmotion(pose, S, S)
+    assert image.dtype == np.uint8 and image.shape == (S, S, 3)
+    # half-axes (int(282.8 / 2), 4) along 45 degrees, centred on (1100, 1100)
+    assert image[1180, 1180].any() and image[1020, 1020].any()  # 113 px from the centre on the axis
+    assert not image[1180, 1020].any() and not image[1100, 1180].any()  # off the axis
+    colour = rgb((255, 170, 0), float(np.float32(0.9) * np.float32(0.9)))
+    expected = tuple(int(c * 0.6) for c in colour)  # the canvas is dimmed by 0.6, truncated
+    assert tuple(image[1150, 1150]) == expected
+
+
+def test_mimicmotion_limbs_need_both_ends_and_one_skipped_limb_does_not_stop_the_rest() -> None:
+    # right shoulder unseen: limbs (2, 3) and (3, 4) are skipped; left shoulder -> left elbow is drawn
+    pose = pose_with({6: (1000, 1000, 0.1), 5: (1400, 1000, 0.9), 7: (1400, 1300, 0.9), 8: (1000, 1300, 0.9)})
+    image = draw_pose_mimicmotion(pose, S, S)
+    assert image[1150, 1400].any()  # left upper arm
+    assert not image[1150, 1000].any()  # right upper arm: the shoulder is unseen
+
+
+def test_mimicmotion_joint_dots_have_radius_4() -> None:
+    image = draw_pose_mimicmotion(pose_with({0: (500, 500, 1.0)}), S, S)
+    assert tuple(image[500, 500]) == rgb((255, 0, 0), 1.0)
+    assert image[500, 504].any() and not image[500, 505].any()
+
+
+def test_mimicmotion_hand_edges_colour_and_edge_rule() -> None:
+    hand = 91
+    points = {hand + 0: (1000, 1000, 0.9), hand + 1: (1000, 1200, 0.8)}
+    image = draw_pose_mimicmotion(pose_with(points), S, S)
+    level = int(float(np.float32(0.9) * np.float32(0.8)) * 255)
+    hue = colorsys.hsv_to_rgb(0.0, 1.0, 1.0)
+    assert tuple(image[1100, 1000]) == tuple(round(float(c) * level) for c in reversed(hue))
+    # an edge is drawn only when both ends are at canvas coordinates >= 1
+    for a, b, drawn in [
+        ((0, 500), (100, 500), False),
+        ((100, 500), (0, 500), False),
+        ((1, 500), (100, 500), True),
+    ]:
+        image = draw_pose_mimicmotion(pose_with({hand + 0: (*a, 1.0), hand + 1: (*b, 1.0)}), S, S)
+        assert bool(image[500, 50].any()) is drawn, (a, b)
+
+
+def test_mimicmotion_smaller_outputs_are_the_2160_canvas_resized_bilinearly() -> None:
+    pose = pose_with({6: (500, 500, 0.9), 8: (600, 600, 0.9), 0: (300, 200, 1.0), 91: (700, 300, 1.0)})
+    for width, height in ((1080, 1080), (1080, 1920)):
+        big = draw_pose_mimicmotion(
+            pose_with(
+                {
+                    i: (x * 2160 / min(width, height), y * 2160 / min(width, height), s)
+                    for i, (x, y, s) in enumerate(pose.keypoints)
+                    if s > 0
+                }
+            ),
+            width * 2160 // min(width, height),
+            height * 2160 // min(width, height),
+        )
+        small = draw_pose_mimicmotion(pose, width, height)
+        assert small.shape == (height, width, 3)
+        assert (small == cv2.resize(big, (width, height))).all()
