@@ -45,7 +45,9 @@ def test_without_a_weights_folder_only_warp_runs_and_diffusion_says_why(tmp_path
     engines = by_name(body)
     assert engines["warp"]["available"] is True and engines["warp"]["reason"] is None
     assert engines["diffusion"]["available"] is False
-    assert "does not exist" in engines["diffusion"]["reason"] and "nowhere" in engines["diffusion"]["reason"]
+    reason = engines["diffusion"]["reason"]
+    assert "does not exist" in reason and "the server's weights folder" in reason
+    assert str(tmp_path) not in reason and "nowhere" not in reason  # no server path reaches a visitor
     assert body["auto"] == "warp"
 
 

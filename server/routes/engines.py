@@ -25,11 +25,26 @@ _IMAGE_SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp"
 _IMAGE_WORDS = {"WEBP": "WebP"}
 
 
+def _public(text: str | None, state: AppState) -> str | None:
+    """The reason in words a visitor may read: the server's own paths stay on the server."""
+    if text is None:
+        return None
+    for path in (state.settings.weights_dir.resolve(), state.settings.weights_dir):
+        text = text.replace(str(path), "the server's weights folder")
+    return text
+
+
 def _engines(state: AppState) -> EnginesOut:
     statuses = animate.available_engines(state.settings)
     return EnginesOut(
         engines=[
-            EngineOut(name=s.name, available=s.available, reason=s.reason, note=s.note) for s in statuses
+            EngineOut(
+                name=s.name,
+                available=s.available,
+                reason=_public(s.reason, state),
+                note=_public(s.note, state),
+            )
+            for s in statuses
         ],
         auto=animate.auto_engine(state.settings),
     )
