@@ -16,6 +16,7 @@ goes on with the 2D skeleton field and the reason is logged and kept in ``Animat
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -312,6 +313,7 @@ class Animator:
 
         # 2. pose: reference (static, with segmentation) and driving video, then retarget onto the reference.
         # The reference body fit needs only the reference: it runs on a helper thread meanwhile.
+        report("pose", 0, 1)  # the stage starts now (its frame count comes with the driving video's poses)
         ref_pose = estimate_image(ref_rgb if ref_alpha is None else ReferenceImage(ref_rgb, ref_alpha, "PNG"))
         person = ref_alpha if ref_alpha is not None else ref_pose.mask
         if person is None:
@@ -452,6 +454,7 @@ class Animator:
 
         # 4-5. render + encode, streamed frame by frame
         def frames() -> Iterator[np.ndarray]:
+            report("render", 0, bundle.num_frames)  # the stage starts with the engine's own set-up
             yield from engine.render(
                 bundle,
                 progress=lambda done, n: report("render", done, n),
@@ -495,10 +498,13 @@ class Animator:
         from animate.motion.keypoint_flow import trajectory_flow
         from animate.pose import draw_pose, draw_pose_mimicmotion
 
-        draw = draw_pose_mimicmotion if bundle.extras.get("preset") else draw_pose
         directory.mkdir(parents=True, exist_ok=True)
         k = preview_divisor(bundle.size)
         width, height = bundle.width // k, bundle.height // k
+        if bundle.extras.get("preset"):
+            draw = draw_pose_mimicmotion
+        else:  # strokes of 2 px drawn on a 2x canvas (not DWPose's 2160 px one: 16x the pixels at this size)
+            draw = functools.partial(draw_pose, canvas_short_side=2 * min(width, height))
         frames = bundle.num_frames
         report("previews", 0, frames)
         targets.save(directory / "poses.json")
@@ -540,7 +546,7 @@ class Animator:
         as colours, at the output size / ``divisor``."""
         import json
 
-        from animate.motion.body_field import DenseField
+        from animate.motion.body_field import BodyMotion, DenseField
 
         motion = bundle.body
         (directory / "body.json").write_text(
@@ -549,15 +555,19 @@ class Animator:
                 separators=(",", ":"),
             )
         )
-        dense = DenseField(motion, bundle.reference_mask)
-        scale = max(4.0, 0.1 * bundle.height)
-        renderer, camera = motion.renderer(scale=divisor)
+        person = bundle.reference_mask
+        if (
+            divisor > 1
+        ):  # the same bodies seen by a camera with fewer pixels: render and field at preview size
+            size = (bundle.width // divisor, bundle.height // divisor)
+            motion = BodyMotion(motion.body, motion.reference, motion.track, motion.camera.resized(*size))
+            person = cv2.resize(person, size, interpolation=cv2.INTER_NEAREST)
+        dense = DenseField(motion, person)
+        scale = max(4.0, 0.1 * motion.size[1])
+        renderer, camera = motion.renderer()
         for vertices in motion.iter_vertices():
             frame = renderer.render(vertices, camera)
-            flow = dense.flow(vertices)  # at the output size: its colours shrunk with the field
-            if divisor > 1:
-                size = (frame.depth_image.shape[1], frame.depth_image.shape[0])
-                flow = cv2.resize(flow, size, interpolation=cv2.INTER_AREA)
+            flow = dense.flow(vertices)
             yield {
                 "depth": np.repeat(frame.depth_image[..., None], 3, axis=2),
                 "normal": frame.normal_image,
