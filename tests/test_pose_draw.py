@@ -213,3 +213,30 @@ def test_mimicmotion_smaller_outputs_are_the_2160_canvas_resized_bilinearly() ->
         small = draw_pose_mimicmotion(pose, width, height)
         assert small.shape == (height, width, 3)
         assert (small == cv2.resize(big, (width, height))).all()
+
+
+def test_a_diagonal_limb_follows_its_bone() -> None:
+    pose = pose_with({6: (1000, 1000, 0.9), 8: (1200, 1200, 0.9)})
+    image = draw_pose(pose, S, S)
+    assert image[1180, 1180].any() and image[1020, 1020].any()  # on the axis, 113 px from the centre
+    assert not image[1180, 1020].any() and not image[1100, 1180].any()  # off the axis
+
+
+def test_a_limb_with_an_unseen_end_inside_the_drawn_region_is_not_drawn() -> None:
+    pose = pose_with({6: (1000, 1000, 0.9), 8: (1000, 1100, 0.29), 10: (1000, 1200, 0.9)})
+    image = draw_pose(pose, S, S)
+    assert not image[1050, 1000].any() and not image[1150, 1000].any()
+    image = draw_pose_mimicmotion(pose, S, S)
+    assert not image[1050, 1000].any() and not image[1150, 1000].any()
+
+
+def test_mimicmotion_hand_and_face_dots_need_canvas_coordinates_of_at_least_1() -> None:
+    for index, colour, radius in ((91, (255, 0, 0), 4), (23, (255, 255, 255), 3)):
+        image = draw_pose_mimicmotion(pose_with({index: (500, 600, 1.0)}), S, S)
+        assert tuple(image[600, 500]) == colour
+        assert image[600, 500 + radius].any() and not image[600, 501 + radius].any()
+        for x, y, drawn in ((0, 600, False), (500, 0, False), (1, 600, True), (500, 1, True)):
+            image = draw_pose_mimicmotion(pose_with({index: (x, y, 1.0)}), S, S)
+            assert bool(image[y, x].any()) is drawn, (index, x, y)
+    image = draw_pose_mimicmotion(pose_with({91: (500, 600, 0.5)}), S, S)
+    assert tuple(image[600, 500]) == (127, 0, 0)
