@@ -11,6 +11,7 @@ from controlnets.guidance_encoder import (
     GuidanceFusion,
     convert_champ_state_dict,
 )
+from controlnets.identity_adapter import IdentityAdapter, IdentityInjector
 from controlnets.motion_controlnet import MotionControlNet, MotionControlNetOutput, MotionEmbedding
 from controlnets.point_adapter import PointAdapter
 from controlnets.pose_guider import PoseGuider
@@ -23,6 +24,8 @@ __all__ = [
     "DiftLoadError",
     "GuidanceEncoder",
     "GuidanceFusion",
+    "IdentityAdapter",
+    "IdentityInjector",
     "MotionControlNet",
     "MotionControlNetOutput",
     "MotionEmbedding",
