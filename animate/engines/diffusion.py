@@ -365,6 +365,8 @@ class DiffusionEngine:
         )
         if self.options.gpu_memory is not None and hardware.device == "cuda":
             hardware = dataclasses.replace(hardware, gpu_free=self.options.gpu_memory)
+        elif hardware.device == "cuda":  # the weights already on the GPU are part of the plan's peak
+            hardware = dataclasses.replace(hardware, gpu_free=hardware.gpu_free + self._bytes_on_gpu())
         if self._shapes is None:
             self._shapes = ModelShapes.from_pipeline(self.pipeline, dift=self.sd15_dir is not None)
         work = Workload(
@@ -380,6 +382,15 @@ class DiffusionEngine:
             work, hardware, load_coefficients(), speed=self.speed, lowest=self.options.memory_level
         )
         return self.plan
+
+    def _bytes_on_gpu(self) -> int:
+        """Bytes of the pipeline's weights now on a GPU (free memory does not count them)."""
+        import torch
+
+        modules = [m for m in self.pipeline.components.values() if isinstance(m, torch.nn.Module)]
+        return sum(
+            p.numel() * p.element_size() for m in modules for p in m.parameters() if p.device.type == "cuda"
+        )
 
     def _plan_kwargs(self, plan) -> dict:
         """Pipeline-call arguments of ``plan`` (the speed setting's own win); applies its module settings."""
