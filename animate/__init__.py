@@ -26,3 +26,11 @@ def auto_engine(settings: Settings | None = None) -> str:
     from animate.settings import Settings
 
     return auto_engine_name(settings or Settings())
+
+
+def run_split(settings: Settings, devices: list[str], reference, driving, output, options=None, **kwargs):
+    """``Animator.run`` with the tiles of each denoising step split over ``devices`` (GPU indices, or
+    ``"cpu"`` processes): one process per device, this one first (``animate.engines.parallel``)."""
+    from animate.engines.parallel import run_split as run
+
+    return run(settings, devices, reference, driving, output, options, **kwargs)

@@ -142,7 +142,9 @@ def measure(mode: str) -> dict:
     unet_row, unet_call_bytes = slope(unet_call)
     unet.enable_forward_chunking(1, dim=0)
     unet_row_chunked, unet_call_chunked = slope(unet_call)
-    unet.enable_forward_chunking(None, dim=0)  # off again
+    for block in unet.modules():  # off again (enable_forward_chunking(None) means chunks of 1)
+        if hasattr(block, "set_chunk_feed_forward"):
+            block.set_chunk_feed_forward(None, dim=0)
     controlnet_row, _ = slope(controlnet_call)
     vae_frame, _ = slope(lambda frames: decode(frames))
     coefficients = {

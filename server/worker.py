@@ -169,7 +169,7 @@ class JobRunner:
     def _animate(self, *args, **kwargs) -> AnimationResult:
         """``Animator.run``, or over ``self.devices`` (one process per GPU, ``animate.engines.parallel``)."""
         if len(self.devices) > 1:
-            from animate.engines.parallel import run_split
+            from animate import run_split
 
             return run_split(self.settings, self.devices, *args, **kwargs)
         return self.animator.run(*args, **kwargs)

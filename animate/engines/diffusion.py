@@ -381,6 +381,9 @@ class DiffusionEngine:
         self.plan = make_plan(
             work, hardware, load_coefficients(), speed=self.speed, lowest=self.options.memory_level
         )
+        for note in self.plan.notes:
+            if not self.plan.fits and "exceeds" in note:
+                log.warning("plan %s: %s", self.plan.describe(), note)
         return self.plan
 
     def _bytes_on_gpu(self) -> int:
