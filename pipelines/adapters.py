@@ -104,7 +104,9 @@ def load_lora(unet: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(
             f"{path} is not a readable LoRA folder: {exc}", "checkpoint_unreadable"
         ) from exc
+    was_training = unet.training
     inject_adapter_in_model(config, unet)
+    unet.train(was_training)  # the new LoRA layers take the UNet's mode (eval for inference)
     result = set_peft_model_state_dict(unet, state)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:

@@ -765,6 +765,9 @@ class Trainer:
             self.save_checkpoint()
         self._write_rank_record(result)
         result.final_dir = self.save_final()
+        for module in (self.pipe.pose_guider, self.pipe.guidance_encoders, self.pipe.motion_controlnet):
+            if module is not None:
+                module.eval()  # the trained pipeline is left ready for inference
         acc.end_training()
         result.steps = self.state.step
         return result
