@@ -72,7 +72,7 @@ def test_a_limb_is_a_dimmed_ellipse_coloured_by_both_scores() -> None:
     colour = tuple(round(c * 0.6) for c in rgb((255, 85, 0), 0.9 * 0.9))
     assert np.abs(image[1000, 1300].astype(int) - colour).max() <= 1
     # 4 px half-width: rows 1000 +- 4 inked at the limb's middle, not +- 6
-    assert image[1004, 1100].any() and not image[1006, 1100].any() and not image[994, 1100].any()
+    assert image[1004, 1100].any() and not image[1005, 1100].any() and not image[995, 1100].any()
     # the joints stay bright on top of the dimmed limbs
     assert tuple(image[1000, 1000]) == rgb((255, 170, 0), np.float32(0.9))  # scores are float32
 
@@ -240,3 +240,30 @@ def test_mimicmotion_hand_and_face_dots_need_canvas_coordinates_of_at_least_1() 
             assert bool(image[y, x].any()) is drawn, (index, x, y)
     image = draw_pose_mimicmotion(pose_with({91: (500, 600, 0.5)}), S, S)
     assert tuple(image[600, 500]) == (127, 0, 0)
+
+
+def test_hand_lines_are_2_px_and_hand_dots_radius_4() -> None:
+    hand = 91
+    points = {hand + 0: (1000, 900, 1.0), hand + 1: (1000, 1100, 1.0)}  # x != y: the axes cannot be mixed up
+    image = draw_pose(pose_with(points), S, S, body=False, face=False)
+    expected = np.zeros((S, S), np.uint8)
+    cv2.line(expected, (1000, 900), (1000, 1100), 255, thickness=2)  # DWPose's stroke
+    for x, y in ((1000, 900), (1000, 1100)):
+        cv2.circle(expected, (x, y), 4, 255, thickness=-1)
+    assert ((image.max(axis=2) > 0) == (expected > 0)).all()
+
+
+def test_a_half_confident_face_dot_is_grey_127() -> None:
+    assert tuple(draw_pose(pose_with({40: (700, 700, 0.5)}), S, S)[700, 700]) == (127, 127, 127)
+
+
+def test_a_point_just_off_the_image_draws_nothing_and_does_not_fail() -> None:
+    # at 640 x 480 the margin is ceil(6 * 480 / 2160) + 2 = 4 px: these regions are empty
+    assert draw_pose(pose_with({0: (644, 100, 1.0)}), 640, 480).max() == 0
+    assert draw_pose(pose_with({0: (100, 484, 1.0)}), 640, 480).max() == 0
+
+
+def test_strokes_scale_with_the_output_size() -> None:
+    # at 1500 px one canvas pixel is one output pixel (k = 1) and DWPose's radius 4 is 4 * 1500 / 2160 = 2.8
+    image = draw_pose(pose_with({0: (700, 700, 1.0)}), 1500, 1500)
+    assert image[700, 703].any() and not image[700, 704].any()
