@@ -218,6 +218,11 @@ def test_resume_after_ctrl_c_continues_exactly(tmp_path):
             torch.testing.assert_close(saved[names[i].removeprefix("pose_guider.")], shadow, rtol=0, atol=0)
     raw = second.named["pose_guider.final_proj.weight"]
     assert not torch.equal(saved["final_proj.weight"], raw.detach())
+    # each checkpoint carries the parts as final/ does (usable with --adapter)
+    in_checkpoint = tmp_path / "b" / "checkpoints" / "step-0000006" / "adapter"
+    assert json.loads((in_checkpoint / "adapter.json").read_text())["steps"] == 6
+    from_checkpoint = load_file(in_checkpoint / "pose_guider" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(from_checkpoint[k], saved[k]) for k in saved)
 
 
 def test_run_folder_round_trip_through_animate_run(tmp_path, capsys, monkeypatch, data_dir):

@@ -16,7 +16,8 @@ same update (within float tolerance: the sum is ordered differently).
 
 Checkpoints (``RUN_DIR/checkpoints/step-NNNNNNN``, ``accelerator.save_state``): the optimizer (and fp16
 loss scaler), the trainable weights, the EMA, the learning-rate schedule and the position (step, epoch,
-batches done in the epoch); the last ``keep_checkpoints`` are kept. ``resume="latest"`` (or a path) restores
+batches done in the epoch), plus ``adapter/``: the parts as ``final/`` holds them (usable with
+``--adapter``); the last ``keep_checkpoints`` are kept. ``resume="latest"`` (or a path) restores
 all of it and continues exactly where the run stopped. ``RUN_DIR/final`` holds the trained parts
 (``pipelines.adapters`` layout; the EMA weights when EMA is on) for ``animate run --adapter``.
 """
@@ -48,6 +49,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
+ADAPTER_SUBDIR = "adapter"  # inside each checkpoint: the parts as in final/
 VALIDATION_DIR = "validation"
 LOGS_DIR = "logs"
 # parameters of the UNet's temporal layers (``temporal`` unfreezes them)
@@ -511,6 +513,7 @@ class Trainer:
         path = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:07d}"
         acc.save_state(str(path))
         if acc.is_main_process:
+            self._write_parts(path / ADAPTER_SUBDIR)  # usable as --adapter as it is
             old = sorted((self.run_dir / CHECKPOINTS_DIR).glob("step-*"))[: -self.config.keep_checkpoints]
             for folder in old:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -525,47 +528,51 @@ class Trainer:
         return path
 
     def save_final(self) -> Path:
-        """The trained parts in ``pipelines.adapters``' layout (EMA weights when EMA is on)."""
+        """The trained parts in ``pipelines.adapters``' layout in ``RUN_DIR/final`` (EMA weights when EMA is
+        on)."""
+        final = self.run_dir / FINAL_DIR
+        if self.accelerator.is_main_process:
+            self._write_parts(final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _write_parts(self, folder: Path) -> None:
+        """``folder`` (replaced) gets the trained parts, ``save_pretrained`` each, and ``adapter.json``."""
         from pipelines.adapters import ADAPTER_FILE, ADAPTER_FORMAT, LORA_DIR, save_lora
 
-        acc = self.accelerator
-        final = self.run_dir / FINAL_DIR
-        if acc.is_main_process:
-            params = list(self.named.values())
+        params = list(self.named.values())
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        try:
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            train = self.config.train
+            for part, attr in (
+                ("pose_guider", "pose_guider"),
+                ("guidance", "guidance_encoders"),
+                ("motion_controlnet", "motion_controlnet"),
+            ):
+                if part in train:
+                    getattr(self.pipe, attr).save_pretrained(folder / attr)
+            if "temporal" in train:
+                self._save_unet_without_lora(folder / "unet")
+            if "lora" in train:
+                save_lora(self.pipe.unet, self.lora_config, folder / LORA_DIR)
+            info = {
+                "format": ADAPTER_FORMAT,
+                "parts": list(train),
+                "steps": self.state.step,
+                "ema": self.ema is not None,
+                "base": str(self.config.base) if self.config.base is not None else None,
+                "frames": self.config.frames,
+                "prepend_reference": self.config.prepend_reference,
+            }
+            (folder / ADAPTER_FILE).write_text(json.dumps(info, indent=2))
+        finally:
             if self.ema is not None:
-                self.ema.store(params)
-                self.ema.copy_to(params)
-            try:
-                if final.exists():
-                    shutil.rmtree(final)
-                final.mkdir(parents=True)
-                train = self.config.train
-                for part, attr in (
-                    ("pose_guider", "pose_guider"),
-                    ("guidance", "guidance_encoders"),
-                    ("motion_controlnet", "motion_controlnet"),
-                ):
-                    if part in train:
-                        getattr(self.pipe, attr).save_pretrained(final / attr)
-                if "temporal" in train:
-                    self._save_unet_without_lora(final / "unet")
-                if "lora" in train:
-                    save_lora(self.pipe.unet, self.lora_config, final / LORA_DIR)
-                info = {
-                    "format": ADAPTER_FORMAT,
-                    "parts": list(train),
-                    "steps": self.state.step,
-                    "ema": self.ema is not None,
-                    "base": str(self.config.base) if self.config.base is not None else None,
-                    "frames": self.config.frames,
-                    "prepend_reference": self.config.prepend_reference,
-                }
-                (final / ADAPTER_FILE).write_text(json.dumps(info, indent=2))
-            finally:
-                if self.ema is not None:
-                    self.ema.restore(params)
-        acc.wait_for_everyone()
-        return final
+                self.ema.restore(params)
 
     def _save_unet_without_lora(self, path: Path) -> None:
         from diffusers import UNetSpatioTemporalConditionModel
