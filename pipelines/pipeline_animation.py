@@ -16,6 +16,8 @@ small private steps, then ``__call__`` in numbered sections. Differences from SV
 - per-frame inputs are read, and their features encoded, one tile window at a time when the tile is
   predicted (any sliceable source: memory flat in length); ``decode_stream`` decodes chunk by chunk;
 - classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B);
+- an identity adapter (``controlnets.IdentityAdapter``, optional) adds the reference's face tokens to the
+  spatial cross-attention (hooks), in the conditional half only;
 - each rule of the published systems' own code that differs from ours is an argument (defaults: ours;
   ``pipelines.parity`` picks them per loaded checkpoint): the reference frame decoded with the video,
   tile-periodic noise, diffusers 0.27's time context, DisPose's point rules, Champ's map range and CFG.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,7 +52,14 @@ from diffusers.utils.torch_utils import is_compiled_module, randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuider
+from controlnets import (
+    GuidanceFusion,
+    IdentityAdapter,
+    IdentityInjector,
+    MotionControlNet,
+    PointAdapter,
+    PoseGuider,
+)
 from controlnets.motion_controlnet import RESIDUAL_MODES
 from pipelines.distributed import TileGroup
 from pipelines.injection import UNetInjector
@@ -249,11 +259,19 @@ class AnimationPipeline(DiffusionPipeline):
         feature_extractor: ``CLIPImageProcessor``.
         pose_guider: ``controlnets.PoseGuider`` (optional). guidance_encoders: ``controlnets.GuidanceFusion``
         (optional). motion_controlnet: ``controlnets.MotionControlNet`` (optional; DisPose's, with its point
-        adapter).
+        adapter). identity_adapter: ``controlnets.IdentityAdapter`` (optional; face tokens, ``face_embedding``).
     """
 
     model_cpu_offload_seq = "image_encoder->pose_guider->guidance_encoders->motion_controlnet->unet->vae"
-    _optional_components: ClassVar[list[str]] = ["pose_guider", "guidance_encoders", "motion_controlnet"]
+    _optional_components: ClassVar[list[str]] = [
+        "pose_guider",
+        "guidance_encoders",
+        "motion_controlnet",
+        "identity_adapter",
+    ]
+    # the identity adapter runs inside the UNet's hooks (never through its own forward), so CPU offload
+    # cannot move it: __call__ puts it on the execution device
+    _exclude_from_cpu_offload: ClassVar[list[str]] = ["identity_adapter"]
     _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "noise_pred"]
 
     def __init__(
@@ -266,6 +284,7 @@ class AnimationPipeline(DiffusionPipeline):
         pose_guider: PoseGuider | None = None,
         guidance_encoders: GuidanceFusion | None = None,
         motion_controlnet: MotionControlNet | None = None,
+        identity_adapter: IdentityAdapter | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -277,6 +296,7 @@ class AnimationPipeline(DiffusionPipeline):
             pose_guider=pose_guider,
             guidance_encoders=guidance_encoders,
             motion_controlnet=motion_controlnet,
+            identity_adapter=identity_adapter,
         )
         self.vae_scale_factor = (
             2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
@@ -312,6 +332,31 @@ class AnimationPipeline(DiffusionPipeline):
         if do_cfg:
             embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
         return embeddings
+
+    def _identity_tokens(
+        self,
+        face_embedding: torch.Tensor | np.ndarray | None,
+        identity_scale: float,
+        batch_size: int,
+        num_videos_per_prompt: int,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """The identity adapter's tokens, one row per video ``(B * num_videos_per_prompt, N, D)``; None when
+        there is no adapter, no embedding or ``identity_scale == 0``."""
+        adapter = getattr(self, "identity_adapter", None)
+        if adapter is None or face_embedding is None or identity_scale == 0:
+            return None
+        embedding = torch.as_tensor(
+            np.asarray(face_embedding) if not isinstance(face_embedding, torch.Tensor) else face_embedding
+        )
+        embedding = embedding.reshape(1, -1) if embedding.ndim == 1 else embedding
+        if embedding.ndim != 2 or len(embedding) not in (1, batch_size):
+            raise ValueError(
+                f"face_embedding must be (E,) or (1 or {batch_size}, E), got {tuple(embedding.shape)}"
+            )
+        adapter.to(device)
+        embedding = embedding.expand(batch_size, -1).repeat_interleave(num_videos_per_prompt, 0)
+        return adapter.tokens(embedding.to(device))
 
     def _encode_vae_image(
         self, image: torch.Tensor, device: torch.device, num_videos_per_prompt: int, do_cfg: bool
@@ -824,9 +869,12 @@ class AnimationPipeline(DiffusionPipeline):
         guidance_scale: torch.Tensor,
         cfg_mode: str,
         motion: _MotionInputs | None = None,
+        identity: Callable[[int], Any] | None = None,
     ) -> torch.Tensor:
         """One tile's guided prediction, ``(B, n, 4, h, w)``. ``features`` go to the conditional half only,
-        ``shared_features`` to both halves."""
+        ``shared_features`` to both halves. ``identity(skip_rows)``: the identity adapter's context, for the
+        conditional rows only (a batched CFG call skips the B * n unconditional rows; a sequential
+        unconditional call gets none)."""
         batch, frames = latent_input.shape[:2]
         cond_residual = features if shared_features is None else shared_features
         if features is not None and shared_features is not None:
@@ -854,7 +902,13 @@ class AnimationPipeline(DiffusionPipeline):
                         sample[first:], t, embeddings[first:], time_ids[first:], motion
                     )
             controlnet_skip = (controlnet_from or 0) * frames
+            identity_context = nullcontext()
+            if identity is not None and (not self.do_classifier_free_guidance or rows.start == batch):
+                identity_context = identity(0)
+            elif identity is not None and rows.start is None:
+                identity_context = identity(batch * frames)
             with (
+                identity_context,
                 injector.conv_in_residual(residual, skip_rows),
                 injector.controlnet_residuals(down, mid, motion.mode if motion else "once", controlnet_skip),
                 temporal.call(image_embeddings, first_video),
@@ -930,6 +984,8 @@ class AnimationPipeline(DiffusionPipeline):
         tile_group: TileGroup | None = None,
         feature_cache: str = "none",
         keep_reference: bool = False,
+        face_embedding: torch.Tensor | np.ndarray | None = None,
+        identity_scale: float = 1.0,
     ) -> AnimationPipelineOutput | tuple:
         r"""Animate ``image`` with ``pose_images`` (and ``guidance_maps``).
 
@@ -989,6 +1045,12 @@ class AnimationPipeline(DiffusionPipeline):
                 calls with the same inputs and seed, predicts its share of the tiles (all of a single
                 tile), the weighted predictions are summed over the ranks, and every rank steps, decodes and
                 returns the same output. The callback must act alike on every rank.
+            face_embedding: the reference's face embedding, ``(E,)`` or ``(1 or B, E)`` (dlib 128-d or ArcFace
+                512-d, as the identity adapter was trained; ``animate.face`` computes it from the reference
+                image: the pipeline holds no face model), for the ``identity_adapter``. Ignored without one.
+            identity_scale: weight of the identity attention; 0 is exactly no adapter. Under classifier-free
+                guidance the identity tokens go to the conditional half only (as SVD's CLIP token, zeros in
+                the unconditional half), so guidance pushes towards the reference's identity.
         """
         # 0. Defaults
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -1063,6 +1125,10 @@ class AnimationPipeline(DiffusionPipeline):
 
         # 3. Encode the reference with CLIP
         image_embeddings = self._encode_image(image, device, num_videos_per_prompt, do_cfg)
+
+        identity_tokens = self._identity_tokens(
+            face_embedding, identity_scale, batch_size, num_videos_per_prompt, device
+        )
 
         # 4. Encode the reference with the VAE (noise-augmented), SVD's order of random draws
         pixels = self.video_processor.preprocess(image, height=height, width=width).to(device)
@@ -1151,9 +1217,18 @@ class AnimationPipeline(DiffusionPipeline):
         # 10. Denoising loop: every tile predicts, predictions fused, one scheduler step on the full length
         with (
             UNetInjector(self.unet) as injector,
+            IdentityInjector(self.unet, self.identity_adapter)
+            if identity_tokens is not None
+            else nullcontext() as identity_injector,
             TemporalContext((self.unet, self.motion_controlnet), temporal_context) as temporal,
             self.progress_bar(total=len(timesteps)) as progress_bar,
         ):
+            identity = None
+            if identity_tokens is not None:
+
+                def identity(skip_rows: int) -> Any:
+                    return identity_injector.identity(identity_tokens, identity_scale, skip_rows)
+
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -1164,6 +1239,7 @@ class AnimationPipeline(DiffusionPipeline):
                     return self._predict_tile(
                         injector, temporal, sample, t, image_latents, image_embeddings, added_time_ids, cond,
                         shared, scale, cfg_mode, motion.tile(idx) if motion is not None else None,
+                        identity,
                     )  # fmt: skip
 
                 if len(tiles) == 1:  # every rank predicts it: no exchange
