@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from animate.engines import ENGINE_NAMES, diffusion_unavailable_reason, select_engine
+from animate.engines import ENGINE_NAMES, diffusion_unavailable_reason, select_engine, wan_unavailable_reason
 from animate.errors import AnimateError
 from animate.media import ReferenceImage, VideoWriters, cover_size, load_image, open_video, write_video
 from animate.motion.bundle import GuidanceBundle
@@ -86,6 +86,12 @@ class AnimationOptions:
     tile_size: int | None = None  # diffusion: frames per UNet call (None: the checkpoint's or preset's)
     tile_overlap: int | None = None  # diffusion: frames shared by neighbouring tiles (None: likewise)
     adapter: Path | None = None  # diffusion: RUN_DIR/final of `animate train run`, over the base weights
+    # wan (animate.engines.wan): animate | replace (the reference replaces the driver, background kept),
+    # frames per generated segment, frames shared by segments (1 or 5), generation area without --size
+    mode: str = "animate"
+    segment_frames: int = 77
+    overlap_frames: int = 1
+    resolution: str = "720p"
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -110,6 +116,7 @@ class AnimationOptions:
                 )
             if self.size is not None or self.fps is not None:
                 raise AnimateError("invalid_option", f"preset {self.preset!r} sets the size and fps itself")
+        self._validate_wan()
         if self.adapter is not None:
             if self.engine == "warp":
                 raise AnimateError("invalid_option", "--adapter needs engine diffusion (or auto)")
@@ -125,6 +132,32 @@ class AnimationOptions:
         if overlap is not None and (overlap < 0 or (tile is not None and overlap >= tile)):
             below = f" and below tile_size {tile}" if tile is not None else ""
             raise AnimateError("invalid_option", f"tile_overlap must be >= 0{below}, got {overlap}")
+
+    def _validate_wan(self) -> None:
+        from animate.engines.wan import WanOptions
+
+        self.wan_options().validate()
+        if self.mode != WanOptions.mode and self.engine in ("warp", "diffusion"):
+            raise AnimateError("invalid_option", f"mode {self.mode!r} needs engine wan")
+        if self.engine == "wan" and self.size is not None and (self.size[0] % 16 or self.size[1] % 16):
+            raise AnimateError(
+                "invalid_option", f"engine wan needs a size in multiples of 16, got {self.size}"
+            )
+        if self.engine == "wan" and self.preset is not None:
+            raise AnimateError("invalid_option", "presets need engine diffusion")
+
+    def wan_options(self):
+        from animate.engines.wan import WanOptions
+
+        return WanOptions(
+            mode=self.mode,
+            segment_frames=self.segment_frames,
+            overlap_frames=self.overlap_frames,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            resolution=self.resolution,
+        )
 
 
 @dataclass
@@ -268,6 +301,7 @@ class Animator:
         """Stages decode, pose, body and motion: everything an engine needs, in one ``GuidanceBundle``."""
         from animate.motion.body_field import snap_keypoints
         from animate.pose import MediaPipeEstimator, estimate_image, estimate_video, global_fit, retarget
+        from animate.pose.extract import SequenceOptions
 
         options = options or AnimationOptions()
         options.validate()
@@ -287,10 +321,25 @@ class Animator:
         image = load_image(reference, media)
         video = open_video(driving, media)
         engine = select_engine(
-            options.engine, self.settings, self._diffusion_options(options, self.tile_group)
+            options.engine,
+            self.settings,
+            self._diffusion_options(options, self.tile_group),
+            wan_options=options.wan_options(),
         )
         preset = get_preset(options.preset) if options.preset else None
-        if preset is None:
+        wan = engine.name == "wan"
+        if options.mode == "replace" and not wan:
+            reason = wan_unavailable_reason(self.settings)
+            raise AnimateError("engine_unavailable", f"mode replace needs the wan engine: {reason}")
+        if wan:  # upstream's generation size and letterboxed reference (animate.engines.wan_inputs)
+            from animate.engines.wan_inputs import generation_size, letterbox
+
+            source = (video.width, video.height) if options.mode == "replace" else (image.width, image.height)
+            size = options.size or generation_size(*source, options.resolution)
+            fps = float(options.fps or min(max(video.fps, MIN_FPS), MAX_FPS))
+            ref_rgb = letterbox(image.rgb, *size)
+            ref_alpha = None if image.mask is None else letterbox(image.mask, *size)
+        elif preset is None:
             size = options.size or default_size(image.width, image.height)
             fps = float(options.fps or min(max(video.fps, MIN_FPS), MAX_FPS))  # 1000 fps claims: 60
             ref_rgb, ref_alpha = fit_reference(image, size)
@@ -302,7 +351,7 @@ class Animator:
                 )
             ref_rgb, ref_alpha = preprocess_reference(image.rgb, preset, image.mask)
             size, fps = (ref_rgb.shape[1], ref_rgb.shape[0]), preset.fps
-        fit_body = options.body and preset is None  # upstream has no body model
+        fit_body = options.body and preset is None and not wan  # upstream has no body model
         if fit_body and self.settings.body_model is not None:
             # a model file the user named must exist and load: their error, not a reason to fall back
             from animate.body import load_body
@@ -315,6 +364,15 @@ class Animator:
         # The reference body fit needs only the reference: it runs on a helper thread meanwhile.
         report("pose", 0, 1)  # the stage starts now (its frame count comes with the driving video's poses)
         ref_pose = estimate_image(ref_rgb if ref_alpha is None else ReferenceImage(ref_rgb, ref_alpha, "PNG"))
+        if wan:
+            from animate.face.wan import face_seen
+
+            ref_pose = _wan_reference_pose(image, size, ref_pose)
+
+            if not face_seen(ref_pose.keypoints):
+                raise AnimateError(
+                    "no_face_in_reference", "the wan engine needs a visible face in the reference image"
+                )
         person = ref_alpha if ref_alpha is not None else ref_pose.mask
         if person is None:
             raise AnimateError("no_person_detected", "the reference person could not be segmented")
@@ -344,14 +402,16 @@ class Animator:
                 # The warp engine on the body path uses only the driver's body (Anny's hands are not posed,
                 # the face texture rides on the head): BlazePose alone is ~2.5x faster than Holistic.
                 body_only = fit_body and engine.name == "warp"
+                masks = wan and options.mode == "replace"  # the person to replace
                 with MediaPipeEstimator(
-                    static=False, whole_body=not body_only, segmentation=False
+                    static=False, whole_body=not body_only, segmentation=masks
                 ) as estimator:
                     driving_poses = estimate_video(
                         video,
                         estimator,
                         fps=resample,
                         max_frames=options.max_frames,
+                        options=SequenceOptions(keep_masks=True) if masks else None,
                         progress=lambda done, total: report("pose", done, max(total, expected)),
                     )
                 fit = global_fit if options.retarget == "global" else retarget
@@ -386,7 +446,15 @@ class Animator:
         )
         if preset is not None:
             bundle.extras["preset"] = preset.name
-        if engine.name != "warp":
+        if wan:  # the engine reads the driving frames (face crops, background) and the driver's own poses
+            bundle.extras["wan"] = {
+                "driving_keypoints": driving_poses.keypoints,
+                "driving_size": (video.width, video.height),
+                "driving_frames": lambda: video.frames(fps=resample, max_frames=options.max_frames),
+                "person_masks": [p.mask for p in driving_poses] if options.mode == "replace" else None,
+                "artifacts_dir": artifacts_dir,
+            }
+        if engine.name not in ("warp", "wan"):
             self._fill_guidance(bundle, report, engine)
         bundle.validate()
         report("motion", 1, 1)
@@ -483,7 +551,7 @@ class Animator:
             fps=written.fps,
             size=(written.width, written.height),
             timings=timings,
-            artifacts=prepared.artifacts,
+            artifacts={**prepared.artifacts, **(getattr(engine, "artifacts", None) or {})},
             # the warp engine moves a partial reference with the 2D field even when a body was fitted
             motion=getattr(engine, "motion", None) or ("body" if bundle.body is not None else "skeleton"),
             notes=prepared.notes,
@@ -671,6 +739,31 @@ class Animator:
         )
         for name, cache in caches.items():
             setattr(bundle, name, cache)
+
+
+def _wan_reference_pose(image: ReferenceImage, size: tuple[int, int], pose):
+    """A small generation size (tests, 480p of a wide photo) can leave the face too small to find: the
+    reference is estimated at 720p's area as well and that pose, scaled to ``size``, is kept when it sees
+    more face points."""
+    from animate.engines.wan_inputs import generation_size, letterbox
+    from animate.pose import estimate_image
+    from animate.pose.layout import FACE
+
+    big = generation_size(image.width, image.height, "720p")
+    if big[0] * big[1] <= size[0] * size[1]:
+        return pose
+    rgb = letterbox(image.rgb, *big)
+    alpha = None if image.mask is None else letterbox(image.mask, *big)
+    large = estimate_image(rgb if alpha is None else ReferenceImage(rgb, alpha, "PNG"))
+    if (large.keypoints[FACE, 2] > 0).sum() <= (pose.keypoints[FACE, 2] > 0).sum():
+        return pose
+    scaled = large.transformed((size[0] / big[0], size[1] / big[1]))
+    mask = large.mask if large.mask is not None else None
+    if mask is not None:
+        scaled.mask = cv2.resize(mask, size, interpolation=cv2.INTER_LINEAR)
+    elif pose.mask is not None:
+        scaled.mask = pose.mask
+    return scaled
 
 
 def _engine_plan(engine, written) -> dict:

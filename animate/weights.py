@@ -309,6 +309,70 @@ def _check_converted(root: Path) -> WeightFile:
     )
 
 
+WAN_DIR = "Wan2.2-Animate-14B-Diffusers"
+# Diffusers-format parts of Wan2.2-Animate-14B: folder -> (files that must all be there, weight stems or None)
+WAN_PARTS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "tokenizer": (("tokenizer_config.json",), None),
+    "text_encoder": (("config.json",), "model"),
+    "image_encoder": (("config.json",), "model"),
+    "image_processor": (("preprocessor_config.json",), None),
+    "scheduler": (("scheduler_config.json",), None),
+    "vae": (("config.json",), "diffusion_pytorch_model"),
+    "transformer": (("config.json",), "diffusion_pytorch_model"),
+}
+
+
+def _wan_weights_problem(folder: Path, stem: str) -> str | None:
+    """None when ``folder`` holds ``stem``.safetensors, or a shard index whose every shard is there."""
+    if (folder / f"{stem}.safetensors").is_file():
+        return None
+    index = folder / f"{stem}.safetensors.index.json"
+    if not index.is_file():
+        return f"no {stem}.safetensors"
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+        return f"{index.name} unreadable ({exc})"
+    absent = [s for s in shards if not (folder / s).is_file()]
+    return f"{len(absent)} of {len(shards)} shards missing ({absent[0]}...)" if absent else None
+
+
+def check_wan(root: Path) -> WeightFile:
+    """The Diffusers-format Wan2.2-Animate-14B folder: ``ok`` when every part is there (``detail`` names
+    the missing or broken parts otherwise)."""
+    path = Path(root) / WAN_DIR
+    if not path.is_dir():
+        return WeightFile("wan", WAN_DIR, MISSING, detail="Wan2.2-Animate-14B in diffusers format (82 GB)")
+    problems = []
+    index = path / "model_index.json"
+    if not index.is_file():
+        problems.append("model_index.json missing")
+    else:
+        try:
+            name = json.loads(index.read_text()).get("_class_name")
+        except json.JSONDecodeError as exc:
+            name = f"unreadable ({exc})"
+        if name != "WanAnimatePipeline":
+            problems.append(f"model_index.json is for {name}, not WanAnimatePipeline")
+    for part, (files, stem) in WAN_PARTS.items():
+        folder = path / part
+        if not folder.is_dir():
+            problems.append(f"{part}/ missing")
+            continue
+        absent = [f for f in files if not (folder / f).is_file()]
+        if part == "tokenizer" and not any(
+            (folder / f).is_file() for f in ("tokenizer.json", "spiece.model")
+        ):
+            absent.append("tokenizer.json")
+        if absent:
+            problems.append(f"{part}/{', '.join(absent)} missing")
+        elif stem is not None and (problem := _wan_weights_problem(folder, stem)) is not None:
+            problems.append(f"{part}/: {problem}")
+    if problems:
+        return WeightFile("wan", WAN_DIR, INVALID, _size(path), "incomplete: " + "; ".join(problems))
+    return WeightFile("wan", WAN_DIR, OK, _size(path), "all parts: " + ", ".join(WAN_PARTS))
+
+
 def _presence(name: str, relative: str, detail: str, root: Path) -> WeightFile:
     path = root / relative
     return WeightFile(name, relative, PRESENT if path.exists() else MISSING, _size(path), detail)
@@ -324,6 +388,7 @@ def inspect_weights(root: str | Path) -> WeightsReport:
     cmp = _check_cmp(root)
     sd15 = _check_sd15(root)
     converted = _check_converted(root)
+    wan = check_wan(root)
     others = [
         _presence("dwpose_detector", DWPOSE_FILES[0], "DWPose person detector (optional)", root),
         _presence("dwpose_pose", DWPOSE_FILES[1], "DWPose whole-body keypoints (optional)", root),
@@ -342,8 +407,9 @@ def inspect_weights(root: str | Path) -> WeightsReport:
         "dispose": diffusion and (converted_controlnet or dispose.status == OK),
         "cmp": cmp.status == OK,
         "dift": sd15.status == OK,
+        "wan": wan.status == OK,
     }
-    files = (svd, mimicmotion, *champ, dispose, cmp, sd15, converted, *others)
+    files = (svd, mimicmotion, *champ, dispose, cmp, sd15, converted, wan, *others)
     return WeightsReport(root=str(root), files=files, features=features)
 
 

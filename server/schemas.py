@@ -18,14 +18,26 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    engine: Literal["auto", "warp", "diffusion"] = "auto"
+    engine: Literal["auto", "warp", "diffusion", "wan"] = "auto"
     width: int | None = Field(default=None, ge=64, le=4096)
     height: int | None = Field(default=None, ge=64, le=4096)
     fps: float | None = Field(default=None, ge=1, le=60)
     max_frames: int | None = Field(default=None, ge=1, le=36_000)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    steps: int = Field(default=25, ge=1, le=200)
-    guidance_scale: float = Field(default=2.0, ge=0, le=50)
+    steps: int | None = Field(default=None, ge=1, le=200, description="Default: 25 (diffusion), 20 (wan).")
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=50, description="Default: 2.0 (diffusion), 1.0 (wan)."
+    )
+    mode: Literal["animate", "replace"] = Field(
+        default="animate",
+        description="wan: animate (the photo performs the motion) or replace (the photo's person replaces "
+        "the one in the video, background kept).",
+    )
+    segment_frames: int = Field(default=77, ge=5, le=241, description="wan: frames per generated segment.")
+    overlap_frames: Literal[1, 5] = Field(default=1, description="wan: frames shared by segments.")
+    resolution: Literal["480p", "720p"] = Field(
+        default="720p", description="wan: the generation area when no width/height is given."
+    )
     preset: Literal["mimicmotion", "dispose"] | None = Field(
         default=None,
         description="A published system's preprocessing, to reproduce its results (diffusion only; "
@@ -56,8 +68,14 @@ class JobOptions(BaseModel):
             fps=self.fps,
             max_frames=self.max_frames,
             seed=self.seed,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
+            steps=self.steps if self.steps is not None else (20 if self.engine == "wan" else 25),
+            guidance_scale=self.guidance_scale
+            if self.guidance_scale is not None
+            else (1.0 if self.engine == "wan" else 2.0),
+            mode=self.mode,
+            segment_frames=self.segment_frames,
+            overlap_frames=self.overlap_frames,
+            resolution=self.resolution,
             preset=self.preset,
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,

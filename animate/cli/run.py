@@ -26,15 +26,33 @@ def run(
     reference: Path = typer.Argument(..., help="Reference image of the person (JPEG, PNG, WebP)."),
     driving: Path = typer.Argument(..., help="Driving video with the motion."),
     output: Path = typer.Option(..., "-o", "--output", help="Output mp4."),
-    engine: str = typer.Option("auto", help="auto | warp | diffusion (auto: diffusion with weights + GPU)."),
+    engine: str = typer.Option(
+        "auto",
+        help="auto | warp | diffusion | wan (auto: wan with its weights and a GPU with room, else diffusion "
+        "with weights + GPU, else warp).",
+    ),
     artifacts: Path | None = typer.Option(None, help="Also write guidance previews into this directory."),
     size: str | None = typer.Option(None, help="WIDTHxHEIGHT (default: the reference's aspect in 576x1024)."),
     fps: float | None = typer.Option(None, help="Output frame rate (default: the driving video's)."),
     max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Only the first N frames."),
     seed: int = typer.Option(0, help="Random seed (diffusion)."),
-    steps: int = typer.Option(25, min=1, max=200, help="Denoising steps (diffusion)."),
-    guidance_scale: float = typer.Option(
-        2.0, "--guidance-scale", help="Classifier-free guidance (diffusion)."
+    steps: int | None = typer.Option(
+        None, min=1, max=200, help="Denoising steps (default: 25 for diffusion, 20 for wan)."
+    ),
+    guidance_scale: float | None = typer.Option(
+        None, "--guidance-scale", help="Classifier-free guidance (default: 2.0 for diffusion, 1.0 for wan)."
+    ),
+    mode: str = typer.Option(
+        "animate", help="wan: animate (the reference performs the motion) | replace (it replaces the driver)."
+    ),
+    segment_frames: int = typer.Option(
+        77, "--segment-frames", help="wan: frames per generated segment (4n+1)."
+    ),
+    overlap_frames: int = typer.Option(
+        1, "--overlap-frames", help="wan: frames a segment takes from the previous one (1 or 5)."
+    ),
+    resolution: str = typer.Option(
+        "720p", help="wan: 480p | 720p, the generation area when --size is not given."
     ),
     retarget: str = typer.Option("bones", help="bones (reference bone lengths) | global (one scale+offset)."),
     body: bool = typer.Option(
@@ -74,8 +92,12 @@ def run(
         fps=fps,
         max_frames=max_frames,
         seed=seed,
-        steps=steps,
-        guidance_scale=guidance_scale,
+        steps=steps if steps is not None else (20 if engine == "wan" else 25),
+        guidance_scale=guidance_scale if guidance_scale is not None else (1.0 if engine == "wan" else 2.0),
+        mode=mode,
+        segment_frames=segment_frames,
+        overlap_frames=overlap_frames,
+        resolution=resolution,
         retarget=retarget,
         body=body,
         preset=preset,

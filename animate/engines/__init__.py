@@ -12,7 +12,7 @@ from animate.errors import AnimateError
 from animate.motion.bundle import GuidanceBundle
 from animate.settings import Settings
 
-ENGINE_NAMES = ("auto", "warp", "diffusion")
+ENGINE_NAMES = ("auto", "warp", "diffusion", "wan")
 
 
 class Engine(Protocol):
@@ -54,21 +54,50 @@ def engine_statuses(settings: Settings) -> list[EngineStatus]:
         statuses.append(
             EngineStatus("diffusion", True, note=f"{slow}: runs on the CPU, slowly" if slow else None)
         )
+    reason = wan_unavailable_reason(settings, require_gpu=False)
+    if reason is not None:
+        statuses.append(EngineStatus("wan", False, reason=reason))
+    else:
+        slow = wan_unavailable_reason(settings, require_gpu=True)
+        statuses.append(EngineStatus("wan", True, note=f"{slow}: runs on the CPU, slowly" if slow else None))
     return statuses
+
+
+def wan_unavailable_reason(settings: Settings, require_gpu: bool = True) -> str | None:
+    """Why the wan engine cannot run here, or None (``require_gpu``: what ``--engine auto`` asks for)."""
+    from animate.engines.wan import unavailable_reason
+
+    return unavailable_reason(settings, require_gpu=require_gpu)
 
 
 def auto_engine_name(settings: Settings) -> str:
     """The engine ``--engine auto`` picks here."""
+    if wan_unavailable_reason(settings, require_gpu=True) is None:
+        return "wan"
     return "warp" if diffusion_unavailable_reason(settings, require_gpu=True) else "diffusion"
 
 
-def select_engine(name: str, settings: Settings, diffusion_options: object | None = None) -> Engine:
-    """``auto`` takes diffusion only when its weights and a GPU are present, else warp.
+def select_engine(
+    name: str,
+    settings: Settings,
+    diffusion_options: object | None = None,
+    wan_options: object | None = None,
+) -> Engine:
+    """``auto`` takes wan when its weights are complete and a GPU has room for it (``animate.engines.wan``:
+    40 GiB free, model offload), else diffusion when its weights and a GPU are present, else warp.
 
-    An explicit ``diffusion`` needs the weights but runs on the CPU too (slowly; tests use tiny weights).
+    An explicit ``diffusion`` or ``wan`` needs the weights but runs on the CPU too (slowly; tests use tiny
+    weights); ``wan`` on a GPU without room stops with ``out_of_memory``.
     """
     if name not in ENGINE_NAMES:
         raise AnimateError("invalid_option", f"engine must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    if name == "wan" or (name == "auto" and wan_unavailable_reason(settings, require_gpu=True) is None):
+        from animate.engines.wan import WanEngine, weights_problem
+
+        problem = weights_problem(settings)
+        if problem is not None:
+            raise AnimateError("weights_missing", f"the wan engine cannot run: {problem}")
+        return WanEngine.from_settings(settings, wan_options)
     if name != "warp":
         reason = diffusion_unavailable_reason(settings, require_gpu=name == "auto")
         if reason is None:

@@ -49,6 +49,7 @@ const ERROR_MESSAGES = {
   invalid_dtype: "That number format isn't supported for these weights.",
   adapter_invalid: "The trained adapter this server is set up to use can't be loaded. Ask the server's administrator.",
   out_of_memory: "The GPU ran out of memory for this job. Try a smaller size or fewer frames.",
+  no_face_in_reference: "No face was found in the photo. The wan engine needs a photo that shows the face.",
   face_models_missing: "The face models this server needs aren't installed. Ask the server's administrator.",
   bad_body_model: "The body model file on the server can't be used. Ask the server's administrator.",
   body_model_not_found: "The body model file the server is set up to use is missing. Ask the server's administrator.",
