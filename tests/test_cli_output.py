@@ -350,3 +350,24 @@ def test_a_run_that_must_build_the_body_data_says_so_on_its_own_line(tmp_path):
     )
     assert lines[-1].endswith("[unsupported_format]") and foreign(proc.stderr) == []
     assert not any(tmp_path.rglob("*.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------ the server
+@pytest.mark.slow
+def test_a_server_job_leaves_no_third_party_lines_in_the_log(tmp_path, data_dir):
+    """``animate serve``'s worker runs the whole job (pose, body, previews, render): its log holds only our
+    lines (timestamped log records), none of MediaPipe's, TFLite's or Warp's."""
+    from test_server_e2e import FINISHED, SHORT, Cluster
+
+    cluster = Cluster(tmp_path, env={"ANIMATE_DEBUG": "", "ANIMATE_WEIGHTS_DIR": str(tmp_path / "none")})
+    try:
+        cluster.start_api(workers=1)
+        job = cluster.submit({**SHORT, "max_frames": 4})
+        done = cluster.wait_for(job["id"], lambda j: j["status"] in FINISHED, timeout=240)
+        assert done["status"] == "succeeded", done
+        assert "skeleton" in done["urls"]["artifacts"]  # the job went through the previews too
+    finally:
+        cluster.stop()
+    log = cluster.logs()
+    assert [line for line in log.splitlines() if THEIRS.match(line)] == []
+    assert "Uvicorn running" in log or "Application startup complete" in log  # the log was captured
