@@ -32,6 +32,7 @@ DLIB_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 class FaceEmbedder(Protocol):
     name: str
     dim: int
+    points: int  # the landmarks it needs (``detect_face(..., points=...)``): 5 or 68
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The (dim,) float32 embedding of ``face`` in ``image`` (H, W, 3 uint8 RGB)."""
@@ -59,6 +60,7 @@ def _dlib_model() -> Any:
 class DlibEmbedder:
     name = "dlib_resnet_v1"
     dim = 128
+    points = 5
     chip_size = 150
     padding = 0.25
 
@@ -79,6 +81,7 @@ class ArcFaceEmbedder:
     """An ArcFace ONNX model on the 112x112 (or the model's input size) five-point aligned crop."""
 
     name = "arcface_onnx"
+    points = 68
 
     def __init__(self, path: str | Path) -> None:
         import onnxruntime as ort
@@ -99,6 +102,8 @@ class ArcFaceEmbedder:
         self.name = f"arcface_onnx:{self.path.name}"
 
     def crop(self, image: np.ndarray, face: Face) -> np.ndarray:
+        if face.five is None:
+            raise ValueError("ArcFace needs the canonical five points: detect with points=68")
         return align_face(_rgb(image), face.five, self.size)
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:

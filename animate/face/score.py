@@ -42,7 +42,7 @@ class IdentityScore:
 
 def reference_embedding(image: np.ndarray, embedder: FaceEmbedder) -> np.ndarray:
     """The embedding of the reference's main face; ``no_face_detected`` when it shows none."""
-    return embedder.embed(image, require_face(image))
+    return embedder.embed(image, require_face(image, points=embedder.points))
 
 
 class IdentityMeter:
@@ -64,7 +64,7 @@ class IdentityMeter:
         if index % self.every:
             return
         self.sampled += 1
-        face = detect_face(frame)
+        face = detect_face(frame, points=self.embedder.points)
         if face is not None:
             self.similarities.append(cosine(self.embedder.embed(frame, face), self.reference))
 
