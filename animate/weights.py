@@ -426,7 +426,14 @@ def find_adapter(path: str | Path) -> Path | None:
 def inspect_adapter(path: str | Path) -> WeightsReport:
     """Check the parts ``animate train run`` saved (``pipelines.adapters`` layout): each part's config and
     safetensors header (key count); ``features`` names the parts, usable with ``animate run --adapter``."""
-    from pipelines.adapters import LORA_DIR, LORA_WEIGHTS, MODULE_PARTS, read_adapter_info
+    from pipelines.adapters import (
+        LORA_DIR,
+        LORA_WEIGHTS,
+        MODULE_PARTS,
+        TEMPORAL_DIR,
+        TEMPORAL_WEIGHTS,
+        read_adapter_info,
+    )
     from pipelines.checkpoints import CheckpointError
 
     path = Path(path)
@@ -441,12 +448,14 @@ def inspect_adapter(path: str | Path) -> WeightsReport:
     files = [WeightFile("adapter", "adapter.json", OK, _size(path / "adapter.json"), detail)]
     layout = {name: (name, "config.json", "diffusion_pytorch_model.safetensors") for name in MODULE_PARTS}
     layout["lora"] = (LORA_DIR, "adapter_config.json", LORA_WEIGHTS)
+    layout["unet_temporal"] = (TEMPORAL_DIR, None, TEMPORAL_WEIGHTS)
     features = {}
     for name, (folder, config, weights) in layout.items():
         if not (path / folder).is_dir():
             continue
         try:
-            json.loads((path / folder / config).read_text())
+            if config is not None:
+                json.loads((path / folder / config).read_text())
             keys = len(safetensors_header(path / folder / weights))
             files.append(WeightFile(name, folder, OK, _size(path / folder), f"{keys} tensors"))
             features[f"trained_{name}"] = True

@@ -6,7 +6,9 @@ Layout of an adapter folder, every entry optional except ``adapter.json``:
     pose_guider/                      ``PoseGuider.save_pretrained``          -> replaces ``pipeline.pose_guider``
     guidance_encoders/                ``GuidanceFusion.save_pretrained``      -> replaces ``pipeline.guidance_encoders``
     motion_controlnet/                ``MotionControlNet.save_pretrained``    -> replaces ``pipeline.motion_controlnet``
-    unet/                             the UNet with trained temporal layers  -> replaces ``pipeline.unet``
+    unet_temporal/                    the trained temporal layers' tensors only (``TEMPORAL_WEIGHTS``),
+                                      loaded over ``pipeline.unet``'s (every key must exist, same shape)
+    unet/                             a whole UNet (``save_pretrained``)     -> replaces ``pipeline.unet``
     unet_lora/                        peft LoRA on the UNet's attention (``adapter_config.json`` +
                                       ``adapter_model.safetensors``), injected into the (new) UNet, unmerged
 
@@ -35,6 +37,8 @@ MODULE_PARTS: dict[str, type] = {
     "unet": UNetSpatioTemporalConditionModel,
 }
 LORA_DIR = "unet_lora"
+TEMPORAL_DIR = "unet_temporal"
+TEMPORAL_WEIGHTS = "diffusion_pytorch_model.safetensors"
 LORA_WEIGHTS = "adapter_model.safetensors"
 # the UNet attention projections LoRA adapts (spatial and temporal transformer blocks)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -116,6 +120,28 @@ def load_lora(unet: torch.nn.Module, path: str | Path) -> None:
         )
 
 
+def load_partial_unet(unet: torch.nn.Module, file: str | Path) -> None:
+    """Assign the tensors of ``file`` (plain UNet keys) over ``unet``'s, strictly: each must name a tensor of
+    the UNet with the same shape."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(file))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is unreadable: {exc}", "checkpoint_unreadable") from exc
+    own = unet.state_dict()
+    unknown = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    if unknown or mismatched or not state:
+        raise CheckpointError(
+            f"{file} does not fit the UNet: {len(unknown)} unknown keys, {len(mismatched)} of another shape "
+            f"(e.g. {(unknown + mismatched)[:3]})"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+
+
 def load_adapter(pipeline: Any, path: str | Path, dtype: torch.dtype | None = None) -> list[str]:
     """Load the parts of adapter folder ``path`` into ``pipeline`` (modules replaced, LoRA injected);
     returns the names of the parts loaded, in layout order. Modules come back in eval mode, on the device
@@ -136,6 +162,9 @@ def load_adapter(pipeline: Any, path: str | Path, dtype: torch.dtype | None = No
             raise CheckpointError(f"{folder} cannot be loaded as {cls.__name__}: {exc}") from exc
         pipeline.register_modules(**{name: module.to(old.device if old is not None else device).eval()})
         loaded.append(name)
+    if (path / TEMPORAL_DIR).is_dir():
+        load_partial_unet(pipeline.unet, path / TEMPORAL_DIR / TEMPORAL_WEIGHTS)
+        loaded.append("unet_temporal")
     if (path / LORA_DIR).is_dir():
         load_lora(pipeline.unet, path / LORA_DIR)
         pipeline.unet.to(pipeline.unet.device, dtype=dtype or pipeline.unet.dtype)

@@ -1,5 +1,5 @@
 """Each trainable set reaches the pipeline and comes back from the run folder: the motion ControlNet and the
-UNet's temporal layers (saved as a plain UNet), gradient checkpointing changes nothing but memory, and bad
+UNet's temporal layers (their tensors only), gradient checkpointing changes nothing but memory, and bad
 ``animate train run`` input is a clear error."""
 
 from __future__ import annotations
@@ -43,10 +43,14 @@ def test_motion_controlnet_and_temporal_layers_train_and_reload(tmp_path):
     assert all(p.abs().max() > 0 for p in zero)  # the zero convs learnt
     assert any(not torch.equal(trainer.named[k], v) for k, v in temporal_before.items())
     assert torch.equal(pipe.unet.down_blocks[0].resnets[0].spatial_res_block.conv1.weight, spatial_before)
-    assert {p.name for p in result.final_dir.iterdir()} == {"adapter.json", "motion_controlnet", "unet"}
+    assert {p.name for p in result.final_dir.iterdir()} == {
+        "adapter.json",
+        "motion_controlnet",
+        "unet_temporal",
+    }
 
     fresh = tiny_train_pipeline(with_motion_controlnet=True)
-    assert load_adapter(fresh, result.final_dir) == ["motion_controlnet", "unet"]
+    assert load_adapter(fresh, result.final_dir) == ["motion_controlnet", "unet_temporal"]
     pipe.motion_controlnet.eval()
     item = dataset[0]
     trained_video = render_validation(pipe, item, config, trainer.forward_options)[0]
@@ -54,6 +58,18 @@ def test_motion_controlnet_and_temporal_layers_train_and_reload(tmp_path):
     base_video = render_validation(tiny_train_pipeline(True), item, config, trainer.forward_options)[0]
     assert np.array_equal(loaded_video, trained_video)
     assert not np.array_equal(loaded_video, base_video)
+
+    # temporal tensors that do not fit the base UNet are refused, not silently skipped
+    from safetensors.torch import save_file
+
+    from pipelines.checkpoints import CheckpointError
+
+    save_file(
+        {"down_blocks.9.temporal_res_block.weight": torch.zeros(1)},
+        result.final_dir / "unet_temporal" / "diffusion_pytorch_model.safetensors",
+    )
+    with pytest.raises(CheckpointError, match="does not fit the UNet"):
+        load_adapter(tiny_train_pipeline(with_motion_controlnet=True), result.final_dir)
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():

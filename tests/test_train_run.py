@@ -128,11 +128,16 @@ def test_overfitting_two_clips(tmp_path):
     for encoder in pipe.guidance_encoders.encoders.values():
         assert encoder.conv_out.weight.abs().max() > 0
     assert np.abs(_guided_frames(pipe, item, 1.0) - _guided_frames(pipe, item, 0.0)).max() > 1e-3
-    # final/ (LoRA and temporal layers together: unet/ without the LoRA, unet_lora/ on top) reloads exactly
+    # final/ (LoRA and temporal layers together: unet_temporal/ without the LoRA, unet_lora/ on top) reloads
     from pipelines.adapters import load_adapter
 
     fresh = tiny_train_pipeline()
-    assert load_adapter(fresh, result.final_dir) == ["pose_guider", "guidance_encoders", "unet", "lora"]
+    assert load_adapter(fresh, result.final_dir) == [
+        "pose_guider",
+        "guidance_encoders",
+        "unet_temporal",
+        "lora",
+    ]
     for name in ("unet", "pose_guider", "guidance_encoders"):
         trained, loaded = getattr(pipe, name).state_dict(), getattr(fresh, name).state_dict()
         assert trained.keys() == loaded.keys()

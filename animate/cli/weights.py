@@ -37,7 +37,8 @@ FEATURE_WORDS = {
     "trained_pose_guider": "trained pose guider",
     "trained_guidance_encoders": "trained guidance encoders",
     "trained_motion_controlnet": "trained motion ControlNet",
-    "trained_unet": "trained UNet temporal layers",
+    "trained_unet": "trained UNet (whole)",
+    "trained_unet_temporal": "trained UNet temporal layers",
     "trained_lora": "trained LoRA on the UNet's attention",
     "adapter": "a complete training output (animate run --adapter)",
 }

@@ -538,7 +538,14 @@ class Trainer:
 
     def _write_parts(self, folder: Path) -> None:
         """``folder`` (replaced) gets the trained parts, ``save_pretrained`` each, and ``adapter.json``."""
-        from pipelines.adapters import ADAPTER_FILE, ADAPTER_FORMAT, LORA_DIR, save_lora
+        from pipelines.adapters import (
+            ADAPTER_FILE,
+            ADAPTER_FORMAT,
+            LORA_DIR,
+            TEMPORAL_DIR,
+            TEMPORAL_WEIGHTS,
+            save_lora,
+        )
 
         params = list(self.named.values())
         if self.ema is not None:
@@ -557,7 +564,7 @@ class Trainer:
                 if part in train:
                     getattr(self.pipe, attr).save_pretrained(folder / attr)
             if "temporal" in train:
-                self._save_unet_without_lora(folder / "unet")
+                self._save_temporal(folder / TEMPORAL_DIR / TEMPORAL_WEIGHTS)
             if "lora" in train:
                 save_lora(self.pipe.unet, self.lora_config, folder / LORA_DIR)
             info = {
@@ -574,16 +581,17 @@ class Trainer:
             if self.ema is not None:
                 self.ema.restore(params)
 
-    def _save_unet_without_lora(self, path: Path) -> None:
-        from diffusers import UNetSpatioTemporalConditionModel
+    def _save_temporal(self, file: Path) -> None:
+        """The trained temporal tensors under the plain UNet's keys (peft's ``base_layer`` unwrapped)."""
+        from safetensors.torch import save_file
 
-        state = {k: v for k, v in self.pipe.unet.state_dict().items() if "lora_" not in k}
-        # peft wraps the targets: ``to_q.base_layer.weight`` is the plain model's ``to_q.weight``
-        state = {k.replace(".base_layer.", "."): v for k, v in state.items()}
-        with torch.device("meta"):
-            plain = UNetSpatioTemporalConditionModel.from_config(self.pipe.unet.config)
-        plain.load_state_dict(state, strict=True, assign=True)
-        plain.save_pretrained(path)
+        state = {
+            k.removeprefix("unet.").replace(".base_layer.", "."): p.detach().cpu().contiguous()
+            for k, p in self.named.items()
+            if k.startswith("unet.") and "lora_" not in k
+        }
+        file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(file))
 
     # -- the loop --------------------------------------------------------------------------------------------
 
