@@ -92,6 +92,9 @@ class AnimationOptions:
     segment_frames: int = 77
     overlap_frames: int = 1
     resolution: str = "720p"
+    # identity requested: the reference must show a face (else no_face_detected); every run without it
+    # still gets an identity score when the reference has a face (animate.face.score)
+    identity: bool = False
 
     def validate(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -173,6 +176,7 @@ class AnimationResult:
     notes: list[str] = field(default_factory=list)  # e.g. why the body fit was not used
     parts: dict[str, str] = field(default_factory=dict)  # the engine's active parts (diffusion: weights used)
     plan: dict | None = None  # animate.engines.plan.Plan.to_dict(): what the render ran with
+    identity: dict | None = None  # animate.face.IdentityScore.to_dict(); None: the reference shows no face
 
     def to_dict(self) -> dict:
         return {
@@ -186,6 +190,7 @@ class AnimationResult:
             "notes": list(self.notes),
             "parts": dict(self.parts),
             "plan": self.plan,
+            "identity": self.identity,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
         }
@@ -514,20 +519,31 @@ class Animator:
         should_cancel: Callable[[], bool] | None = None,
     ) -> AnimationResult:
         """All stages: the mp4 at ``output`` (written atomically) and, optionally, guidance previews."""
+        from animate.face.score import start_meter
+
         options = options or AnimationOptions()
         report = _Reporter(progress, should_cancel)
+        if options.identity:  # fail before the heavy stages
+            start_meter(load_image(reference, self.settings.media).rgb, self.settings.weights_dir, True)
         prepared = self.prepare(reference, driving, options, artifacts_dir=artifacts_dir, progress=report)
         bundle, engine = prepared.bundle, prepared.engine
+        meter, face_embedding, identity_note = start_meter(
+            bundle.reference, self.settings.weights_dir, options.identity
+        )
+        bundle.extras["face_embedding"] = face_embedding  # the diffusion engine's identity adapter
         start = time.perf_counter()
 
         # 4-5. render + encode, streamed frame by frame
         def frames() -> Iterator[np.ndarray]:
             report("render", 0, bundle.num_frames)  # the stage starts with the engine's own set-up
-            yield from engine.render(
+            for frame in engine.render(
                 bundle,
                 progress=lambda done, n: report("render", done, n),
                 should_cancel=report.should_cancel,
-            )
+            ):
+                if meter is not None:  # identity score on every k-th output frame
+                    meter.update(frame)
+                yield frame
             report("render", bundle.num_frames, bundle.num_frames)  # raises Canceled if asked to stop
 
         try:
@@ -554,9 +570,10 @@ class Animator:
             artifacts={**prepared.artifacts, **(getattr(engine, "artifacts", None) or {})},
             # the warp engine moves a partial reference with the 2D field even when a body was fitted
             motion=getattr(engine, "motion", None) or ("body" if bundle.body is not None else "skeleton"),
-            notes=prepared.notes,
+            notes=prepared.notes + ([identity_note] if identity_note else []),
             parts=dict(getattr(engine, "parts", None) or {}),
             plan=_engine_plan(engine, written),
+            identity=meter.result().to_dict() if meter is not None else None,
         )
 
     def _write_artifacts(self, directory: Path, bundle: GuidanceBundle, targets, report: _Reporter) -> dict:

@@ -83,6 +83,12 @@ def run(
     processes: int | None = typer.Option(
         None, help="Spread the job over N CPU processes (as --gpus cpu,cpu,...; for machines without a GPU)."
     ),
+    identity: bool = typer.Option(
+        False,
+        "--identity",
+        help="Require a face in the reference (exit 2, no_face_detected, without one); the identity score "
+        "is reported either way when a face is found.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Animate REFERENCE with the motion of DRIVING and write an mp4."""
@@ -104,6 +110,7 @@ def run(
         tile_size=tile_size,
         tile_overlap=tile_overlap,
         adapter=adapter,
+        identity=identity,
     )
     options.validate()
     settings = Settings()
@@ -155,3 +162,9 @@ def run(
         )
         for note in result.notes:
             typer.echo(f"  note: {note}")
+        if result.identity is not None and result.identity["mean"] is not None:
+            score = result.identity
+            typer.echo(
+                f"  identity: mean {score['mean']:.3f}, min {score['min']:.3f}, face in "
+                f"{score['face_share']:.0%} of {score['frames']} sampled frames ({score['embedder']})"
+            )

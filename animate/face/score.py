@@ -10,12 +10,14 @@ Frames are fed one by one (``IdentityMeter.update``), so the score is computed o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from animate.face.detect import detect_face, require_face
-from animate.face.embed import FaceEmbedder, cosine
+from animate.errors import AnimateError
+from animate.face.detect import NoFaceError, detect_face, require_face
+from animate.face.embed import FaceEmbedder, cosine, load_embedder
 
 DEFAULT_EVERY = 8
 
@@ -88,3 +90,28 @@ def identity_score(
     for frame in frames:
         meter.update(np.asarray(frame))
     return meter.result()
+
+
+def start_meter(
+    reference: np.ndarray,
+    weights_dir: str | Path | None,
+    required: bool = False,
+    every: int = DEFAULT_EVERY,
+) -> tuple[IdentityMeter | None, np.ndarray | None, str | None]:
+    """For a run: ``(meter, reference embedding, note)``. A reference without a face: ``no_face_detected``
+    when identity was ``required``, else no meter and a note (the run goes on without a score)."""
+    try:
+        embedder = load_embedder(weights_dir)
+        face = detect_face(reference, points=embedder.points)
+    except AnimateError as exc:  # face models missing or a broken ArcFace file
+        if required:
+            raise
+        return None, None, f"identity score skipped: {exc.message}"
+    if face is None:
+        if required:
+            raise NoFaceError(
+                message="no face was found in the reference image (identity needs a visible frontal face)"
+            )
+        return None, None, "identity score skipped: no face found in the reference"
+    embedding = embedder.embed(reference, face)
+    return IdentityMeter(embedding, embedder, every), embedding, None
