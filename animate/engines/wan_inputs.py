@@ -84,20 +84,23 @@ def segment_length(frames: int) -> int:
 
 def segments(frames: int, length: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) of each segment the pipeline generates for ``frames`` conditioning frames: the smallest
-    T >= frames with (T - overlap) % (length - overlap) == 0, T // (length - overlap) segments, segment i at
-    i * (length - overlap). Later segments' first ``overlap`` frames repeat the previous segment's last ones."""
+    T >= frames with (T - overlap) % (length - overlap) == 0, (T - overlap) // (length - overlap) segments
+    (the pipeline's T // (length - overlap) when ``check_segments`` holds), segment i at i * (length - overlap). Later segments' first ``overlap`` frames repeat the previous segment's last ones."""
     step = length - overlap
     rest = (frames - overlap) % step
     target = frames + (step - rest if rest else 0)
-    return [(i * step, i * step + length) for i in range(target // step)]
+    return [(i * step, i * step + length) for i in range((target - overlap) // step)]
 
 
 def check_segments(length: int, overlap: int) -> None:
+    """The pipeline counts T // (S - p) segments, one too many (and fails an assert) unless S - p > p:
+    segments of at least 5 frames with overlap 1, 13 with overlap 5 (4n+1 after rounding)."""
     if overlap not in (1, 5):
         raise AnimateError("invalid_option", f"overlap_frames must be 1 or 5, got {overlap}")
-    if length < 5 or segment_length(length) <= overlap:
+    least = 5 if overlap == 1 else 13
+    if segment_length(max(length, 1)) < least:
         raise AnimateError(
-            "invalid_option", f"segment_frames must be >= {overlap + 4} for overlap {overlap}, got {length}"
+            "invalid_option", f"segment_frames must be >= {least} with overlap_frames {overlap}, got {length}"
         )
 
 
