@@ -114,8 +114,14 @@ def test_run_with_the_motion_controlnet_writes_mp4(
         "run", str(HERO_RGBA), str(DANCE), "-o", str(out), "--engine", "diffusion",
         "--size", "64x64", "--max-frames", "4", "--steps", "2", "--json",
     ]  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="animate.engines.diffusion"):
-        assert cli_run(argv) == 0, capsys.readouterr().err
+    # the CLI stops `animate` records at its own logger (warnings become note lines), so listen on the engine's
+    engine_log = logging.getLogger("animate.engines.diffusion")
+    engine_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="animate.engines.diffusion"):
+            assert cli_run(argv) == 0, capsys.readouterr().err
+    finally:
+        engine_log.removeHandler(caplog.handler)
     result = json.loads(capsys.readouterr().out)  # stdout is the result alone (no banners, no bar)
     assert result["engine"] == "diffusion" and result["parts"]["motion_controlnet"] == "on (residuals once)"
     assert result["parts"]["point_adapter"] == "on (DIFT)"
