@@ -52,6 +52,11 @@ class JobOptions(BaseModel):
     tile_overlap: int | None = Field(
         default=None, ge=0, le=1023, description="Frames shared by neighbouring tiles, below tile_size."
     )
+    identity: bool = Field(
+        default=False,
+        description="Require a face in the reference: without one the job fails with no_face_detected. "
+        "The identity score is reported either way when the reference shows a face.",
+    )
     webhook_url: str | None = Field(default=None, max_length=2048)
 
     @model_validator(mode="after")
@@ -79,6 +84,7 @@ class JobOptions(BaseModel):
             preset=self.preset,
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
+            identity=self.identity,
         )
 
 
@@ -98,6 +104,15 @@ class ErrorResponse(BaseModel):
     error: ErrorOut
 
 
+class IdentityOut(BaseModel):
+    mean: float | None = Field(description="Mean cosine of the output's face embeddings to the reference's.")
+    min: float | None
+    face_share: float = Field(description="Share of the sampled output frames where a face was found.")
+    frames: int = Field(description="Output frames sampled (every `every`-th).")
+    every: int
+    embedder: str = Field(description="dlib_resnet_v1 (default) or arcface_onnx:<file>.")
+
+
 class ResultOut(BaseModel):
     engine: str
     frames: int
@@ -105,6 +120,10 @@ class ResultOut(BaseModel):
     width: int
     height: int
     timings: dict[str, float] = {}
+    identity: IdentityOut | None = Field(
+        default=None,
+        description="How much the output's face is the reference's; null: no face in the reference.",
+    )
 
 
 class UrlsOut(BaseModel):

@@ -47,3 +47,25 @@ def test_faceless_reference_is_a_note_unless_identity_is_requested(tmp_path, cap
     assert json.loads(captured.out)["error"]["code"] == "no_face_detected"  # --json: the error as JSON
     assert "Traceback" not in captured.err
     assert not (tmp_path / "b.mp4").exists()
+
+
+def test_job_options_and_job_record_carry_identity(tmp_path):
+    from animate.animator import AnimationResult
+    from server.schemas import JobOptions, ResultOut
+    from server.worker import _result_record
+
+    assert JobOptions(identity=True).animation_options().identity is True
+    assert JobOptions().animation_options().identity is False
+    score = {
+        "mean": 0.97,
+        "min": 0.95,
+        "face_share": 0.75,
+        "frames": 4,
+        "every": 8,
+        "embedder": "dlib_resnet_v1",
+    }
+    result = AnimationResult(tmp_path / "o.mp4", "warp", 30, 24.0, (64, 64), identity=score)
+    out = ResultOut(**_result_record(result))
+    assert out.identity is not None and out.identity.model_dump() == score
+    faceless = AnimationResult(tmp_path / "o.mp4", "warp", 30, 24.0, (64, 64))
+    assert ResultOut(**_result_record(faceless)).identity is None
