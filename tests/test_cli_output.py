@@ -102,7 +102,9 @@ def test_run_prints_only_our_lines_and_one_line_per_stage(tmp_path, data_dir):
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
     assert foreign(proc.stdout + proc.stderr) == []
-    assert proc.stdout.splitlines() == [f"wrote {out} (144x256, 4 frames, 24 fps, warp)"]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"wrote {out} (144x256, 4 frames, 24 fps, warp)"
+    assert all(line.startswith("  note: ") for line in lines[1:])  # e.g. the identity score's
     stages = stage_lines(proc.stderr)
     assert list(stages) == ["start-up", "decode", "pose", "body", "motion", "render", "encode"]
     assert stages["pose"][0] == 4 and stages["render"][0] == 4  # the frames asked for
