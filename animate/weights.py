@@ -58,12 +58,18 @@ class WeightsReport:
     root: str
     files: tuple[WeightFile, ...]
     features: dict[str, bool] = field(default_factory=dict)
+    face_embedder: str = (
+        ""  # animate.face: the identity embedder in use (dlib_resnet_v1 or arcface_onnx:FILE)
+    )
 
     def status(self, name: str) -> str:
         return next((f.status for f in self.files if f.name == name), MISSING)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": self.root, "files": [asdict(f) for f in self.files], "features": dict(self.features)}
+        out = {"root": self.root, "files": [asdict(f) for f in self.files], "features": dict(self.features)}
+        if self.face_embedder:
+            out["face_embedder"] = self.face_embedder
+        return out
 
 
 def safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
@@ -373,6 +379,63 @@ def check_wan(root: Path) -> WeightFile:
     return WeightFile("wan", WAN_DIR, OK, _size(path), "all parts: " + ", ".join(WAN_PARTS))
 
 
+IDENTITY_DIR = "identity_adapter"
+
+
+def _check_face(root: Path) -> WeightFile:
+    """An ArcFace ONNX model in ``face/`` (optional: dlib's ResNet, inside its wheel, is the default)."""
+    from animate.face.embed import FACE_DIR, find_arcface
+
+    path = find_arcface(root)
+    if path is None:
+        return WeightFile(
+            "face_embedder",
+            f"{FACE_DIR}/*.onnx",
+            MISSING,
+            detail="optional ArcFace ONNX; dlib's ResNet is used",
+        )
+    return WeightFile(
+        "face_embedder", f"{FACE_DIR}/{path.name}", PRESENT, _size(path), "ArcFace ONNX: identity embeddings"
+    )
+
+
+def check_identity_adapter(folder: Path, relative: str = IDENTITY_DIR) -> WeightFile:
+    """A saved ``controlnets.IdentityAdapter`` (config.json + safetensors): its class, embedding size and
+    layer count, against the weights' key names."""
+    if not folder.is_dir():
+        return WeightFile(
+            "identity_adapter",
+            relative,
+            MISSING,
+            detail="identity adapter (optional; animate train run --train identity)",
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        weights = folder / "diffusion_pytorch_model.safetensors"
+        keys = set(safetensors_header(weights)) if weights.is_file() else set()
+    except (OSError, ValueError) as exc:
+        return WeightFile("identity_adapter", relative, INVALID, _size(folder), f"unreadable ({exc})")
+    if config.get("_class_name") != "IdentityAdapter":
+        return WeightFile(
+            "identity_adapter", relative, INVALID, _size(folder), f"config is for {config.get('_class_name')}"
+        )
+    layers = config.get("attention_layers") or []
+    expected = {"proj.weight", "norm.weight"} | {
+        f"layers.{name.replace('.', '__')}.to_out.weight" for name, *_ in layers
+    }
+    absent = sorted(expected - keys)
+    if not layers or absent:
+        detail = f"missing keys: {', '.join(absent[:3])}" if absent else "no attention layers"
+        return WeightFile("identity_adapter", relative, INVALID, _size(folder), detail)
+    return WeightFile(
+        "identity_adapter",
+        relative,
+        OK,
+        _size(folder),
+        f"{config.get('embedding_dim')}-d embeddings -> {config.get('num_tokens')} tokens, {len(layers)} layers",
+    )
+
+
 def _presence(name: str, relative: str, detail: str, root: Path) -> WeightFile:
     path = root / relative
     return WeightFile(name, relative, PRESENT if path.exists() else MISSING, _size(path), detail)
@@ -389,6 +452,8 @@ def inspect_weights(root: str | Path) -> WeightsReport:
     sd15 = _check_sd15(root)
     converted = _check_converted(root)
     wan = check_wan(root)
+    face = _check_face(root)
+    identity = check_identity_adapter(root / IDENTITY_DIR)
     others = [
         _presence("dwpose_detector", DWPOSE_FILES[0], "DWPose person detector (optional)", root),
         _presence("dwpose_pose", DWPOSE_FILES[1], "DWPose whole-body keypoints (optional)", root),
@@ -408,9 +473,13 @@ def inspect_weights(root: str | Path) -> WeightsReport:
         "cmp": cmp.status == OK,
         "dift": sd15.status == OK,
         "wan": wan.status == OK,
+        "identity_adapter": diffusion and identity.status == OK,
+        "face_arcface": face.status == PRESENT,
     }
-    files = (svd, mimicmotion, *champ, dispose, cmp, sd15, converted, wan, *others)
-    return WeightsReport(root=str(root), files=files, features=features)
+    files = (svd, mimicmotion, *champ, dispose, cmp, sd15, converted, wan, face, identity, *others)
+    from animate.face.embed import embedder_name
+
+    return WeightsReport(root=str(root), files=files, features=features, face_embedder=embedder_name(root))
 
 
 def find_adapter(path: str | Path) -> Path | None:

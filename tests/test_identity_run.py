@@ -69,3 +69,47 @@ def test_job_options_and_job_record_carry_identity(tmp_path):
     assert out.identity is not None and out.identity.model_dump() == score
     faceless = AnimationResult(tmp_path / "o.mp4", "warp", 30, 24.0, (64, 64))
     assert ResultOut(**_result_record(faceless)).identity is None
+
+
+def test_weights_check_and_doctor_report_identity_parts(tmp_path, capsys):
+    import torch
+
+    from controlnets import IdentityAdapter
+    from pipelines.testing import tiny_unet
+
+    assert run(["weights", "check", "--dir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    files = {f["name"]: f for f in report["files"]}
+    assert files["identity_adapter"]["status"] == "missing" and files["face_embedder"]["status"] == "missing"
+    assert report["face_embedder"] == "dlib_resnet_v1" and report["features"]["identity_adapter"] is False
+
+    torch.manual_seed(0)
+    IdentityAdapter.for_unet(tiny_unet(), num_tokens=2).save_pretrained(tmp_path / "identity_adapter")
+    (tmp_path / "face").mkdir()
+    (tmp_path / "face" / "glintr100.onnx").write_bytes(b"\0" * 16)  # presence only: not loaded here
+    assert run(["weights", "check", "--dir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    files = {f["name"]: f for f in report["files"]}
+    assert files["identity_adapter"]["status"] == "ok"
+    assert files["identity_adapter"]["detail"] == "128-d embeddings -> 2 tokens, 6 layers"
+    assert (
+        files["face_embedder"]["status"] == "present"
+        and files["face_embedder"]["path"] == "face/glintr100.onnx"
+    )
+    assert (
+        report["face_embedder"] == "arcface_onnx:glintr100.onnx"
+        and report["features"]["face_arcface"] is True
+    )
+
+    config = tmp_path / "identity_adapter" / "config.json"
+    config.write_text(config.read_text().replace('"IdentityAdapter"', '"PoseGuider"'))
+    assert run(["weights", "check", "--dir", str(tmp_path), "--json"]) == 0
+    files = {f["name"]: f for f in json.loads(capsys.readouterr().out)["files"]}
+    assert (
+        files["identity_adapter"]["status"] == "invalid"
+        and "PoseGuider" in files["identity_adapter"]["detail"]
+    )
+
+    assert run(["doctor", "--json"]) == 0
+    face = json.loads(capsys.readouterr().out)["face"]
+    assert face == {"embedder": "dlib_resnet_v1", "dlib_models": True}  # ./weights has no face/ here

