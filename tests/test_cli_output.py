@@ -125,6 +125,15 @@ def test_debug_and_verbose_show_the_third_party_lines(tmp_path, data_dir):
         assert "wrote" in loud.stdout
 
 
+def test_weights_check_is_quiet_where_checking_a_file_loads_transformers(tmp_path):
+    (tmp_path / "DisPose.pth").write_bytes(b"not a checkpoint")  # checking it imports pipelines/transformers
+    quiet = animate("weights", "check", "--dir", str(tmp_path), env=without_env("ANIMATE_DEBUG"))
+    assert quiet.returncode == 0 and "DisPose.pth" in quiet.stdout
+    assert not any(THEIRS.match(line) for line in (quiet.stdout + quiet.stderr).splitlines()), quiet.stderr
+    loud = animate("weights", "check", "--dir", str(tmp_path), env={"ANIMATE_DEBUG": "1"})
+    assert any(line.startswith("[transformers]") for line in loud.stderr.splitlines()), loud.stderr
+
+
 def read_pty(args: list[str], timeout: float = 300) -> tuple[int, str]:
     """Run ``animate`` with stdout and stderr on a pseudo-terminal; its exit code and everything shown."""
     main, secondary = pty.openpty()
