@@ -137,7 +137,7 @@ class WanEngine:
         level = memory_level(free) if free is not None else "cpu"  # before loading 48 GB
         dtype = torch.bfloat16 if free is not None else torch.float32
         root = Path(settings.weights_dir) / WAN_DIR
-        pipeline = WanAnimatePipeline.from_pretrained(root, torch_dtype=dtype)
+        pipeline = WanAnimatePipeline.from_pretrained(root, dtype=dtype)
         if level == "none":
             pipeline.to("cuda")
         elif level == "model":
