@@ -241,9 +241,7 @@ class Hardware:
     def detect(cls, gpu_memory: int | None = None, gpus: int = 1, cuda: bool = True) -> Hardware:
         """This machine (``torch.cuda.mem_get_info`` of the current device); ``gpu_memory``: plan for a
         card with that much free memory instead (no CUDA needed); ``cuda=False``: the CPU even so."""
-        import psutil
-
-        host = int(psutil.virtual_memory().available)
+        host = host_available()
         if gpu_memory is not None:
             return cls("cuda", f"a {gpu_memory / GIB:g} GiB card", gpu_memory, gpu_memory, host, gpus,
                        DEFAULT_GPU_TFLOPS)  # fmt: skip
@@ -254,6 +252,18 @@ class Hardware:
         free, total = torch.cuda.mem_get_info()
         name = torch.cuda.get_device_name()
         return cls("cuda", name, int(free), int(total), host, gpus, device_tflops(name), detected=True)
+
+
+def host_available() -> int:
+    """Free host memory in bytes: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else free pages."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def device_tflops(name: str) -> float:
