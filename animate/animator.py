@@ -523,13 +523,12 @@ class Animator:
 
         options = options or AnimationOptions()
         report = _Reporter(progress, should_cancel)
-        if options.identity:  # fail before the heavy stages
-            start_meter(load_image(reference, self.settings.media).rgb, self.settings.weights_dir, True)
+        # the reference's face at full resolution, before the heavy stages (identity requested: fail here)
+        meter, face_embedding, identity_note = start_meter(
+            load_image(reference, self.settings.media).rgb, self.settings.weights_dir, options.identity
+        )
         prepared = self.prepare(reference, driving, options, artifacts_dir=artifacts_dir, progress=report)
         bundle, engine = prepared.bundle, prepared.engine
-        meter, face_embedding, identity_note = start_meter(
-            bundle.reference, self.settings.weights_dir, options.identity
-        )
         bundle.extras["face_embedding"] = face_embedding  # the diffusion engine's identity adapter
         start = time.perf_counter()
 

@@ -130,6 +130,49 @@ def load_trained_parts(pipeline, adapter: str | Path, dtype) -> str:
     return f"adapter {Path(adapter).name} ({', '.join(parts) or 'nothing'})"
 
 
+def load_identity_adapter(pipeline, root: Path, report, dtype) -> str:
+    """``weights/identity_adapter/`` into the pipeline when ``weights check`` found it valid and the
+    pipeline has none yet (a trained adapter loaded with ``--adapter`` wins); returns what was added."""
+    from animate.errors import AnimateError
+    from animate.weights import IDENTITY_DIR, OK
+    from controlnets import IdentityAdapter
+
+    if getattr(pipeline, "identity_adapter", None) is not None or report.status("identity_adapter") != OK:
+        return ""
+    adapter = IdentityAdapter.from_pretrained(root / IDENTITY_DIR, torch_dtype=dtype)
+    names = dict(pipeline.unet.named_modules())
+    absent = [name for name in adapter.layer_names if name not in names]
+    if absent:
+        raise AnimateError(
+            "weights_invalid", f"{IDENTITY_DIR}/ was made for another UNet (no layer {absent[0]})"
+        )
+    pipeline.register_modules(identity_adapter=adapter)
+    return f" + {IDENTITY_DIR}/"
+
+
+def face_embedding_for(pipeline, bundle: GuidanceBundle):
+    """The reference's face embedding for the identity adapter (the animator's, else computed here), or
+    None without an adapter. An active adapter is identity requested: no face is ``no_face_detected``."""
+    from animate.errors import AnimateError
+    from animate.face import NoFaceError, load_embedder, reference_embedding
+
+    adapter = getattr(pipeline, "identity_adapter", None)
+    if adapter is None:
+        return None
+    embedding = bundle.extras.get("face_embedding")
+    if embedding is None and "face_embedding" not in bundle.extras:
+        embedding = reference_embedding(bundle.reference, load_embedder(None))
+    if embedding is None:
+        raise NoFaceError(message="no face was found in the reference image (the identity adapter needs one)")
+    if len(embedding) != adapter.config.embedding_dim:
+        raise AnimateError(
+            "weights_invalid",
+            f"the identity adapter takes {adapter.config.embedding_dim}-d face embeddings, the face "
+            f"embedder in use gives {len(embedding)}-d (`animate weights check` names it)",
+        )
+    return np.asarray(embedding, dtype=np.float32)
+
+
 class DiffusionEngine:
     name = "diffusion"
 
@@ -166,6 +209,12 @@ class DiffusionEngine:
             "motion_controlnet": "off",
             "point_adapter": "off",
         }
+        identity = getattr(pipeline, "identity_adapter", None)
+        parts["identity_adapter"] = (
+            f"on ({identity.config.embedding_dim}-d face embedding, {identity.config.num_tokens} tokens)"
+            if identity is not None
+            else "off"
+        )
         if controlnet is not None:
             parts["motion_controlnet"] = f"on (residuals {controlnet.config.residual_mode})"
             parts["point_adapter"] = "on (DIFT)" if sd15_dir is not None else "off (no Stable Diffusion 1.5)"
@@ -240,6 +289,8 @@ class DiffusionEngine:
             source = f"{SVD_DIR}/ + {MIMICMOTION_FILE}" + (f" + {DISPOSE_FILE}" if dispose_ok else "")
         if options is not None and options.adapter is not None:
             source += " + " + load_trained_parts(pipeline, options.adapter, dtype)
+        if getattr(options, "preset", None) is None:  # a preset runs its published system's parts only
+            source += load_identity_adapter(pipeline, root, report, dtype)
         speed = speed_options(settings, cuda)
         if not speed.cpu_offload:  # offload places each module itself
             pipeline.to("cuda" if cuda else "cpu")
@@ -531,6 +582,8 @@ class DiffusionEngine:
         if "skeleton" in known and (self.pipeline.pose_guider is None or opts.skeleton_twice):
             maps["skeleton"] = pose_images if bundle.skeleton is None else bundle.skeleton
         motion = {} if opts.preset == "mimicmotion" else self._motion_inputs(bundle, should_cancel)
+        face_embedding = face_embedding_for(self.pipeline, bundle)
+        identity = {} if face_embedding is None else {"face_embedding": face_embedding}
         self.parts["guidance_maps"] = ", ".join(maps) or "none"
         log.info("diffusion engine parts: %s", self.parts)
         total_steps = opts.steps
@@ -565,6 +618,7 @@ class DiffusionEngine:
             keep_reference=True,  # decoded below, with or without it as the parity rules say
             callback_on_step_end=on_step_end,
             **motion,
+            **identity,
             **parity_kwargs,
             **call_kwargs,
         )
