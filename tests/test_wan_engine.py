@@ -140,6 +140,41 @@ def test_two_segments_join_into_one_frame_per_driving_frame(
     assert len(out) == frames and {f.shape for f in out} == {(32, 32, 3)}
     assert seen[-1] == (4, 4) and [d for d, _ in seen] == [1, 2, 3, 4]
     assert engine.parts["segments"] == f"2 x {segment} frames, overlap {overlap}"
+    assert engine.plan.to_dict()["segments"] == 2 and engine.plan.generated_frames == frames
+
+
+def test_auto_picks_wan_only_with_weights_and_gpu_room(
+    tiny_weights: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import animate.engines.wan as wan
+    from animate.engines import auto_engine_name
+
+    settings = Settings(weights_dir=tiny_weights)
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: None)
+    assert auto_engine_name(settings) != "wan"
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: 39 * wan.GIB)
+    assert auto_engine_name(settings) != "wan"
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: 41 * wan.GIB)
+    assert auto_engine_name(settings) == "wan"
+    assert auto_engine_name(Settings(weights_dir=tmp_path)) != "wan"  # room, no weights
+
+
+def test_job_options_carry_the_wan_fields_and_defaults() -> None:
+    from pydantic import ValidationError
+
+    from server.schemas import JobOptions
+
+    wan = JobOptions(engine="wan", mode="replace", segment_frames=13, overlap_frames=5).animation_options()
+    assert (wan.steps, wan.guidance_scale, wan.mode, wan.segment_frames, wan.overlap_frames) == (
+        20, 1.0, "replace", 13, 5,
+    )  # fmt: skip
+    other = JobOptions(engine="diffusion").animation_options()
+    assert (other.steps, other.guidance_scale) == (25, 2.0)
+    with pytest.raises(ValidationError):
+        JobOptions(engine="wan", overlap_frames=2)
+    with pytest.raises(AnimateError) as err:
+        JobOptions(engine="warp", mode="replace").animation_options().validate()
+    assert err.value.code == "invalid_option"
 
 
 def test_a_24_fps_clip_is_generated_at_30_and_brought_back(tiny_weights: Path) -> None:
@@ -221,6 +256,7 @@ def test_animate_run_engine_wan_end_to_end(tiny_weights: Path, tmp_path: Path, m
     with av.open(str(DANCE)) as container:
         rate = float(container.streams.video[0].average_rate)
     assert out["fps"] == pytest.approx(rate, rel=1e-3)
+    assert out["plan"]["engine"] == "wan" and out["plan"]["segments"] == 2  # 10 frames at 30 fps, 9 a segment
     expected = {"wan_pose", "wan_face"} | ({"wan_mask"} if mode == "replace" else set())
     assert expected <= set(out["artifacts"])
     for name in expected:

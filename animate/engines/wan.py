@@ -113,6 +113,22 @@ def unavailable_reason(settings: Settings, require_gpu: bool = True) -> str | No
     return None
 
 
+@dataclass(frozen=True)
+class WanPlan:
+    """What a wan render ran with (``AnimationResult.plan``): memory level, segments, steps."""
+
+    offload: str  # none | model | sequential (GPU) or cpu
+    dtype: str
+    segments: int
+    segment_frames: int
+    overlap_frames: int
+    steps: int
+    generated_frames: int  # at 30 fps
+
+    def to_dict(self) -> dict:
+        return {"engine": "wan", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+
 class WanEngine:
     name = "wan"
 
@@ -285,6 +301,15 @@ class WanEngine:
         planned = segments(count, length, opts.overlap_frames)
         total = len(planned) * opts.steps
         self.parts["segments"] = f"{len(planned)} x {length} frames, overlap {opts.overlap_frames}"
+        self.plan = WanPlan(
+            offload=self.parts.get("offload", "none"),
+            dtype=self.parts.get("dtype", "float32"),
+            segments=len(planned),
+            segment_frames=length,
+            overlap_frames=opts.overlap_frames,
+            steps=opts.steps,
+            generated_frames=count,
+        )
         done = [0]
 
         def on_step(pipe, step, timestep, kwargs):
