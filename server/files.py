@@ -13,7 +13,10 @@ import shutil
 from pathlib import Path
 
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
-ARTIFACT_NAMES = ("skeleton", "motion", "poses", "depth", "normal", "semantic", "dense_flow")
+ARTIFACT_NAMES = (
+    "skeleton", "motion", "poses", "depth", "normal", "semantic", "dense_flow",
+    "wan_pose", "wan_face", "wan_mask",  # the wan engine's inputs (30 fps)
+)  # fmt: skip
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 RESERVE_BYTES = 4 * 1024 * 1024
 

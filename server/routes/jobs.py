@@ -425,7 +425,8 @@ def _file(request: Request, path: Path, media_type: str, filename: str | None = 
         **RANGE_ERRORS,
         404: _error("No such job, or no such artifact for it (`not_found`)."),
         200: {
-            "description": "skeleton, motion, depth, normal, semantic: mp4; poses: JSON",
+            "description": "skeleton, motion, depth, normal, semantic, dense_flow, wan_pose, wan_face, "
+            "wan_mask: mp4; poses: JSON",
             "content": {
                 "video/mp4": {"schema": {"type": "string", "format": "binary"}},
                 "application/json": {"schema": {"type": "object"}},

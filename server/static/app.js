@@ -103,7 +103,7 @@ const STATUS_WORDS = {
 };
 const PREVIEW_WORDS = {
   skeleton: "Pose", motion: "Joint motion", depth: "Depth", normal: "Surface", semantic: "Body parts",
-  dense_flow: "Body motion",
+  dense_flow: "Body motion", wan_pose: "Pose (Wan)", wan_face: "Face (Wan)", wan_mask: "Replaced area (Wan)",
 };
 const FINISHED = ["succeeded", "failed", "canceled"];
 
