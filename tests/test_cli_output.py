@@ -271,6 +271,21 @@ def test_usage_errors_carry_our_code_and_json_errors_go_to_stdout(tmp_path, caps
     }
 
 
+def test_an_internal_error_is_our_line_with_its_code_and_json_too(monkeypatch, capsys):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("ANIMATE_DEBUG", raising=False)
+    monkeypatch.setattr("animate.cli.doctor.collect", broken)
+    assert run(["doctor"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "error: internal error: RuntimeError: boom (set ANIMATE_DEBUG=1 for a traceback) [internal_error]\n"
+    )
+    assert run(["doctor", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "internal_error"
+
+
 def test_a_photo_as_the_driving_video_is_refused_in_user_words_naming_what_opens(tmp_path, capsys):
     assert run(["run", str(WOMAN_JPG), str(WOMAN_JPG), "-o", str(tmp_path / "x.mp4"), "--json"]) == 2
     error = json.loads(capsys.readouterr().out)["error"]

@@ -130,11 +130,8 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("ANIMATE_DEBUG"):
             traceback.print_exc()
-        message = f"{type(exc).__name__}: {exc} (set ANIMATE_DEBUG=1 for a traceback)"
-        if as_json:
-            _fail("internal_error", message, as_json)
-        else:
-            typer.echo(f"internal error: {message}", err=True)
+        hint = "" if os.environ.get("ANIMATE_DEBUG") else " (set ANIMATE_DEBUG=1 for a traceback)"
+        _fail("internal_error", f"internal error: {type(exc).__name__}: {exc}{hint}", as_json)
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
 
