@@ -359,3 +359,28 @@ def test_data_dir_can_be_removed_and_rebuilt(prepared, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)
     assert len(ClipDataset(copy, frames=4)) == 2
+
+
+def test_faces_are_stored_for_the_identity_adapter(prepared):
+    """The talking head shows its face in every frame: aligned crops, boxes inside the frame, and the
+    reference frames' embeddings are one person by dlib's measure; the dancer's face is another person."""
+    from animate.face import distance
+
+    _, data, summary = prepared
+    clips = {d["source"]: data / CLIPS_DIR / d["clip"] for d in summary["done"]}
+    head = clips["talking_head.mp4"]
+    meta = json.loads((head / "meta.json").read_text())
+    assert meta["faces"]["embedder"] == "dlib_resnet_v1" and meta["faces"]["crop_size"] == 112
+    with np.load(head / "shard.npz") as shard:
+        boxes, embeddings = shard["face_boxes"], shard["face_embeddings"]
+        crops = [name for name in shard.files if name.startswith("faces/")]
+        assert meta["faces"]["frames_with_face"] == len(crops) == np.isfinite(boxes[:, 0]).sum() >= FRAMES - 2
+        assert shard[crops[0]].shape == (112, 112, 3) and shard[crops[0]].dtype == np.uint8
+    found = boxes[np.isfinite(boxes[:, 0])]
+    assert (found[:, 0] >= -8).all() and (found[:, 2] <= W + 8).all() and (found[:, 2] > found[:, 0]).all()
+    assert embeddings.shape == (len(meta["references"]), 128) and np.isfinite(embeddings).all()
+    assert max(distance(a, b) for a in embeddings for b in embeddings) < 0.6
+    sample = ClipDataset(data, frames=4)[sorted(clips).index("talking_head.mp4")]
+    ref = meta["references"].index(int(sample["reference_index"]))
+    assert torch.equal(sample["reference_face_embedding"], torch.from_numpy(embeddings[ref]))
+    assert float(sample["reference_has_face"]) == 1.0 and sample["face_boxes"].shape == (4, 4)

@@ -26,6 +26,12 @@ window start ``s``; the window is frames ``s, s + stride, ..., s + (F - 1) * str
     "start"               int64 scalar tensor: s
     "reference_index"     int64 scalar tensor: r
 
+Shards with faces (``meta["faces"]``, ``animate.face.crops``) add, for the identity adapter:
+
+    "reference_face_embedding" (128,) float32 dlib's embedding of frame r's face (zeros when it has none)
+    "reference_has_face"  float32 scalar tensor: 1 when frame r shows a face, else 0
+    "face_boxes"          (F, 4) float32 each target frame's face box x0, y0, x1, y1 in pixels of W x H (NaN: none)
+
 These are ``AnimationPipeline.__call__``'s inputs: ``image`` <- (reference + 1) / 2, ``pose_images``,
 ``guidance_maps`` (the encoders' types), ``reference_pose_image``, ``reference_guidance_maps``,
 ``dense_flow``, ``trajectory_flow``, ``keypoints`` / ``reference_keypoints`` (``openpose18`` for DisPose's
@@ -166,6 +172,18 @@ class ClipDataset(Dataset):
             "index": torch.tensor(i, dtype=torch.int64),
             "start": torch.tensor(start, dtype=torch.int64),
             "reference_index": torch.tensor(ref, dtype=torch.int64),
+            **(self._faces(shard, meta, ref, idx, sx, sy) if meta.get("faces") else {}),
+        }
+
+    @staticmethod
+    def _faces(shard, meta: dict, ref: int, idx: list[int], sx: float, sy: float) -> dict:
+        embedding = shard["face_embeddings"][meta["references"].index(ref)].astype(np.float32)
+        found = bool(np.isfinite(embedding).all())
+        boxes = shard["face_boxes"][idx].astype(np.float32) * np.array([sx, sy, sx, sy], np.float32)
+        return {
+            "reference_face_embedding": torch.from_numpy(embedding if found else np.zeros_like(embedding)),
+            "reference_has_face": torch.tensor(float(found)),
+            "face_boxes": torch.from_numpy(np.ascontiguousarray(boxes)),
         }
 
     def _trajectory(self, keypoints: np.ndarray, ref: int, start: int, idx: list[int], size) -> np.ndarray:

@@ -271,10 +271,19 @@ def _write_clip(
     )
     rules = GuidanceConventions()
     fw, fh = flow_size(width, height)
+    from animate.face.crops import face_crop, face_embedding, faces_meta
+
+    face_boxes = np.full((count, 4), np.nan, np.float32)  # per frame, NaN where no face is found
+    face_embeddings = np.full((len(references), 128), np.nan, np.float32)  # per reference frame
     with ShardWriter(tmp / SHARD_FILE) as shard:
         written = 0
         for t, frame in enumerate(video.frames(fps=options.fps, max_frames=count, size=(width, height))):
             shard.add(member("frames", t), frame)
+            crop, face_boxes[t] = face_crop(frame)  # identity: aligned crops, boxes for a face loss weight
+            if crop is not None:
+                shard.add(member("faces", t), crop)
+            if t in references:
+                face_embeddings[references.index(t)] = face_embedding(frame)
             written += 1
             progress("frames", t + 1, count)
         if written != count:  # the two decodes disagree: never write a clip whose frames do not match
@@ -298,6 +307,8 @@ def _write_clip(
         shard.add("keypoints", keypoints)
         shard.add("references", np.array(references, np.int64))
         shard.add("person_masks", person_masks)
+        shard.add("face_boxes", face_boxes)
+        shard.add("face_embeddings", face_embeddings)
     (tmp / BODY_FILE).write_text(dump_json({"track": track.to_json(), "camera": camera.to_json()}))
     meta = {
         "format": FORMAT_VERSION,
@@ -325,7 +336,7 @@ def _write_clip(
             "mediapipe": mediapipe.__version__,
             "body_model": track.model,
         },
-        "faces": None,  # hook: aligned face crops per frame, for the identity adapter (not written yet)
+        "faces": faces_meta(int(np.isfinite(face_boxes[:, 0]).sum())),  # animate.face.crops
     }
     (tmp / META_FILE).write_text(dump_json(meta))
     (tmp / DONE_FILE).write_text("")

@@ -23,8 +23,12 @@ A data folder (``animate train prepare ... -o DATA_DIR``) holds::
     references            (R,) int64 the frames that may serve as the reference (dense flows exist from them)
     person_masks          (R, H, W) uint8 0/255 the segmented person in each reference frame
 
-Reserved for the identity issue: ``faces/<t>`` (aligned face crops) and ``meta["faces"]`` (their size and
-the aligner; ``None`` until written). ``<t>`` and ``<r>`` are zero-padded to six digits. Pose images are not stored: the reader draws them from the
+Identity (``animate.face.crops``; ``meta["faces"]`` says how they were made, ``None`` in older shards):
+
+    faces/<t>             (112, 112, 3) uint8 the main face aligned to the ArcFace 5-point template (frames with a face)
+    face_boxes            (T, 4) float32 the face box x0, y0, x1, y1 in pixels of W x H, NaN where no face was found
+    face_embeddings       (R, 128) float32 dlib's embedding of each reference frame's face, NaN rows where none
+ ``<t>`` and ``<r>`` are zero-padded to six digits. Pose images are not stored: the reader draws them from the
 keypoints exactly as the inference path does. Writing is deterministic: members in a fixed order, a fixed
 zip timestamp and compression level, JSON with sorted keys and no times, so the same input gives the same
 bytes.
