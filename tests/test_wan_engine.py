@@ -279,3 +279,31 @@ def test_no_face_in_the_reference_is_a_clear_error(tiny_weights: Path, tmp_path:
     )  # fmt: skip
     assert code == 2 and out["error"]["code"] == "no_face_in_reference"
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_pose_face_and_reference_each_reach_the_output(tiny_weights: Path) -> None:
+    """The tiny transformer has no zero-initialised weights on these paths (only biases), so each input must
+    move the frames: the pose (keypoints shifted), the face crops (driving frames inverted: only the face
+    video reads them in animate mode) and the reference; the same inputs give the same frames."""
+    from animate.engines.wan import WanEngine, WanOptions
+
+    engine = WanEngine.from_settings(
+        Settings(weights_dir=tiny_weights), WanOptions(segment_frames=9, steps=2)
+    )
+    zero = [n for n, p in engine.pipeline.transformer.named_parameters() if not p.any() and "bias" not in n]
+    assert zero in ([], ["face_encoder.padding_tokens"])
+
+    def render(bundle) -> np.ndarray:
+        return np.stack(list(engine.render(bundle))).astype(int)
+
+    base = render(_bundle(9))
+    assert (render(_bundle(9)) == base).all()
+    moved = _bundle(9)
+    moved.keypoints[:, :, 0] += 6
+    faces = _bundle(9)
+    faces.extras["wan"]["driving_frames"] = [255 - f for f in faces.extras["wan"]["driving_frames"]]
+    other = _bundle(9)
+    other.reference = 255 - other.reference
+    assert np.abs(render(moved) - base).mean() > 0.1
+    assert np.abs(render(faces) - base).mean() > 0.1
+    assert (render(other) != base).any()  # the reference latent slot and CLIP tokens: a weak effect here
