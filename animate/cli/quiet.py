@@ -45,8 +45,13 @@ QUIET_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "GLOG_minloglevel": "2",
 }
-#: Third-party loggers that speak at INFO/WARNING about things a user cannot act on.
-QUIET_LOGGERS = ("transformers", "diffusers", "anny", "warp", "mediapipe", "absl", "PIL", "matplotlib")
+#: Third-party loggers that speak at INFO/WARNING about things a user cannot act on, and the level they keep.
+QUIET_LOGGERS = {
+    **dict.fromkeys(
+        ("transformers", "diffusers", "anny", "warp", "mediapipe", "absl", "PIL", "matplotlib"), "ERROR"
+    ),
+    "huey": "WARNING",  # the queue consumer's start-up banner and command list; its warnings stay
+}
 
 _filter: NativeStderrFilter | None = None
 
@@ -124,8 +129,8 @@ def quiet_python() -> None:
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def install(argv: list[str] | None = None) -> bool:
