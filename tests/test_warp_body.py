@@ -322,3 +322,45 @@ def test_a_hand_on_the_belly_leaves_no_ghost_when_the_fit_is_off(anny):
         assert grey < 0.002, grey
     assert ghost[0] > 100, ghost  # the misfit does paint the hand on the belly without keypoints
     assert ghost[1] == 0, ghost
+
+
+def test_arm_regions_by_hand():
+    """Forearm capsules (radius 0.12 x length + 2 px) and hand hulls (grown by 0.15 x forearm), one bit per
+    side, only inside the person and only for arms whose elbow and wrist are seen (score >= 0.3)."""
+    from animate.engines.warp import arm_regions
+    from animate.pose.layout import L_ELBOW, L_WRIST, LEFT_HAND_ROOT, R_ELBOW, R_WRIST, RIGHT_HAND_ROOT
+
+    kp = np.zeros((133, 3), np.float32)
+    kp[L_ELBOW], kp[L_WRIST] = (50, 50, 0.3), (50, 150, 0.3)  # exactly at the threshold: seen
+    kp[LEFT_HAND_ROOT : LEFT_HAND_ROOT + 3] = [(45, 170, 1), (55, 170, 1), (50, 180, 1)]
+    kp[R_ELBOW], kp[R_WRIST] = (150, 50, 1.0), (150, 150, 1.0)  # no hand found: the forearm only
+    kp[RIGHT_HAND_ROOT : RIGHT_HAND_ROOT + 2] = [(140, 170, 1), (160, 170, 1)]  # 2 points: no hull
+    person = np.ones((220, 220), bool)
+    person[:, 200:] = False
+    regions = arm_regions(kp, person)
+    # left forearm: radius round(0.12 * 100 + 2) = 14 around x = 50
+    assert (regions[100, 37:64] == 1).all() and regions[100, 34] == 0 and regions[100, 66] == 0
+    # left hand: hull of the 3 points grown by 15 px (a square kernel): 15 px below its bottom tip, not 17
+    assert regions[195, 50] == 1 and regions[197, 50] == 0
+    assert regions[170, 30] == 1 and regions[170, 28] == 0  # 15 px left of the hull's left corner
+    # right: the forearm (bit 2), no hand below the wrist beyond the capsule's round end
+    assert (regions[100, 137:164] == 2).all() and regions[180, 150] == 0
+    assert set(np.unique(regions)) == {0, 1, 2}
+    # overlapping arms carry both bits; the person mask clips
+    crossed = kp.copy()
+    crossed[R_ELBOW], crossed[R_WRIST] = (10, 100, 1.0), (110, 100, 1.0)
+    both = arm_regions(crossed, person)
+    assert both[100, 50] == 3 and both[100, 100] == 2
+    clipped = arm_regions(kp, person & (np.arange(220) < 120)[:, None])
+    assert not clipped[120:].any() and (clipped[100, 37:64] == 1).all()
+    # an arm below the threshold draws nothing, and does not stop the other side
+    unseen = kp.copy()
+    unseen[L_ELBOW, 2] = 0.29
+    left_gone = arm_regions(unseen, person)
+    assert not (left_gone & 1).any() and (left_gone[100, 137:164] == 2).all()
+    unseen = kp.copy()
+    unseen[L_WRIST, 2] = 0.29
+    assert not (arm_regions(unseen, person) & 1).any()
+    unseen = kp.copy()
+    unseen[R_WRIST, 2] = 0.29
+    assert not (arm_regions(unseen, person) & 2).any()

@@ -103,9 +103,9 @@ RIGHT_ARM_PARTS = tuple(PART_NAMES.index(f"right_{n}") for n in ("elbow", "wrist
 
 def arm_regions(keypoints: np.ndarray, person: np.ndarray, threshold: float = 0.3) -> np.ndarray:
     """(H, W) uint8 bits: 1 where the 2D keypoints put the left forearm or hand, 2 the right (within the
-    person). A forearm is a capsule elbow-wrist of radius 0.12 of its length + 2 px; a hand is the hull
-    of its keypoints grown by 0.15 of the forearm, or without hand keypoints, only if the hand is not
-    hidden (then it is not in front of anything)."""
+    person). A forearm (elbow and wrist seen) is a capsule elbow-wrist of radius 0.12 of its length + 2 px;
+    its hand, when at least 3 of its keypoints are seen, the hull of those grown by 0.15 of the forearm
+    (a hand not found is hidden or out of view: in front of nothing)."""
     height, width = person.shape
     out = np.zeros((height, width), np.uint8)
     for bit, elbow, wrist, root in (
