@@ -482,3 +482,86 @@ def test_the_gap_length_follows_the_rate_with_a_floor_of_one_frame() -> None:
 
 def test_estimation_size_keeps_two_pixels_on_the_short_side() -> None:
     assert estimation_size(3, 1000, 100) == (2, 100)
+
+
+def test_the_middle_tile_finds_a_tall_person_the_others_cut() -> None:
+    w, h = 1000, 800
+    rgb = np.full((h, w, 3), 90, np.uint8)
+    rgb[200:600, 480:520] = RED  # rows 200..600: only the middle tile (rows 160..640) holds it whole
+
+    class WholeOnly(MarkerEstimator):
+        """Clear only in a tile (views 3 to 8 here) that holds the whole marker, rows 200..600."""
+
+        def detect(self, view):
+            people = super().detect(view)
+            red = (view[..., 0] > 200) & (view[..., 1] < 100)
+            ys = np.nonzero(red)[0]
+            whole = len(ys) > 0 and ys.min() > 0 and ys.max() < view.shape[0] - 1
+            for p in people:
+                p.keypoints[:17, 2] = 0.9 if whole and len(self.seen) >= 3 else 0.2
+            return people
+
+    estimator = WholeOnly()
+    pose = estimate_image(rgb, estimator)
+    assert pose.keypoints[0, :2] == pytest.approx((500.0, 400.0), abs=0.5)
+    assert pose.keypoints[0, 2] == pytest.approx(0.9)
+
+
+def test_tiles_start_at_the_first_pixel() -> None:
+    for x0, y0 in ((0, 300), (300, 0)):
+        pose = estimate_image(picture(1000, 800, x0, y0, 6), MarkerEstimator(min_area=60))
+        assert pose.keypoints[0, :2] == pytest.approx(centre(x0, y0, 6), abs=0.3), (x0, y0)
+
+
+def test_only_references_under_768_px_get_an_upscaled_view() -> None:
+    for side, views in ((767, 9), (768, 8)):
+        estimator = MarkerEstimator()
+        with pytest.raises(PoseError):
+            estimate_image(np.full((600, side, 3), 90, np.uint8), estimator)
+        assert len(estimator.seen) == views, side
+
+
+def test_keypoints_exactly_on_the_margin_are_kept() -> None:
+    class Edges(MarkerEstimator):
+        def detect(self, rgb):
+            people = super().detect(rgb)
+            for p in people:  # 900 x 800: margins 18 and 16 px
+                p.keypoints[20:24] = [
+                    (-18.0, 5.0, 0.9),
+                    (918.0, 5.0, 0.9),
+                    (5.0, -16.0, 0.9),
+                    (5.0, 816.0, 0.9),
+                ]
+            return people
+
+    pose = estimate_image(picture(900, 800, 300, 300, 30), Edges())
+    assert pose.keypoints[20:24, 2] == pytest.approx([0.9] * 4)
+
+
+def test_strong_body_keypoints_count_from_0_5_and_only_the_17_body_points() -> None:
+    class Half(MarkerEstimator):
+        def __init__(self, strong: int, foot: bool) -> None:
+            super().__init__()
+            self.strong, self.foot = strong, foot
+
+        def detect(self, rgb):
+            people = super().detect(rgb)
+            for p in people:
+                p.keypoints[:17, 2] = 0.2
+                p.keypoints[: self.strong, 2] = 0.5  # exactly 0.5: strong
+                p.keypoints[17, 2] = 0.9 if self.foot else 0.0
+            return people
+
+    estimator = Half(13, foot=False)
+    estimate_image(picture(900, 800, 300, 300, 30), estimator)
+    assert len(estimator.seen) == 1  # 13 strong at 0.5: good enough at once
+    estimator = Half(12, foot=True)
+    estimate_image(picture(900, 800, 300, 300, 30), estimator)
+    assert len(estimator.seen) == 8  # a strong foot does not make 13 body points
+
+
+def test_estimate_video_hands_its_options_to_finishing(tmp_path) -> None:
+    path = make_video(tmp_path / "v.mp4", n_frames=4, width=128, height=96, fps=10)
+    strict = SequenceOptions(smoothing=None, tracking=TrackingOptions(min_body_score=0.95))
+    with pytest.raises(PoseError):
+        estimate_video(path, _LeftHalf(), options=strict)
