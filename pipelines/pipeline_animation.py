@@ -241,6 +241,23 @@ class _TileFeatures:
         return pose, maps
 
 
+def _all_reduce_sums(
+    group: TileGroup, device: torch.device, chunk: int, noise_pred: torch.Tensor, weight_sum: torch.Tensor
+) -> None:
+    """Sum the fusion sums over the ranks, in place. NCCL reduces only CUDA tensors: sums kept on the host
+    go through the execution device ``chunk`` frames at a time (never the whole length there at once)."""
+    if group.backend != "nccl" or noise_pred.device.type == "cuda":
+        group.all_reduce(noise_pred, weight_sum)
+        return
+    for start in range(0, noise_pred.shape[1], chunk):
+        part = noise_pred[:, start : start + chunk].to(device)
+        group.all_reduce(part)
+        noise_pred[:, start : start + chunk] = part.to(noise_pred.device)
+    weights = weight_sum.to(device)
+    group.all_reduce(weights)
+    weight_sum.copy_(weights.to(weight_sum.device))
+
+
 @dataclass
 class AnimationPipelineOutput(BaseOutput):
     """``frames``: per video a list of PIL images, or an array / tensor ``(batch, frames, ...)``; for
@@ -630,15 +647,17 @@ class AnimationPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """``(B, F, 4, h, w)`` -> ``(B, 3, F, H, W)`` float32, ``decode_chunk_size`` frames per VAE call."""
         latents = (1 / self.vae.config.scaling_factor) * latents.flatten(0, 1)
-        frames = [
-            self._decode_chunk(latents[start : start + decode_chunk_size])
+        frames = [  # each chunk decoded on the execution device, its frames kept where the latents are
+            self._decode_chunk(latents[start : start + decode_chunk_size]).to(latents.device)
             for start in range(0, latents.shape[0], decode_chunk_size)
         ]
         video = torch.cat(frames).reshape(-1, num_frames, *frames[0].shape[1:]).permute(0, 2, 1, 3, 4)
         return video.float()
 
     def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``(f, 4, h, w)`` -> frames ``(f, 3, H, W)`` in one VAE call."""
+        """Scaled latents ``(f, 4, h, w)`` (on any device) -> frames ``(f, 3, H, W)`` in one VAE call on the
+        execution device."""
+        latents = latents.to(self._execution_device, non_blocking=True)
         forward = self.vae._orig_mod.forward if is_compiled_module(self.vae) else self.vae.forward
         kwargs = (
             {"num_frames": latents.shape[0]} if "num_frames" in inspect.signature(forward).parameters else {}
@@ -671,9 +690,9 @@ class AnimationPipeline(DiffusionPipeline):
         if reference_first and not decode_reference:
             latents = latents[:, 1:]
         drop_first = reference_first and decode_reference
-        latents = (1 / self.vae.config.scaling_factor) * latents[0]
-        for start in range(0, latents.shape[0], decode_chunk_size):
-            video = self._decode_chunk(latents[start : start + decode_chunk_size])
+        scale = 1 / self.vae.config.scaling_factor
+        for start in range(0, latents.shape[1], decode_chunk_size):  # read chunk by chunk where they live
+            video = self._decode_chunk(scale * latents[0, start : start + decode_chunk_size])
             video = video[None].permute(0, 2, 1, 3, 4).float()  # (1, 3, f, H, W) as decode_latents
             if start == 0 and drop_first:
                 video = video[:, :, 1:]
@@ -986,6 +1005,7 @@ class AnimationPipeline(DiffusionPipeline):
         keep_reference: bool = False,
         face_embedding: torch.Tensor | np.ndarray | None = None,
         identity_scale: float = 1.0,
+        sequence_device: str | torch.device | None = None,
     ) -> AnimationPipelineOutput | tuple:
         r"""Animate ``image`` with ``pose_images`` (and ``guidance_maps``).
 
@@ -1051,6 +1071,11 @@ class AnimationPipeline(DiffusionPipeline):
             identity_scale: weight of the identity attention; 0 is exactly no adapter. Under classifier-free
                 guidance the identity tokens go to the conditional half only (as SVD's CLIP token, zeros in
                 the unconditional half), so guidance pushes towards the reference's identity.
+            sequence_device: where the whole-length tensors live (latents, the fused prediction and weight
+                sums, the scheduler step): default the execution device; ``"cpu"`` keeps them on the host
+                when the GPU is short, and only each tile's window goes to the execution device for its
+                UNet call (its prediction comes back). The same latents either way; ``output_type="latent"``
+                returns them there, and the VAE decodes them chunk by chunk from there.
         """
         # 0. Defaults
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -1118,6 +1143,7 @@ class AnimationPipeline(DiffusionPipeline):
             batch_size = image.shape[0]
         effective_batch = batch_size * num_videos_per_prompt
         device = self._execution_device
+        sequence_device = device if sequence_device is None else torch.device(sequence_device)
         self._guidance_scale = max_guidance_scale
         self._do_classifier_free_guidance = max_guidance_scale > 1
         self._interrupt = False
@@ -1192,7 +1218,10 @@ class AnimationPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
-        # 8. Latents for the whole sequence
+        # 8. Latents for the whole sequence, on the sequence device (drawn there unless a generator lives on
+        #    another kind of device: the same numbers as drawn for the execution device either way)
+        generators = generator if isinstance(generator, list) else [generator]
+        same_kind = all(g is None or g.device.type == sequence_device.type for g in generators)
         latents = self.prepare_latents(
             effective_batch,
             sequence_length,
@@ -1200,11 +1229,11 @@ class AnimationPipeline(DiffusionPipeline):
             height,
             width,
             image_embeddings.dtype,
-            device,
+            sequence_device if same_kind else device,
             generator,
             latents,
             noise_period=tile_size if periodic_noise else None,
-        )
+        ).to(sequence_device)
 
         # 9. Per-frame guidance scale and tiles
         guidance_scale = torch.linspace(min_guidance_scale, max_guidance_scale, sequence_length).unsqueeze(0)
@@ -1232,7 +1261,11 @@ class AnimationPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
-                latent_input = self.scheduler.scale_model_input(latents, t)
+
+                def window(idx: list[int] | None, t=t, whole=latents) -> torch.Tensor:
+                    """A tile's latents on the execution device, scaled (elementwise: as scaling them all)."""
+                    part = whole if idx is None else whole[:, idx]
+                    return self.scheduler.scale_model_input(part.to(device, non_blocking=True), t)
 
                 def predict(idx: list[int], sample: torch.Tensor, scale: torch.Tensor, t=t) -> torch.Tensor:
                     cond, shared = tile_features.tile(idx) if tile_features is not None else (None, None)
@@ -1243,17 +1276,17 @@ class AnimationPipeline(DiffusionPipeline):
                     )  # fmt: skip
 
                 if len(tiles) == 1:  # every rank predicts it: no exchange
-                    noise_pred = predict(tiles[0], latent_input, guidance_scale)
-                else:
+                    noise_pred = predict(tiles[0], window(None), guidance_scale).to(sequence_device)
+                else:  # the fusion sums live on the sequence device; each tile's weighted prediction comes back
                     noise_pred = torch.zeros_like(latents)
                     weight_sum = latents.new_zeros(sequence_length)
                     for idx in tiles if tile_group is None else tile_group.share(tiles):
                         weights = triangular_weights(len(idx), device, latents.dtype)
-                        prediction = predict(idx, latent_input[:, idx], guidance_scale[:, idx])
-                        noise_pred[:, idx] += prediction * weights[:, None, None, None]
-                        weight_sum[idx] += weights
+                        prediction = predict(idx, window(idx), guidance_scale[:, idx])
+                        noise_pred[:, idx] += (prediction * weights[:, None, None, None]).to(sequence_device)
+                        weight_sum[idx] += weights.to(sequence_device)
                     if tile_group is not None:
-                        tile_group.all_reduce(noise_pred, weight_sum)
+                        _all_reduce_sums(tile_group, device, tile_size, noise_pred, weight_sum)
                     noise_pred = noise_pred / weight_sum[:, None, None, None]
 
                 latents = self.scheduler.step(noise_pred, t, latents).prev_sample
@@ -1262,7 +1295,7 @@ class AnimationPipeline(DiffusionPipeline):
                     available = {"latents": latents, "noise_pred": noise_pred}
                     callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                    latents = callback_outputs.pop("latents", latents)
+                    latents = callback_outputs.pop("latents", latents).to(sequence_device)
                 progress_bar.update()
 
         # 11. Drop the reference frame and decode (or decode it with the video, then drop it)
