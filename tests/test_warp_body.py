@@ -340,9 +340,9 @@ def test_arm_regions_by_hand():
     regions = arm_regions(kp, person)
     # left forearm: radius round(0.12 * 100 + 2) = 14 around x = 50
     assert (regions[100, 37:64] == 1).all() and regions[100, 34] == 0 and regions[100, 66] == 0
-    # left hand: hull of the 3 points grown by 15 px (a square kernel): 15 px below its bottom tip, not 17
-    assert regions[195, 50] == 1 and regions[197, 50] == 0
-    assert regions[170, 30] == 1 and regions[170, 28] == 0  # 15 px left of the hull's left corner
+    # left hand: hull of the 3 points grown by 15 px (a square kernel): 15 px below its bottom tip, not 16
+    assert regions[195, 50] == 1 and regions[196, 50] == 0
+    assert regions[170, 30] == 1 and regions[170, 29] == 0  # 15 px left of the hull's left corner
     # right: the forearm (bit 2), no hand below the wrist beyond the capsule's round end
     assert (regions[100, 137:164] == 2).all() and regions[180, 150] == 0
     assert set(np.unique(regions)) == {0, 1, 2}
