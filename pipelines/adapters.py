@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
-from controlnets import GuidanceFusion, MotionControlNet, PoseGuider
+from controlnets import GuidanceFusion, IdentityAdapter, MotionControlNet, PoseGuider
 from pipelines.checkpoints import CheckpointError
 
 ADAPTER_FILE = "adapter.json"
@@ -34,6 +34,7 @@ MODULE_PARTS: dict[str, type] = {
     "pose_guider": PoseGuider,
     "guidance_encoders": GuidanceFusion,
     "motion_controlnet": MotionControlNet,
+    "identity_adapter": IdentityAdapter,
     "unet": UNetSpatioTemporalConditionModel,
 }
 LORA_DIR = "unet_lora"

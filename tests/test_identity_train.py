@@ -87,3 +87,73 @@ def test_face_crop_and_embedding_on_a_real_frame_and_a_faceless_one():
     blank = frame(SKELETON_ONLY, 10)
     crop, box = face_crop(blank)
     assert crop is None and np.isnan(box).all() and np.isnan(face_embedding(blank)).all()
+
+
+# --- training the identity adapter (tiny pipeline, synthetic clips with a face embedding each) -----------
+
+
+def _face_clips(count: int = 2, frames: int = 2, faces: bool = True):
+    from _train_fixtures import SyntheticClips
+
+    class FaceClips(SyntheticClips):
+        def __getitem__(self, i: int) -> dict:
+            item = super().__getitem__(i)
+            if faces:
+                generator = torch.Generator().manual_seed(100 + i)
+                item["reference_face_embedding"] = torch.randn(128, generator=generator)
+                item["reference_has_face"] = torch.tensor(1.0)
+            return item
+
+    return FaceClips(count=count, frames=frames)
+
+
+def test_identity_adapter_trains_and_reloads(tmp_path):
+    from _train_fixtures import tiny_train_pipeline
+
+    from animate.train.trainer import TrainConfig, Trainer, render_validation
+    from pipelines.adapters import load_adapter
+
+    pipe = tiny_train_pipeline()
+    dataset = _face_clips()
+    config = TrainConfig(
+        output_dir=tmp_path,
+        train=("identity",),
+        steps=2,
+        lr=1e-2,
+        validate_every=0,
+        checkpoint_every=0,
+        validation_steps=2,
+        progress=False,
+        conditioning_dropout=0.0,
+    )
+    trainer = Trainer(config, dataset=dataset, pipeline=pipe)
+    adapter = pipe.identity_adapter
+    outputs = [layer.to_out.weight for layer in adapter.layers.values()]
+    assert all(w.abs().max() == 0 for w in outputs)  # fresh: an exact no-op
+    assert set(trainer.named) == {f"identity_adapter.{k}" for k, _ in adapter.named_parameters()}
+    unet_before = pipe.unet.conv_in.weight.detach().clone()
+    result = trainer.run()
+    assert all(w.abs().max() > 0 for w in outputs)  # the zero output projections learnt
+    assert torch.equal(pipe.unet.conv_in.weight, unet_before)  # only the adapter trained
+    assert {p.name for p in result.final_dir.iterdir()} == {"adapter.json", "identity_adapter"}
+
+    fresh = tiny_train_pipeline()
+    assert load_adapter(fresh, result.final_dir) == ["identity_adapter"]
+    item = dataset[0]
+    trained = render_validation(pipe, item, config, trainer.forward_options)[0]
+    loaded = render_validation(fresh, item, config, trainer.forward_options)[0]
+    base = render_validation(tiny_train_pipeline(), item, config, trainer.forward_options)[0]
+    assert np.array_equal(loaded, trained) and not np.array_equal(loaded, base)
+    other = dict(item, reference_face_embedding=-item["reference_face_embedding"])
+    assert not np.array_equal(render_validation(fresh, other, config, trainer.forward_options)[0], loaded)
+
+
+def test_training_identity_without_face_data_is_a_clear_error(tmp_path):
+    from _train_fixtures import tiny_train_pipeline
+
+    from animate.train.trainer import TrainConfig, Trainer, TrainError
+
+    config = TrainConfig(output_dir=tmp_path, train=("identity",), steps=1, progress=False)
+    with pytest.raises(TrainError) as info:
+        Trainer(config, dataset=_face_clips(faces=False), pipeline=tiny_train_pipeline())
+    assert info.value.code == "no_faces"

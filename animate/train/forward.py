@@ -11,12 +11,16 @@ sequence is ``[reference, frames]`` as in inference (the reference frame is cond
 maps, and is a target too).
 
 Conditioning dropout: with probability ``dropout`` a sample loses its CLIP embedding and its reference
-latent together (both zero, exactly the unconditional half of classifier-free guidance at inference).
+latent together (both zero, exactly the unconditional half of classifier-free guidance at inference), and
+its identity tokens (the unconditional half gets none at inference either). With an identity adapter and a
+sample whose reference shows a face (``reference_face_embedding``), the tokens go to the UNet's spatial
+cross-attention through the same hooks as at inference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +115,7 @@ def sample_denoising(
 ) -> Denoising:
     """Draw the sample's noise level, noise and dropout from ``generator`` and denoise it once through the
     pipeline's conditioning path (module docstring)."""
+    from controlnets import IdentityInjector
     from pipelines.injection import UNetInjector
     from pipelines.temporal_context import TemporalContext
 
@@ -203,7 +208,14 @@ def sample_denoising(
             )
             motion = None if sources is None else sources.tile(sequence)
         pipe._do_classifier_free_guidance = False
+        adapter = getattr(pipe, "identity_adapter", None)
+        has_face = float(item.get("reference_has_face", 0)) > 0 and not drop
+        identity_tokens = None
+        if adapter is not None and has_face:
+            embedding = item["reference_face_embedding"].to(device, torch.float32)[None]
+            identity_tokens = adapter.tokens(embedding)  # with the graph when the adapter is trained
         with (
+            IdentityInjector(pipe.unet, adapter) if identity_tokens is not None else nullcontext() as ids,
             UNetInjector(pipe.unet) as injector,
             TemporalContext((pipe.unet, pipe.motion_controlnet), rules["temporal_context"]) as temporal,
         ):
@@ -220,6 +232,7 @@ def sample_denoising(
                 None,
                 "batched",
                 motion,
+                None if identity_tokens is None else (lambda skip: ids.identity(identity_tokens, 1.0, skip)),
             )
     sigma_b = sigma.view(1, 1, 1, 1, 1)
     denoised = objective.denoise(prediction.float(), noisy, sigma_b)

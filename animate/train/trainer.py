@@ -44,7 +44,7 @@ from animate.train.objective import EDMObjective
 
 log = logging.getLogger("animate.train")
 
-TRAINABLE = ("pose_guider", "guidance", "motion_controlnet", "lora", "temporal")
+TRAINABLE = ("pose_guider", "guidance", "motion_controlnet", "lora", "temporal", "identity")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 CHECKPOINTS_DIR = "checkpoints"
@@ -256,6 +256,11 @@ def _ensure_parts(pipe: Any, train: Sequence[str], guidance_types: Sequence[str]
             pipe.unet, residual_mode="once", conditioning_embedding_out_channels=(16, 32, 96, 256)[:stages]
         )
         pipe.register_modules(motion_controlnet=controlnet)
+    if "identity" in train and getattr(pipe, "identity_adapter", None) is None:
+        from controlnets import IdentityAdapter
+
+        # dlib's 128-d embeddings, as prepare stores them and inference computes them
+        pipe.register_modules(identity_adapter=IdentityAdapter.for_unet(pipe.unet, embedding_dim=128))
 
 
 def trainable_parameters(pipe: Any, train: Sequence[str]) -> dict[str, torch.nn.Parameter]:
@@ -263,13 +268,15 @@ def trainable_parameters(pipe: Any, train: Sequence[str]) -> dict[str, torch.nn.
     for module in (pipe.vae, pipe.image_encoder, pipe.unet, pipe.pose_guider, pipe.guidance_encoders):
         if module is not None:
             module.requires_grad_(False).eval()
-    if pipe.motion_controlnet is not None:
-        pipe.motion_controlnet.requires_grad_(False).eval()
+    for module in (pipe.motion_controlnet, getattr(pipe, "identity_adapter", None)):
+        if module is not None:
+            module.requires_grad_(False).eval()
     named: dict[str, torch.nn.Parameter] = {}
     for part, attr in (
         ("pose_guider", "pose_guider"),
         ("guidance", "guidance_encoders"),
         ("motion_controlnet", "motion_controlnet"),
+        ("identity", "identity_adapter"),
     ):
         if part in train:
             module = getattr(pipe, attr)
@@ -333,6 +340,8 @@ def validation_inputs(item: dict[str, Any], pipe: Any) -> dict[str, Any]:
     }
     if pipe.motion_controlnet is not None:
         kwargs |= {"dense_flow": item.get("dense_flow"), "trajectory_flow": item.get("trajectory_flow")}
+    if getattr(pipe, "identity_adapter", None) is not None and float(item.get("reference_has_face", 0)) > 0:
+        kwargs["face_embedding"] = item["reference_face_embedding"]
     return kwargs
 
 
@@ -449,6 +458,11 @@ class Trainer:
         self.pipe = pipeline
         self.pipe.set_progress_bar_config(disable=True)
         first = dataset[0]
+        if "identity" in config.train and "reference_face_embedding" not in first:
+            raise TrainError(
+                "--train identity needs face data: prepare the clips again (animate train prepare stores faces)",
+                "no_faces",
+            )
         _ensure_parts(self.pipe, config.train, tuple((first.get("guidance_maps") or {}).keys()))
         if "lora" in config.train:
             from pipelines.adapters import inject_lora
@@ -560,6 +574,7 @@ class Trainer:
                 ("pose_guider", "pose_guider"),
                 ("guidance", "guidance_encoders"),
                 ("motion_controlnet", "motion_controlnet"),
+                ("identity", "identity_adapter"),
             ):
                 if part in train:
                     getattr(self.pipe, attr).save_pretrained(folder / attr)
@@ -780,7 +795,12 @@ class Trainer:
             self.save_checkpoint()
         self._write_rank_record(result)
         result.final_dir = self.save_final()
-        for module in (self.pipe.pose_guider, self.pipe.guidance_encoders, self.pipe.motion_controlnet):
+        for module in (
+            self.pipe.pose_guider,
+            self.pipe.guidance_encoders,
+            self.pipe.motion_controlnet,
+            getattr(self.pipe, "identity_adapter", None),
+        ):
             if module is not None:
                 module.eval()  # the trained pipeline is left ready for inference
         acc.end_training()
