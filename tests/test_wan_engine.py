@@ -307,3 +307,38 @@ def test_pose_face_and_reference_each_reach_the_output(tiny_weights: Path) -> No
     assert np.abs(render(moved) - base).mean() > 0.1
     assert np.abs(render(faces) - base).mean() > 0.1
     assert (render(other) != base).any()  # the reference latent slot and CLIP tokens: a weak effect here
+
+
+def test_the_pipeline_call_and_the_way_back_to_the_driving_rate(tiny_weights: Path, monkeypatch) -> None:
+    """The call's arguments, and which generated frame each output frame is: with the pipeline replaced by
+    one whose frame k has value k, a 24 fps clip of 8 frames (10 at 30 fps) comes back as 30 fps frames
+    0, 1, 2, 4, 5, 6, 8, 9 (round(j / 24 x 30), by hand)."""
+    from types import SimpleNamespace
+
+    from diffusers import WanAnimatePipeline
+
+    from animate.engines.wan import WanEngine, WanOptions
+
+    calls = []
+
+    def fake(self, **kwargs):
+        calls.append(kwargs)
+        n = len(kwargs["pose_video"])
+        frames = np.stack([np.full((32, 32, 3), k / 255.0, np.float32) for k in range(n)])
+        return SimpleNamespace(frames=[frames])
+
+    monkeypatch.setattr(WanAnimatePipeline, "__call__", fake)
+    engine = WanEngine.from_settings(
+        Settings(weights_dir=tiny_weights),
+        WanOptions(segment_frames=80, overlap_frames=5, steps=7, guidance_scale=1.5, seed=3),
+    )
+    out = list(engine.render(_bundle(8, fps=24.0)))
+    assert [int(f[0, 0, 0]) for f in out] == [0, 1, 2, 4, 5, 6, 8, 9]
+    (kwargs,) = calls
+    assert len(kwargs["pose_video"]) == len(kwargs["face_video"]) == 10
+    assert kwargs["face_video"][0].size == (512, 512) and kwargs["pose_video"][0].size == (32, 32)
+    assert (kwargs["height"], kwargs["width"], kwargs["segment_frame_length"]) == (32, 32, 77)
+    assert kwargs["prev_segment_conditioning_frames"] == 5 and kwargs["num_inference_steps"] == 7
+    assert kwargs["guidance_scale"] == 1.5 and kwargs["negative_prompt_embeds"] is not None
+    assert kwargs["mode"] == "animate" and "background_video" not in kwargs
+    assert kwargs["prompt_embeds"].shape == (1, 512, 32)
