@@ -125,6 +125,7 @@ def test_debug_and_verbose_show_the_third_party_lines(tmp_path, data_dir):
         assert "wrote" in loud.stdout
 
 
+@pytest.mark.slow  # two imports of diffusers + transformers
 def test_weights_check_is_quiet_where_checking_a_file_loads_transformers(tmp_path):
     (tmp_path / "DisPose.pth").write_bytes(b"not a checkpoint")  # checking it imports pipelines/transformers
     quiet = animate("weights", "check", "--dir", str(tmp_path), env=without_env("ANIMATE_DEBUG"))
