@@ -40,6 +40,7 @@ FEATURE_WORDS = {
     "trained_unet": "trained UNet (whole)",
     "trained_unet_temporal": "trained UNet temporal layers",
     "trained_lora": "trained LoRA on the UNet's attention",
+    "trained_identity_adapter": "trained identity adapter (face tokens)",
     "adapter": "a complete training output (animate run --adapter)",
     "identity_adapter": "identity adapter: the reference's face tokens in the UNet (diffusion)",
     "face_arcface": "identity embeddings from an ArcFace ONNX model (else dlib's ResNet, embedded)",
