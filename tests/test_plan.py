@@ -6,11 +6,13 @@ float16, tiles of 72 frames with overlap 6, the reference frame prepended):
 - weights: (1,524,623,082 UNet + 632,076,800 CLIP + 97,742,847 VAE + 205,557 pose guider) x 2 B = 4.509 GB;
   with model offload the UNet, pose guider and VAE stay: 3.245 GB; sequential offload: one 1280x5120
   feed-forward layer pair, 8 x 1280^2 x 2 B = 26 MB.
-- one feature map at 576x1024 (72x128 latent, 320 channels, 2 B): 5.898 MB; latents + accumulators:
-  64 B x 9216 latent pixels per frame.
+- one feature map at 576x1024 (72x128 latent, 320 channels, 2 B): 5.898 MB; the whole-length tensors at
+  the scheduler step: 96 B x 9216 latent pixels per frame (measured below), on the GPU or, when only that
+  makes the level fit, on the host; a tile's own copies on the GPU: 16 x 2 B x 9216 x 72 rows.
 - activations per UNet row 289.2 MB (+ 37.8 MB per call), chunked 118.2 MB (+ 214.6 MB), plus one pose
   feature map per row; VAE decode 2114.0 MB per frame.
-- peak = 1.15 x (resident weights + sequence + max(activations, decode)) + 0.6 GiB; budget = 92% of free.
+- peak = 1.15 x (resident weights + sequence + window + max(activations, decode)) + 0.6 GiB; budget = 92%
+  of free.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from animate.engines.plan import (
     GIB,
@@ -39,8 +42,8 @@ WEIGHTS_MODEL_OFFLOAD = (1_524_623_082 + 205_557 + 97_742_847) * 2
 WEIGHTS_SEQUENTIAL = 8 * 1280**2 * 2
 
 
-def hand_peak(level: str, frames: int, scale: float = 1.0) -> float:
-    """The expected peak in bytes; ``scale``: latent area relative to 576x1024."""
+def hand_peak(level: str, frames: int, scale: float = 1.0, host: bool = False) -> float:
+    """The expected peak in bytes; ``scale``: latent area relative to 576x1024; ``host``: latents there."""
     rows = 144 if level == "fast" else 72
     if level in ("fast", "sequential_cfg"):
         activations = rows * 289.2 * MB + 37.8 * MB + rows * FEATURE
@@ -50,8 +53,9 @@ def hand_peak(level: str, frames: int, scale: float = 1.0) -> float:
     resident = {"model_offload": WEIGHTS_MODEL_OFFLOAD, "sequential_offload": WEIGHTS_SEQUENTIAL}.get(
         level, WEIGHTS
     )
-    sequence = 64 * 9216 * scale * (frames + 1)
-    return 1.15 * (resident + sequence + max(activations, decode) * scale) + 0.6 * GIB
+    sequence = 0 if host else 96 * 9216 * scale * (frames + 1)
+    window = 16 * 2 * 9216 * scale * min(72, frames + 1)
+    return 1.15 * (resident + sequence + window + max(activations, decode) * scale) + 0.6 * GIB
 
 
 def work(frames: int, width: int = 576, height: int = 1024) -> Workload:
@@ -60,35 +64,42 @@ def work(frames: int, width: int = 576, height: int = 1024) -> Workload:
     )
 
 
-def card(gib: float, gpus: int = 1) -> Hardware:
-    return Hardware.detect(gpu_memory=int(gib * GIB), gpus=gpus)
+def card(gib: float, gpus: int = 1, host_gib: float = 64) -> Hardware:
+    hw = Hardware.detect(gpu_memory=int(gib * GIB), gpus=gpus)
+    return Hardware(**{**hw.__dict__, "host_available": int(host_gib * GIB)})
 
 
-# (GPU GiB, width, height, frames) -> level, fits
+# (GPU GiB, width, height, frames) -> level, fits, latents on the host
 CASES = {
-    (80, 576, 1024, 72): ("fast", True),  # 51.0 GiB of 73.6
-    (48, 576, 1024, 72): ("sequential_cfg", True),  # fast 51.0 > 44.2; sequential CFG 28.3
-    (24, 576, 1024, 1024): ("chunked", True),  # sequential CFG 28.9 > 22.1; chunked 15.9
-    (24, 288, 512, 72): ("fast", True),  # a quarter of the pixels: fast 16.8 GiB
-    (24, 576, 1024, 14_400): ("sequential_offload", True),  # 8.5 GB of latents: model offload 23.0; 19.5
-    (16, 576, 1024, 72): ("model_offload", True),  # chunked 15.3 > 14.7; model offload 13.9
-    (12, 576, 1024, 72): ("sequential_offload", True),  # model offload 13.9 > 11.0; 10.5
-    (8, 576, 1024, 72): ("sequential_offload", False),  # 10.5 GiB at the leanest: does not fit
+    (80, 576, 1024, 72): ("fast", True, False),  # 51.1 GiB of 73.6
+    (48, 576, 1024, 72): ("sequential_cfg", True, False),  # fast 51.1 > 44.2 (51.0 on the host too); 28.3
+    (24, 576, 1024, 1024): ("chunked", True, False),  # sequential CFG 29.2 (28.2 host) > 22.1; chunked 16.2
+    (24, 288, 512, 72): ("fast", True, False),  # a quarter of the pixels: fast 16.8 GiB
+    # 12.7 GB of whole-length tensors: even the leanest level (24.1) does not fit with them on the GPU;
+    # on the host, chunked does (15.3)
+    (24, 576, 1024, 14_400): ("chunked", True, True),
+    (40, 576, 1024, 14_400): ("sequential_cfg", True, True),  # 41.9 on the GPU, 28.2 with host latents
+    (80, 576, 1024, 14_400): ("fast", True, False),  # 64.7 of 73.6: the latents stay on the GPU
+    (16, 576, 1024, 72): ("model_offload", True, False),  # chunked 15.3 > 14.7; model offload 14.0
+    (12, 576, 1024, 72): ("sequential_offload", True, False),  # model offload 13.9 > 11.0; 10.5
+    (8, 576, 1024, 72): ("sequential_offload", False, True),  # 10.5 GiB at the leanest: does not fit
 }
 
 
 @pytest.mark.parametrize(("gib", "width", "height", "frames"), list(CASES))
 def test_planner_picks_the_fastest_level_that_fits(gib, width, height, frames):
-    level, fits = CASES[(gib, width, height, frames)]
+    level, fits, host = CASES[(gib, width, height, frames)]
     scale = (width * height) / (576 * 1024)
     budget = 0.92 * gib * GIB
-    # the hand table agrees with itself: the chosen level fits, every faster one does not
+    # the hand table agrees with itself: the chosen level fits, every faster one does not (latents on the
+    # GPU or not), and the latents go to the host only where they do not fit on the GPU
     faster = LEVELS[: LEVELS.index(level)]
-    assert all(hand_peak(name, frames, scale) > budget for name in faster)
-    assert (hand_peak(level, frames, scale) <= budget) == fits
+    assert all(hand_peak(name, frames, scale, on_host) > budget for name in faster for on_host in (0, 1))
+    assert (hand_peak(level, frames, scale, host) <= budget) == fits
+    assert (hand_peak(level, frames, scale) > budget) == host
     plan = make_plan(work(frames, width, height), card(gib))
-    assert (plan.level, plan.fits) == (level, fits)
-    assert plan.gpu_peak == pytest.approx(hand_peak(level, frames, scale), rel=1e-6)
+    assert (plan.level, plan.fits, plan.latents_on_host) == (level, fits, host)
+    assert plan.gpu_peak == pytest.approx(hand_peak(level, frames, scale, host), rel=1e-6)
     assert plan.gpu_budget == pytest.approx(budget, abs=1)
     assert plan.dtype == "float16" and plan.attention == "sdpa"
     if not fits:
@@ -216,3 +227,86 @@ def test_calibration_json_is_read_from_the_setting(monkeypatch, tmp_path):
     assert (loaded.unet_row, loaded.efficiency, loaded.calibrated) == (24.5, 0.5, True)
     plan = make_plan(work(72), card(80), loaded)
     assert plan.calibrated and plan.seconds_per_step == pytest.approx(2 * 72 * 2 * 3.2 / 50)
+
+
+# --- the whole-length latents on the host ---------------------------------------------------------------
+
+LONG = 14_400  # 10 minutes at 24 fps
+SEQUENCE = 96 * 9216 * (LONG + 1)  # 12.7 GB: latents, fused prediction, the step's float32 temporaries
+
+
+def test_host_latents_only_where_the_host_has_room():
+    roomy = make_plan(work(LONG), card(24, host_gib=64))
+    assert (roomy.level, roomy.latents_on_host, roomy.fits) == ("chunked", True, True)
+    # the host carries them: the same plan's host memory minus the GPU plan's at that level is the sequence
+    on_gpu = estimate(work(LONG), card(24, host_gib=64), "chunked")
+    assert roomy.host_memory - on_gpu.host_memory == pytest.approx(SEQUENCE, abs=1)
+    assert on_gpu.gpu_peak - roomy.gpu_peak == pytest.approx(1.15 * SEQUENCE, rel=1e-6)
+    # 16 GiB of host memory: 80% of it (12.8 GiB) cannot take 11.8 GiB of latents plus the process' own
+    tight = make_plan(work(LONG), card(24, host_gib=16))
+    assert not tight.latents_on_host and not tight.fits and tight.level == "sequential_offload"
+    # on the CPU the latents are on the host anyway: never marked
+    cpu = Hardware(device="cpu", name="cpu", host_available=64 * GIB)
+    assert not estimate(work(16), cpu, "fast", latents_on_host=True).latents_on_host
+
+
+def test_host_latents_cost_their_transfers_and_the_cpu_step():
+    hw = card(24)
+    host = estimate(work(LONG), hw, "chunked", latents_on_host=True)
+    gpu = estimate(work(LONG), hw, "chunked")
+    tiles = 1 + math.ceil((LONG + 1 - 72) / 66)
+    window = 4 * 2 * 9216 * 72  # one float16 copy of a tile's latents, over and back per tile
+    expected = tiles * 2 * window / 16e9 + SEQUENCE / 10e9
+    assert host.seconds_per_step - gpu.seconds_per_step == pytest.approx(expected, rel=1e-9)
+
+
+def test_lower_keeps_host_latents_and_the_table_shows_them():
+    plan = make_plan(work(LONG), card(24))
+    lower = plan.lower()
+    assert (lower.level, lower.latents_on_host) == ("model_offload", True)
+    assert plan.to_dict()["latents_on_host"] is True
+    assert "sequence latents   host (tile windows on the GPU)" in format_table(plan)
+    assert plan.describe().endswith("latents on the host)")
+    assert make_plan(work(72), card(80)).to_dict()["latents_on_host"] is False
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_sequence_bytes_are_the_measured_peak_of_the_scheduler_step(dtype):
+    """96 B per latent pixel of every frame: the live tensors' peak while the whole-length fused prediction is
+    normalised and diffusers' Euler scheduler (v-prediction, SVD's) steps the latents, counted by a dispatch
+    mode (what the pipeline does after its tiles: ``noise_pred / weight_sum``, ``scheduler.step``)."""
+    import weakref
+
+    from diffusers import EulerDiscreteScheduler
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(tensor, torch.Tensor) and tensor._base is None and tensor.numel() > 1000:
+                    size = tensor.numel() * tensor.element_size()
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(tensor, self._free, size)
+            return out
+
+        def _free(self, size):
+            self.live -= size
+
+    scheduler = EulerDiscreteScheduler(prediction_type="v_prediction", use_karras_sigmas=True)
+    scheduler.set_timesteps(4)
+    t = scheduler.timesteps[0]
+    frames, pixels = 20, 16 * 16
+    with Live() as live:
+        latents = torch.randn(1, frames, 4, 16, 16, dtype=dtype)
+        scheduler.scale_model_input(latents[:, :2], t)
+        weight_sum = torch.full((frames,), 2.0, dtype=dtype)
+        noise_pred = torch.randn(1, frames, 4, 16, 16, dtype=dtype)
+        noise_pred = noise_pred / weight_sum[:, None, None, None]
+        latents = scheduler.step(noise_pred, t, latents).prev_sample
+    assert live.peak / (frames * pixels) == 96

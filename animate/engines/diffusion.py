@@ -474,8 +474,11 @@ class DiffusionEngine:
             "cfg_mode": plan.cfg,
             "decode_chunk_size": min(plan.decode_chunk, self.options.decode_chunk_size),
         }
-        if "feature_cache" in inspect.signature(self.pipeline.__call__).parameters:
+        parameters = inspect.signature(self.pipeline.__call__).parameters
+        if "feature_cache" in parameters:
             kwargs["feature_cache"] = plan.feature_cache
+        if plan.latents_on_host and "sequence_device" in parameters:  # the whole length on the host
+            kwargs["sequence_device"] = "cpu"
         if self.options.tile_group is not None:
             kwargs["tile_group"] = self.options.tile_group
         self.parts["plan"] = plan.describe()

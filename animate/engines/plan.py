@@ -18,6 +18,11 @@ Memory levels, fastest first (each keeps the previous one's savings):
 
 The dtype is float16 on CUDA (the published checkpoints' own dtype; fp32 on the CPU) and attention is
 PyTorch SDPA (flash / memory-efficient kernels: a materialised score matrix at 576x1024 needs ~42 GB).
+The whole-length tensors (latents, the fused prediction and weight sums, the scheduler step's float32
+temporaries: 96 bytes per latent pixel of every frame, below) stay on the GPU unless the level's peak does not
+fit with them there: then they live on the host (``latents_on_host``, the pipeline's ``sequence_device="cpu"``)
+and only a tile's window crosses PCIe each way per UNet call, before a leaner level is tried (host latents
+cost a little time; the leaner levels cost more: smaller batches, offloaded weights).
 Pose / guidance features are cached on the host between steps when they fit in a quarter of the free
 host memory (exact: the same features, computed once), else recomputed per tile.
 
@@ -111,7 +116,14 @@ class Coefficients:
     controlnet_residuals_row: float = 30.2e6 / _UNIT
     feature_row: float = 1.0  # one pose / guidance feature map (base channels at the latent size)
     vae_frame: float = 2114.0e6 / _VAE_UNIT  # VAE decode activations per frame
-    sequence_frame_bytes: float = 64.0  # latents + accumulators (fp32) per latent pixel of every frame
+    # the whole-length tensors at their peak, the scheduler step (diffusers' Euler, v-prediction), per latent
+    # element: latents 2 + fused prediction 2 + the step's float32 sample 4, predicted x0 4, derivative 4,
+    # derivative x dt 4 and result 4 = 24 B (float16; float32 latents: the same 24, the upcast is a no-op),
+    # x 4 channels = 96 B per latent pixel of every frame (tests/test_plan.py measures it)
+    sequence_frame_bytes: float = 96.0
+    # a tile's own copies on the compute device: its latents, scaled, the prediction, weighted (4 x 4 channels)
+    window_frame_elements: float = 16.0
+    host_bytes_per_s: float = 10e9  # host memory traffic of the scheduler step on the CPU
     overhead: float = 1.15  # allocator fragmentation and what the simulation misses
     context_bytes: float = 0.6 * GIB  # CUDA context, cuBLAS / cuDNN workspaces
     host_base_bytes: float = 2.5 * GIB  # the process itself: torch, MediaPipe, the body model
@@ -306,6 +318,7 @@ class Plan:
     forward_chunk: int | None = None
     decode_chunk: int | None = None
     feature_cache: str | None = None  # host | none
+    latents_on_host: bool = False  # the whole-length latents and fusion sums on the host (sequence_device)
     width: int = 0
     height: int = 0
     frames: int = 0
@@ -335,16 +348,21 @@ class Plan:
         index = levels.index(self.level) if self.level in levels else len(levels)
         if index + 1 >= len(levels):
             return None
-        return estimate(self.workload, self.hardware, levels[index + 1], self.coefficients)
+        if self.latents_on_host:  # stays lean: the next level keeps the latents on the host
+            return estimate(
+                self.workload, self.hardware, levels[index + 1], self.coefficients, latents_on_host=True
+            )
+        return _at_level(self.workload, self.hardware, levels[index + 1], self.coefficients)
 
     def describe(self) -> str:
         """One line: ``"chunked (sequential CFG, forward chunks of 1, decode 2, no offload)"``."""
         if self.engine != "diffusion":
             return f"{self.engine} on {self.device}"
         chunks = f", forward chunks of {self.forward_chunk}" if self.forward_chunk else ""
+        host = ", latents on the host" if self.latents_on_host else ""
         return (
             f"{self.level or self.override} ({self.cfg} CFG{chunks}, decode {self.decode_chunk}, "
-            f"{'no' if self.offload == 'none' else self.offload} offload)"
+            f"{'no' if self.offload == 'none' else self.offload} offload{host})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -365,6 +383,7 @@ class Plan:
             "forward_chunk": self.forward_chunk,
             "decode_chunk": self.decode_chunk,
             "feature_cache": self.feature_cache,
+            "latents_on_host": self.latents_on_host,
             "width": self.width,
             "height": self.height,
             "frames": self.frames,
@@ -397,7 +416,9 @@ def gpu_budget(hardware: Hardware) -> int | None:
     return None if hardware.gpu_free is None else int(0.92 * hardware.gpu_free)
 
 
-def _memory(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tuple[int, int, int]:
+def _memory(
+    work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients, latents_on_host: bool = False
+) -> tuple[int, int, int]:
     """(peak on the compute device, host memory, feature cache bytes on the host)."""
     shapes = work.shapes
     dtype_bytes = 2 if hw.device == "cuda" else 4
@@ -414,6 +435,10 @@ def _memory(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tupl
         activations = max(activations + k.controlnet_residuals_row * rows, controlnet + features)
     activations *= unit
     sequence = k.sequence_frame_bytes * work.latent_pixels * (work.frames + 1)
+    window = k.window_frame_elements * dtype_bytes * work.latent_pixels * work.rows_per_tile
+    host_sequence = 0.0
+    if latents_on_host:  # the device holds a tile's window, the host the whole length
+        host_sequence, sequence = sequence, 0.0
     decode = k.vae_frame * shapes.vae_channels * work.width * work.height * dtype_bytes * knobs.decode_chunk
     weight_bytes = shapes.weights * dtype_bytes
     if knobs.offload == "none":
@@ -423,7 +448,7 @@ def _memory(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tupl
     else:  # one layer at a time: the widest feed-forward of the UNet
         resident = 8 * (shapes.channels * 4) ** 2 * dtype_bytes
     dift = shapes.dift_params * dtype_bytes  # SD 1.5's UNet, before denoising and freed after
-    peak = k.overhead * (resident + sequence + max(activations, decode, dift))
+    peak = k.overhead * (resident + sequence + window + max(activations, decode, dift))
     if hw.device == "cuda":
         peak += k.context_bytes
     # host: the process, offloaded weights, the cached features, a tile's guidance windows (~12 bytes of
@@ -435,14 +460,16 @@ def _memory(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tupl
     )
     if cache_bytes <= 0.25 * hw.host_available:
         cache = cache_bytes
-    host = k.host_base_bytes + cache + 12 * work.width * work.height * work.rows_per_tile
+    host = k.host_base_bytes + cache + 12 * work.width * work.height * work.rows_per_tile + host_sequence
     host += 12 * work.width * work.height * knobs.decode_chunk
     if knobs.offload != "none" or hw.device == "cpu":
         host += weight_bytes
     return int(peak), int(host), int(cache)
 
 
-def _seconds(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tuple[float, float]:
+def _seconds(
+    work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients, latents_on_host: bool = False
+) -> tuple[float, float]:
     """(seconds per denoising step, seconds for all steps plus the VAE decode)."""
     shapes = work.shapes
     scale = (work.latent_pixels / _REF_LATENT) * (shapes.channels / _REF_CHANNELS) ** 2
@@ -456,6 +483,10 @@ def _seconds(work: Workload, hw: Hardware, knobs: Knobs, k: Coefficients) -> tup
         step += calls * shapes.denoisers * 2 / k.pcie_bytes_per_s
     if hw.gpus > 1:  # the all-reduce of the fused predictions and weights
         step += 2 * 4 * 4 * work.latent_pixels * (work.frames + 1) / 10e9
+    if latents_on_host:  # each tile's latents over and its prediction back; the scheduler step on the CPU
+        window = 4 * 2 * work.latent_pixels * work.rows_per_tile  # one float16 copy of a tile's latents
+        step += tiles_per_gpu * 2 * window / k.pcie_bytes_per_s
+        step += k.sequence_frame_bytes * work.latent_pixels * (work.frames + 1) / k.host_bytes_per_s
     vae_scale = (work.width * work.height / _REF_PIXELS) * (shapes.vae_channels / 128) ** 2
     decode = work.frames * k.vae_tflop_frame * vae_scale / (throughput / 2)  # memory-bound: half the rate
     return step, work.steps * step + decode
@@ -468,12 +499,15 @@ def estimate(
     coefficients: Coefficients | None = None,
     override: Knobs | None = None,
     override_name: str | None = None,
+    latents_on_host: bool = False,
 ) -> Plan:
-    """The plan of ``work`` on ``hw`` at memory ``level`` (or with ``override``'s knobs)."""
+    """The plan of ``work`` on ``hw`` at memory ``level`` (or with ``override``'s knobs); ``latents_on_host``:
+    the whole-length latents and fusion sums on the host (a GPU only: on the CPU they are there anyway)."""
     k = coefficients or Coefficients()
     knobs = override or LEVEL_KNOBS[level]
-    peak, host, cache = _memory(work, hw, knobs, k)
-    step, total = _seconds(work, hw, knobs, k)
+    latents_on_host = latents_on_host and hw.device == "cuda"
+    peak, host, cache = _memory(work, hw, knobs, k, latents_on_host)
+    step, total = _seconds(work, hw, knobs, k, latents_on_host)
     budget = gpu_budget(hw) if hw.device == "cuda" else int(0.8 * hw.host_available)
     notes = []
     if peak > budget:
@@ -495,6 +529,7 @@ def estimate(
         forward_chunk=knobs.forward_chunk,
         decode_chunk=knobs.decode_chunk,
         feature_cache="host" if cache else "none",
+        latents_on_host=latents_on_host,
         width=work.width,
         height=work.height,
         frames=work.frames,
@@ -536,13 +571,23 @@ def make_plan(
     levels = available_levels(hw)
     if lowest is not None:
         levels = levels[levels.index(lowest) :]
-    plans = (estimate(work, hw, level, coefficients) for level in levels)
+    plans = (_at_level(work, hw, level, coefficients) for level in levels)
     last = None
     for plan in plans:
         if plan.fits:
             return plan
         last = plan
     return last
+
+
+def _at_level(work: Workload, hw: Hardware, level: str, coefficients: Coefficients | None) -> Plan:
+    """The plan at ``level``: the latents on the GPU if that fits, else on the host where the host has room
+    for them (80% of its free memory; leaner, marked as not fitting when even that does not fit)."""
+    plan = estimate(work, hw, level, coefficients)
+    if plan.fits or hw.device != "cuda":
+        return plan
+    host = estimate(work, hw, level, coefficients, latents_on_host=True)
+    return host if host.host_memory <= 0.8 * hw.host_available else plan
 
 
 def speed_knobs(speed: str, hw: Hardware) -> Knobs:
@@ -582,6 +627,7 @@ def format_table(plan: Plan) -> str:
             ("forward chunking", str(plan.forward_chunk) if plan.forward_chunk else "off"),
             ("VAE decode chunk", f"{plan.decode_chunk} frames"),
             ("feature cache", plan.feature_cache),
+            ("sequence latents", "host (tile windows on the GPU)" if plan.latents_on_host else plan.device),
             ("tiles", f"{plan.tiles} of {plan.tile_size} frames, overlap {plan.tile_overlap}"),
             ("steps", str(plan.steps)),
             ("GPUs", str(plan.gpus)),
