@@ -565,3 +565,23 @@ def test_estimate_video_hands_its_options_to_finishing(tmp_path) -> None:
     strict = SequenceOptions(smoothing=None, tracking=TrackingOptions(min_body_score=0.95))
     with pytest.raises(PoseError):
         estimate_video(path, _LeftHalf(), options=strict)
+
+
+def test_on_a_tie_the_earlier_view_wins_and_errors_say_what_is_wrong() -> None:
+    class Shifted(MarkerEstimator):
+        """The same count and score in every view, with a per-view shift: the first view's answer is kept."""
+
+        def detect(self, rgb):
+            people = super().detect(rgb)
+            for p in people:
+                p.keypoints[:17, 2] = 0.2
+                p.keypoints[:6, 2] = 0.9
+                p.keypoints[:, 0] += 3 * (len(self.seen) - 1)  # view 1: +0, view 2: +3, ...
+            return people
+
+    pose = estimate_image(picture(900, 800, 450, 350, 30), Shifted())
+    assert pose.keypoints[0, 0] == pytest.approx(465.0, abs=0.01)  # the as-is view's own reading
+    with pytest.raises(PoseError, match="no person found in the reference image"):
+        estimate_image(np.full((300, 300, 3), 90, np.uint8), MarkerEstimator())
+    with pytest.raises(TypeError, match=r"needs a ReferenceImage or an \(H, W, 3\) uint8 array"):
+        estimate_image(np.zeros((10, 10), np.uint8), MarkerEstimator())
