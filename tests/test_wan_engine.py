@@ -84,6 +84,9 @@ def test_memory_levels_and_no_room_error() -> None:
 
     assert memory_level(80 * GIB) == "none"
     assert memory_level(45 * GIB) == "model"
+    assert memory_level(60 * GIB) == "none" and memory_level(60 * GIB - 1) == "model"  # the documented edges
+    assert memory_level(40 * GIB) == "model" and memory_level(40 * GIB - 1) == "sequential"
+    assert memory_level(8 * GIB) == "sequential"
     assert memory_level(16 * GIB) == "sequential"
     with pytest.raises(AnimateError) as err:
         memory_level(6 * GIB)
