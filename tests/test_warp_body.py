@@ -364,3 +364,33 @@ def test_arm_regions_by_hand():
     unseen = kp.copy()
     unseen[R_WRIST, 2] = 0.29
     assert not (arm_regions(unseen, person) & 2).any()
+
+
+def test_engine_passes_the_reference_keypoints_to_the_body_path(anny):
+    """Through ``WarpEngine.render``: the reference's 2D keypoints reach the body warp (no ghost hand on
+    the belly with the misfit of the test above), and progress counts every frame of the total."""
+    true = synthetic_motion(anny, ARM_ACROSS, [{}])
+    fitted = synthetic_motion(anny, {"left_shoulder": (0.0, 0.9, 0.0)}, [{}, {}])
+    image, person = reference_of(true)
+    kp = whole_body_keypoints(true)
+    hand = np.isin(
+        true.reference_render.part, [PART_NAMES.index("left_wrist"), PART_NAMES.index("left_hand")]
+    )
+    hy, hx = np.nonzero(hand)
+    pick = np.linspace(0, len(hx) - 1, 21).astype(int)
+    kp[91:112] = np.stack([hx[pick], hy[pick], np.ones(21)], 1)
+    bundle = GuidanceBundle(
+        reference=image,
+        reference_mask=person.astype(np.uint8) * 255,
+        reference_keypoints=kp,
+        keypoints=np.zeros((2, 133, 3), np.float32),
+        fps=24.0,
+        size=(288, 512),
+        body=fitted,
+    )
+    calls = []
+    frames = list(WarpEngine().render(bundle, progress=lambda done, total: calls.append((done, total))))
+    assert calls == [(1, 2), (2, 2)]
+    target = fitted.renderer()[0].render(fitted.vertices(0, 1)[0], fitted.camera)
+    torso = interior(np.isin(target.part, TORSO), 1)
+    assert not np.isin(palette_part(frames[0][torso]), LEFT_ARM).any()
