@@ -65,7 +65,8 @@ def test_diffusion_progress_per_step_and_cancel(tiny_weights, tmp_path, data_dir
     options = AnimationOptions(engine="diffusion", size=(64, 64), max_frames=3, steps=3)
     seen = []
     animator.run(HERO_RGBA, DANCE, tmp_path / "a.mp4", options, progress=seen.append)
-    assert [p.step for p in seen if p.stage == "render"][:3] == [1, 2, 3]
+    # the stage opens at step 0 (engine set-up), then one report per denoising step
+    assert [p.step for p in seen if p.stage == "render"][:4] == [0, 1, 2, 3]
     assert [p.fraction for p in seen].count(1.0) == 1
 
     steps = []
@@ -81,9 +82,9 @@ def test_diffusion_progress_per_step_and_cancel(tiny_weights, tmp_path, data_dir
             tmp_path / "b.mp4",
             options,
             progress=on_progress,
-            should_cancel=lambda: bool(steps),
+            should_cancel=lambda: any(step >= 1 for step in steps),
         )
-    assert steps == [1]  # interrupted after the first denoising step
+    assert steps == [0, 1]  # interrupted after the first denoising step
     assert not (tmp_path / "b.mp4").exists()
 
 
