@@ -345,3 +345,17 @@ def test_the_pipeline_call_and_the_way_back_to_the_driving_rate(tiny_weights: Pa
     assert kwargs["guidance_scale"] == 1.5 and kwargs["negative_prompt_embeds"] is not None
     assert kwargs["mode"] == "animate" and "background_video" not in kwargs
     assert kwargs["prompt_embeds"].shape == (1, 512, 32)
+
+
+def test_dry_run_prints_the_wan_plan_and_gpus_are_refused(tiny_weights: Path, tmp_path: Path, capsys) -> None:
+    """The dance: 288 frames at 24 fps -> 360 at 30; with 77-frame segments sharing 1 frame, T = 381 (the least
+    T >= 360 with (T - 1) % 76 == 0) -> 5 segments x 20 steps; the photo's portrait aspect at 720p's area."""
+    args = [str(PHOTO), str(DANCE), "-o", str(tmp_path / "o.mp4")]
+    code, out = _run_cli(tmp_path, tiny_weights, capsys, *args, "--dry-run")
+    assert code == 0
+    plan = out["plan"]
+    assert (plan["frames"], plan["generated_frames_30fps"], plan["segments"]) == (288, 360, 5)
+    assert plan["denoising_steps_total"] == 100 and plan["weights"] == "ok"
+    code, out = _run_cli(tmp_path, tiny_weights, capsys, *args, "--processes", "2")
+    assert code == 2 and out["error"]["code"] == "invalid_option"
+    assert not (tmp_path / "o.mp4").exists()

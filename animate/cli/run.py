@@ -115,6 +115,18 @@ def run(
     options.validate()
     settings = Settings()
     devices = parse_gpus(gpus, processes)
+    if options.engine == "wan" and devices:
+        from animate.errors import AnimateError
+
+        raise AnimateError("invalid_option", "the wan engine runs in one process: drop --gpus / --processes")
+    if dry_run and options.engine == "wan":
+        from animate.engines.wan import dry_run_plan
+
+        planned = dry_run_plan(settings, reference, driving, options)
+        typer.echo(json.dumps({"plan": planned}, indent=2) if as_json else "\n".join(
+            f"{key:<24}{value}" for key, value in planned.items()
+        ))  # fmt: skip
+        return
     if dry_run:
         from animate.engines.plan import format_table, plan_job
 

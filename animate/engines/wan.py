@@ -129,6 +129,45 @@ class WanPlan:
         return {"engine": "wan", **{k: getattr(self, k) for k in self.__dataclass_fields__}}
 
 
+def dry_run_plan(settings: Settings, reference, driving, options) -> dict:
+    """``animate run --engine wan --dry-run``: size, frames, segments and memory level, nothing loaded.
+    ``options``: an ``AnimationOptions``."""
+    from animate.engines.wan_inputs import generation_size, segment_length, segments, to_wan_rate
+    from animate.media import load_image
+    from animate.media.video import probe_video
+
+    info = probe_video(driving, settings.media)
+    image = load_image(reference, settings.media)
+    source = (info.width, info.height) if options.mode == "replace" else (image.width, image.height)
+    size = options.size or generation_size(*source, options.resolution)
+    fps = float(options.fps or info.fps)
+    frames = info.frame_count if options.fps is None else max(1, round(info.duration * fps))
+    frames = min(frames, options.max_frames) if options.max_frames else frames
+    count = len(to_wan_rate(frames, fps))
+    length = segment_length(options.segment_frames)
+    free = _free_gpu_bytes()
+    try:
+        level = "cpu" if free is None else memory_level(free)
+    except AnimateError as exc:
+        level = f"out_of_memory: {exc.message}"
+    return {
+        "engine": "wan",
+        "weights": weights_problem(settings) or "ok",
+        "mode": options.mode,
+        "size": list(size),
+        "frames": frames,
+        "fps": fps,
+        "generated_frames_30fps": count,
+        "segments": len(segments(count, length, options.overlap_frames)),
+        "segment_frames": length,
+        "overlap_frames": options.overlap_frames,
+        "steps": options.steps,
+        "denoising_steps_total": len(segments(count, length, options.overlap_frames)) * options.steps,
+        "memory": level,
+        "gpu_free_gib": None if free is None else round(free / GIB, 1),
+    }
+
+
 class WanEngine:
     name = "wan"
 
