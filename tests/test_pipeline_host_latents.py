@@ -150,3 +150,49 @@ def test_two_processes_with_host_sums_give_the_latents_of_one(tmp_path):
         for name, latents in results.items():
             assert latents.shape == expected.shape == (1, 9, 4, 16, 16)
             assert (latents - expected).abs().max() <= 1e-5, (rank, name)
+
+
+def test_the_engine_applies_a_plan_with_host_latents(pipe, monkeypatch):
+    """A plan with ``latents_on_host`` makes ``render`` call the pipeline with ``sequence_device="cpu"``; the
+    frames are those of the same engine with the latents left alone."""
+    import dataclasses
+    import functools
+
+    import animate.engines.plan as planner
+    from animate.engines.diffusion import DiffusionEngine, DiffusionOptions
+    from animate.motion.bundle import GuidanceBundle
+
+    inputs = _inputs()
+    keypoints = np.zeros((FRAMES, 133, 3), np.float32)
+    keypoints[:, :17, :2] = np.random.default_rng(2).uniform(4, SIZE - 4, (FRAMES, 17, 2))
+    keypoints[:, :17, 2] = 1.0
+    bundle = GuidanceBundle(
+        reference=np.asarray(inputs["image"]),
+        reference_mask=np.full((SIZE, SIZE), 255, np.uint8),
+        reference_keypoints=keypoints[0],
+        keypoints=keypoints,
+        fps=8.0,
+        size=(SIZE, SIZE),
+        dense_flow=inputs["dense_flow"],
+        **inputs["guidance_maps"],
+    )
+    seen = []
+    original = type(pipe).__call__
+
+    @functools.wraps(original)  # the engine reads the pipeline's signature
+    def call(self, *args, **kwargs):
+        seen.append(kwargs.get("sequence_device"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "__call__", call)
+    options = DiffusionOptions(steps=2, tile_size=TILE, tile_overlap=OVERLAP, decode_chunk_size=4)
+    default = np.stack(list(DiffusionEngine(pipe, options).render(bundle)))
+    make_plan = planner.make_plan
+    monkeypatch.setattr(
+        planner, "make_plan", lambda *a, **k: dataclasses.replace(make_plan(*a, **k), latents_on_host=True)
+    )
+    engine = DiffusionEngine(pipe, options)
+    host = np.stack(list(engine.render(bundle)))
+    assert seen == [None, "cpu"]
+    assert engine.plan.latents_on_host and "latents on the host" in engine.parts["plan"]
+    np.testing.assert_array_equal(host, default)
