@@ -25,6 +25,7 @@ import torch
 from animate.engines.plan import (
     GIB,
     LEVELS,
+    Coefficients,
     Hardware,
     ModelShapes,
     Workload,
@@ -206,7 +207,7 @@ def test_calibration_json_is_read_from_the_setting(monkeypatch, tmp_path):
     """``benchmarks/plan_calibrate.py``'s output (here its committed fake-mode run) feeds the planner."""
     from pathlib import Path
 
-    from animate.engines.plan import Coefficients, load_coefficients
+    from animate.engines.plan import load_coefficients
 
     committed = Path(__file__).parents[1] / "benchmarks" / "results" / "plan_fake.json"
     measured = Coefficients.from_json(committed)
@@ -309,4 +310,4 @@ def test_sequence_bytes_are_the_measured_peak_of_the_scheduler_step(dtype):
         noise_pred = torch.randn(1, frames, 4, 16, 16, dtype=dtype)
         noise_pred = noise_pred / weight_sum[:, None, None, None]
         latents = scheduler.step(noise_pred, t, latents).prev_sample
-    assert live.peak / (frames * pixels) == 96
+    assert live.peak / (frames * pixels) == Coefficients().sequence_frame_bytes == 96
