@@ -359,3 +359,38 @@ def test_dry_run_prints_the_wan_plan_and_gpus_are_refused(tiny_weights: Path, tm
     code, out = _run_cli(tmp_path, tiny_weights, capsys, *args, "--processes", "2")
     assert code == 2 and out["error"]["code"] == "invalid_option"
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_clip_tokens_come_from_the_whole_letterboxed_reference(tiny_weights: Path) -> None:
+    """Upstream stretches the whole letterboxed reference to the CLIP size (diffusers would centre-crop it):
+    a reference whose middle is grey and whose left and right quarters are black (bars) gives the tokens of
+    an input whose columns are black / grey / black, not the all-grey centre crop; the tokens are the second
+    to last hidden states, and the pipeline uses them instead of its own."""
+    import torch
+
+    from animate.engines.wan import WanEngine, WanOptions
+
+    engine = WanEngine.from_settings(
+        Settings(weights_dir=tiny_weights), WanOptions(segment_frames=9, steps=1)
+    )
+    pipe = engine.pipeline
+    reference = np.zeros((32, 32, 3), np.uint8)
+    reference[:, 8:24] = 128
+    mean = np.asarray(pipe.image_processor.image_mean, np.float32)[:, None, None]
+    std = np.asarray(pipe.image_processor.image_std, np.float32)[:, None, None]
+    columns = np.array([0.0, 128 / 255, 128 / 255, 0.0], np.float32)  # 32 -> 4 columns: bar, grey, grey, bar
+    pixels = (np.broadcast_to(columns, (3, 4, 4)) - mean) / std
+    with torch.no_grad():
+        hidden = pipe.image_encoder(
+            pixel_values=torch.from_numpy(pixels[None].astype(np.float32)), output_hidden_states=True
+        ).hidden_states
+    ours = engine._image_embeds(reference)
+    assert torch.allclose(ours, hidden[-2], atol=1e-4) and not torch.allclose(ours, hidden[-1], atol=1e-4)
+    grey = (np.full((3, 4, 4), 128 / 255, np.float32) - mean) / std
+    with torch.no_grad():
+        crop = pipe.image_encoder(pixel_values=torch.from_numpy(grey[None]), output_hidden_states=True)
+    assert not torch.allclose(ours, crop.hidden_states[-2], atol=1e-3)
+    bundle = _bundle(9)
+    bundle.reference = reference
+    list(engine.render(bundle))
+    assert torch.equal(pipe.encode_image(None, torch.device("cpu")), ours)
