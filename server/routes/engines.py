@@ -29,8 +29,10 @@ def _public(text: str | None, state: AppState) -> str | None:
     """The reason in words a visitor may read: the server's own paths stay on the server."""
     if text is None:
         return None
-    for path in (state.settings.weights_dir.resolve(), state.settings.weights_dir):
-        text = text.replace(str(path), "the server's weights folder")
+    for path in (str(state.settings.weights_dir.resolve()), str(state.settings.weights_dir)):
+        text = text.replace(f"the weights directory {path}", path).replace(
+            path, "the server's weights folder"
+        )
     return text
 
 

@@ -148,19 +148,44 @@ class ApiError extends Error {
   }
 }
 
+// A server with API keys: the key typed in the page, kept for this tab only (sessionStorage), sent as Bearer.
+const KEY_STORE = "animate-api-key";
+
+function authorized(options = {}) {
+  const key = sessionStorage.getItem(KEY_STORE);
+  return key ? { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } } : options;
+}
+
+function askForKey(refused) {
+  $("key-form").hidden = false;
+  $("key-hint").textContent = refused
+    ? "That key was not accepted. Check it and try again."
+    : "This server asks for an API key. It stays in this tab only.";
+  if (document.activeElement !== $("api-key")) $("api-key").focus();
+}
+
 async function api(path, options) {
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, authorized(options));
   } catch {
     throw new ApiError("network", "");
   }
   const body = response.status === 204 ? null : await response.json().catch(() => null);
   if (!response.ok) {
     const error = body && body.error ? body.error : { code: "http_error", message: response.statusText };
+    if (response.status === 401) askForKey(Boolean(sessionStorage.getItem(KEY_STORE)));
     throw new ApiError(error.code, error.message);
   }
   return body;
+}
+
+// A media URL the page can play: as is without a key; with one, fetched with it (a <video> sends no headers).
+async function mediaUrl(url) {
+  if (!sessionStorage.getItem(KEY_STORE)) return url;
+  const response = await fetch(url, authorized());
+  if (!response.ok) throw new ApiError(response.status === 401 ? "unauthorized" : "http_error", response.statusText);
+  return URL.createObjectURL(await response.blob());
 }
 
 // ---------------------------------------------------------------------------------------------- inputs
@@ -337,6 +362,8 @@ function upload(form) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
     request.open("POST", "/v1/jobs");
+    const key = sessionStorage.getItem(KEY_STORE);
+    if (key) request.setRequestHeader("Authorization", `Bearer ${key}`);
     request.responseType = "json";
     request.upload.onprogress = (event) => {
       if (event.lengthComputable) $("form-hint").textContent = `Uploading… ${Math.round((event.loaded / event.total) * 100)}%`;
@@ -346,6 +373,7 @@ function upload(form) {
       if (request.status === 202) resolve(body);
       else {
         const error = body && body.error ? body.error : { code: "http_error", message: request.statusText };
+        if (request.status === 401) askForKey(Boolean(key));
         reject(new ApiError(error.code, error.message));
       }
     };
@@ -502,7 +530,7 @@ function followers() {
   return [$("driving-view"), ...document.querySelectorAll("#previews video")].filter((v) => v.src && v.isConnected);
 }
 
-function showResult(job) {
+async function showResult(job) {
   const local = state.urls.get(job.id);
   const result = $("result");
   $("outcome").hidden = false;
@@ -515,8 +543,15 @@ function showResult(job) {
   }
   const ratio = job.result ? `${job.result.width} / ${job.result.height}` : "9 / 16";
   for (const element of document.querySelectorAll("#stage-grid img, #stage-grid video")) element.style.aspectRatio = ratio;
-  result.src = job.urls.video;
-  $("download").href = job.urls.video;
+  let video;
+  try {
+    video = await mediaUrl(job.urls.video);
+  } catch (error) {
+    showError({ code: error.code, message: error.detail });
+    return;
+  }
+  result.src = video;
+  $("download").href = video;
   $("download").setAttribute("download", `animation-${job.id.slice(0, 8)}.mp4`);
   $("previews").innerHTML = "";
   const names = Object.keys(PREVIEW_WORDS).filter((name) => job.urls.artifacts[name]);
@@ -524,7 +559,8 @@ function showResult(job) {
   for (const name of names) {
     const figure = document.createElement("figure");
     const video = document.createElement("video");
-    Object.assign(video, { src: job.urls.artifacts[name], muted: true, playsInline: true, preload: "auto", title: name });
+    Object.assign(video, { muted: true, playsInline: true, preload: "auto", title: name });
+    mediaUrl(job.urls.artifacts[name]).then((url) => { video.src = url; }, () => {});
     video.style.aspectRatio = ratio;
     video.setAttribute("aria-label", `${PREVIEW_WORDS[name]} preview`);
     video.addEventListener("loadeddata", () => matchLeader(video));
@@ -581,6 +617,18 @@ $("again").addEventListener("click", () => {
   state.current = null;
   $("job").hidden = true;
   $("reference-input").focus();
+});
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORE, key);
+  $("api-key").value = "";
+  $("key-form").hidden = true;
+  loadLimits();
+  loadEngines();
+  recent();
 });
 
 setUpDropZone("reference");
