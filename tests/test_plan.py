@@ -265,6 +265,12 @@ def test_lower_keeps_host_latents_and_the_table_shows_them():
     plan = make_plan(work(LONG), card(24))
     lower = plan.lower()
     assert (lower.level, lower.latents_on_host) == ("model_offload", True)
+    # 1,024 frames on 16 GiB: model offload fits only with host latents (14.9 GiB on the GPU > 14.7); the
+    # retry's leaner level keeps them there, though it would fit with them on the GPU (11.4)
+    short = make_plan(work(1024), card(16))
+    assert (short.level, short.latents_on_host) == ("model_offload", True)
+    assert estimate(work(1024), card(16), "sequential_offload").fits
+    assert (short.lower().level, short.lower().latents_on_host) == ("sequential_offload", True)
     assert plan.to_dict()["latents_on_host"] is True
     assert "sequence latents   host (tile windows on the GPU)" in format_table(plan)
     assert plan.describe().endswith("latents on the host)")
