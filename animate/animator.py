@@ -523,6 +523,7 @@ class Animator:
 
         options = options or AnimationOptions()
         report = _Reporter(progress, should_cancel)
+        options.validate()  # option errors come first, as from prepare
         # the reference's face at full resolution, before the heavy stages (identity requested: fail here)
         meter, face_embedding, identity_note = start_meter(
             load_image(reference, self.settings.media).rgb, self.settings.weights_dir, options.identity
