@@ -267,3 +267,21 @@ def test_strokes_scale_with_the_output_size() -> None:
     # at 1500 px one canvas pixel is one output pixel (k = 1) and DWPose's radius 4 is 4 * 1500 / 2160 = 2.8
     image = draw_pose(pose_with({0: (700, 700, 1.0)}), 1500, 1500)
     assert image[700, 703].any() and not image[700, 704].any()
+
+
+def test_a_diagonal_limb_away_from_the_diagonal_and_on_a_supersampled_canvas() -> None:
+    # x and y differ (so no coordinate can stand in for the other): (1000, 700) -> (1200, 900)
+    pose = pose_with({6: (1000, 700, 0.9), 8: (1200, 900, 0.9)})
+    image = draw_pose(pose, S, S)
+    assert image[880, 1180].any() and image[720, 1020].any()
+    assert not image[720, 1180].any() and not image[880, 1020].any()
+    # at 1080 px the canvas is drawn 2x (k = 2): the limb keeps its length in output pixels
+    half = draw_pose(pose_with({6: (500, 350, 0.9), 8: (600, 450, 0.9)}), 1080, 1080)
+    assert half[440, 590].any() and half[360, 510].any() and not half[360, 590].any()
+
+
+def test_thin_hand_lines_at_1500_px_are_one_pixel() -> None:
+    # 1500 px: k = 1, DWPose's 2 px line is round(2 * 1500 / 2160) = 1 px
+    hand = 91
+    image = draw_pose(pose_with({hand + 0: (700, 600, 1.0), hand + 1: (700, 900, 1.0)}), 1500, 1500)
+    assert image[750, 700].any() and not image[750, 699].any() and not image[750, 701].any()
