@@ -76,8 +76,8 @@ class AnimationOptions:
     fps: float | None = None  # default: the driving video's
     max_frames: int | None = None
     seed: int = 0
-    steps: int = 25  # diffusion only
-    guidance_scale: float = 2.0  # diffusion only
+    steps: int | None = None  # diffusion and wan; None: the engine's own (25 diffusion, 20 wan)
+    guidance_scale: float | None = None  # diffusion and wan; None: the engine's own (2.0 diffusion, 1.0 wan)
     retarget: str = "bones"  # bones | global (MimicMotion's one scale + offset)
     audio: bool = True  # keep the driving video's audio
     body: bool = True  # fit the 3D body (else the warp engine moves pixels with the 2D skeleton field)
@@ -109,7 +109,7 @@ class AnimationOptions:
             raise AnimateError("invalid_option", f"max_frames must be >= 1, got {self.max_frames}")
         if self.retarget not in ("bones", "global"):
             raise AnimateError("invalid_option", "retarget must be 'bones' or 'global'")
-        if not 1 <= self.steps <= 200:
+        if self.steps is not None and not 1 <= self.steps <= 200:
             raise AnimateError("invalid_option", f"steps must be within 1..200, got {self.steps}")
         if self.preset is not None:
             get_preset(self.preset)
@@ -156,8 +156,8 @@ class AnimationOptions:
             mode=self.mode,
             segment_frames=self.segment_frames,
             overlap_frames=self.overlap_frames,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
+            steps=20 if self.steps is None else self.steps,
+            guidance_scale=1.0 if self.guidance_scale is None else self.guidance_scale,
             seed=self.seed,
             resolution=self.resolution,
         )
@@ -284,8 +284,8 @@ class Animator:
                 "tile_overlap": preset.tile_overlap if options.tile_overlap is None else options.tile_overlap,
             }
         return DiffusionOptions(
-            steps=options.steps,
-            guidance_scale=options.guidance_scale,
+            steps=25 if options.steps is None else options.steps,
+            guidance_scale=2.0 if options.guidance_scale is None else options.guidance_scale,
             seed=options.seed,
             preset=options.preset,
             adapter=options.adapter,

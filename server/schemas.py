@@ -73,10 +73,8 @@ class JobOptions(BaseModel):
             fps=self.fps,
             max_frames=self.max_frames,
             seed=self.seed,
-            steps=self.steps if self.steps is not None else (20 if self.engine == "wan" else 25),
-            guidance_scale=self.guidance_scale
-            if self.guidance_scale is not None
-            else (1.0 if self.engine == "wan" else 2.0),
+            steps=self.steps,  # None: the engine's own default, known once `auto` has picked one
+            guidance_scale=self.guidance_scale,
             mode=self.mode,
             segment_frames=self.segment_frames,
             overlap_frames=self.overlap_frames,

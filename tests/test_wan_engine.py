@@ -165,14 +165,23 @@ def test_auto_picks_wan_only_with_weights_and_gpu_room(
 def test_job_options_carry_the_wan_fields_and_defaults() -> None:
     from pydantic import ValidationError
 
+    from animate.animator import Animator
     from server.schemas import JobOptions
 
     wan = JobOptions(engine="wan", mode="replace", segment_frames=13, overlap_frames=5).animation_options()
     assert (wan.steps, wan.guidance_scale, wan.mode, wan.segment_frames, wan.overlap_frames) == (
-        20, 1.0, "replace", 13, 5,
+        None, None, "replace", 13, 5,
     )  # fmt: skip
-    other = JobOptions(engine="diffusion").animation_options()
-    assert (other.steps, other.guidance_scale) == (25, 2.0)
+    # unset steps / scale are each engine's own, decided once the engine is known (`auto` included)
+    for engine in ("wan", "auto", "diffusion"):
+        unset = JobOptions(engine=engine).animation_options()
+        assert (unset.wan_options().steps, unset.wan_options().guidance_scale) == (20, 1.0)
+        assert (Animator._diffusion_options(unset).steps, Animator._diffusion_options(unset).guidance_scale) == (
+            25, 2.0,
+        )  # fmt: skip
+    chosen = JobOptions(engine="auto", steps=7, guidance_scale=3.0).animation_options()
+    assert (chosen.wan_options().steps, chosen.wan_options().guidance_scale) == (7, 3.0)
+    assert Animator._diffusion_options(chosen).steps == 7
     with pytest.raises(ValidationError):
         JobOptions(engine="wan", overlap_frames=2)
     with pytest.raises(AnimateError) as err:

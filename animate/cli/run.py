@@ -98,8 +98,8 @@ def run(
         fps=fps,
         max_frames=max_frames,
         seed=seed,
-        steps=steps if steps is not None else (20 if engine == "wan" else 25),
-        guidance_scale=guidance_scale if guidance_scale is not None else (1.0 if engine == "wan" else 2.0),
+        steps=steps,  # None: the engine's own default, known once `auto` has picked one
+        guidance_scale=guidance_scale,
         mode=mode,
         segment_frames=segment_frames,
         overlap_frames=overlap_frames,

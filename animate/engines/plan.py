@@ -767,7 +767,7 @@ def plan_job(
         width=width,
         height=height,
         frames=count,
-        steps=options.steps,
+        steps=25 if options.steps is None else options.steps,
         tile_size=options.tile_size or tile_size,
         tile_overlap=tile_overlap if options.tile_overlap is None else options.tile_overlap,
         shapes=shapes,

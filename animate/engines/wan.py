@@ -145,6 +145,7 @@ def dry_run_plan(settings: Settings, reference, driving, options) -> dict:
     frames = min(frames, options.max_frames) if options.max_frames else frames
     count = len(to_wan_rate(frames, fps))
     length = segment_length(options.segment_frames)
+    steps = options.wan_options().steps
     free = _free_gpu_bytes()
     try:
         level = "cpu" if free is None else memory_level(free)
@@ -161,8 +162,8 @@ def dry_run_plan(settings: Settings, reference, driving, options) -> dict:
         "segments": len(segments(count, length, options.overlap_frames)),
         "segment_frames": length,
         "overlap_frames": options.overlap_frames,
-        "steps": options.steps,
-        "denoising_steps_total": len(segments(count, length, options.overlap_frames)) * options.steps,
+        "steps": steps,
+        "denoising_steps_total": len(segments(count, length, options.overlap_frames)) * steps,
         "memory": level,
         "gpu_free_gib": None if free is None else round(free / GIB, 1),
     }
