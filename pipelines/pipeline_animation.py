@@ -15,6 +15,8 @@ small private steps, then ``__call__`` in numbered sections. Differences from SV
   is the reference (conditioned on the reference's own pose), it is in every tile and dropped from the output;
 - per-frame inputs are read, and their features encoded, one tile window at a time when the tile is
   predicted (any sliceable source: memory flat in length); ``decode_stream`` decodes chunk by chunk;
+- the whole-length latents and fusion sums live on ``sequence_device`` (the host when the GPU is short): only
+  each tile's window goes to the execution device;
 - classifier-free guidance runs batched (one UNet call of 2B) or sequentially (two calls of B);
 - an identity adapter (``controlnets.IdentityAdapter``, optional) adds the reference's face tokens to the
   spatial cross-attention (hooks), in the conditional half only;
@@ -680,7 +682,8 @@ class AnimationPipeline(DiffusionPipeline):
 
         ``reference_first``: frame 0 is the prepended reference (``output_type="latent"`` with
         ``keep_reference=True``); it is dropped, after being decoded with the first chunk when
-        ``decode_reference`` (as ``__call__``)."""
+        ``decode_reference`` (as ``__call__``). The latents may live on another device than the VAE (the host):
+        each chunk is moved when it is decoded."""
         if latents.ndim != 5 or latents.shape[0] != 1:
             raise ValueError(
                 f"decode_stream takes one video's latents (1, L, 4, h, w), got {tuple(latents.shape)}"
