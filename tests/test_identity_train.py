@@ -157,3 +157,38 @@ def test_training_identity_without_face_data_is_a_clear_error(tmp_path):
     with pytest.raises(TrainError) as info:
         Trainer(config, dataset=_face_clips(faces=False), pipeline=tiny_train_pipeline())
     assert info.value.code == "no_faces"
+
+
+def test_face_weight_map_by_hand():
+    from animate.train.forward import face_weight_map
+
+    nan = float("nan")
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 8.0], [nan, nan, nan, nan]])
+    # 16 x 32 pixels on a 2 x 4 latent grid: cells of 8 x 8, centres y 4, 12 and x 4, 12, 20, 28
+    cells = face_weight_map(boxes, (16, 32), (2, 4), 3.0, prepend_reference=True)
+    expected = torch.ones(1, 3, 1, 2, 4)
+    expected[0, 1, 0, 0, :2] = 4.0  # frame 0 (after the reference): the two top-left cells
+    assert torch.equal(cells, expected)
+
+
+def test_face_loss_weight_counts_errors_in_the_face_more(monkeypatch):
+    from animate.train import forward
+    from animate.train.objective import EDMObjective
+
+    objective = EDMObjective()
+    sigma = torch.tensor(1.5).view(1, 1, 1, 1, 1)
+    clean = torch.zeros(1, 3, 4, 2, 4)
+    denoised = clean.clone()
+    denoised[0, 1, :, 0, 0] = 1.0  # an error of 1 in one face cell of frame 0, all 4 channels
+    fake = forward.Denoising(clean=clean, noisy=clean, sigma=sigma, denoised=denoised)
+    monkeypatch.setattr(forward, "sample_denoising", lambda *args, **kwargs: fake)
+    item = {
+        "frames": torch.zeros(2, 3, 16, 32),
+        "face_boxes": torch.tensor([[0.0, 0.0, 16, 8], [0, 0, 16, 8]]),
+    }
+    edm = float(objective.precondition(sigma).weight)
+    plain = forward.sample_loss(None, item, objective, None, forward.ForwardOptions())
+    weighted = forward.sample_loss(None, item, objective, None, forward.ForwardOptions(face_loss_weight=3.0))
+    # 96 values, 4 wrong: plain = edm * 4 / 96; weights: 4 face cells x 4 channels at 4, mean (80 + 64) / 96 = 1.5
+    assert float(plain) == pytest.approx(edm * 4 / 96)
+    assert float(weighted) == pytest.approx(edm * 4 * 4 / 96 / 1.5)

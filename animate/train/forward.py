@@ -41,6 +41,9 @@ class ForwardOptions:
     noise_aug_strength: float = 0.02
     fps_id: int = 7  # as the diffusion engine's default (the UNet sees fps_id - 1)
     motion_bucket_id: int = 127
+    # identity: the loss of latent cells inside each target frame's face box (the sample's ``face_boxes``)
+    # counts 1 + face_loss_weight times; the weights are normalised to mean 1, so the loss scale stays
+    face_loss_weight: float = 0.0
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -102,7 +105,40 @@ def sample_loss(
     """The EDM loss of one clip ``item`` (a dataset sample, no batch axis), a 0-d float32 tensor with the
     graph to the trainable parts."""
     out = sample_denoising(pipe, item, objective, generator, options, autocast)
-    return objective.loss(out.denoised, out.clean, out.sigma)
+    boxes = item.get("face_boxes")
+    if options.face_loss_weight <= 0 or boxes is None:
+        return objective.loss(out.denoised, out.clean, out.sigma)
+    frames = item["frames"]
+    cells = face_weight_map(
+        boxes, frames.shape[-2:], out.clean.shape[-2:], options.face_loss_weight, options.prepend_reference
+    ).to(out.clean.device)
+    edm = objective.precondition(out.sigma.float()).weight
+    squared = (out.denoised.float() - out.clean.float()) ** 2
+    return (edm * cells * squared).mean() / cells.mean()
+
+
+def face_weight_map(
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    grid: tuple[int, int],
+    weight: float,
+    prepend_reference: bool,
+) -> torch.Tensor:
+    """``(1, L, 1, h, w)`` loss weights: 1, plus ``weight`` on the latent cells whose centre lies inside the
+    frame's face box (``boxes`` ``(F, 4)`` x0, y0, x1, y1 in pixels of ``size`` = (H, W); NaN: no face).
+    The prepended reference frame gets 1 everywhere."""
+    (height, width), (h, w) = size, grid
+    cy = (torch.arange(h, dtype=torch.float32) + 0.5) * height / h
+    cx = (torch.arange(w, dtype=torch.float32) + 0.5) * width / w
+    rows = []
+    for x0, y0, x1, y1 in boxes.float().tolist():
+        inside = torch.zeros(h, w)
+        if all(v == v for v in (x0, y0, x1, y1)):  # NaN != NaN: no face in this frame
+            inside = ((cy >= y0) & (cy < y1))[:, None] & ((cx >= x0) & (cx < x1))[None, :]
+        rows.append(1.0 + weight * inside.float())
+    if prepend_reference:
+        rows.insert(0, torch.ones(h, w))
+    return torch.stack(rows)[None, :, None]
 
 
 def sample_denoising(
