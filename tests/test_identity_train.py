@@ -125,8 +125,10 @@ def test_identity_adapter_trains_and_reloads(tmp_path):
         validation_steps=2,
         progress=False,
         conditioning_dropout=0.0,
+        face_loss_weight=1.0,  # the synthetic clips have no face boxes: the plain loss
     )
     trainer = Trainer(config, dataset=dataset, pipeline=pipe)
+    assert trainer.forward_options.face_loss_weight == 1.0
     adapter = pipe.identity_adapter
     outputs = [layer.to_out.weight for layer in adapter.layers.values()]
     assert all(w.abs().max() == 0 for w in outputs)  # fresh: an exact no-op
@@ -153,6 +155,8 @@ def test_training_identity_without_face_data_is_a_clear_error(tmp_path):
 
     from animate.train.trainer import TrainConfig, Trainer, TrainError
 
+    with pytest.raises(TrainError, match="face loss weight must be >= 0"):
+        TrainConfig(output_dir=tmp_path, face_loss_weight=-1.0).validate()
     config = TrainConfig(output_dir=tmp_path, train=("identity",), steps=1, progress=False)
     with pytest.raises(TrainError) as info:
         Trainer(config, dataset=_face_clips(faces=False), pipeline=tiny_train_pipeline())

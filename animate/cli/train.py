@@ -116,6 +116,9 @@ def run(
     adam_8bit: bool = typer.Option(False, "--adam-8bit", help="8-bit AdamW when bitsandbytes is installed."),
     lora_rank: int = typer.Option(16, "--lora-rank", min=1),
     dropout: float = typer.Option(0.1, "--conditioning-dropout", help="P(drop the reference) for CFG."),
+    face_loss_weight: float = typer.Option(
+        0.0, "--face-loss-weight", help="Extra loss weight inside the prepared face boxes (identity)."
+    ),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
@@ -150,6 +153,7 @@ def run(
         adam_8bit=adam_8bit,
         lora_rank=lora_rank,
         conditioning_dropout=dropout,
+        face_loss_weight=face_loss_weight,
         seed=seed,
         num_workers=workers,
         progress=progress,

@@ -96,6 +96,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     lora_rank: int = 16
     conditioning_dropout: float = 0.1
+    face_loss_weight: float = 0.0  # identity: extra loss weight inside the face boxes
     noise_aug_strength: float = 0.02
     prepend_reference: bool = True
     num_workers: int = 0
@@ -119,6 +120,8 @@ class TrainConfig:
                 raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.conditioning_dropout <= 1:
             raise TrainError(f"conditioning dropout must be in [0, 1], got {self.conditioning_dropout}")
+        if self.face_loss_weight < 0:
+            raise TrainError(f"face loss weight must be >= 0, got {self.face_loss_weight}")
         if self.lr <= 0:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
 
@@ -506,6 +509,7 @@ class Trainer:
         self.forward_options = ForwardOptions(
             prepend_reference=config.prepend_reference,
             conditioning_dropout=config.conditioning_dropout,
+            face_loss_weight=config.face_loss_weight,
             noise_aug_strength=config.noise_aug_strength,
         )
 
