@@ -122,6 +122,9 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    fsdp: bool = typer.Option(
+        False, "--fsdp", help="Shard the UNet over the processes (FSDP2; with accelerate launch --multi_gpu)."
+    ),
 ) -> None:
     """Fine-tune the chosen parts on prepared clips; `accelerate launch -m animate.train run ...` for many GPUs."""
     from animate.cli.media import parse_size
@@ -157,6 +160,7 @@ def run(
         seed=seed,
         num_workers=workers,
         progress=progress,
+        fsdp=fsdp,
     )
     result = run_training(config)
     if not result.main_process:  # rank 0 speaks for the run

@@ -14,6 +14,17 @@ of each, so an epoch sees each clip at most once across all ranks, and a run on 
 draws (noise level, noise, dropout) come from ``(seed, epoch, index)`` alone, so those two runs compute the
 same update (within float tolerance: the sum is ordered differently).
 
+``fsdp=True`` (``--fsdp``, under a plain ``accelerate launch --multi_gpu``): the UNet is sharded over the
+processes with FSDP2's in-place ``torch.distributed.fsdp.fully_shard`` (each down/mid/up block, then the
+UNet), so each rank keeps ``1/world`` of the UNet's weights, of its trained weights' gradients and of their
+AdamW state; the blocks are all-gathered for their forward and backward, and FSDP averages the UNet's
+gradients (reduce-scatter). The other trained parts stay whole on every rank and are averaged as above. The
+module classes and the pipeline's hooks are unchanged, so the forward is the same code. Checkpoints and
+``final/`` hold full (gathered) tensors, the same files as a data-parallel run; a checkpoint resumes on any
+process count. Not with ``--ema`` or ``fp16`` (use ``bf16``). accelerate's own FSDP plugin
+(``distributed_type: FSDP``) is refused: it wraps one model given to ``accelerator.prepare`` and pairs each
+optimizer with it in ``save_state``, while this trainer trains parameters spread over the pipeline's modules.
+
 Checkpoints (``RUN_DIR/checkpoints/step-NNNNNNN``, ``accelerator.save_state``): the optimizer (and fp16
 loss scaler), the trainable weights, the EMA, the learning-rate schedule and the position (step, epoch,
 batches done in the epoch), plus ``adapter/``: the parts as ``final/`` holds them (usable with
@@ -102,6 +113,7 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 1
     progress: bool = True
+    fsdp: bool = False  # shard the UNet over the processes (FSDP2 fully_shard; module docstring)
 
     def validate(self) -> None:
         unknown = set(self.train) - set(TRAINABLE)
@@ -124,6 +136,12 @@ class TrainConfig:
             raise TrainError(f"face loss weight must be >= 0, got {self.face_loss_weight}")
         if self.lr <= 0:
             raise TrainError(f"--lr must be > 0, got {self.lr}")
+        if self.fsdp and self.ema:
+            raise TrainError("--ema is not supported with --fsdp yet (the EMA would need sharding too)")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise TrainError(
+                "--fsdp runs with --mixed-precision bf16 or no (fp16 loss scaling is not sharded)"
+            )
 
 
 @dataclass
@@ -194,14 +212,99 @@ class _Weights:
         self.named = named
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().cpu().clone() for k, p in self.named.items()}
+        # full tensors (a sharded one is gathered: every rank calls this, in the same order)
+        return {k: _full(p.detach()).cpu().clone() for k, p in self.named.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if set(state) != set(self.named):
             raise TrainError("the checkpoint trains other parameters than this run (another --train?)")
         with torch.no_grad():
             for k, p in self.named.items():
-                p.copy_(state[k])
+                p.copy_(_shard_like(state[k], p))
+
+
+def _is_sharded(tensor: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP shard (a collective: every rank must call it), else ``tensor``."""
+    return tensor.full_tensor() if _is_sharded(tensor) else tensor
+
+
+def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` cut as ``like`` is sharded (every rank holds ``full``), else ``full``."""
+    if not _is_sharded(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(
+        full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None
+    )
+
+
+def _gather_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """``Optimizer.state_dict`` post-hook: sharded moments gathered, so a checkpoint holds full tensors."""
+    state["state"] = {
+        index: {k: _full(v).cpu() if _is_sharded(v) else v for k, v in state["state"][index].items()}
+        for index in sorted(state["state"])
+    }
+    return state
+
+
+def _shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """``Optimizer.load_state_dict`` pre-hook: full moments cut to this rank's shard of their parameter."""
+    by_index = {}
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        by_index |= dict(zip(saved["params"], group["params"], strict=True))
+    state = dict(state)
+    state["state"] = {
+        index: {
+            k: _shard_like(v, by_index[index]) if k != "step" and torch.is_tensor(v) else v
+            for k, v in state["state"][index].items()
+        }
+        for index in sorted(state["state"])
+    }
+    return state
+
+
+def shard_unet(unet: torch.nn.Module) -> None:
+    """FSDP2 ``fully_shard`` in place: each down/mid/up block, then the UNet (its remaining parameters)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in (
+        *unet.down_blocks,
+        *([unet.mid_block] if unet.mid_block is not None else []),
+        *unet.up_blocks,
+    ):
+        fully_shard(block)
+    fully_shard(unet)
+
+
+def _fsdp_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (L2, ``max_norm / (norm + 1e-6)`` clamped to 1) over parameters
+    some of which are FSDP shards: a shard's norm is its whole tensor's (a collective)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = [
+        _full(torch.linalg.vector_norm(g.float())) if _is_sharded(g) else torch.linalg.vector_norm(g.float())
+        for g in grads
+    ]
+    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    with torch.no_grad():
+        for g in grads:
+            g.mul_(scale.to(g.device, g.dtype))
+    return total
 
 
 def load_base_pipeline(base: str | Path, dtype: torch.dtype = torch.float32):
@@ -433,8 +536,9 @@ class Trainer:
         acc = self.accelerator
         if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             raise TrainError(
-                f"{acc.distributed_type.name} is not supported by animate train yet: every process holds the "
-                "whole pipeline and the trained parts' gradients are averaged (launch with --multi_gpu)"
+                f"accelerate's {acc.distributed_type.name} launch is not supported by animate train: launch "
+                "with --multi_gpu (data parallel), and add `animate train run --fsdp` to shard the UNet over "
+                "the processes (animate/train/configs/fsdp_8gpu.yaml)"
             )
         if dataset is None:
             if config.data_dir is None:
@@ -466,11 +570,15 @@ class Trainer:
                 "--train identity needs face data: prepare the clips again (animate train prepare stores faces)",
                 "no_faces",
             )
-        _ensure_parts(self.pipe, config.train, tuple((first.get("guidance_maps") or {}).keys()))
-        if "lora" in config.train:
-            from pipelines.adapters import inject_lora
+        # fresh parts and LoRA A matrices are drawn from the run's seed: the same on every rank (each rank
+        # builds its own copy, or its shard of one) and in a single-process run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            _ensure_parts(self.pipe, config.train, tuple((first.get("guidance_maps") or {}).keys()))
+            if "lora" in config.train:
+                from pipelines.adapters import inject_lora
 
-            self.lora_config = inject_lora(self.pipe.unet, config.lora_rank)
+                self.lora_config = inject_lora(self.pipe.unet, config.lora_rank)
         self.pipe.to(acc.device)
         self.named = trainable_parameters(self.pipe, config.train)
         if not self.named:
@@ -478,10 +586,24 @@ class Trainer:
         self._cast_frozen()
         if config.gradient_checkpointing:
             self.pipe.unet.enable_gradient_checkpointing()
+        self.fsdp = config.fsdp and acc.num_processes > 1
+        if config.fsdp and not self.fsdp:
+            log.warning("--fsdp with one process: nothing to shard, training unsharded")
+        if self.fsdp:
+            shard_unet(self.pipe.unet)  # replaces the UNet's parameters by their shards (same names)
+            sharded = dict(self.pipe.unet.named_parameters())
+            self.named = {
+                k: sharded[k.removeprefix("unet.")] if k.startswith("unet.") else p
+                for k, p in self.named.items()
+            }
         params = list(self.named.values())
         from diffusers.optimization import get_scheduler
 
-        self.optimizer = acc.prepare(_optimizer(params, config))
+        optimizer = _optimizer(params, config)
+        if self.fsdp:
+            optimizer.register_state_dict_post_hook(_gather_optimizer_state)
+            optimizer.register_load_state_dict_pre_hook(_shard_optimizer_state)
+        self.optimizer = acc.prepare(optimizer)
         self.lr_scheduler = get_scheduler(
             config.lr_schedule,
             self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
@@ -530,8 +652,10 @@ class Trainer:
         acc = self.accelerator
         path = self.run_dir / CHECKPOINTS_DIR / f"step-{self.state.step:07d}"
         acc.save_state(str(path))
+        gathered = self._unet_state() if self.fsdp else None  # every rank takes part
         if acc.is_main_process:
-            self._write_parts(path / ADAPTER_SUBDIR)  # usable as --adapter as it is
+            self._write_parts(path / ADAPTER_SUBDIR, gathered)  # usable as --adapter as it is
+        if acc.is_main_process:
             old = sorted((self.run_dir / CHECKPOINTS_DIR).glob("step-*"))[: -self.config.keep_checkpoints]
             for folder in old:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -549,17 +673,29 @@ class Trainer:
         """The trained parts in ``pipelines.adapters``' layout in ``RUN_DIR/final`` (EMA weights when EMA is
         on)."""
         final = self.run_dir / FINAL_DIR
+        gathered = self._unet_state() if self.fsdp else None  # every rank takes part
         if self.accelerator.is_main_process:
-            self._write_parts(final)
+            self._write_parts(final, gathered)
         self.accelerator.wait_for_everyone()
         return final
 
-    def _write_parts(self, folder: Path) -> None:
-        """``folder`` (replaced) gets the trained parts, ``save_pretrained`` each, and ``adapter.json``."""
+    def _unet_state(self) -> dict[str, torch.Tensor]:
+        """The trained UNet tensors, whole, on the CPU, under the UNet's parameter names (with ``--fsdp`` a
+        collective: every rank calls it)."""
+        return {
+            k.removeprefix("unet."): _full(p.detach()).cpu().clone()
+            for k, p in self.named.items()
+            if k.startswith("unet.")
+        }
+
+    def _write_parts(self, folder: Path, gathered: dict[str, torch.Tensor] | None = None) -> None:
+        """``folder`` (replaced) gets the trained parts, ``save_pretrained`` each, and ``adapter.json``;
+        ``gathered``: the trained UNet tensors (``_unet_state``) when the UNet is sharded."""
         from pipelines.adapters import (
             ADAPTER_FILE,
             ADAPTER_FORMAT,
             LORA_DIR,
+            LORA_WEIGHTS,
             TEMPORAL_DIR,
             TEMPORAL_WEIGHTS,
             save_lora,
@@ -582,10 +718,19 @@ class Trainer:
             ):
                 if part in train:
                     getattr(self.pipe, attr).save_pretrained(folder / attr)
+            unet_state = gathered if gathered is not None else self._unet_state()
             if "temporal" in train:
-                self._save_temporal(folder / TEMPORAL_DIR / TEMPORAL_WEIGHTS)
-            if "lora" in train:
+                self._save_temporal(folder / TEMPORAL_DIR / TEMPORAL_WEIGHTS, unet_state)
+            if "lora" in train and gathered is None:
                 save_lora(self.pipe.unet, self.lora_config, folder / LORA_DIR)
+            elif "lora" in train:  # save_lora's files, from the gathered tensors
+                from peft import get_peft_model_state_dict
+                from safetensors.torch import save_file
+
+                (folder / LORA_DIR).mkdir(parents=True)
+                self.lora_config.save_pretrained(str(folder / LORA_DIR))
+                lora = get_peft_model_state_dict(self.pipe.unet, state_dict=unet_state)
+                save_file({k: v.contiguous() for k, v in lora.items()}, str(folder / LORA_DIR / LORA_WEIGHTS))
             info = {
                 "format": ADAPTER_FORMAT,
                 "parts": list(train),
@@ -600,14 +745,12 @@ class Trainer:
             if self.ema is not None:
                 self.ema.restore(params)
 
-    def _save_temporal(self, file: Path) -> None:
+    def _save_temporal(self, file: Path, unet_state: dict[str, torch.Tensor]) -> None:
         """The trained temporal tensors under the plain UNet's keys (peft's ``base_layer`` unwrapped)."""
         from safetensors.torch import save_file
 
         state = {
-            k.removeprefix("unet.").replace(".base_layer.", "."): p.detach().cpu().contiguous()
-            for k, p in self.named.items()
-            if k.startswith("unet.") and "lora_" not in k
+            k.replace(".base_layer.", "."): v.contiguous() for k, v in unet_state.items() if "lora_" not in k
         }
         file.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(file))
@@ -636,7 +779,7 @@ class Trainer:
 
     def _validate(self, step: int, result: TrainResult) -> None:
         acc = self.accelerator
-        if acc.is_main_process:
+        if acc.is_main_process or self.fsdp:  # a sharded UNet's forward needs every rank
             params = list(self.named.values())
             if self.ema is not None:
                 self.ema.store(params)
@@ -655,12 +798,13 @@ class Trainer:
             try:
                 item = self._validation_item()
                 video, l1, latent_l1 = render_validation(self.pipe, item, self.config, self.forward_options)
-                write_validation_video(self.run_dir / VALIDATION_DIR / f"step-{step:07d}.mp4", item, video)
             finally:
                 if self.ema is not None:
                     self.ema.restore(params)
                 for module in trained:
                     module.train()
+        if acc.is_main_process:
+            write_validation_video(self.run_dir / VALIDATION_DIR / f"step-{step:07d}.mp4", item, video)
             result.validation.append((step, l1, latent_l1))
             acc.log({"validation/l1": l1, "validation/latent_l1": latent_l1}, step=step)
         acc.wait_for_everyone()
@@ -683,7 +827,7 @@ class Trainer:
         digest = hashlib.sha256()
         for name in sorted(self.named):
             digest.update(name.encode())
-            digest.update(self.named[name].detach().float().cpu().numpy().tobytes())
+            digest.update(_full(self.named[name].detach()).float().cpu().numpy().tobytes())
         record = {
             "rank": self.accelerator.process_index,
             "processes": self.accelerator.num_processes,
@@ -700,7 +844,9 @@ class Trainer:
         acc = self.accelerator
         if acc.num_processes == 1:
             return
-        params = [p for p in self.named.values()]
+        params = [p for p in self.named.values() if not _is_sharded(p)]  # FSDP averages its shards
+        if not params:
+            return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads])
         flat = acc.reduce(flat, reduction="mean")
@@ -750,7 +896,10 @@ class Trainer:
                 if micro % config.grad_accum:
                     continue
                 self._reduce_gradients()
-                grad_norm = acc.clip_grad_norm_(params, config.max_grad_norm)
+                if self.fsdp:
+                    grad_norm = clip_grad_norm(params, config.max_grad_norm)
+                else:
+                    grad_norm = acc.clip_grad_norm_(params, config.max_grad_norm)
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
