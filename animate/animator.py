@@ -531,6 +531,8 @@ class Animator:
         prepared = self.prepare(reference, driving, options, artifacts_dir=artifacts_dir, progress=report)
         bundle, engine = prepared.bundle, prepared.engine
         bundle.extras["face_embedding"] = face_embedding  # the diffusion engine's identity adapter
+        if meter is not None:
+            meter.for_length(bundle.num_frames)
         start = time.perf_counter()
 
         # 4-5. render + encode, streamed frame by frame

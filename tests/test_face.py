@@ -186,6 +186,19 @@ def test_identity_meter_samples_every_kth_frame_and_counts_faces(talking, embedd
     assert score.to_dict()["embedder"] == "dlib_resnet_v1"
 
 
+@pytest.mark.parametrize(
+    ("total", "every", "sampled"), [(96, 8, 12), (24, 8, 3), (500, 21, 24), (14_400, 600, 24)]
+)
+def test_identity_meter_spaces_at_most_24_samples_over_a_long_video(embedder, total, every, sampled):
+    meter = IdentityMeter(np.ones(128, np.float32), embedder)  # every 8 by default
+    meter.for_length(total)
+    assert meter.every == every  # ceil(total / 24) once that exceeds 8
+    blank = np.zeros((8, 8, 3), np.uint8)  # no face: only the sampling is counted
+    for _ in range(total):
+        meter.update(blank)
+    assert meter.result().frames == sampled
+
+
 def test_identity_score_separates_reference_from_another_person(talking, embedder, woman_embedding):
     frames = list(talking.values())
     same = IdentityMeter(reference_embedding(frames[0], embedder), embedder, every=1)

@@ -20,6 +20,7 @@ from animate.face.detect import NoFaceError, detect_face, require_face
 from animate.face.embed import FaceEmbedder, cosine, load_embedder
 
 DEFAULT_EVERY = 8
+MAX_SAMPLES = 24  # a long video samples more sparsely, so the score costs seconds, not minutes
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class IdentityMeter:
         self.similarities: list[float] = []
         self.sampled = 0
         self._seen = 0
+
+    def for_length(self, total: int) -> None:
+        """Space the samples over a video of ``total`` frames: every k-th frame, at most ``MAX_SAMPLES``."""
+        self.every = max(self.every, -(-total // MAX_SAMPLES))
 
     def update(self, frame: np.ndarray) -> None:
         """Feed the next output frame (H, W, 3 uint8 RGB)."""
