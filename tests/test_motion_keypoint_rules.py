@@ -121,3 +121,92 @@ def test_conventional_rules_select_the_keypoint_set() -> None:
         reference, frames, (128, 96), GuidanceConventions(keypoints="openpose18")
     )
     assert whole[1][0, 10, 10] == 1 and body[1][0, 10, 10] == 0
+
+
+def one_point(path: list[tuple[float, float, float]]) -> np.ndarray:
+    frames = np.zeros((len(path), 133, 3), np.float32)
+    for t, point in enumerate(path):
+        frames[t, 0] = point
+    return frames
+
+
+def test_trajectory_flow_is_the_displacement_under_a_unit_peak_gaussian() -> None:
+    size = (256, 256)
+    sigma = 20.0 * 256 / 1024  # DisPose's 20 px at 1024, scaled: 5 px
+    frames = one_point([(95.0, 100.0, 1.0), (100.0, 100.0, 1.0)])  # moves by (+5, 0) onto (100, 100)
+    flow = trajectory_flow(frames, size, downsample=1)
+    assert flow.dtype == np.float32 and flow.shape == (2, 256, 256, 2)
+    assert not flow[0].any()  # frame 0 has no step
+    assert flow[1, 100, 100] == pytest.approx((5.0, 0.0), abs=1e-4)
+    for d in (3, 7, 12):
+        gauss = np.exp(-(d**2) / (2 * sigma**2))
+        assert flow[1, 100, 100 + d, 0] == pytest.approx(5.0 * gauss, rel=1e-3, abs=1e-6)
+        assert flow[1, 100 - d, 100, 0] == pytest.approx(5.0 * gauss, rel=1e-3, abs=1e-6)
+    assert not flow[1, 100, 100 + 26 :].any()  # truncated at 99 / 20 sigma = 24.75 px
+
+
+def test_trajectory_flow_borders_are_zero_padded_not_reflected() -> None:
+    frames = one_point([(0.0, 50.0, 1.0), (2.0, 50.0, 1.0)])
+    flow = trajectory_flow(frames, (256, 256), downsample=1)
+    sigma = 5.0
+    # at x = 2 (the point) and x = 6: the plain Gaussian ratio, no mass mirrored back from x < 0
+    assert flow[1, 50, 6, 0] == pytest.approx(2.0 * np.exp(-16 / (2 * sigma**2)), rel=1e-3)
+
+
+def test_trajectory_flow_steps_need_the_point_seen_at_both_ends_and_go_on_after_an_empty_step() -> None:
+    frames = one_point([(100.0, 100.0, 1.0), (104.0, 100.0, 0.0), (108.0, 100.0, 1.0), (112.0, 100.0, 1.0)])
+    flow = trajectory_flow(frames, (256, 256), downsample=1)
+    assert not flow[1].any() and not flow[2].any()  # 0 -> 1 and 1 -> 2 have an unseen end
+    assert flow[3, 100, 112] == pytest.approx((4.0, 0.0), abs=1e-4)  # an empty step does not end the loop
+    tie = one_point([(100.0, 100.0, 1.0), (104.0, 100.0, TIE)])
+    assert trajectory_flow(tie, (256, 256), downsample=1)[1].any()
+    assert not trajectory_flow(tie, (256, 256), downsample=1, strict=True)[1].any()
+    assert not trajectory_flow(tie, (256, 256), threshold=0.5, downsample=1)[1].any()
+
+
+def test_trajectory_flow_default_downsampling_is_4() -> None:
+    frames = one_point([(500.0, 500.0, 1.0), (510.0, 500.0, 1.0)])
+    assert (
+        trajectory_flow(frames, (1024, 1024)) == trajectory_flow(frames, (1024, 1024), downsample=4)
+    ).all()
+    assert not (
+        trajectory_flow(frames, (1024, 1024)) == trajectory_flow(frames, (1024, 1024), downsample=5)
+    ).all()
+
+
+def test_sparse_motion_threshold_strict_and_points_off_the_image() -> None:
+    reference = np.zeros((133, 3), np.float32)
+    reference[0] = (-5.0, 10.0, 1.0)  # left of the image: written at column 0
+    reference[1] = (70.0, -3.0, 1.0)  # above: row 0
+    reference[2] = (130.0, 40.0, 1.0)  # right of a 128 px image: column 127
+    reference[3] = (30.0, 100.0, 1.0)  # below a 96 px image: row 95
+    reference[4] = (50.0, 50.0, 0.2)  # not seen
+    reference[5] = (60.0, 60.0, TIE)  # seen unless strict
+    frames = reference[None].copy()
+    frames[0, :, 0] += 3.0
+    flow, mask = sparse_motion(reference, frames, (128, 96))
+    assert flow.dtype == np.float32 and mask.dtype == np.float32
+    for x, y in ((0, 10), (70, 0), (127, 40), (30, 95), (60, 60)):
+        assert mask[0, y, x] == 1 and flow[0, y, x] == pytest.approx((3.0, 0.0)), (x, y)
+    assert mask[0].sum() == 5
+    assert sparse_motion(reference, frames, (128, 96), strict=True)[1][0, 60, 60] == 0
+    assert sparse_motion(reference, frames, (128, 96), threshold=0.5)[1][0].sum() == 4
+    assert sparse_motion(reference, frames, (128, 96), threshold=0.1)[1][0].sum() == 6
+
+
+def test_dispose_inputs_clamp_positions_and_follow_each_frame() -> None:
+    reference = np.zeros((133, 3), np.float32)
+    reference[0] = (-5.0, 200.0, 1.0)  # clamped to x = 0
+    frames = np.repeat(reference[None], 3, 0)
+    frames[:, 0, 0] = (3.0, 6.0, 9.0)
+    flow, mask = dispose_sparse_motion(reference, frames, (384, 384))
+    assert [flow[t, 200, 0, 0] for t in range(3)] == pytest.approx([3.0, 6.0, 9.0])
+    assert mask[:, 200, 0].tolist() == [1, 1, 1]
+    frames[2, 0, 2] = 0.0  # unseen at the end of the last step only
+    trajectory = dispose_trajectory_flow(reference, frames, (384, 384))
+    assert trajectory.dtype == np.float32
+    # step t writes at int(start): the reference (clamped to 0), then frame 0 (3), then frame 1 (6)
+    assert trajectory[0, 200, 0, 0] > 0 and trajectory[1, 200, 3, 0] > 0
+    assert not trajectory[2].any()  # step 1 -> 2 has an unseen end
+    with pytest.raises(ValueError, match="unseen must be one of"):
+        dispose_trajectory_flow(reference, frames, (384, 384), unseen="ignore")
