@@ -161,3 +161,21 @@ def test_clip_grad_norm_is_torchs_rule():
     small[0].grad = torch.full((2,), 0.1)
     clip_grad_norm(small, 1.0)  # under the limit: unchanged
     assert torch.equal(small[0].grad, torch.full((2,), 0.1))
+
+
+def test_accelerates_own_fsdp_launch_is_refused_with_the_way_to_shard(tmp_path):
+    from types import SimpleNamespace
+
+    fsdp_launch = SimpleNamespace(distributed_type=SimpleNamespace(name="FSDP"))
+    with pytest.raises(TrainError, match="--fsdp") as caught:
+        Trainer(TrainConfig(output_dir=tmp_path), accelerator=fsdp_launch)
+    assert caught.value.code == "train_invalid"
+
+
+def test_the_8_gpu_config_is_a_plain_multi_gpu_accelerate_config():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = Path(__file__).parents[1] / "animate" / "train" / "configs" / "fsdp_8gpu.yaml"
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert (config.distributed_type.name, config.num_processes) == ("MULTI_GPU", 8)
+    assert "run --fsdp" in path.read_text()
