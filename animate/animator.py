@@ -27,7 +27,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from animate.engines import ENGINE_NAMES, diffusion_unavailable_reason, select_engine, wan_unavailable_reason
+from animate.engines import (
+    ENGINE_NAMES,
+    auto_engine_name,
+    diffusion_unavailable_reason,
+    select_engine,
+    wan_unavailable_reason,
+)
 from animate.errors import AnimateError
 from animate.media import ReferenceImage, VideoWriters, cover_size, load_image, open_video, write_video
 from animate.motion.bundle import GuidanceBundle
@@ -37,7 +43,8 @@ from animate.settings import Settings
 
 #: Share of the whole run each stage takes, for one overall ``fraction`` (rough CPU proportions).
 STAGE_WEIGHTS = {
-    "decode": 0.02, "pose": 0.33, "body": 0.2, "motion": 0.03, "previews": 0.06, "render": 0.31, "encode": 0.05,
+    "decode": 0.02, "load": 0.02, "pose": 0.33, "body": 0.2, "motion": 0.03, "previews": 0.06, "render": 0.29,
+    "encode": 0.05,
 }  # fmt: skip
 STAGES = tuple(STAGE_WEIGHTS)
 MAX_SIDE, SHORT_SIDE = 1024, 576
@@ -325,6 +332,14 @@ class Animator:
         media = self.settings.media
         image = load_image(reference, media)
         video = open_video(driving, media)
+        # loading a model's weights is its own stage ("load"), not decode; the warp engine loads nothing
+        loads = options.engine != "warp" and (
+            options.engine != "auto" or auto_engine_name(self.settings) != "warp"
+        )
+        if loads:
+            report("decode", 1, 1)
+            lap("decode")
+            report("load", 0, 1)
         engine = select_engine(
             options.engine,
             self.settings,
@@ -362,8 +377,8 @@ class Animator:
             from animate.body import load_body
 
             load_body(self.settings.body_model)
-        report("decode", 1, 1)
-        lap("decode")
+        report("load" if loads else "decode", 1, 1)
+        lap("load" if loads else "decode")
 
         # 2. pose: reference (static, with segmentation) and driving video, then retarget onto the reference.
         # The reference body fit needs only the reference: it runs on a helper thread meanwhile.

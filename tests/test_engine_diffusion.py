@@ -67,6 +67,10 @@ def test_diffusion_progress_per_step_and_cancel(tiny_weights, tmp_path, data_dir
     animator.run(HERO_RGBA, DANCE, tmp_path / "a.mp4", options, progress=seen.append)
     # the stage opens at step 0 (engine set-up), then one report per denoising step
     assert [p.step for p in seen if p.stage == "render"][:4] == [0, 1, 2, 3]
+    # loading the weights is its own stage, right after decode (not counted as decoding)
+    stages = list(dict.fromkeys(p.stage for p in seen))
+    assert stages[:3] == ["decode", "load", "pose"], stages
+    assert [p.step for p in seen if p.stage == "load"] == [0, 1]
     assert [p.fraction for p in seen].count(1.0) == 1
 
     steps = []

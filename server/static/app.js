@@ -91,6 +91,7 @@ const ERROR_MESSAGES = {
 const STAGE_WORDS = {
   startup: "Starting up",
   decode: "Reading your photo and video",
+  load: "Loading the model",
   pose: "Finding the body pose in each frame",
   body: "Fitting a 3D body to the person",
   motion: "Working out the motion",
