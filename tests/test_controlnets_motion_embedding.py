@@ -58,3 +58,17 @@ def test_flows_of_different_shapes_are_refused(embedding) -> None:
         ValueError, match=r"dense_flow \(1, 2, 16, 16\) and trajectory_flow \(1, 2, 8, 8\) differ"
     ):
         embedding(torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 8, 8))
+
+
+def test_from_unet_follows_the_unets_dtype_and_copies_its_parts_exactly() -> None:
+    from controlnets.motion_controlnet import UNET_PARTS, MotionControlNet
+    from pipelines.testing import tiny_unet
+
+    torch.manual_seed(0)
+    unet = tiny_unet().to(torch.float64)
+    controlnet = MotionControlNet.from_unet(unet)
+    assert controlnet.dtype == torch.float64
+    for name in UNET_PARTS:
+        ours, theirs = getattr(controlnet, name).state_dict(), getattr(unet, name).state_dict()
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
