@@ -72,3 +72,11 @@ def test_from_unet_follows_the_unets_dtype_and_copies_its_parts_exactly() -> Non
         ours, theirs = getattr(controlnet, name).state_dict(), getattr(unet, name).state_dict()
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_defaults_are_dispose_s_two_channel_flows_and_8x_downsampling() -> None:
+    module = MotionEmbedding(out_channels=4)  # DisPose's (16, 32, 96, 256): three stride-2 convs
+    assert module.downsample_factor == 8
+    assert module.conv_in_flow.in_channels == 2 and module.conv_in_traj.in_channels == 2
+    with torch.no_grad():
+        assert module(torch.zeros(1, 2, 32, 32), None).shape == (1, 4, 4, 4)
