@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PARTS = ("pose_guider", "lora", "temporal")
 LR = 1e-3
+CLIP = 0.05
 
 
 def _free_port() -> int:
@@ -40,6 +41,7 @@ def _single(tmp_path: Path, name: str, data: Path, base: Path, **overrides) -> T
         frames=3,
         steps=4,
         lr=LR,
+        max_grad_norm=CLIP,
         batch=2,
         lora_rank=2,
         validate_every=0,
@@ -94,6 +96,7 @@ def test_fsdp_on_two_gloo_processes_equals_one_process_with_the_global_batch(tmp
         "-m", "animate.train", "run", "--fsdp", "--data", str(data), "--base", str(base), "-o", str(run),
         "--train", ",".join(PARTS), "--lora-rank", "2", "--frames", "3", "--steps", "4", "--lr", "1e-3",
         "--batch", "1", "--validate-every", "4", "--checkpoint-every", "2", "--no-progress",
+        "--max-grad-norm", str(CLIP),  # gradient norms here are 0.1 to 0.35: clipping is active
     ]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # no GPU here: accelerate's MULTI_CPU on gloo
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)

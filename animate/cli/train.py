@@ -122,6 +122,7 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Clip the gradients' L2 norm to this."),
     fsdp: bool = typer.Option(
         False, "--fsdp", help="Shard the UNet over the processes (FSDP2; with accelerate launch --multi_gpu)."
     ),
@@ -161,6 +162,7 @@ def run(
         num_workers=workers,
         progress=progress,
         fsdp=fsdp,
+        max_grad_norm=max_grad_norm,
     )
     result = run_training(config)
     if not result.main_process:  # rank 0 speaks for the run
