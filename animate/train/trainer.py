@@ -56,6 +56,13 @@ from animate.train.objective import EDMObjective
 log = logging.getLogger("animate.train")
 
 TRAINABLE = ("pose_guider", "guidance", "motion_controlnet", "lora", "temporal", "identity")
+#: Trainable sets that are whole pipeline modules: (the --train name, the pipeline attribute)
+MODULE_PARTS = (
+    ("pose_guider", "pose_guider"),
+    ("guidance", "guidance_encoders"),
+    ("motion_controlnet", "motion_controlnet"),
+    ("identity", "identity_adapter"),
+)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 CHECKPOINTS_DIR = "checkpoints"
@@ -378,12 +385,7 @@ def trainable_parameters(pipe: Any, train: Sequence[str]) -> dict[str, torch.nn.
         if module is not None:
             module.requires_grad_(False).eval()
     named: dict[str, torch.nn.Parameter] = {}
-    for part, attr in (
-        ("pose_guider", "pose_guider"),
-        ("guidance", "guidance_encoders"),
-        ("motion_controlnet", "motion_controlnet"),
-        ("identity", "identity_adapter"),
-    ):
+    for part, attr in MODULE_PARTS:
         if part in train:
             module = getattr(pipe, attr)
             module.requires_grad_(True).train()
@@ -710,12 +712,7 @@ class Trainer:
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             train = self.config.train
-            for part, attr in (
-                ("pose_guider", "pose_guider"),
-                ("guidance", "guidance_encoders"),
-                ("motion_controlnet", "motion_controlnet"),
-                ("identity", "identity_adapter"),
-            ):
+            for part, attr in MODULE_PARTS:
                 if part in train:
                     getattr(self.pipe, attr).save_pretrained(folder / attr)
             unet_state = gathered if gathered is not None else self._unet_state()
