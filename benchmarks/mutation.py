@@ -5,10 +5,12 @@ that cover it) runs on its own in `build/mutation/<module>/`: a pyproject whose 
 that module's files and collects only its tests, links to the packages, the tests and ../shared, and mutmut's
 `mutants/` copy. mutmut runs each mutant in a fork with only the tests that call the mutated function, so a
 module costs one test run plus a fraction of one per mutant. A module still running after `--budget` seconds
-is stopped and its unchecked mutants are counted as "not run".
+is stopped and its unchecked mutants are counted as "not run". `--sample N` runs a seeded random sample of N of
+a module's mutants (for modules whose tests cost seconds per mutant); the row then counts the sample only.
 
     python benchmarks/mutation.py                       # every configured module, one after another
     python benchmarks/mutation.py animate/media --budget 600 --max-children 2
+    python benchmarks/mutation.py animate/engines/warp.py --sample 300 --seed 0   # 300 of its ~2000 mutants
     cd build/mutation/animate_media_video && ../../../.venv/bin/mutmut show NAME   # one survivor's diff
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -90,13 +93,18 @@ def prepare(module: str, config: dict, resume: bool) -> tuple[Path, list[str]]:
     return work, files
 
 
-def run_mutmut(work: Path, budget: float, max_children: int) -> tuple[float, bool]:
-    """Run mutmut in `work` (log in mutmut.log), stopped at the budget. Returns (seconds, finished)."""
+def run_mutmut(
+    work: Path, budget: float, max_children: int, names: list[str] | None = None, log_mode: str = "wb"
+) -> tuple[float, bool]:
+    """Run mutmut in `work` (log in mutmut.log), stopped at the budget. Returns (seconds, finished).
+
+    `names` limits the run to those mutants (mutmut still generates them all and collects test stats once).
+    """
     start = time.monotonic()
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *(names or [])]
     # mutmut forks each mutant from a process that already ran torch: a forked OpenMP pool deadlocks.
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(work / "mutmut.log", "wb") as log:
+    with open(work / "mutmut.log", log_mode) as log:
         process = subprocess.Popen(
             command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -115,17 +123,45 @@ def run_mutmut(work: Path, budget: float, max_children: int) -> tuple[float, boo
     return time.monotonic() - start, finished
 
 
-def tally(work: Path, files: list[str]) -> tuple[Counter, list[str]]:
-    """Count mutants per column from mutmut's `.meta` files; return the surviving mutants' names."""
-    counts, survivors = Counter(), []
+def exit_codes(work: Path, files: list[str]) -> dict[str, int | None]:
+    """Every generated mutant's exit code (None: not run) from mutmut's `.meta` files."""
+    codes = {}
     for file in files:
         meta = work / "mutants" / f"{file}.meta"
-        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
-        for name, code in codes.items():
-            column = COLUMN_BY_EXIT_CODE.get(code, "other")
-            counts[column] += 1
-            if column in ("survived", "no tests"):
-                survivors.append(name)
+        if meta.is_file():
+            codes |= json.loads(meta.read_text())["exit_code_by_key"]
+    return codes
+
+
+def draw_sample(work: Path, files: list[str], size: int, seed: int, budget: float) -> tuple[list[str], float]:
+    """A seeded sample of `size` mutant names, kept in `sample.txt` (a resumed run reuses it).
+
+    mutmut lists mutants only by generating them: a run filtered to a name that matches nothing generates
+    every mutant and collects the tests' stats (both reused by the real run), then stops.
+    """
+    listed = work / "sample.txt"
+    if listed.is_file():
+        return listed.read_text().split(), 0.0
+    seconds, _ = run_mutmut(work, budget, 1, names=["no-such-mutant-listing-only"])
+    names = sorted(exit_codes(work, files))
+    if not names:
+        raise SystemExit(f"error: mutmut generated no mutants in {work} (see mutmut.log)")
+    sample = sorted(random.Random(seed).sample(names, min(size, len(names))))
+    listed.write_text("\n".join(sample) + "\n")
+    return sample, seconds
+
+
+def tally(work: Path, files: list[str], sample: list[str] | None = None) -> tuple[Counter, list[str]]:
+    """Count mutants per column (only the sample's, if any); return the surviving mutants' names."""
+    counts, survivors = Counter(), []
+    codes = exit_codes(work, files)
+    if sample is not None:
+        codes = {name: codes.get(name) for name in sample}
+    for name, code in codes.items():
+        column = COLUMN_BY_EXIT_CODE.get(code, "other")
+        counts[column] += 1
+        if column in ("survived", "no tests"):
+            survivors.append(name)
     return counts, sorted(survivors)
 
 
@@ -159,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1200, help="seconds per module (default 1200)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants run at once")
     parser.add_argument("--resume", action="store_true", help="keep the results of an earlier (stopped) run")
+    parser.add_argument("--sample", type=int, default=None, help="run only a random sample of N mutants")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     args = parser.parse_args(argv)
 
     config = load_config()
@@ -174,8 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     for module in modules:
         work, files = prepare(module, config, args.resume)
         print(f"{module}: {len(files)} file(s), log in {work.relative_to(ROOT)}/mutmut.log", flush=True)
-        seconds, finished = run_mutmut(work, args.budget, args.max_children)
-        counts, survivors = tally(work, files)
+        sample, seconds = None, 0.0
+        if args.sample:
+            sample, seconds = draw_sample(work, files, args.sample, args.seed, args.budget)
+            codes = exit_codes(work, files)
+            todo = [name for name in sample if codes.get(name) is None]
+            print(f"  sample of {len(sample)} mutants (seed {args.seed}), {len(todo)} to run", flush=True)
+            if todo:
+                more, finished = run_mutmut(
+                    work, max(args.budget - seconds, 60), args.max_children, names=todo, log_mode="ab"
+                )
+                seconds += more
+            else:
+                finished = True
+        else:
+            seconds, finished = run_mutmut(work, args.budget, args.max_children)
+        counts, survivors = tally(work, files, sample)
         write_survivors(work, survivors)
         if not finished:
             print(f"  stopped after {seconds:.0f} s (budget or error): see the log", flush=True)
