@@ -20,6 +20,11 @@ output size):
 - face: share of frames whose driving frame shows a face (found by the detector in a square crop around
   the driving head keypoints, scaled to 160 px) where the output's same crop shows one too. Detector:
   dlib's HOG frontal face detector when ``dlib`` imports, else MediaPipe face detection (named in the table).
+- bg PSNR (self-reconstruction only): PSNR over RGB where the reference person stood but the driving
+  frame shows background (the reference's person mask minus both frames' person masks, each grown by 2%
+  of the person's height): how well the engine fills what the reference person hid.
+- hand PSNR (self-reconstruction only): PSNR over RGB inside a disc on each seen driving hand: centred
+  past the wrist by 0.4 of the forearm (the palm), radius 5% of the person's height.
 - change: mean |frame t - frame t-1| of the output over the same of the driving frames (1 = as steady as
   the real clip; a smear or flicker is > 1, a frozen picture 0).
 - fps: frames over the seconds of the whole job (pose, body fit, motion, render; no encode) in this
@@ -84,6 +89,8 @@ class CaseResult:
     psnr: float = float("nan")
     ssim: float = float("nan")
     face: float = float("nan")
+    bg_psnr: float = float("nan")
+    hand_psnr: float = float("nan")
     change: float = float("nan")
     fps: float = float("nan")
     rss_mb: float = float("nan")
@@ -350,6 +357,48 @@ def masked_psnr_ssim(
     return (float(np.mean(psnrs)), float(np.mean(ssims))) if psnrs else (float("nan"), float("nan"))
 
 
+def _psnr(errors: list[np.ndarray]) -> float:
+    errors = [e for e in errors if e.size]
+    if not errors:
+        return float("nan")
+    mse = max(float(np.mean(np.concatenate(errors) ** 2)), 1e-6)
+    return 10.0 * np.log10(255.0**2 / mse)
+
+
+def background_psnr(
+    outputs: list[np.ndarray], driving: list[np.ndarray], drv: Analysis, out: Analysis
+) -> float:
+    """PSNR where the reference (frame 0) person stood and neither frame shows a person."""
+    height = float(person_heights(drv.masks[:1], drv.keypoints[:1])[0])
+    grow = max(3, round(0.02 * height)) * 2 + 1
+    kernel = np.ones((grow, grow), np.uint8)
+    stood = cv2.dilate(drv.masks[0].astype(np.uint8), kernel) > 0
+    errors = []
+    for t in range(1, len(outputs)):
+        people = cv2.dilate((drv.masks[t] | out.masks[t]).astype(np.uint8), kernel) > 0
+        region = stood & ~people
+        errors.append((outputs[t].astype(np.float64) - driving[t].astype(np.float64))[region].ravel())
+    return _psnr(errors)
+
+
+def hand_psnr(outputs: list[np.ndarray], driving: list[np.ndarray], drv: Analysis) -> float:
+    """PSNR inside a disc on each seen driving hand (past the wrist, COCO 9, 10, along the forearm)."""
+    heights = person_heights(drv.masks, drv.keypoints)
+    size = drv.masks.shape[2], drv.masks.shape[1]
+    seen = seen_in_frame(drv.keypoints, size)
+    errors = []
+    for t, (output, frame) in enumerate(zip(outputs, driving, strict=True)):
+        disc = np.zeros(frame.shape[:2], np.uint8)
+        for elbow, wrist in ((7, 9), (8, 10)):
+            if seen[t, elbow] and seen[t, wrist]:
+                a, b = drv.keypoints[t, elbow, :2], drv.keypoints[t, wrist, :2]
+                x, y = np.rint(b + 0.4 * (b - a)).astype(int)
+                cv2.circle(disc, (int(x), int(y)), max(3, round(0.05 * heights[t])), 1, -1)
+        region = disc > 0
+        errors.append((output.astype(np.float64) - frame.astype(np.float64))[region].ravel())
+    return _psnr(errors)
+
+
 def change(frames: list[np.ndarray]) -> float:
     if len(frames) < 2:
         return float("nan")
@@ -441,6 +490,8 @@ def run_case(case: str, args, animator, faces: FaceDetector, tmp: Path) -> CaseR
             setattr(result, key, value)
     if kind == "self":
         result.psnr, result.ssim = masked_psnr_ssim(outputs, drv_frames, drv.masks)
+        result.bg_psnr = background_psnr(outputs, drv_frames, drv, out)
+        result.hand_psnr = hand_psnr(outputs, drv_frames, drv)
         has_face = drv.faces
         result.face = float(out.faces[has_face].mean()) if has_face.any() else float("nan")
     else:
@@ -474,6 +525,8 @@ COLUMNS = (
     ("psnr", "mPSNR", "{:.2f}"),
     ("ssim", "mSSIM", "{:.3f}"),
     ("face", "face", "{:.2f}"),
+    ("bg_psnr", "bgPSNR", "{:.2f}"),
+    ("hand_psnr", "hPSNR", "{:.2f}"),
     ("change", "change", "{:.2f}"),
     ("fps", "fps", "{:.2f}"),
     ("rss_mb", "RSS MB", "{:.0f}"),
