@@ -25,6 +25,11 @@ output size):
   of the person's height): how well the engine fills what the reference person hid.
 - hand PSNR (self-reconstruction only): PSNR over RGB inside a disc on each seen driving hand: centred
   past the wrist by 0.4 of the forearm (the palm), radius 5% of the person's height.
+- area (self-reconstruction only): the output person's mask area over the driving person's, mean over
+  frames (1 = the same size; a body fitted too thin, background showing through the chest, is < 1).
+- width: the mask's width across each limb segment and the torso at its middle (perpendicular to it,
+  each sequence measured on its own keypoints and mask), output over driving, mean over the segments and
+  frames seen in both (self-reconstruction only; < 1: limbs or torso drawn too narrow).
 - change: mean |frame t - frame t-1| of the output over the same of the driving frames (1 = as steady as
   the real clip; a smear or flicker is > 1, a frozen picture 0).
 - fps: frames over the seconds of the whole job (pose, body fit, motion, render; no encode) in this
@@ -69,7 +74,10 @@ LIMB_NAMES = (
     "r_thigh",
     "r_shin",
 )
-SELF_CASES = ("dance", "talking", "dance_half", "dance_flip", "dance_zoom")
+SELF_CASES = ("dance", "talking", "dance_half", "dance_flip", "dance_zoom", "dance_turned", "dance_narrow")
+# Side views: the dance from a frame where the dancer stands turned (a three-quarter view), and the same
+# clip squeezed to 60% of its width (shoulders, hips and head as narrow as a body seen nearly side-on).
+SIDE_START, NARROW = 200, 0.6
 CROSS_CASES = ("woman_dance", "anime_dance", "hero_dance", "anime_half_dance")
 ALL_CASES = SELF_CASES + CROSS_CASES
 KP_SCORE = 0.5  # a keypoint counts as seen at this MediaPipe visibility
@@ -91,6 +99,8 @@ class CaseResult:
     face: float = float("nan")
     bg_psnr: float = float("nan")
     hand_psnr: float = float("nan")
+    area: float = float("nan")
+    width: float = float("nan")
     change: float = float("nan")
     fps: float = float("nan")
     rss_mb: float = float("nan")
@@ -101,12 +111,12 @@ class CaseResult:
 # ---------------------------------------------------------------- inputs made at run time
 
 
-def _decode(path: Path, frames: int) -> tuple[list[np.ndarray], float]:
+def _decode(path: Path, frames: int, start: int = 0) -> tuple[list[np.ndarray], float]:
     from animate.media import open_video
 
     with open_video(path) as video:
         fps = float(video.fps)
-        return list(video.frames(max_frames=frames)), fps
+        return list(video.frames(max_frames=start + frames))[start:], fps
 
 
 def _first_pose(frame: np.ndarray) -> np.ndarray:
@@ -133,6 +143,9 @@ def _transform_clip(case: str, frames: list[np.ndarray]) -> list[np.ndarray]:
     if case == "dance_half":
         cut = _thigh_y(_first_pose(frames[0]))
         return [np.ascontiguousarray(f[:cut]) for f in frames]
+    if case == "dance_narrow":
+        size = (round(width * NARROW / 2) * 2, height)
+        return [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames]
     if case == "dance_zoom":  # closer: the person larger, cut below the knees, a narrower view
         x0, x1 = int(0.15 * width), int(0.85 * width)
         y0, y1 = int(0.04 * height), int(0.78 * height)
@@ -153,7 +166,7 @@ def _make_inputs(case: str, frames: int, tmp: Path) -> tuple[Path, Path, str]:
 
     if case in SELF_CASES:
         source = TALKING if case == "talking" else DANCE
-        clip, fps = _decode(source, frames)
+        clip, fps = _decode(source, frames, SIDE_START if case in ("dance_turned", "dance_narrow") else 0)
         clip = _transform_clip(case, clip)
         if clip[0].shape[0] % 2 or clip[0].shape[1] % 2:
             clip = [np.ascontiguousarray(f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2]) for f in clip]
@@ -399,6 +412,61 @@ def hand_psnr(outputs: list[np.ndarray], driving: list[np.ndarray], drv: Analysi
     return _psnr(errors)
 
 
+def area_ratio(out_masks: np.ndarray, drv_masks: np.ndarray) -> float:
+    """Mean over frames of the output person's mask area over the driving person's."""
+    areas = drv_masks.sum((1, 2)).astype(np.float64)
+    keep = areas >= 50
+    if not keep.any():
+        return float("nan")
+    return float(np.mean(out_masks[keep].sum((1, 2)) / areas[keep]))
+
+
+#: Segments whose silhouette width is measured (keypoints averaged at each end): the 8 limb segments and
+#: the torso (the shoulders' middle to the hips').
+WIDTH_SEGMENTS = (*(((a,), (b,)) for a, b in LIMBS), ((5, 6), (11, 12)))
+
+
+def segment_width(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Width (pixels) of the mask across the segment a -> b at its middle: the run of mask pixels along
+    the perpendicular through the middle that holds it (nan when the middle is off the mask)."""
+    direction = b - a
+    length = float(np.linalg.norm(direction))
+    if length < 2:
+        return float("nan")
+    normal = np.array([-direction[1], direction[0]]) / length
+    middle = 0.5 * (a + b)
+    steps = np.arange(-mask.shape[0], mask.shape[0] + 1, 0.5)
+    points = np.rint(middle[None] + steps[:, None] * normal[None]).astype(int)
+    inside = (points[:, 0] >= 0) & (points[:, 0] < mask.shape[1]) & (points[:, 1] >= 0)
+    inside &= points[:, 1] < mask.shape[0]
+    on = np.zeros(len(steps), bool)
+    on[inside] = mask[points[inside, 1], points[inside, 0]]
+    centre = len(steps) // 2
+    if not on[centre]:
+        return float("nan")
+    off_before, off_after = np.flatnonzero(~on[:centre]), np.flatnonzero(~on[centre:])
+    lo = off_before[-1] + 1 if len(off_before) else 0
+    hi = centre + off_after[0] if len(off_after) else len(steps)
+    return 0.5 * float(hi - lo)
+
+
+def width_ratio(out: Analysis, drv: Analysis) -> float:
+    """Output over driving silhouette width across the limb segments and the torso (see segment_width)."""
+    size = drv.masks.shape[2], drv.masks.shape[1]
+    seen = seen_in_frame(out.keypoints, size) & seen_in_frame(drv.keypoints, size)
+    ratios = []
+    for t in range(len(drv.masks)):
+        for first, second in WIDTH_SEGMENTS:
+            if not seen[t, list(first + second)].all():
+                continue
+            o, d = out.keypoints[t, :, :2], drv.keypoints[t, :, :2]
+            w_out = segment_width(out.masks[t], o[list(first)].mean(0), o[list(second)].mean(0))
+            w_drv = segment_width(drv.masks[t], d[list(first)].mean(0), d[list(second)].mean(0))
+            if np.isfinite(w_out) and np.isfinite(w_drv) and w_drv > 0:
+                ratios.append(w_out / w_drv)
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
 def change(frames: list[np.ndarray]) -> float:
     if len(frames) < 2:
         return float("nan")
@@ -492,6 +560,8 @@ def run_case(case: str, args, animator, faces: FaceDetector, tmp: Path) -> CaseR
         result.psnr, result.ssim = masked_psnr_ssim(outputs, drv_frames, drv.masks)
         result.bg_psnr = background_psnr(outputs, drv_frames, drv, out)
         result.hand_psnr = hand_psnr(outputs, drv_frames, drv)
+        result.area = area_ratio(out.masks, drv.masks)
+        result.width = width_ratio(out, drv)
         has_face = drv.faces
         result.face = float(out.faces[has_face].mean()) if has_face.any() else float("nan")
     else:
@@ -527,6 +597,8 @@ COLUMNS = (
     ("face", "face", "{:.2f}"),
     ("bg_psnr", "bgPSNR", "{:.2f}"),
     ("hand_psnr", "hPSNR", "{:.2f}"),
+    ("area", "area", "{:.2f}"),
+    ("width", "width", "{:.2f}"),
     ("change", "change", "{:.2f}"),
     ("fps", "fps", "{:.2f}"),
     ("rss_mb", "RSS MB", "{:.0f}"),
