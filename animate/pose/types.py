@@ -160,5 +160,5 @@ class PoseSequence:
             raise PoseError("unreadable_pose_file", f"cannot read poses file {path}: {exc}") from exc
         try:
             return cls.from_json(data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a frame that is not an object
             raise PoseError("unreadable_pose_file", f"malformed poses file {path}: {exc}") from exc
