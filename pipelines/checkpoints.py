@@ -86,13 +86,13 @@ def compare_keys(module: torch.nn.Module, shapes: Mapping[str, Any]) -> KeyRepor
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A ``.pth``/``.pt``/``.safetensors`` state dict, memory-mapped where the format allows it."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist", "checkpoint_unreadable")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
         try:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError:  # legacy (pre-zip) pickles cannot be memory-mapped
