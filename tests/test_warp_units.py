@@ -1,0 +1,796 @@
+"""The warp engine's small parts, each on a tiny synthetic scene (32 to 128 px) against a hand-made expectation.
+
+These run in well under a second each, so a mutant of ``animate/engines/warp.py`` is usually caught here
+before the scene tests (``test_warp_body.py``, ``test_warp_skeleton.py``) run at all.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from animate.body.parts import PART_NAMES
+from animate.engines.warp import (
+    FrameMasks,
+    WarpEngine,
+    _extend_cut,
+    _extend_person,
+    _fill_holes,
+    _inverse_2x2,
+    _offbody_parts,
+    _upsample_map,
+    arm_regions,
+    fill_background,
+    hidden_hands,
+    partial_reference,
+)
+from animate.motion.body_field import part_neighbours
+from animate.motion.bundle import GuidanceBundle
+from animate.pose.layout import (
+    L_ANKLE,
+    L_ELBOW,
+    L_HIP,
+    L_KNEE,
+    L_SHOULDER,
+    L_WRIST,
+    LEFT_HAND_ROOT,
+    NOSE,
+    R_ANKLE,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_WRIST,
+    RIGHT_HAND_ROOT,
+)
+
+LEFT_HAND_PART, RIGHT_HAND_PART = PART_NAMES.index("left_hand"), PART_NAMES.index("right_hand")
+
+
+def chebyshev_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance (max of |dx|, |dy|) of every pixel to the nearest ``mask`` pixel (scipy)."""
+    return ndimage.distance_transform_cdt(~mask.astype(bool), metric="chessboard")
+
+
+# ---------------------------------------------------------------- partial_reference, hidden_hands
+
+
+def ankles(left: tuple[float, float, float], right: tuple[float, float, float]) -> np.ndarray:
+    kp = np.zeros((133, 3), np.float32)
+    kp[:, 2] = 1.0  # every other point seen: only the ankles decide
+    kp[L_ANKLE], kp[R_ANKLE] = left, right
+    return kp
+
+
+def test_partial_reference_needs_one_seen_ankle_inside_the_picture():
+    size = (100, 200)  # width, height
+    gone = (50, 150, 0.0)
+    assert not partial_reference(ankles((50, 150, 0.9), gone), size)
+    assert not partial_reference(ankles(gone, (50, 150, 0.9)), size)
+    assert partial_reference(ankles(gone, gone), size)
+    # the score threshold is inclusive
+    assert not partial_reference(ankles((50, 150, 0.3), gone), size)
+    assert partial_reference(ankles((50, 150, 0.29), gone), size)
+    assert not partial_reference(ankles((50, 150, 0.29), gone), size, threshold=0.2)
+    # inside means 0 <= x < width and 0 <= y < height, on each axis and for either ankle
+    for x, y, outside in [
+        (0, 150, False),
+        (-0.01, 150, True),
+        (99.9, 150, False),
+        (100, 150, True),
+        (50, 0, False),
+        (50, -0.01, True),
+        (50, 199.9, False),
+        (50, 200, True),
+    ]:
+        assert partial_reference(ankles((x, y, 1.0), gone), size) is outside, (x, y)
+        assert partial_reference(ankles(gone, (x, y, 1.0)), size) is outside, (x, y)
+    # the knees, toes and hips do not count: only points 15 and 16
+    kp = ankles(gone, gone)
+    kp[[13, 14, 17, 20]] = (50, 150, 1.0)
+    assert partial_reference(kp, size)
+    # width and height are not swapped: a point right of a tall picture's width is outside
+    assert partial_reference(ankles((150, 50, 1.0), gone), size)
+    assert not partial_reference(ankles((50, 150, 1.0), gone), size)
+
+
+def hand_scores(left_found: int, right_found: int, score: float = 0.9) -> np.ndarray:
+    kp = np.zeros((133, 3), np.float32)
+    kp[LEFT_HAND_ROOT : LEFT_HAND_ROOT + left_found, 2] = score
+    kp[RIGHT_HAND_ROOT : RIGHT_HAND_ROOT + right_found, 2] = score
+    return kp
+
+
+def test_hidden_hands_are_those_with_fewer_than_half_of_their_21_points_found():
+    assert hidden_hands(hand_scores(21, 21)) == ()
+    assert hidden_hands(hand_scores(0, 0)) == (LEFT_HAND_PART, RIGHT_HAND_PART)
+    assert hidden_hands(hand_scores(0, 21)) == (LEFT_HAND_PART,)
+    assert hidden_hands(hand_scores(21, 0)) == (RIGHT_HAND_PART,)
+    # 11 of 21 found is more than half, 10 is less
+    assert hidden_hands(hand_scores(11, 10)) == (RIGHT_HAND_PART,)
+    assert hidden_hands(hand_scores(10, 11)) == (LEFT_HAND_PART,)
+    # exactly at the threshold counts as found; just under does not; the threshold is a parameter
+    assert hidden_hands(hand_scores(21, 21, score=0.3)) == ()
+    assert hidden_hands(hand_scores(21, 21, score=0.29)) == (LEFT_HAND_PART, RIGHT_HAND_PART)
+    assert hidden_hands(hand_scores(21, 21, score=0.29), threshold=0.2) == ()
+    # a hand is its own 21 points: the left hand with 10 found stays hidden when the right hand's first
+    # point (the 22nd after the left root) is found, and the body's points do not count for either
+    kp = hand_scores(10, 1)
+    kp[:LEFT_HAND_ROOT, 2] = 1.0
+    assert hidden_hands(kp) == (LEFT_HAND_PART, RIGHT_HAND_PART)
+    kp = hand_scores(11, 11)
+    kp[LEFT_HAND_ROOT, 2] = 0.0  # the left hand's first point lost: 10 of 21
+    assert hidden_hands(kp) == (LEFT_HAND_PART,)
+
+
+def test_arm_regions_skip_a_forearm_shorter_than_2_px():
+    kp = np.zeros((133, 3), np.float32)
+    person = np.ones((40, 40), bool)
+    kp[L_ELBOW], kp[L_WRIST] = (20, 20, 1.0), (20, 21.9, 1.0)
+    assert not arm_regions(kp, person).any()
+    kp[L_WRIST] = (20, 22, 1.0)  # exactly 2 px: a capsule of radius round(0.24 + 2) = 2
+    regions = arm_regions(kp, person)
+    assert (regions[21, 19:22] == 1).all() and (regions[19:24, 20] == 1).all()
+    assert not regions[:, :15].any() and not regions[:, 26:].any() and not regions[27:].any()
+    # a custom threshold is used for the elbow and wrist
+    kp[L_WRIST, 2] = 0.25
+    assert not arm_regions(kp, person).any()
+    assert (arm_regions(kp, person, threshold=0.2) == regions).all()
+
+
+def test_arm_regions_hand_hull_uses_only_seen_points_with_the_threshold():
+    kp = np.zeros((133, 3), np.float32)
+    person = np.ones((120, 80), bool)
+    kp[L_ELBOW], kp[L_WRIST] = (40, 10, 1.0), (40, 60, 1.0)  # length 50: radius 8
+    kp[LEFT_HAND_ROOT : LEFT_HAND_ROOT + 3] = [(30, 90, 0.3), (50, 90, 0.3), (40, 100, 0.3)]
+    kp[LEFT_HAND_ROOT + 3] = (40, 5, 0.29)  # not seen: must not stretch the hull up
+    regions = arm_regions(kp, person)
+    # grown by a square of 2 x round(7.5) + 1 = 17 px: 8 px below the hull's bottom tip, not 9
+    assert regions[108, 40] == 1 and regions[109, 40] == 0
+    assert regions[90, 22] == 1 and regions[90, 21] == 0
+    assert regions[76, 40] == 0  # between the capsule's end (68) and the grown hull (82)
+    kp[LEFT_HAND_ROOT + 2, 2] = 0.29  # two seen points: no hull
+    assert not arm_regions(kp, person)[85:].any()
+    # with a lower threshold the fourth point joins the hull (which then spans the forearm)
+    kp[LEFT_HAND_ROOT + 2, 2] = 0.3
+    assert arm_regions(kp, person, threshold=0.2)[76, 40] == 1
+
+
+# ---------------------------------------------------------------- fill_background
+
+
+def test_fill_background_removes_the_person_and_leaves_far_pixels_exact():
+    rng = np.random.default_rng(1)
+    height, width = 96, 128
+    image = np.empty((height, width, 3), np.uint8)
+    image[:, : width // 2] = (40, 90, 200)  # blue half
+    image[:, width // 2 :] = (60, 180, 70)  # green half
+    noise = rng.integers(-6, 7, (height, width, 3))
+    image = np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+    person = np.zeros((height, width), bool)
+    person[30:70, 44:84] = True  # straddles the halves
+    original = image.copy()
+    image_with_person = image.copy()
+    image_with_person[person] = (250, 20, 20)
+    out = fill_background(image_with_person, person)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert (image_with_person == np.where(person[..., None], (250, 20, 20), original)).all()  # input kept
+    # far from the person (grown by 8 px, then a 2 px Gaussian edge of radius 8): exactly the input
+    distance = chebyshev_distance(person)
+    far = distance > 16
+    assert (out[far] == image_with_person[far]).all()
+    # where the person was, the background it stood on: the blue half's colour left of the middle, the
+    # green's right of it (no red left anywhere)
+    assert (out[..., 0] < 120).all()
+    left, right = person.copy(), person.copy()
+    left[:, width // 2 - 12 :] = False
+    right[:, : width // 2 + 12] = False
+    assert np.abs(out[left].astype(int) - (40, 90, 200)).max(1).mean() < 14
+    assert np.abs(out[right].astype(int) - (60, 180, 70)).max(1).mean() < 14
+    # next to the person (within the grown region), the fill dominates: no trace of red either
+    near = (distance > 0) & (distance <= 6)
+    assert np.abs(out[near].astype(int) - original[near]).max(1).mean() < 14
+
+
+def test_fill_background_blend_is_the_grown_mask_blurred():
+    """On a black image with a white fill, the output is the alpha itself: the person grown by 8 px
+    (two 9x9 dilations) blurred with sigma 2 (scipy's Gaussian as the reference), times 255, rounded."""
+    height, width = 64, 64
+    person = np.zeros((height, width), bool)
+    person[28:36, 28:36] = True
+    image = np.zeros((height, width, 3), np.uint8)
+    image[person] = 255  # the person is white; its surroundings are black: the fill is dark
+    out = fill_background(image, person)
+    grown = chebyshev_distance(person) <= 8
+    alpha = ndimage.gaussian_filter(grown.astype(np.float64), 2.0, truncate=4.0, mode="mirror")
+    # outside the grown region the input is black, so output = fill * alpha: small, and zero where
+    # alpha is zero (more than 16 px away)
+    assert (out[chebyshev_distance(person) > 16] == 0).all()
+    # inside the person (alpha nearly 1) the white person is gone: the fill comes from the black border
+    assert out[person].max() < 60
+    # a ring just outside the grown region: the blend leaves 1 - alpha of the black input, so the output
+    # there is at most alpha * 255
+    ring = (chebyshev_distance(person) >= 12) & (chebyshev_distance(person) <= 16)
+    assert (out[ring].max(1) <= np.ceil(alpha[ring] * 255 + 0.5)).all()
+
+
+def test_fill_background_rounds_and_copies():
+    image = np.full((96, 96, 3), 77, np.uint8)
+    person = np.zeros((96, 96), bool)
+    out = fill_background(image, person)
+    assert (out == image).all() and out is not image
+    out[0, 0] = 0
+    assert image[0, 0, 0] == 77
+    # a uniform picture stays uniform wherever the person was (the fill is that colour, up to the
+    # bicubic upsampling's ripple)
+    person[38:58, 38:58] = True
+    image[person] = 200
+    out = fill_background(image, person)
+    assert np.abs(out.astype(int) - 77).max() <= 2
+    assert (out[chebyshev_distance(person) > 16] == 77).all()
+    assert np.mean(out == 77) > 0.9
+
+
+# ---------------------------------------------------------------- _extend_cut, _extend_person
+
+
+def test_extend_cut_repeats_the_last_row_when_the_person_touches_the_bottom():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (64, 100, 3), np.uint8)
+    person = np.zeros((64, 100), bool)
+    person[20:, 40:45] = True  # 5 px of the bottom row: exactly 5% of the width
+    out_image, out_person = _extend_cut(image, person)
+    assert out_image.shape == (80, 100, 3) and out_person.shape == (80, 100)  # + max(8, 64 // 4)
+    assert (out_image[:64] == image).all() and (out_person[:64] == person).all()
+    assert (out_image[64:] == image[-1]).all() and (out_person[64:] == person[-1]).all()
+    person[-1, 44] = False  # 4 px: under 5%, not a cut
+    same_image, same_person = _extend_cut(image, person)
+    assert same_image is image and same_person is person
+    # a short picture still gets 8 rows
+    short, short_person = _extend_cut(image[:20], np.ones((20, 100), bool))
+    assert short.shape == (28, 100, 3) and short_person.all()
+    assert (short[20:] == image[19]).all()
+    # the bottom row decides, not the top one
+    top = np.zeros((64, 100), bool)
+    top[0] = True
+    assert _extend_cut(image, top)[0] is image
+
+
+def test_extend_person_paints_the_surroundings_with_the_nearest_core_colour():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (48, 64, 3), np.uint8)
+    person = np.zeros((48, 64), bool)
+    person[10:30, 20:40] = True
+    out = _extend_person(image, person)
+    core = np.zeros_like(person)
+    core[11:29, 21:39] = True  # eroded by one pixel
+    assert (out[core] == image[core]).all()
+    # straight left, right, above and below the core the nearest core pixel is unique
+    for y in range(11, 29):
+        assert (out[y, :21] == image[y, 21]).all() and (out[y, 39:] == image[y, 38]).all()
+    for x in range(21, 39):
+        assert (out[:11, x] == image[11, x]).all() and (out[29:, x] == image[28, x]).all()
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    # a person too thin to erode keeps itself as the core; no person at all: a copy
+    line = np.zeros_like(person)
+    line[20, 5:60] = True
+    thin = _extend_person(image, line)
+    assert (thin[20, 5:60] == image[20, 5:60]).all() and (thin[0, 30] == image[20, 30]).all()
+    copy = _extend_person(image, np.zeros_like(person))
+    assert (copy == image).all() and copy is not image
+
+
+# ---------------------------------------------------------------- _fill_holes, _inverse_2x2, _upsample_map
+
+
+def test_fill_holes_matches_scipy():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        mask = (rng.random((30, 40)) < 0.55).astype(np.uint8)
+        expected = ndimage.binary_fill_holes(mask).astype(np.uint8)  # 4-connected background, as flood fill
+        out = _fill_holes(mask)
+        assert out.dtype == np.uint8 and out.shape == mask.shape
+        assert (out == expected).all()
+    ring = np.zeros((12, 12), np.uint8)
+    ring[2:10, 2:10] = 1
+    ring[4:8, 4:8] = 0
+    assert _fill_holes(ring)[2:10, 2:10].all() and _fill_holes(ring).sum() == 64
+    notch = ring.copy()
+    notch[4:6, 0:4] = 0  # the hole opens to the border: not a hole
+    assert (_fill_holes(notch) == notch).all()
+
+
+def test_inverse_2x2_matches_numpy_and_falls_back_to_the_identity():
+    rng = np.random.default_rng(5)
+    jac = rng.uniform(-2, 2, (200, 2, 2))
+    det = np.linalg.det(jac)
+    jac = jac[np.abs(det) > 0.1]
+    out = _inverse_2x2(jac)
+    np.testing.assert_allclose(out, np.linalg.inv(jac), rtol=1e-10, atol=1e-12)
+    assert out.dtype == jac.dtype
+    assert (np.linalg.det(jac) < 0).any()  # negative determinants are inverted too
+    f32 = jac.astype(np.float32)
+    out32 = _inverse_2x2(f32)
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, np.linalg.inv(f32.astype(np.float64)), rtol=1e-4, atol=1e-4)
+    # |det| under 0.05: the identity; exactly 0.05 (0.25 * 0.2 in float64) is still inverted
+    special = np.array(
+        [
+            [[0.25, 0.0], [0.0, 0.2]],
+            [[0.25, 0.0], [0.0, 0.19]],
+            [[-0.25, 0.0], [0.0, 0.19]],
+            [[1.0, 2.0], [0.5, 1.0]],  # singular
+            [[0.0, -2.0], [3.0, 0.0]],  # det +6, off-diagonal only
+        ]
+    )
+    out = _inverse_2x2(special)
+    np.testing.assert_allclose(out[0], [[4.0, 0.0], [0.0, 5.0]])
+    np.testing.assert_array_equal(out[1], np.eye(2))
+    np.testing.assert_array_equal(out[2], np.eye(2))
+    np.testing.assert_array_equal(out[3], np.eye(2))
+    np.testing.assert_allclose(out[4], [[0.0, 1 / 3], [-0.5, 0.0]])
+    assert (special[1] == [[0.25, 0.0], [0.0, 0.19]]).all()  # the input is left alone
+
+
+def test_upsample_map_is_bilinear_where_smooth():
+    h, w = 10, 12
+    ys, xs = np.mgrid[:h, :w].astype(np.float32)
+    maps = np.stack([2.5 * xs + 3.0, 1.5 * ys + 0.25 * xs + 7.0], -1).astype(np.float32)
+    assert _upsample_map(maps, 1) is maps
+    for scale in (2, 3):
+        out = _upsample_map(maps, scale)
+        assert out.shape == (h * scale, w * scale, 2) and out.dtype == np.float32
+        # a linear map stays linear: at output pixel X the input coordinate is (X + 0.5) / scale - 0.5
+        # (pixel centres), inside the border half-pixel where the resize clamps
+        Y, X = np.mgrid[: h * scale, : w * scale].astype(np.float64)
+        sx, sy = (X + 0.5) / scale - 0.5, (Y + 0.5) / scale - 0.5
+        expected = np.stack([2.5 * sx + 3.0, 1.5 * sy + 0.25 * sx + 7.0], -1)
+        inner = (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
+        np.testing.assert_allclose(out[inner], expected[inner], atol=1e-3)
+
+
+@pytest.mark.parametrize("channel", [0, 1])
+def test_upsample_map_takes_the_nearest_value_across_a_jump(channel):
+    """A step between two columns is a jump when it is larger than 3 x scale + 2 px (8 at scale 2): then
+    every output pixel takes one of the two values; a step of 8 is still blended."""
+    for step, jump in ((8.0, False), (8.25, True), (-8.25, True)):
+        maps = np.full((8, 10, 2), 20.0, np.float32)
+        maps[:, 5:, channel] += step
+        out = _upsample_map(maps, 2)[..., channel]
+        values = {20.0, 20.0 + step}
+        blended = ~np.isin(out, list(values))
+        if jump:
+            assert not blended.any(), (step, out[0])
+            # the nearest low-resolution pixel: columns 0..9 from 0..4, 10.. from 5..
+            assert (out[:, :10] == 20.0).all() and (out[:, 10:] == 20.0 + step).all()
+        else:
+            # bilinear: output column 9 lies at 4.25, a quarter of the way to the step
+            np.testing.assert_allclose(out[:, 9], 20.0 + 0.25 * step, atol=1e-4)
+            np.testing.assert_allclose(out[:, 10], 20.0 + 0.75 * step, atol=1e-4)
+        assert (out[:, :8] == 20.0).all() and (out[:, 12:] == 20.0 + step).all()
+    # an unset (-1) region next to set values far away: no blend of the two at scale 3 either
+    maps = np.full((6, 6, 2), -1.0, np.float32)
+    maps[:, 3:] = 30.0
+    out = _upsample_map(maps, 3)
+    assert (out[:, :9] == -1).all() and np.allclose(out[:, 9:], 30.0, atol=1e-4)
+
+
+# ---------------------------------------------------------------- FrameMasks, _offbody_parts
+
+
+def test_frame_masks_place_their_crops_at_the_origin():
+    silhouette = np.array([[1, 1, 0], [0, 1, 0]], bool)
+    body = np.array([[0, 1, 0], [0, 1, 0]], bool)
+    fill = np.array([[0, 0, 0], [0, 1, 1]], bool)
+    masks = FrameMasks((6, 8), (3, 4), silhouette, body, fill)
+    for full, crop in ((masks.silhouette, silhouette), (masks.body, body), (masks.fill, fill)):
+        assert full.shape == (6, 8) and full.dtype == bool
+        assert (full[3:5, 4:7] == crop).all()
+        assert full.sum() == crop.sum()
+    # the crops are the masks' only content: each property reads its own crop
+    assert (masks.body[3:5, 4:7] == body).all() and not (masks.fill[3:5, 4:7] == body).all()
+
+
+def test_offbody_parts_take_the_nearest_part_unless_a_foreign_one_is_nearly_as_close():
+    near = part_neighbours()
+    head, neck, left_hand = (PART_NAMES.index(n) for n in ("head", "neck", "left_hand"))
+    assert near[head, neck] and not near[head, left_hand]
+    for other, neighbour in ((left_hand, False), (neck, True)):
+        part = np.full((40, 80), -1, np.int16)
+        part[10:30, 5:25] = head
+        part[10:30, 55:75] = other
+        person = np.zeros((40, 80), bool)
+        person[8:32, 3:77] = True  # the body and everything between the two blocks
+        out = _offbody_parts(part, person, near)
+        assert out.dtype == np.int16 and out.shape == part.shape
+        assert (out[part >= 0] == -1).all() and (out[~person] == -1).all()
+        # 1 px right of the head: own distance 1, the hand 29 px away > 2 x 1 + 4
+        assert out[20, 25] == head and out[20, 54] == other
+        # the middle of the gap (15 px from both): a foreign part is as close: neither
+        assert out[20, 40] == (head if neighbour else -1) or out[20, 40] == (other if neighbour else -1)
+        if not neighbour:
+            # own distance d, foreign 30 - d: clear while 30 - d > 2 d + 4, i.e. d < 8.67
+            assert out[20, 25 + 7] == head and out[20, 25 + 9] == -1
+            assert out[20, 54 - 7] == other and out[20, 54 - 9] == -1
+        else:
+            assert (out[20, 25:55] >= 0).all()
+    # nothing to do without a body or without off-body person pixels
+    empty = np.full((10, 10), -1, np.int16)
+    assert (_offbody_parts(empty, np.ones((10, 10), bool), near) == -1).all()
+    full = np.zeros((10, 10), np.int16)
+    assert (_offbody_parts(full, np.ones((10, 10), bool), near) == -1).all()
+
+
+# ---------------------------------------------------------------- WarpEngine._compose
+
+
+def gradient_image(height: int, width: int) -> np.ndarray:
+    """R = 2x + 10, G = 3y + 5, B = 100: bilinear sampling of it at (x, y) is exact."""
+    ys, xs = np.mgrid[:height, :width]
+    return np.stack([2 * xs + 10, 3 * ys + 5, np.full_like(xs, 100)], -1).astype(np.uint8)
+
+
+def square_pixels(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+
+
+def compose(reference, background, pixels, positions, layer=None, jacobians=None, edge_sigma=1.0):
+    n = len(pixels)
+    layer = np.zeros(n, np.int32) if layer is None else layer
+    jacobians = np.broadcast_to(np.eye(2), (n, 2, 2)).copy() if jacobians is None else jacobians
+    return WarpEngine(edge_sigma=edge_sigma)._compose(
+        reference, background, pixels, positions, layer, jacobians
+    )
+
+
+def test_compose_carries_a_square_by_a_whole_pixel_shift():
+    reference = np.random.default_rng(6).integers(0, 256, (64, 64, 3), np.uint8)
+    background = np.full((64, 64, 3), 50, np.uint8)
+    pixels = square_pixels(10, 12, 30, 40)  # x 10..29, y 12..39
+    frame, silhouette = compose(reference, background, pixels, pixels + np.array([7, -5]))
+    expected = np.zeros((64, 64), bool)
+    expected[7:35, 17:37] = True
+    assert (silhouette == expected).all()
+    # 4 px inside the edge (the blur's radius at sigma 1): exactly the shifted reference
+    inner = np.zeros_like(expected)
+    inner[11:31, 21:33] = True
+    assert (frame[inner] == reference[16:36, 14:26].reshape(-1, 3)).all()
+    # 2 px or more outside: the background untouched
+    outside = chebyshev_distance(expected) >= 2
+    assert (frame[outside] == 50).all()
+    assert frame.dtype == np.uint8
+
+
+def test_compose_soft_edge_is_a_gaussian_of_the_silhouette_cut_one_pixel_out():
+    """alpha = Gaussian(silhouette, sigma) times the silhouette dilated by 1 px; the frame is the blend
+    (rounded) of the background and the warped reference. A uniform reference, so warped = its colour
+    inside; outside the silhouette the map is unset and reads the reference's replicated corner."""
+    reference = np.full((48, 48, 3), 200, np.uint8)
+    reference[0, 0] = (0, 100, 250)  # what unset map entries read (remap replicates the border at -1)
+    background = np.full((48, 48, 3), 20, np.uint8)
+    pixels = square_pixels(10, 10, 38, 38)
+    for sigma in (1.0, 2.0):
+        frame, silhouette = compose(reference, background, pixels, pixels, edge_sigma=sigma)
+        assert silhouette[10:38, 10:38].all() and silhouette.sum() == 28 * 28
+        k = np.arange(-int(4 * sigma), int(4 * sigma) + 1)
+        g = np.exp(-(k**2) / (2 * sigma**2))
+        g /= g.sum()
+        # along row 24 (the middle of the left edge), 1-D: alpha at column x is the kernel mass over
+        # columns >= 10
+        for x, inside in ((9, False), (10, True), (11, True)):
+            alpha = g[(x + k) >= 10].sum()
+            colour = reference[24, 24] if inside else reference[0, 0]
+            expected = (20 * (1 - alpha) + colour.astype(float) * alpha + 0.5).astype(int)
+            assert np.abs(frame[24, x].astype(int) - expected).max() <= 1, (sigma, x, frame[24, x], expected)
+        assert (frame[24, :9] == 20).all()  # cut 1 px outside the silhouette, however wide the blur
+
+
+def test_compose_front_layer_wins_and_later_lower_layers_do_not_overwrite():
+    reference = np.zeros((40, 80, 3), np.uint8)
+    reference[:, :40] = (255, 0, 0)
+    reference[:, 40:] = (0, 0, 255)
+    background = np.full((40, 80, 3), 128, np.uint8)
+    red, blue = square_pixels(5, 5, 25, 25), square_pixels(45, 5, 65, 25)
+    target = square_pixels(30, 10, 50, 30)
+    for red_layer, blue_layer, winner in ((2, 1, (255, 0, 0)), (1, 2, (0, 0, 255)), (-1, 0, (0, 0, 255))):
+        for order in (0, 1):  # both orders of the pixel list
+            pixels = np.concatenate([red, blue] if order == 0 else [blue, red])
+            layers = np.array(
+                [red_layer] * 400 + [blue_layer] * 400
+                if order == 0
+                else [blue_layer] * 400 + [red_layer] * 400,
+                np.int32,
+            )
+            frame, silhouette = compose(
+                reference, background, pixels, np.concatenate([target, target]), layers
+            )
+            assert silhouette[10:30, 30:50].all() and silhouette.sum() == 400
+            assert (frame[14:26, 34:46] == winner).all(), (red_layer, blue_layer, order)
+
+
+def test_compose_stretch_samples_the_reference_at_the_inverse_position():
+    """Positions = 2 x pixels, jacobians 2I: every other target pixel is covered, the holes between are
+    closed and borrow a neighbour's source, and each target pixel t samples the reference at t / 2 through
+    the first-order inverse. The reference is a linear gradient, so bilinear sampling is exact."""
+    reference = gradient_image(40, 40)
+    background = np.full((80, 80, 3), 0, np.uint8)
+    pixels = square_pixels(8, 8, 28, 28)
+    jacobians = np.broadcast_to(2 * np.eye(2), (len(pixels), 2, 2)).copy()
+    frame, silhouette = compose(reference, background, pixels, 2 * pixels, jacobians=jacobians)
+    assert silhouette[16:55, 16:55].all()
+    ty, tx = np.mgrid[20:52, 20:52]  # away from the soft edge
+    expected_r = 2 * (tx / 2) + 10
+    expected_g = 3 * (ty / 2) + 5
+    assert np.abs(frame[20:52, 20:52, 0] - expected_r).max() <= 1
+    assert np.abs(frame[20:52, 20:52, 1] - expected_g).max() <= 1
+    assert (frame[20:52, 20:52, 2] == 100).all()
+
+
+def test_compose_steps_at_most_one_and_a_half_pixels_from_the_borrowed_source():
+    """A covered frame with a 6-row slit inside: the slit is filled (enclosed, within 3 px of cover), and
+    its pixels borrow the nearest covered pixel above or below, stepping back toward their own position
+    by at most 1.5 px (the first-order inverse is only trusted that far)."""
+    reference = gradient_image(64, 64)
+    background = np.zeros((64, 64, 3), np.uint8)
+    pixels = square_pixels(8, 8, 56, 40)
+    slit = (pixels[:, 1] >= 20) & (pixels[:, 1] < 26) & (pixels[:, 0] >= 14) & (pixels[:, 0] < 50)
+    pixels = pixels[~slit]
+    frame, silhouette = compose(reference, background, pixels, pixels.copy())
+    assert silhouette[8:40, 8:56].all()
+    x = np.arange(24, 40)
+    # rows 20 and 25: one px from cover, they sample themselves
+    assert np.abs(frame[20, x, 1].astype(int) - (3 * 20 + 5)).max() <= 1
+    assert np.abs(frame[25, x, 1].astype(int) - (3 * 25 + 5)).max() <= 1
+    # row 22: 3 px below the cover at row 19, 4 above row 26: samples row 19 + 1.5
+    assert np.abs(frame[22, x, 1].astype(float) - (3 * 20.5 + 5)).max() <= 1
+    # row 23: 3 px above row 26: samples row 26 - 1.5
+    assert np.abs(frame[23, x, 1].astype(float) - (3 * 24.5 + 5)).max() <= 1
+    assert np.abs(frame[22:24, x, 0].astype(int) - (2 * x + 10)).max() <= 1  # columns follow
+
+
+def test_compose_keeps_only_targets_inside_the_frame():
+    reference = gradient_image(40, 40)
+    background = np.full((40, 40, 3), 9, np.uint8)
+    pixels = square_pixels(5, 5, 25, 25)
+    # shifted so the square covers x -5..14 and y 20..39: its left part and nothing below are lost
+    frame, silhouette = compose(reference, background, pixels, pixels + np.array([-10, 15]))
+    expected = np.zeros((40, 40), bool)
+    expected[20:40, 0:15] = True
+    assert (silhouette == expected).all()
+    assert (frame[25:36, 0:10, 0] == reference[10:21, 10:20, 0]).all()
+    assert (frame[39, 0:10, 1] == reference[24, 10:20, 1]).all()
+    # right and bottom edges: a square landing at x 20..39, y 0..19
+    frame, silhouette = compose(reference, background, pixels, pixels + np.array([15, -5]))
+    expected = np.zeros((40, 40), bool)
+    expected[0:20, 20:40] = True
+    assert (silhouette == expected).all()
+    assert (frame[0:16, 24:40] == reference[5:21, 9:25]).all()
+    # everything outside: the background, and an empty silhouette
+    frame, silhouette = compose(reference, background, pixels, pixels + np.array([100, 0]))
+    assert (frame == 9).all() and not silhouette.any() and silhouette.shape == (40, 40)
+    assert frame is not background
+
+
+# ---------------------------------------------------------------- the skeleton path end to end
+
+
+def stick_figure(width: int = 96, height: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(133, 3) keypoints of a standing stick figure seen from the front, its (H, W) person mask (thick
+    limbs, a torso quad and a head) and a textured reference image (random colours on the person)."""
+    kp = np.zeros((133, 3), np.float32)
+    points = {
+        NOSE: (48, 16),
+        L_SHOULDER: (60, 34),
+        R_SHOULDER: (36, 34),
+        L_ELBOW: (70, 52),
+        R_ELBOW: (26, 52),
+        L_WRIST: (74, 68),
+        R_WRIST: (22, 68),
+        L_HIP: (56, 70),
+        R_HIP: (40, 70),
+        L_KNEE: (58, 92),
+        R_KNEE: (38, 92),
+        L_ANKLE: (58, 112),
+        R_ANKLE: (38, 112),
+    }
+    for index, (x, y) in points.items():
+        kp[index] = (x, y, 1.0)
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillConvexPoly(
+        mask, np.array([points[i] for i in (L_SHOULDER, R_SHOULDER, R_HIP, L_HIP)], np.int32), 1
+    )
+    cv2.circle(mask, points[NOSE], 9, 1, -1)
+    cv2.line(mask, (48, 24), (48, 34), 1, 8)
+    for a, b in (
+        (L_SHOULDER, L_ELBOW),
+        (L_ELBOW, L_WRIST),
+        (R_SHOULDER, R_ELBOW),
+        (R_ELBOW, R_WRIST),
+        (L_HIP, L_KNEE),
+        (L_KNEE, L_ANKLE),
+        (R_HIP, R_KNEE),
+        (R_KNEE, R_ANKLE),
+    ):
+        cv2.line(mask, points[a], points[b], 1, 7)
+    person = mask > 0
+    rng = np.random.default_rng(7)
+    image = np.full((height, width, 3), 128, np.uint8)
+    image[person] = rng.integers(0, 256, (int(person.sum()), 3), np.uint8)
+    return kp, person, image
+
+
+def skeleton_bundle(kp, person, image, frames) -> GuidanceBundle:
+    return GuidanceBundle(
+        reference=image,
+        reference_mask=person.astype(np.uint8) * 255,
+        reference_keypoints=kp,
+        keypoints=np.stack(frames).astype(np.float32),
+        fps=24.0,
+        size=(image.shape[1], image.shape[0]),
+    )
+
+
+def shifted(kp: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    out = kp.copy()
+    out[:, 0] += dx
+    out[:, 1] += dy
+    return out
+
+
+def test_skeleton_path_moves_the_whole_person_by_a_shift_of_every_keypoint():
+    """Every keypoint moves by (dx, dy): every bone's map is that shift, so the person's pixels land
+    exactly shifted (texture and all), and the reference's place shows the filled background."""
+    kp, person, image = stick_figure()
+    engine = WarpEngine()
+    calls = []
+    bundle = skeleton_bundle(kp, person, image, [kp, shifted(kp, 6, -4), shifted(kp, -5, 3)])
+    assert not WarpEngine.uses_body(bundle)
+    frames = list(engine.render(bundle, progress=lambda done, total: calls.append((done, total))))
+    assert engine.motion == "skeleton" and engine.last_body_mask is None and engine.last_masks is None
+    assert calls == [(1, 3), (2, 3), (3, 3)] and len(frames) == 3
+    for frame, (dx, dy) in zip(frames, [(0, 0), (6, -4), (-5, 3)], strict=True):
+        assert frame.shape == image.shape and frame.dtype == np.uint8
+        moved = np.roll(person, (dy, dx), axis=(0, 1))
+        source = np.roll(image, (dy, dx), axis=(0, 1))
+        inner = cv2.erode(moved.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        assert inner.sum() > 300
+        assert (frame[inner] == source[inner]).all(), (dx, dy)
+        # the background there is the grey the person stood on (filled), far away exactly grey
+        away = chebyshev_distance(person | moved) > 20
+        assert (frame[away] == 128).all()
+        left = person & ~(cv2.dilate(moved.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+        if left.any():
+            assert np.abs(frame[left].astype(int) - 128).max() < 12  # no person left behind
+    silhouette = engine.last_silhouette
+    moved = np.roll(person, (3, -5), axis=(0, 1))
+    assert (silhouette ^ moved).sum() < 0.03 * moved.sum()
+
+
+def test_skeleton_path_stops_when_cancelled_and_reports_progress_per_frame():
+    kp, person, image = stick_figure()
+    bundle = skeleton_bundle(kp, person, image, [kp] * 4)
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(True)
+        return len(asked) > 2
+
+    calls = []
+    frames = list(WarpEngine().render(bundle, lambda d, t: calls.append((d, t)), cancel))
+    assert len(frames) == 2 and calls == [(1, 4), (2, 4)]
+    assert len(list(WarpEngine().render(bundle, None, lambda: False))) == 4
+
+
+def test_skeleton_path_extends_a_person_cut_at_the_bottom():
+    """The figure cut at the thighs (the mask touches the bottom row) moves up by 12 px: the rows below
+    the cut come from the repeated last row, so the legs reach the frame's bottom instead of ending 12 px
+    above it over the background."""
+    kp, person, image = stick_figure()
+    cut = 84
+    kp_cut = kp.copy()
+    kp_cut[[L_KNEE, R_KNEE, L_ANKLE, R_ANKLE], 2] = 0.0
+    person, image = person[:cut], image[:cut]
+    bundle = skeleton_bundle(kp_cut, person, image, [shifted(kp_cut, 0, -12)])
+    frame = next(iter(WarpEngine().render(bundle)))
+    legs = np.flatnonzero(person[-1])
+    assert len(legs) >= 0.05 * person.shape[1]
+    inner = legs[2:-2] if len(legs) > 6 else legs
+    # the last 12 rows show the reference's last row (the legs continue), not grey
+    for row in range(cut - 10, cut):
+        shown = frame[row, inner].astype(int)
+        assert np.abs(shown - image[-1, inner].astype(int)).max(1).mean() < 20, row
+
+
+def hands_over_thighs(wrist: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints, person mask, image (torso and legs red, arms green, head skin) and the (H, W) torso
+    quad of a figure whose right arm hangs down to ``wrist``."""
+    width, height = 96, 128
+    points = {
+        NOSE: (48, 16),
+        L_SHOULDER: (62, 34),
+        R_SHOULDER: (34, 34),
+        L_ELBOW: (70, 58),
+        R_ELBOW: (22, 80),
+        L_WRIST: (74, 80),
+        R_WRIST: wrist,
+        L_HIP: (58, 80),
+        R_HIP: (38, 80),
+        L_KNEE: (58, 112),
+        R_KNEE: (38, 112),
+    }
+    kp = np.zeros((133, 3), np.float32)
+    for index, (x, y) in points.items():
+        kp[index] = (x, y, 1.0)
+    body, quad = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+    cv2.fillConvexPoly(
+        quad, np.array([points[i] for i in (L_SHOULDER, R_SHOULDER, R_HIP, L_HIP)], np.int32), 1
+    )
+    body |= quad
+    for a, b in ((L_HIP, L_KNEE), (R_HIP, R_KNEE)):
+        cv2.line(body, points[a], points[b], 1, 13)
+    arms = np.zeros((height, width), np.uint8)
+    for a, b in ((L_SHOULDER, L_ELBOW), (L_ELBOW, L_WRIST), (R_SHOULDER, R_ELBOW), (R_ELBOW, R_WRIST)):
+        cv2.line(arms, points[a], points[b], 1, 9)
+    head = np.zeros((height, width), np.uint8)
+    cv2.circle(head, points[NOSE], 10, 1, -1)
+    person = (body | arms | head) > 0
+    image = np.full((height, width, 3), 128, np.uint8)
+    image[body > 0] = (220, 40, 40)
+    image[arms > 0] = (40, 220, 40)
+    image[head > 0] = (230, 200, 160)
+    return kp, person, image, quad > 0
+
+
+def pixel_field(kp: np.ndarray, person: np.ndarray):
+    from animate.motion.skeleton_field import SkeletonField
+
+    ys, xs = np.nonzero(person)
+    return SkeletonField(kp, np.stack([xs, ys], 1).astype(np.float64))
+
+
+def test_hidden_torso_is_the_torso_and_thighs_with_what_the_arm_covers_filled():
+    """The right forearm hangs over the right thigh (the capsule hip-knee of radius round(0.25 x 32) = 8
+    belongs to the hidden layer): the layer is bound to the torso and thighs, holds the person inside the
+    quad and the capsules, and its image replaces the arm-bound pixels there (and only those)."""
+    from animate.motion.skeleton_field import BONES
+
+    kp, person, image, quad = hands_over_thighs((38, 108))
+    field = pixel_field(kp, person)
+    hidden = WarpEngine._hidden_torso(image, field, person)
+    assert hidden is not None
+    hidden_field, hidden_image = hidden
+    height, width = person.shape
+    bound = np.zeros((height, width), bool)
+    bound[hidden_field.pixels[:, 1].astype(int), hidden_field.pixels[:, 0].astype(int)] = True
+    # inside the quad and on the thighs' centre lines: in; off the person, the head, the left arm: out
+    assert bound[cv2.erode(quad.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0].all()
+    assert bound[82:110, 36:41].all() and bound[82:110, 56:61].all()
+    assert not bound[~person].any() and not bound[:26].any() and not bound[60:75, 66:80].any()
+    names = {BONES[i].name for i in np.flatnonzero(hidden_field.weights.any(0))}
+    assert names <= {"torso", "l_thigh", "r_thigh"} and "torso" in names
+    # the image: the reference except where arm-bound pixels lie on the torso region
+    dominant = np.full((height, width), -1)
+    ys, xs = np.nonzero(person)
+    dominant[ys, xs] = field.dominant
+    arm_bones = [i for i, bone in enumerate(BONES) if "arm" in bone.name or "hand" in bone.name]
+    on_arm = np.isin(dominant, arm_bones)
+    changed = (hidden_image != image).any(-1)
+    assert changed.any() and not changed[~on_arm].any()
+    assert not changed[:, :28].any()  # the arm's pixels beside the capsule keep their colour
+    # filled from the visible torso: redder and less green than the arm it replaces
+    under = on_arm & bound
+    assert under.sum() >= 50
+    assert hidden_image[under][:, 0].mean() > 100 and hidden_image[under][:, 1].mean() < 180
+
+
+def test_hidden_torso_needs_an_arm_over_the_torso_region_and_a_seen_torso():
+    # the forearm hangs outside the thighs: fewer than 50 arm pixels on the torso region
+    kp, person, image, _ = hands_over_thighs((16, 108))
+    assert WarpEngine._hidden_torso(image, pixel_field(kp, person), person) is None
+    kp, person, image, _ = hands_over_thighs((38, 108))
+    no_hip = kp.copy()
+    no_hip[L_HIP, 2] = 0.0
+    assert WarpEngine._hidden_torso(image, pixel_field(no_hip, person), person) is None
