@@ -1,0 +1,594 @@
+"""AnimationPipeline on micro models (16x16 frames, 8x8 latents, 2-4 frames, 1-2 steps), against references
+written out here: fast enough to run for every mutant of ``pipelines/pipeline_animation.py``.
+
+``reference_latents`` is the whole denoising computation by hand: the CLIP token from hand-normalised
+pixels, the VAE latent of the noise-augmented reference, SVD's added time ids ``[fps - 1, motion bucket,
+noise aug]``, the generator's order of draws, the pose guider's and the guidance encoders' features added to
+``conv_in``'s output (``tests/_unet_oracle.reference_unet``: the UNet forward written out, no hooks), the
+motion ControlNet's residuals added once or DisPose's way, classifier-free guidance with per-frame scales
+``linspace(min, max)``, MimicMotion's triangular tile blend and Euler v-prediction steps over given sigmas.
+The pipeline's latents must equal it; narrower tests pin the decode, the outputs and the argument checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuider
+from pipelines import AnimationPipeline
+from pipelines import pipeline_animation as pa
+from pipelines.testing import reinit_zero_layers, svd_scheduler
+from tests._unet_oracle import reference_unet
+
+SIZE = 16  # frames are SIZE x SIZE pixels
+LATENT = SIZE // 2  # the micro VAE downsamples by 2
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+SIGMAS = [2.0, 0.6, 0.0]  # two Euler steps; small sigmas keep float differences small
+ATOL = 2e-5
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def micro_components(residual_mode: str = "once") -> dict:
+    """The smallest real components the pipeline accepts: a 2-level UNet of 32 channels without spatial
+    cross-attention, a 2-level VAE, a 1-layer CLIP of 8 dims; guider, encoders and ControlNet re-initialised
+    so that every conditioning path acts."""
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=LATENT,
+        in_channels=8,
+        out_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlockSpatioTemporal",) * 2,
+        up_block_types=("UpBlockSpatioTemporal",) * 2,
+        cross_attention_dim=8,
+        num_attention_heads=(1, 1),
+        projection_class_embeddings_input_dim=12,
+        addition_time_embed_dim=4,
+        num_frames=2,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=[32, 32],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        latent_channels=4,
+        layers_per_block=1,
+    )
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=8,
+            projection_dim=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            image_size=SIZE,
+            intermediate_size=8,
+            patch_size=4,
+        )
+    )
+    pose_guider = PoseGuider(block_out_channels=(4, 4), out_channels=32)
+    encoders = GuidanceFusion(
+        guidance_types=("depth", "normal"),
+        block_out_channels=(4, 4),
+        out_channels=32,
+        attention_num_heads=1,
+        attention_norm_num_groups=4,
+    )
+    controlnet = MotionControlNet.from_unet(
+        unet,
+        conditioning_embedding_out_channels=(4, 4),
+        point_embedding_channels=4,
+        point_mid_channels=4,
+        residual_mode=residual_mode,
+    )
+    for module in (pose_guider, encoders, controlnet):
+        reinit_zero_layers(module, std=0.1)
+    for module in (unet, vae, image_encoder, pose_guider, encoders, controlnet):
+        module.eval()
+    return {
+        "unet": unet,
+        "vae": vae,
+        "image_encoder": image_encoder,
+        "scheduler": svd_scheduler(),
+        "feature_extractor": CLIPImageProcessor(crop_size=SIZE, size=SIZE),
+        "pose_guider": pose_guider,
+        "guidance_encoders": encoders,
+        "motion_controlnet": controlnet,
+    }
+
+
+_COMPONENTS: dict[str, dict] = {}
+
+
+def make_pipe(residual_mode: str = "once", **replace) -> AnimationPipeline:
+    if residual_mode not in _COMPONENTS:
+        _COMPONENTS[residual_mode] = micro_components(residual_mode)
+    pipe = AnimationPipeline(**(_COMPONENTS[residual_mode] | replace))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe() -> AnimationPipeline:
+    return make_pipe()
+
+
+def rand(*shape: int, seed: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def run(pipe: AnimationPipeline, **kwargs):
+    inputs = {
+        "image": rand(1, 3, SIZE, SIZE, seed=0),
+        "height": SIZE,
+        "width": SIZE,
+        "sigmas": SIGMAS,
+        "num_inference_steps": None,
+        "generator": torch.Generator().manual_seed(0),
+        "output_type": "latent",
+        "min_guidance_scale": 1.0,
+        "max_guidance_scale": 2.5,
+        "noise_aug_strength": 0.02,
+    }
+    return pipe(**(inputs | kwargs)).frames
+
+
+# --- the reference ------------------------------------------------------------------------------------
+
+
+def clip_token(pipe: AnimationPipeline, image: torch.Tensor) -> torch.Tensor:
+    """CLIP's image embedding of ``image`` (B, 3, SIZE, SIZE) in [0, 1]: OpenAI's mean and std, no resize."""
+    with torch.no_grad():
+        return pipe.image_encoder((image - CLIP_MEAN) / CLIP_STD).image_embeds[:, None]
+
+
+def reference_latents(
+    pipe: AnimationPipeline,
+    num_frames: int,
+    tiles: list[list[int]],
+    weights: list[float],
+    *,
+    image: torch.Tensor | None = None,
+    seed: int = 0,
+    prepend_reference: bool = True,
+    cond_features: torch.Tensor | None = None,
+    shared_features: torch.Tensor | None = None,
+    flows: torch.Tensor | None = None,
+    points: dict | None = None,
+    motion_scale: float = 1.0,
+    mode: str = "once",
+    controlnet_cfg: str = "keep",
+    min_scale: float = 1.0,
+    max_scale: float = 2.5,
+    fps: int = 7,
+    bucket: int = 127,
+    aug: float = 0.02,
+    sigmas: list[float] = SIGMAS,
+    initial: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The latents (1, L, 4, h, w) of a one-video run, by hand. ``cond_features`` / ``shared_features``:
+    conv_in features per frame of the sequence (L, C, h, w) for the conditional half / both halves; ``flows``
+    (L, 2, H, W) dense flows per frame of the sequence; ``points``: the ControlNet's point inputs per frame
+    of the sequence (``embeddings`` (1, K, E), ``positions`` (L, K, 2), ``visible`` (L, K)); ``initial``: the
+    initial latents (1, L, 4, h, w) instead of the generator's second draw."""
+    image = rand(1, 3, SIZE, SIZE, seed=0) if image is None else image
+    unet, length = pipe.unet, num_frames + int(prepend_reference)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        noise = torch.randn(image.shape, generator=generator)  # SVD draws the augmentation noise first
+        image_latent = pipe.vae.encode(image * 2 - 1 + aug * noise).latent_dist.mode()[:, None]
+        x = torch.randn((1, length, 4, LATENT, LATENT), generator=generator) if initial is None else initial
+        token = clip_token(pipe, image)
+        ids = torch.tensor([[fps - 1.0, bucket, aug]])
+        do_cfg = max_scale > 1
+        scales = torch.linspace(min_scale, max_scale, length)
+        x = x * (sigmas[0] ** 2 + 1) ** 0.5
+        for sigma, sigma_next in itertools.pairwise(sigmas):
+            sigma_t = torch.tensor(sigma, dtype=torch.float32)
+            t = 0.25 * sigma_t.log()
+            x_in = x / (sigma_t**2 + 1) ** 0.5
+            fused = torch.zeros_like(x)
+            total = torch.zeros(length)
+            for idx in tiles:
+                n = len(idx)
+
+                def call(sample, context, features, controlnet, idx=idx, n=n, t=t):
+                    down = mid = None
+                    if controlnet:
+                        kwargs = {}
+                        if points is not None:
+                            kwargs = {
+                                "point_embeddings": points["embeddings"].repeat_interleave(n, 0),
+                                "point_positions": points["positions"][idx],
+                                "point_visible": points["visible"][idx],
+                            }
+                        down, mid = pipe.motion_controlnet(
+                            sample,
+                            t,
+                            encoder_hidden_states=context,
+                            added_time_ids=ids,
+                            dense_flow=None if flows is None else flows[idx],
+                            conditioning_scale=motion_scale,
+                            return_dict=False,
+                            **kwargs,
+                        )
+                    return reference_unet(unet, sample, t, context, ids, features, down, mid, mode)
+
+                def part(features, idx=idx):
+                    return None if features is None else features[idx]
+
+                uses_controlnet = flows is not None or points is not None
+                latent = image_latent.expand(1, n, -1, -1, -1)
+                cond_part = part(cond_features)
+                if shared_features is not None:
+                    cond_part = (
+                        part(shared_features) if cond_part is None else cond_part + part(shared_features)
+                    )
+                cond = call(torch.cat([x_in[:, idx], latent], 2), token, cond_part, uses_controlnet)
+                prediction = cond
+                if do_cfg:
+                    uncond_sample = torch.cat([x_in[:, idx], torch.zeros_like(latent)], 2)
+                    uncond = call(
+                        uncond_sample,
+                        torch.zeros_like(token),
+                        part(shared_features),
+                        uses_controlnet and controlnet_cfg == "keep",
+                    )
+                    prediction = uncond + scales[idx].view(1, n, 1, 1, 1) * (cond - uncond)
+                w = torch.tensor(weights if len(tiles) > 1 else [1.0] * n)
+                fused[:, idx] += prediction * w.view(1, n, 1, 1, 1)
+                total[idx] += w
+            fused = fused / total.view(1, length, 1, 1, 1)
+            # Euler, v-prediction: x0 = -sigma / sqrt(sigma^2 + 1) * v + x / (sigma^2 + 1)
+            denoised = fused * (-sigma_t / (sigma_t**2 + 1) ** 0.5) + x / (sigma_t**2 + 1)
+            x = x + (x - denoised) / sigma_t * (sigma_next - sigma_t)
+    return x
+
+
+def pose_features(pipe, poses: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The pose guider's features of frames in [0, 1] (they reach it in [-1, 1])."""
+    with torch.no_grad():
+        return pipe.pose_guider(poses * 2 - 1) * scale
+
+
+def map_features(pipe, maps: dict, scales: dict | None = None, unit: bool = False) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.guidance_encoders({k: v if unit else v * 2 - 1 for k, v in maps.items()}, scales or {})
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, atol: float = ATOL) -> None:
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=1e-4)
+
+
+# --- whole runs against the reference -----------------------------------------------------------------
+
+
+def test_plain_run_equals_the_hand_written_svd_loop(pipe):
+    """No conditioning, no reference frame, one tile: CLIP token, VAE latent, time ids, CFG and Euler."""
+    out = run(pipe, num_frames=3, prepend_reference=False, fps=9, motion_bucket_id=30, noise_aug_strength=0.1)
+    expected = reference_latents(pipe, 3, [[0, 1, 2]], [], prepend_reference=False, fps=9, bucket=30, aug=0.1)
+    close(out, expected)
+
+
+@pytest.mark.parametrize("cfg_mode", ["batched", "sequential"])
+def test_pose_and_maps_reach_conv_in_of_the_conditional_half_tiles_blend_triangularly(pipe, cfg_mode):
+    """4 frames + the reference, tiles of 3 overlapping by 2: [0, 1, 2], [0, 2, 3], [0, 3, 4], weights
+    (1/3, 1, 1/3); the reference frame gets the reference's pose and no map features."""
+    poses, ref_pose, depth = (
+        rand(4, 3, SIZE, SIZE, seed=1),
+        rand(1, 3, SIZE, SIZE, seed=2),
+        rand(4, 3, SIZE, SIZE, seed=3),
+    )
+    scales = {"pose": 0.5, "depth": 1.5}
+    out = run(
+        pipe,
+        pose_images=poses,
+        reference_pose_image=ref_pose,
+        guidance_maps={"depth": depth},
+        conditioning_scales=scales,
+        tile_size=3,
+        tile_overlap=2,
+        cfg_mode=cfg_mode,
+        output_type="latent",
+        keep_reference=True,
+    )
+    maps = map_features(pipe, {"depth": depth}, scales)
+    features = pose_features(pipe, torch.cat([ref_pose, poses]), 0.5) + torch.cat(
+        [torch.zeros_like(maps[:1]), maps]
+    )
+    tiles = [[0, 1, 2], [0, 2, 3], [0, 3, 4]]
+    expected = reference_latents(pipe, 4, tiles, [1 / 3, 1.0, 1 / 3], cond_features=features)
+    close(out, expected)
+
+
+def test_without_reference_frame_tiles_are_right_aligned_and_blended(pipe):
+    """No reference frame, 4 frames in tiles of 3 overlapping by 1: [0, 1, 2], [1, 2, 3] (the last one
+    right-aligned); frame 1 weighs 1 in the first tile and 1/3 in the second."""
+    poses = rand(4, 3, SIZE, SIZE, seed=4)
+    out = run(
+        pipe, pose_images=poses, tile_size=3, tile_overlap=1, prepend_reference=False, min_guidance_scale=1.5
+    )
+    expected = reference_latents(
+        pipe, 4, [[0, 1, 2], [1, 2, 3]], [1 / 3, 1.0, 1 / 3], prepend_reference=False,
+        cond_features=pose_features(pipe, poses), min_scale=1.5,
+    )  # fmt: skip
+    close(out, expected)
+
+
+def test_guidance_cfg_both_unit_range_maps_reach_both_halves(pipe):
+    """Champ: maps as uint8 / 255 in [0, 1] to the encoders, their features in both halves; the pose's in
+    the conditional half only."""
+    poses = rand(2, 3, SIZE, SIZE, seed=5)
+    normal = (rand(2, SIZE, SIZE, 3, seed=6) * 255).to(torch.uint8).numpy()
+    out = run(
+        pipe,
+        pose_images=poses,
+        guidance_maps={"normal": normal},
+        guidance_range="unit",
+        guidance_cfg="both",
+        prepend_reference=False,
+    )
+    unit = torch.from_numpy(normal).permute(0, 3, 1, 2).float() / 255
+    maps = map_features(pipe, {"normal": unit}, unit=True)
+    expected = reference_latents(
+        pipe, 2, [[0, 1]], [], prepend_reference=False, cond_features=pose_features(pipe, poses),
+        shared_features=maps,
+    )  # fmt: skip
+    close(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("config_mode", "call_mode", "used"),
+    [("once", None, "once"), ("dispose", None, "dispose"), ("dispose", "once", "once")],
+)
+def test_controlnet_residuals_follow_the_residual_mode(config_mode, call_mode, used):
+    """The config's residual mode unless the call names one; DisPose's adds each residual to every skip
+    collected so far after each down block (4/3/2/1 times), "once" adds each once before the up blocks."""
+    pipe = make_pipe(config_mode)
+    flows = rand(2, 2, SIZE, SIZE, seed=7) * 4 - 2
+    out = run(pipe, dense_flow=flows, residual_mode=call_mode, conditioning_scales={"motion": 0.7})
+    sequence_flows = torch.cat([torch.zeros_like(flows[:1]), flows])  # the reference frame: zero flow
+    expected = reference_latents(pipe, 2, [[0, 1, 2]], [], flows=sequence_flows, motion_scale=0.7, mode=used)
+    close(out[:, :], expected[:, 1:])
+
+
+@pytest.mark.parametrize("controlnet_cfg", ["keep", "drop"])
+def test_controlnet_negative_half_keeps_or_drops_the_residuals(pipe, controlnet_cfg):
+    flows = rand(2, 2, SIZE, SIZE, seed=8) * 4 - 2
+    out = run(
+        pipe,
+        dense_flow=flows.permute(0, 2, 3, 1).numpy(),
+        controlnet_cfg=controlnet_cfg,
+        prepend_reference=False,
+    )
+    expected = reference_latents(
+        pipe, 2, [[0, 1]], [], prepend_reference=False, flows=flows, controlnet_cfg=controlnet_cfg
+    )
+    close(out, expected)
+
+
+def test_points_are_sampled_at_the_reference_and_placed_where_both_scores_reach_the_threshold(pipe):
+    """Default point rules: the embedding is a bilinear sample of the features at the reference keypoint; a
+    point is placed (x / W, y / H) where its score and the reference's reach the threshold (0.3 counts)."""
+    features = rand(1, 4, 4, 4, seed=9)
+    reference = torch.tensor([[4.0, 8.0, 0.9], [12.0, 2.0, 0.3], [6.0, 6.0, 0.1]])
+    keypoints = torch.tensor(
+        [
+            [[5.0, 9.0, 0.3], [11.0, 3.0, 0.8], [7.0, 7.0, 0.9]],
+            [[3.0, 10.0, 0.29], [13.0, 1.0, 0.5], [8.0, 8.0, 1.0]],
+        ]
+    )
+    out = run(
+        pipe,
+        point_features=features,
+        keypoints=keypoints,
+        reference_keypoints=reference,
+        prepend_reference=False,
+    )
+    size = torch.tensor([SIZE, SIZE], dtype=torch.float32)
+    positions = keypoints[..., :2] / size
+    visible = torch.tensor([[True, True, False], [False, True, False]])
+    embeddings = PointAdapter.sample_reference(features, reference[:, :2] / size)
+    points = {"embeddings": embeddings, "positions": positions, "visible": visible}
+    expected = reference_latents(pipe, 2, [[0, 1]], [], prepend_reference=False, points=points)
+    close(out, expected)
+
+
+# --- decode and outputs ---------------------------------------------------------------------------------
+
+
+def vae_frames(pipe, latents: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+    """(F, 4, h, w) latents -> (F, 3, H, W) in [0, 1], decoded ``chunks`` frames per VAE call."""
+    out, start = [], 0
+    with torch.no_grad():
+        for n in chunks:
+            part = latents[start : start + n] / pipe.vae.config.scaling_factor
+            out.append(pipe.vae.decode(part, num_frames=n).sample)
+            start += n
+    return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
+
+
+@pytest.mark.parametrize(("chunk", "chunks"), [(None, [3]), (2, [2, 1]), (1, [1, 1, 1])])
+def test_frames_are_the_vae_decode_of_the_latents_chunk_by_chunk(pipe, chunk, chunks):
+    """The temporal decoder mixes the frames of a chunk, so the chunking is visible in the frames."""
+    latents = run(pipe, num_frames=3, max_guidance_scale=1.0)
+    frames = run(pipe, num_frames=3, max_guidance_scale=1.0, output_type="pt", decode_chunk_size=chunk)
+    close(frames[0], vae_frames(pipe, latents[0], chunks), atol=1e-5)
+    assert frames.shape == (1, 3, 3, SIZE, SIZE)
+
+
+def test_decode_reference_decodes_the_reference_frame_in_the_first_chunk_then_drops_it(pipe):
+    kwargs = {"num_frames": 3, "max_guidance_scale": 1.0}
+    latents = run(pipe, keep_reference=True, **kwargs)  # (1, 4, ...): the reference first
+    assert latents.shape == (1, 4, 4, LATENT, LATENT)
+    assert torch.equal(run(pipe, **kwargs), latents[:, 1:])
+    whole = run(pipe, output_type="pt", decode_reference=True, **kwargs)
+    close(whole[0], vae_frames(pipe, latents[0], [4])[1:], atol=1e-5)
+    chunked = run(pipe, output_type="pt", decode_reference=True, decode_chunk_size=3, **kwargs)
+    close(chunked[0], vae_frames(pipe, latents[0], [3, 1])[1:], atol=1e-5)
+    # without a prepended reference there is nothing to decode with the video
+    plain = run(pipe, output_type="pt", decode_reference=True, prepend_reference=False, **kwargs)
+    lat = run(pipe, prepend_reference=False, **kwargs)
+    close(plain[0], vae_frames(pipe, lat[0], [3]), atol=1e-5)
+
+
+def test_output_types_and_return_dict(pipe):
+    kwargs = {"num_frames": 2, "max_guidance_scale": 1.0}
+    pt = run(pipe, output_type="pt", **kwargs)
+    np_frames = run(pipe, output_type="np", **kwargs)
+    assert isinstance(np_frames, np.ndarray) and np_frames.shape == (1, 2, SIZE, SIZE, 3)
+    np.testing.assert_allclose(np_frames[0], pt[0].permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    pil = run(pipe, output_type="pil", **kwargs)
+    assert len(pil) == 1 and [im.size for im in pil[0]] == [(SIZE, SIZE)] * 2
+    np.testing.assert_array_equal(np.asarray(pil[0][1]), (np_frames[0, 1] * 255).round().astype(np.uint8))
+    as_tuple = pipe(
+        rand(1, 3, SIZE, SIZE, seed=0), height=SIZE, width=SIZE, sigmas=SIGMAS, num_inference_steps=None,
+        generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False,
+        noise_aug_strength=0.02, min_guidance_scale=1.0, **kwargs,
+    )  # fmt: skip
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1 and torch.equal(as_tuple[0], pt)
+
+
+@pytest.mark.parametrize(("output_type", "decode_reference"), [("np", False), ("pt", True)])
+def test_decode_stream_yields_the_chunks_of_the_decoded_video(pipe, output_type, decode_reference):
+    latents = run(pipe, num_frames=3, max_guidance_scale=1.0, keep_reference=True)
+    chunks = list(
+        pipe.decode_stream(
+            latents, 2, reference_first=True, decode_reference=decode_reference, output_type=output_type
+        )
+    )
+    if decode_reference:  # chunks [ref, 1], [2, 3]: the reference dropped from the first
+        expected = vae_frames(pipe, latents[0], [2, 2])
+        assert [len(c) for c in chunks] == [1, 2]
+    else:  # chunks [1, 2], [3]
+        expected = vae_frames(pipe, latents[0, 1:], [2, 1])
+        assert [len(c) for c in chunks] == [2, 1]
+    got = torch.cat([torch.as_tensor(c) for c in chunks])
+    if output_type == "np":
+        got = got.permute(0, 3, 1, 2)
+        assert isinstance(chunks[0], np.ndarray)
+    close(got, expected[-3:], atol=1e-5)
+    plain = list(pipe.decode_stream(latents[:, 1:], 3, output_type="pt"))
+    close(plain[0], vae_frames(pipe, latents[0, 1:], [3]), atol=1e-5)
+
+
+def test_decode_stream_refuses_a_batch_and_other_output_types(pipe):
+    latents = torch.zeros(2, 2, 4, LATENT, LATENT)
+    with pytest.raises(
+        ValueError,
+        match=r"^decode_stream takes one video's latents \(1, L, 4, h, w\), got \(2, 2, 4, 8, 8\)$",
+    ):
+        next(pipe.decode_stream(latents))
+    with pytest.raises(ValueError, match=r"^decode_stream takes one video"):
+        next(pipe.decode_stream(latents[0]))
+    with pytest.raises(ValueError, match=r"^decode_stream's `output_type` must be 'np' or 'pt', got 'pil'$"):
+        next(pipe.decode_stream(latents[:1], output_type="pil"))
+
+
+# --- generator, latents, scheduler, micro-conditioning ---------------------------------------------------
+
+
+def test_two_videos_per_prompt_each_follow_their_own_latents(pipe):
+    initial = torch.randn(2, 3, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(5))
+    out = run(pipe, num_frames=2, num_videos_per_prompt=2, latents=initial, keep_reference=True)
+    for k in range(2):
+        expected = reference_latents(pipe, 2, [[0, 1, 2]], [], initial=initial[k : k + 1])
+        close(out[k : k + 1], expected)
+
+
+def test_a_batch_of_references_with_a_generator_each(pipe):
+    images = torch.cat([rand(1, 3, SIZE, SIZE, seed=0), rand(1, 3, SIZE, SIZE, seed=11)])
+    generators = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(3)]
+    out = run(pipe, image=images, num_frames=2, generator=generators, prepend_reference=False)
+    for k, seed in enumerate((0, 3)):
+        expected = reference_latents(
+            pipe, 2, [[0, 1]], [], image=images[k : k + 1], seed=seed, prepend_reference=False
+        )
+        close(out[k : k + 1], expected)
+    with pytest.raises(ValueError, match=r"^1 generators for an effective batch of 2$"):
+        run(pipe, image=images, num_frames=2, generator=generators[:1])
+
+
+def test_a_pil_reference_equals_the_same_pixels_as_a_tensor(pipe):
+    pixels = (rand(SIZE, SIZE, 3, seed=12) * 255).to(torch.uint8)
+    tensor = pixels.permute(2, 0, 1)[None].float() / 255
+    out = run(pipe, image=PIL.Image.fromarray(pixels.numpy()), num_frames=2, prepend_reference=False)
+    close(out, reference_latents(pipe, 2, [[0, 1]], [], image=tensor, prepend_reference=False), atol=1e-4)
+    listed = run(pipe, image=[PIL.Image.fromarray(pixels.numpy())], num_frames=2, prepend_reference=False)
+    close(listed, out, atol=1e-6)
+
+
+def test_num_inference_steps_take_the_schedulers_karras_sigmas(pipe):
+    scheduler = svd_scheduler()
+    scheduler.set_timesteps(2)
+    sigmas = [float(s) for s in scheduler.sigmas]
+    assert len(sigmas) == 3 and sigmas[0] > 600
+    out = run(pipe, num_frames=2, sigmas=None, num_inference_steps=2, prepend_reference=False)
+    expected = reference_latents(pipe, 2, [[0, 1]], [], prepend_reference=False, sigmas=sigmas)
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_interrupt_after_the_first_step_returns_its_latents(pipe):
+    def stop(pipeline, step, timestep, tensors):
+        pipeline._interrupt = True
+        return {}
+
+    out = run(pipe, num_frames=2, prepend_reference=False, callback_on_step_end=stop)
+    expected = reference_latents(pipe, 2, [[0, 1]], [], prepend_reference=False, sigmas=SIGMAS[:2])
+    close(out, expected)
+
+
+def test_callback_sees_latents_and_noise_pred_and_can_replace_the_latents(pipe):
+    seen = []
+
+    def callback(pipeline, step, timestep, tensors):
+        seen.append((step, float(timestep), sorted(tensors), tensors["latents"].shape))
+        if step == 1:
+            return {"latents": torch.full_like(tensors["latents"], 0.5)}
+        return {}
+
+    out = run(
+        pipe,
+        num_frames=2,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "noise_pred"],
+    )
+    assert [s[0] for s in seen] == [0, 1]
+    assert seen[0][1] == pytest.approx(0.25 * np.log(2.0)) and seen[1][1] == pytest.approx(0.25 * np.log(0.6))
+    assert seen[0][2] == ["latents", "noise_pred"] and seen[0][3] == (1, 3, 4, LATENT, LATENT)
+    assert pipe.num_timesteps == 2
+    assert torch.equal(out, torch.full_like(out, 0.5))
+    with pytest.raises(
+        ValueError, match=r"^callback tensor inputs \['image_latents'\] not in \['latents', 'noise_pred'\]$"
+    ):
+        run(
+            pipe,
+            num_frames=1,
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["image_latents"],
+        )
+
+
+# --- the pieces, by hand ------------------------------------------------------------------------------
+
+
+def test_tile_frames_name_the_reference_and_the_input_frames():
+    assert pa._tile_frames([0, 3, 4, 5], True) == (True, 2, 5)  # sequence frames 3..5 are inputs 2..4
+    assert pa._tile_frames([0, 1, 2], True) == (True, 0, 2)
+    assert pa._tile_frames([2, 3, 4], True) == (False, 1, 4)  # a tile without the reference
+    assert pa._tile_frames([2, 3, 4], False) == (False, 2, 5)
+    assert pa._tile_frames([0, 1], False) == (False, 0, 2)
+    with pytest.raises(ValueError, match=r"^a tile's frames must be consecutive, got \[0, 2, 4\]$"):
+        pa._tile_frames([0, 2, 4], True)
+    with pytest.raises(ValueError, match="consecutive"):
+        pa._tile_frames([1, 2, 4], False)
