@@ -246,3 +246,36 @@ def test_cache_directory_goes_with_its_last_reference(tmp_path):
     del caches
     gc.collect()
     assert not path.exists()
+
+
+def test_a_wrong_window_is_named_by_its_frames():
+    source = FrameSource(9, lambda a, b: np.zeros((b - a + 1, 2)), (2,), np.float32)
+    with pytest.raises(ValueError, match=r"^frames 4\.\.6 came as \(4, 2\), expected \(3, 2\)$"):
+        source[4:7]
+
+
+def test_cleanup_after_the_folder_is_gone_is_harmless(tmp_path):
+    import shutil
+
+    caches = CacheDirectory(parent=tmp_path)
+    caches.cache("x", 1, (1,), np.uint8)
+    shutil.rmtree(caches.path)
+    caches.cleanup()  # someone else removed it (a tmp cleaner): no error
+
+
+def test_guidance_sources_are_float32_windows():
+    from animate.motion.bundle import GuidanceConventions
+    from animate.motion.frames import skeleton_flow_source, trajectory_source
+
+    reference = np.zeros((133, 3), np.float32)
+    reference[:, :2] = 20
+    reference[:, 2] = 0.9
+    keypoints = np.repeat(reference[None], 3, 0)
+    keypoints[:, :, 0] += np.arange(3)[:, None]
+    mask = np.zeros((30, 40), np.uint8)
+    for rules in (GuidanceConventions(), GuidanceConventions.for_networks(preset="dispose")):
+        source = trajectory_source(reference, keypoints, (40, 30), rules)
+        assert source.dtype == np.float32 and source.shape == (3, 30, 40, 2)
+        assert source[1:3].dtype == np.float32
+    flows = skeleton_flow_source(reference, keypoints, mask)
+    assert flows.dtype == np.float32 and flows.shape == (3, 30, 40, 2)
