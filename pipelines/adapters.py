@@ -99,13 +99,14 @@ def save_lora(unet: torch.nn.Module, config: Any, path: str | Path) -> None:
 def load_lora(unet: torch.nn.Module, path: str | Path) -> None:
     """Inject the LoRA of ``path`` into ``unet`` and load its weights; every LoRA key must land."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     try:
         config = LoraConfig.from_pretrained(str(path))
         state = load_file(str(path / LORA_WEIGHTS))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or foreign file
         raise CheckpointError(
             f"{path} is not a readable LoRA folder: {exc}", "checkpoint_unreadable"
         ) from exc
@@ -124,11 +125,12 @@ def load_lora(unet: torch.nn.Module, path: str | Path) -> None:
 def load_partial_unet(unet: torch.nn.Module, file: str | Path) -> None:
     """Assign the tensors of ``file`` (plain UNet keys) over ``unet``'s, strictly: each must name a tensor of
     the UNet with the same shape."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(file))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{file} is unreadable: {exc}", "checkpoint_unreadable") from exc
     own = unet.state_dict()
     unknown = [k for k in state if k not in own]
