@@ -28,8 +28,9 @@ output size):
 - area (self-reconstruction only): the output person's mask area over the driving person's, mean over
   frames (1 = the same size; a body fitted too thin, background showing through the chest, is < 1).
 - width: the mask's width across each limb segment and the torso at its middle (perpendicular to it,
-  each sequence measured on its own keypoints and mask), output over driving, mean over the segments and
-  frames seen in both (self-reconstruction only; < 1: limbs or torso drawn too narrow).
+  each sequence measured on its own keypoints and mask), output over driving: the median over the frames
+  seen in both per segment (robust to an arm that touches the torso in one and not the other), then the
+  mean over the segments (self-reconstruction only; < 1: limbs or torso drawn too narrow).
 - change: mean |frame t - frame t-1| of the output over the same of the driving frames (1 = as steady as
   the real clip; a smear or flicker is > 1, a frozen picture 0).
 - fps: frames over the seconds of the whole job (pose, body fit, motion, render; no encode) in this
@@ -105,6 +106,7 @@ class CaseResult:
     fps: float = float("nan")
     rss_mb: float = float("nan")
     limbs: dict[str, float] = field(default_factory=dict)  # limb angle error per segment (degrees)
+    widths: dict[str, float] = field(default_factory=dict)  # silhouette width ratio per segment
     notes: list[str] = field(default_factory=list)
 
 
@@ -450,21 +452,23 @@ def segment_width(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(hi - lo)
 
 
-def width_ratio(out: Analysis, drv: Analysis) -> float:
-    """Output over driving silhouette width across the limb segments and the torso (see segment_width)."""
+def width_ratios(out: Analysis, drv: Analysis) -> dict[str, float]:
+    """Per segment (limbs and torso), the median over frames of the output's silhouette width over the
+    driving one's (see segment_width)."""
     size = drv.masks.shape[2], drv.masks.shape[1]
     seen = seen_in_frame(out.keypoints, size) & seen_in_frame(drv.keypoints, size)
-    ratios = []
-    for t in range(len(drv.masks)):
-        for first, second in WIDTH_SEGMENTS:
-            if not seen[t, list(first + second)].all():
-                continue
+    result = {}
+    for name, (first, second) in zip((*LIMB_NAMES, "torso"), WIDTH_SEGMENTS, strict=True):
+        ratios = []
+        for t in np.flatnonzero(seen[:, list(first + second)].all(1)):
             o, d = out.keypoints[t, :, :2], drv.keypoints[t, :, :2]
             w_out = segment_width(out.masks[t], o[list(first)].mean(0), o[list(second)].mean(0))
             w_drv = segment_width(drv.masks[t], d[list(first)].mean(0), d[list(second)].mean(0))
             if np.isfinite(w_out) and np.isfinite(w_drv) and w_drv > 0:
                 ratios.append(w_out / w_drv)
-    return float(np.mean(ratios)) if ratios else float("nan")
+        if ratios:
+            result[name] = round(float(np.median(ratios)), 2)
+    return result
 
 
 def change(frames: list[np.ndarray]) -> float:
@@ -561,7 +565,8 @@ def run_case(case: str, args, animator, faces: FaceDetector, tmp: Path) -> CaseR
         result.bg_psnr = background_psnr(outputs, drv_frames, drv, out)
         result.hand_psnr = hand_psnr(outputs, drv_frames, drv)
         result.area = area_ratio(out.masks, drv.masks)
-        result.width = width_ratio(out, drv)
+        result.widths = width_ratios(out, drv)
+        result.width = float(np.mean(list(result.widths.values()))) if result.widths else float("nan")
         has_face = drv.faces
         result.face = float(out.faces[has_face].mean()) if has_face.any() else float("nan")
     else:
@@ -636,6 +641,8 @@ def print_table(results: list[CaseResult], args, face_name: str) -> None:
     for r in results:
         if r.limbs:
             print(f"limbs {r.case}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.limbs.items()))
+        if r.widths:
+            print(f"widths {r.case}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.widths.items()))
         for note in r.notes:
             print(f"note {r.case}: {note}")
 
