@@ -24,6 +24,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuider
 from pipelines import AnimationPipeline
 from pipelines import pipeline_animation as pa
+from pipelines.distributed import TileGroup
 from pipelines.testing import reinit_zero_layers, svd_scheduler
 from tests._unet_oracle import reference_unet
 
@@ -592,3 +593,347 @@ def test_tile_frames_name_the_reference_and_the_input_frames():
         pa._tile_frames([0, 2, 4], True)
     with pytest.raises(ValueError, match="consecutive"):
         pa._tile_frames([1, 2, 4], False)
+
+
+def test_prepare_flow_resizes_and_scales_the_vectors_by_the_size_ratio():
+    flow = torch.ones(2, 4, 8, 2) * torch.tensor([1.0, 2.0])  # (F, H', W', 2): x 1 px, y 2 px on 8 x 4
+    out = AnimationPipeline._prepare_flow(flow, 16, 32, torch.float32)  # to 32 x 16: x * 4, y * 4
+    assert out.shape == (2, 2, 16, 32) and out.is_contiguous()
+    assert torch.equal(out[:, 0], torch.full((2, 16, 32), 4.0)) and torch.equal(
+        out[:, 1], torch.full((2, 16, 32), 8.0)
+    )
+    wide = AnimationPipeline._prepare_flow(
+        flow.permute(0, 3, 1, 2).numpy(), 4, 16, torch.float64
+    )  # x * 2, y * 1
+    assert wide.dtype == torch.float64 and torch.equal(
+        wide[:, 0], torch.full((2, 4, 16), 2.0, dtype=torch.float64)
+    )
+    assert torch.equal(wide[:, 1], torch.full((2, 4, 16), 2.0, dtype=torch.float64))
+    ramp = torch.arange(16.0).view(1, 1, 4, 4).expand(1, 2, 4, 4)
+    assert torch.equal(
+        AnimationPipeline._prepare_flow(ramp, 4, 4, torch.float32), ramp
+    )  # same grid: unchanged
+    # a (F, 2, H, 2) flow is read channels-first
+    square = torch.arange(16.0).view(2, 2, 2, 2)
+    assert torch.equal(AnimationPipeline._prepare_flow(square, 2, 2, torch.float32), square)
+    for bad in (torch.zeros(2, 4, 4, 3), torch.zeros(4, 4, 2)):
+        with pytest.raises(ValueError, match=r"^a flow must be \(F, H, W, 2\) or \(F, 2, H, W\), got \("):
+            AnimationPipeline._prepare_flow(bad, 4, 4, torch.float32)
+
+
+def _sources(point_rules: str, prepend: bool) -> pa._MotionSources:
+    keypoints = np.array(
+        [
+            [[4.0, 4.0, 0.3], [20.0, 8.0, 0.9], [-2.0, 30.0, 0.9]],
+            [[8.0, 12.0, 0.31], [2.0, 2.0, 0.2], [6.0, 6.0, 0.5]],
+        ]
+    )
+    flows = torch.arange(2 * 2 * 2 * 2, dtype=torch.float32).view(2, 2, 2, 2)
+    return pa._MotionSources(
+        dense_flow=flows, trajectory_flow=None, keypoints=keypoints, embeddings=torch.zeros(1, 3, 4),
+        reference_positions=torch.tensor([[0.5, 0.25], [0.1, 0.1], [0.9, 0.9]]),
+        reference_visible=torch.tensor([True, False, True]), threshold=0.3, point_rules=point_rules,
+        prepend_reference=prepend, prepare_flow=lambda f: torch.as_tensor(f) * 10, size=(16, 8), scale=0.5,
+        mode="dispose", cfg="drop",
+    )  # fmt: skip
+
+
+def test_motion_tile_default_rules_slice_the_frames_and_prepend_the_reference():
+    tile = _sources("default", True).tile([0, 2])  # the reference, then input frame 1
+    flows = torch.arange(16, dtype=torch.float32).view(2, 2, 2, 2) * 10
+    assert torch.equal(tile.dense_flow, torch.cat([torch.zeros(1, 2, 2, 2), flows[1:]]))
+    assert tile.trajectory_flow is None
+    torch.testing.assert_close(
+        tile.positions,
+        torch.tensor([[[0.5, 0.25], [0.1, 0.1], [0.9, 0.9]], [[0.5, 1.5], [0.125, 0.25], [0.375, 0.75]]]),
+    )
+    # score >= 0.3 and seen in the reference: frame 1's point 0 (0.31), not point 1 (unseen in the reference)
+    assert tile.visible.tolist() == [[True, False, True], [True, False, True]]
+    assert (tile.scale, tile.mode, tile.cfg) == (0.5, "dispose", "drop")
+    plain = _sources("default", False).tile([0, 1])
+    assert torch.equal(plain.dense_flow, flows)
+    assert plain.visible.tolist() == [[True, False, True], [True, False, True]]
+    torch.testing.assert_close(plain.positions[0], torch.tensor([[0.25, 0.5], [1.25, 1.0], [-0.125, 3.75]]))
+
+
+def test_motion_tile_dispose_rules_strict_scores_unseen_reference_and_clamp():
+    tile = _sources("dispose", False).tile([0, 1])
+    # score > 0.3 strictly, the reference's visibility ignored; beyond the right or bottom edge clamped to 1
+    assert tile.visible.tolist() == [[False, True, True], [True, False, True]]
+    torch.testing.assert_close(tile.positions[0], torch.tensor([[0.25, 0.5], [1.0, 1.0], [-0.125, 1.0]]))
+    with_ref = _sources("dispose", True).tile([0, 1])
+    assert with_ref.visible.tolist() == [[True, False, True], [False, True, True]]
+    torch.testing.assert_close(with_ref.positions[0], torch.tensor([[0.5, 0.25], [0.1, 0.1], [0.9, 0.9]]))
+
+
+@pytest.mark.parametrize("cache", ["none", "host"])
+def test_tile_features_encode_each_window_and_the_reference_once(cache):
+    calls = []
+
+    def encode(start, stop):
+        calls.append((start, stop))
+        frames = torch.arange(start, stop, dtype=torch.float32).view(-1, 1, 1, 1)
+        return frames + 100, frames + 200  # (pose, maps) features of input frames start..stop-1
+
+    ref = (torch.full((1, 1, 1, 1), -1.0), None)
+    features = pa._TileFeatures(encode, ref, 4, True, "both", cache, torch.device("cpu"))
+    for _ in range(2):  # two steps
+        pose, maps = features.tile([0, 1, 2])
+        assert pose.flatten().tolist() == [-1, 100, 101] and maps.flatten().tolist() == [0, 200, 201]
+        pose, maps = features.tile([0, 2, 3, 4])
+        assert pose.flatten().tolist() == [-1, 101, 102, 103] and maps.flatten().tolist() == [
+            0,
+            201,
+            202,
+            203,
+        ]
+    if cache == "none":
+        assert calls == [(0, 2), (1, 4)] * 2
+    else:  # each frame once, runs of missing frames only
+        assert calls == [(0, 2), (2, 4)]
+    cond = pa._TileFeatures(encode, (None, None), 4, False, "cond", cache, torch.device("cpu"))
+    summed, shared = cond.tile([1, 2])
+    assert shared is None and summed.flatten().tolist() == [302, 304]
+
+
+def test_tile_features_without_any_part_give_nothing():
+    features = pa._TileFeatures(lambda a, b: (None, None), (None, None), 3, False, "cond", "host", "cpu")
+    assert features.tile([0, 1]) == (None, None)
+    only_pose = pa._TileFeatures(
+        lambda a, b: (torch.ones(b - a, 1, 1, 1), None), (None, None), 3, True, "cond", "host", "cpu"
+    )
+    pose, maps = only_pose.tile([0, 1, 2])
+    assert maps is None and pose.flatten().tolist() == [0, 1, 1]
+
+
+def test_all_reduce_of_host_sums_over_nccl_goes_chunk_by_chunk():
+    class Doubling(TileGroup):
+        def all_reduce(self, *tensors):  # two ranks holding the same sums
+            self.seen.append([tuple(t.shape) for t in tensors])
+            for tensor in tensors:
+                tensor.mul_(2)
+
+    sums, weights = torch.arange(2 * 5, dtype=torch.float32).view(1, 5, 2), torch.ones(5)
+    group = Doubling(0, 2, backend="nccl")
+    object.__setattr__(group, "seen", [])
+    pa._all_reduce_sums(group, torch.device("cpu"), 2, sums, weights)
+    assert group.seen == [[(1, 2, 2)], [(1, 2, 2)], [(1, 1, 2)], [(5,)]]
+    assert torch.equal(sums, 2 * torch.arange(10.0).view(1, 5, 2)) and torch.equal(
+        weights, torch.full((5,), 2.0)
+    )
+    gloo = Doubling(0, 2, backend="gloo")
+    object.__setattr__(gloo, "seen", [])
+    pa._all_reduce_sums(gloo, torch.device("cpu"), 2, sums, weights)
+    assert gloo.seen == [[(1, 5, 2), (5,)]] and torch.equal(weights, torch.full((5,), 4.0))
+
+
+def test_one_rank_tile_group_gives_the_latents_of_no_group(pipe):
+    class One(TileGroup):
+        def all_reduce(self, *tensors):
+            pass
+
+    poses = rand(4, 3, SIZE, SIZE, seed=1)
+    kwargs = {"pose_images": poses, "tile_size": 3, "tile_overlap": 2, "max_guidance_scale": 1.0}
+    expected = run(pipe, **kwargs)
+    assert torch.equal(run(pipe, tile_group=One(0, 1, backend="gloo"), **kwargs), expected)
+    half = run(pipe, tile_group=One(1, 2, backend="gloo"), **kwargs)  # rank 1 of 2 alone: only tile [0, 2, 3]
+    assert not torch.equal(half, expected)
+
+
+def _refuses(pipe, message: str, **kwargs) -> None:
+    with pytest.raises(ValueError, match=message):
+        run(pipe, **({"num_frames": 1} | kwargs))
+
+
+def test_argument_checks_and_their_messages(pipe):
+    _refuses(
+        pipe,
+        r"^`image` must be a torch.Tensor, PIL.Image.Image or list of them, got <class 'numpy.ndarray'>$",
+        image=np.zeros((SIZE, SIZE, 3)),
+    )
+    _refuses(pipe, r"^`height` and `width` must be divisible by 8, got 12 and 16$", height=12)
+    _refuses(pipe, r"^`height` and `width` must be divisible by 8, got 16 and 20$", width=20)
+    _refuses(
+        pipe, r"^`cfg_mode` must be one of \('batched', 'sequential'\), got 'parallel'$", cfg_mode="parallel"
+    )
+    _refuses(
+        pipe, r"^`output_type` must be one of \('pil', 'np', 'pt', 'latent'\), got 'gif'$", output_type="gif"
+    )
+    _refuses(
+        pipe,
+        r"^need tile_size >= 1 and 0 <= tile_overlap < tile_size, got 0, 0$",
+        tile_size=0,
+        tile_overlap=0,
+    )
+    _refuses(
+        pipe,
+        r"^need tile_size >= 1 and 0 <= tile_overlap < tile_size, got 3, 3$",
+        tile_size=3,
+        tile_overlap=3,
+    )
+    _refuses(
+        pipe,
+        r"^need tile_size >= 1 and 0 <= tile_overlap < tile_size, got 3, -1$",
+        tile_size=3,
+        tile_overlap=-1,
+    )
+    _refuses(
+        pipe,
+        r"^unknown conditioning scales \['albedo'\]; known: \['depth', 'motion', 'normal', 'pose'\]$",
+        conditioning_scales={"albedo": 1.0, "depth": 1.0},
+    )
+    no_controlnet = make_pipe(motion_controlnet=None, guidance_encoders=None)
+    _refuses(
+        no_controlnet,
+        r"^unknown conditioning scales \['motion'\]; known: \['pose'\]$",
+        conditioning_scales={"motion": 1},
+    )
+    _refuses(
+        no_controlnet,
+        r"^`guidance_maps` given but the pipeline has no `guidance_encoders`$",
+        guidance_maps={"depth": rand(1, 3, SIZE, SIZE, seed=1)},
+    )
+    _refuses(
+        no_controlnet,
+        r"^dense_flow, point_features given but the pipeline has no `motion_controlnet`$",
+        dense_flow=torch.zeros(1, 2, SIZE, SIZE),
+        point_features=torch.zeros(1, 4, 2, 2),
+        keypoints=np.zeros((1, 1, 3)),
+        reference_keypoints=np.zeros((1, 3)),
+    )
+    _refuses(no_controlnet, r"^trajectory_flow given", trajectory_flow=torch.zeros(1, 2, SIZE, SIZE))
+    for name, value in (
+        ("temporal_context", "per_pixel"), ("point_rules", "upstream"), ("guidance_range", "byte"),
+        ("guidance_cfg", "uncond"), ("feature_cache", "disk"),
+    ):  # fmt: skip
+        allowed = {
+            "temporal_context": r"\('per_video', 'diffusers_0.27'\)", "point_rules": r"\('default', 'dispose'\)",
+            "guidance_range": r"\('signed', 'unit'\)", "guidance_cfg": r"\('cond', 'both'\)",
+            "feature_cache": r"\('none', 'host'\)",
+        }[name]  # fmt: skip
+        _refuses(pipe, rf"^`{name}` must be one of {allowed}, got '{value}'$", **{name: value})
+    _refuses(pipe, r"^`controlnet_cfg` must be one of \('keep', 'drop'\), got 'both'$", controlnet_cfg="both")
+    _refuses(
+        pipe, r"^`residual_mode` must be one of \('once', 'dispose'\), got 'twice'$", residual_mode="twice"
+    )
+    _refuses(pipe, r"^num_frames must be >= 1, got 0$", num_frames=0)
+    _refuses(
+        pipe, r"^callback tensor inputs \['x'\] not in", callback_on_step_end_tensor_inputs=["latents", "x"]
+    )
+
+
+def test_length_checks(pipe):
+    poses, depth = rand(2, 3, SIZE, SIZE, seed=1), rand(3, 3, SIZE, SIZE, seed=2)
+    message = r"^pose images, guidance maps, flows and keypoints differ in length: \[2, 3\]$"
+    _refuses(pipe, message, num_frames=None, pose_images=poses, guidance_maps={"depth": depth})
+    _refuses(pipe, message, num_frames=None, pose_images=poses, dense_flow=torch.zeros(3, 2, SIZE, SIZE))
+    _refuses(pipe, message, num_frames=None, pose_images=poses, trajectory_flow=torch.zeros(3, 2, SIZE, SIZE))
+    points = {"point_features": torch.zeros(1, 4, 2, 2), "reference_keypoints": np.zeros((1, 3))}
+    _refuses(pipe, message, num_frames=None, pose_images=poses, keypoints=np.zeros((3, 1, 3)), **points)
+    _refuses(pipe, r"^num_frames=3 but the guidance has 2 frames$", num_frames=3, pose_images=poses)
+    # keypoints without point features are not per-frame inputs; without anything the UNet's config decides
+    assert run(pipe, num_frames=None, keypoints=np.zeros((5, 1, 3)), max_guidance_scale=1.0).shape[1] == 2
+    assert run(pipe, num_frames=None, pose_images=poses[:1], max_guidance_scale=1.0).shape[1] == 1
+
+
+def test_motion_input_checks(pipe):
+    flow = torch.zeros(1, 2, SIZE, SIZE)
+    features = torch.zeros(1, 4, 2, 2)
+    _refuses(
+        pipe,
+        r"^`point_features` need `keypoints` and `reference_keypoints`$",
+        point_features=features,
+        keypoints=np.zeros((1, 2, 3)),
+    )
+    _refuses(pipe, r"^`point_features` need", point_features=features, reference_keypoints=np.zeros((2, 3)))
+    shape = (
+        r"^`keypoints` must be \(F, K, 3\) and `reference_keypoints` \(K, 3\), got \(1, 2, 3\) and \(3, 3\)$"
+    )
+    _refuses(
+        pipe,
+        shape,
+        point_features=features,
+        keypoints=np.zeros((1, 2, 3)),
+        reference_keypoints=np.zeros((3, 3)),
+    )
+    _refuses(
+        pipe,
+        r"got \(1, 2, 2\) and \(2, 2\)$",
+        point_features=features,
+        keypoints=np.zeros((1, 2, 2)),
+        reference_keypoints=np.zeros((2, 2)),
+    )
+    _refuses(
+        pipe,
+        r"got \(1, 2\) and \(2,\)$",
+        point_features=features,
+        keypoints=np.zeros((1, 2)),
+        reference_keypoints=np.zeros(2),
+    )
+    _refuses(
+        pipe, r"^`point_features` have 5 channels, the point adapter takes 4$",
+        point_features=torch.zeros(1, 5, 2, 2), keypoints=np.zeros((1, 2, 3)), reference_keypoints=np.zeros((2, 3)),
+    )  # fmt: skip
+    components = micro_components()
+    coarse = MotionControlNet.from_unet(
+        components["unet"],
+        conditioning_embedding_out_channels=(4, 4, 4),
+        point_embedding_channels=4,
+        point_mid_channels=4,
+    )
+    message = r"^motion_controlnet's flow branches downsample by 4, the VAE by 2$"
+    _refuses(make_pipe(motion_controlnet=coarse), message, dense_flow=flow)
+    # points alone do not go through the flow branches
+    run(make_pipe(motion_controlnet=coarse), **_point_inputs(1), max_guidance_scale=1.0)
+    other = UNetSpatioTemporalConditionModel(
+        sample_size=LATENT, block_out_channels=(32, 32), layers_per_block=2, cross_attention_dim=8,
+        down_block_types=("DownBlockSpatioTemporal",) * 2, up_block_types=("UpBlockSpatioTemporal",) * 2,
+        num_attention_heads=(1, 1), projection_class_embeddings_input_dim=12, addition_time_embed_dim=4,
+    )  # fmt: skip
+    deeper = MotionControlNet.from_unet(other, conditioning_embedding_out_channels=(4, 4))
+    _refuses(
+        make_pipe(motion_controlnet=deeper),
+        r"^motion_controlnet has 6 skip residuals, the UNet 4 skips$",
+        dense_flow=flow,
+    )
+
+
+def _point_inputs(frames: int) -> dict:
+    return {
+        "point_features": torch.zeros(1, 4, 2, 2),
+        "keypoints": np.zeros((frames, 2, 3)),
+        "reference_keypoints": np.zeros((2, 3)),
+    }
+
+
+def test_guider_and_encoder_sizes_are_checked_only_when_used(pipe):
+    wide = PoseGuider(block_out_channels=(4, 4), out_channels=16)
+    deep = PoseGuider(block_out_channels=(4, 4, 4), out_channels=32)
+    run(make_pipe(pose_guider=deep), num_frames=1, max_guidance_scale=1.0)  # unused: not in the way
+    _refuses(
+        make_pipe(pose_guider=deep),
+        r"^pose_guider downsamples by 4, the VAE by 2$",
+        pose_images=rand(1, 3, SIZE, SIZE, seed=1),
+    )
+    _refuses(
+        make_pipe(pose_guider=deep),
+        r"^pose_guider downsamples",
+        reference_pose_image=rand(1, 3, SIZE, SIZE, seed=1),
+    )
+    _refuses(
+        make_pipe(pose_guider=wide),
+        r"^pose_guider outputs 16 channels, the UNet's conv_in 32$",
+        pose_images=rand(1, 3, SIZE, SIZE, seed=1),
+    )
+    encoders = GuidanceFusion(
+        guidance_types=("depth",),
+        block_out_channels=(4, 4, 4),
+        out_channels=32,
+        attention_num_heads=1,
+        attention_norm_num_groups=4,
+    )
+    _refuses(
+        make_pipe(guidance_encoders=encoders),
+        r"^guidance_encoders downsamples by 4, the VAE by 2$",
+        guidance_maps={"depth": rand(1, 3, SIZE, SIZE, seed=1)},
+    )
