@@ -4,7 +4,9 @@ Each reference person pixel is bound to the bones near it (Gaussian weights on i
 segment). In a target frame every bone carries its pixels along: a limb maps its bone-local frame (along
 the bone, normalised by length; across it, in pixels) onto the target bone, so foreshortening stretches a
 limb without making it thinner; the torso follows the affine map of shoulders and hips; the head follows
-the neck-to-nose similarity. Bones missing in a frame inherit their parent's motion.
+the similarity (rotation, uniform scale, shift) that best maps the reference face's keypoints onto the
+frame's, so a tilted head keeps its face unsquashed (the neck-to-nose similarity when fewer than three
+face points are seen in both). Bones missing in a frame inherit their parent's motion.
 
 This field needs no body model; ``animate.body`` supplies a 3D-aware field where it is available.
 """
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 
 from animate.pose.layout import (
+    FACE,
     L_ANKLE,
     L_BIG_TOE,
     L_EAR,
@@ -41,6 +44,7 @@ from animate.pose.layout import (
 )  # fmt: skip
 
 NECK = -1  # virtual: mid-shoulder
+CHIN = FACE.start + 8  # iBUG point 8
 MIDDLE_MCP = 9  # middle finger base within a 21-point hand
 
 
@@ -70,6 +74,8 @@ BONES: tuple[Bone, ...] = (
     Bone("r_hand", R_WRIST, RIGHT_HAND_ROOT + MIDDLE_MCP, "r_forearm", 5),
 )
 _INDEX = {bone.name: i for i, bone in enumerate(BONES)}
+FACE_POINTS = np.r_[[NOSE, L_EYE, R_EYE, L_EAR, R_EAR], np.arange(FACE.start, FACE.stop)]
+HEAD_SCALE = (0.7, 1.4)  # a head turns and scales as a whole, within these limits
 TORSO_POINTS = (L_SHOULDER, R_SHOULDER, L_HIP, R_HIP)
 
 
@@ -80,10 +86,81 @@ def _point(keypoints: np.ndarray, index: int, threshold: float) -> np.ndarray | 
     return keypoints[index, :2] if keypoints[index, 2] >= threshold else None
 
 
+def _head_root(keypoints: np.ndarray, threshold: float) -> np.ndarray | None:
+    """The head bone's start: the neck (mid-shoulder), else, for a picture that cuts a shoulder off, the
+    middle of the eyes (the head bone then runs eyes to nose and binds the face, not the chest)."""
+    neck = _point(keypoints, NECK, threshold)
+    if neck is not None or (keypoints[[L_EYE, R_EYE], 2] < threshold).any():
+        return neck
+    return keypoints[[L_EYE, R_EYE], :2].astype(np.float64).mean(0)
+
+
+def _shoulder_strip(keypoints: np.ndarray, threshold: float) -> np.ndarray | None:
+    """Without hips, the torso as a (4, 2) polygon: the band below the shoulder line, away from the
+    nose, as wide as the shoulders (one shoulder seen: mirrored about the nose); None without either.
+    The band starts at the chin where the face's chin point lies above the shoulders (the neck is torso)."""
+    shoulders = [i for i in (L_SHOULDER, R_SHOULDER) if keypoints[i, 2] >= threshold]
+    nose = keypoints[NOSE, :2].astype(np.float64) if keypoints[NOSE, 2] >= threshold else None
+    if not shoulders or (len(shoulders) == 1 and nose is None):
+        return None
+    a = keypoints[shoulders[0], :2].astype(np.float64)
+    b = (
+        keypoints[shoulders[-1], :2].astype(np.float64)
+        if len(shoulders) == 2
+        else np.array([2.0 * nose[0] - a[0], a[1]])
+    )
+    along = b - a
+    if float(np.linalg.norm(along)) < 1.0:
+        return None
+    down = np.array([-along[1], along[0]]) / float(np.linalg.norm(along))
+    if (nose is not None and float((nose - a) @ down) > 0) or (nose is None and down[1] < 0):
+        down = -down
+    if keypoints[CHIN, 2] >= threshold:
+        lift = min(float((keypoints[CHIN, :2] - a) @ down), 0.0)
+        a, b = a + lift * down, b + lift * down
+    far = 10.0 * float(np.linalg.norm(along)) + 1e4
+    return np.array([a, b, b + far * down, a + far * down])
+
+
+def _below_jaw(keypoints: np.ndarray, pixels: np.ndarray, threshold: float) -> np.ndarray | None:
+    """(N,) bool: pixels below the line through the jaw's ends (iBUG 0 and 16, toward the chin) and
+    outside the jaw's hull grown by 5% of its width: beside and below the face (shoulders, chest); None
+    when the jaw's ends and chin are not seen."""
+    jaw = keypoints[FACE.start : FACE.start + 17]
+    if (jaw[[0, 8, 16], 2] < threshold).any():
+        return None
+    a, b = jaw[0, :2].astype(np.float64), jaw[16, :2].astype(np.float64)
+    normal = np.array([-(b - a)[1], (b - a)[0]])
+    if float((jaw[8, :2] - a) @ normal) < 0:
+        normal = -normal
+    below = (pixels - a) @ normal > 0
+    hull = cv2.convexHull(jaw[jaw[:, 2] >= threshold, :2].astype(np.float32))
+    grow = 0.05 * float(np.linalg.norm(b - a))
+    near = np.flatnonzero(below)
+    signed = np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in pixels[near]])
+    below[near[signed >= -grow]] = False
+    return below
+
+
 def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ab = b - a
     t = np.clip(((points - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
     return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray, scale_range: tuple[float, float]) -> np.ndarray:
+    """Least-squares 2x3 similarity src -> dst (Umeyama, no reflection), its scale clamped to the range
+    (the shift then maps the centroids onto each other)."""
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    a, b = src - src_mean, dst - dst_mean
+    # For complex numbers z -> c z the least-squares c is sum(conj(a) b) / sum(|a|^2).
+    za, zb = a[:, 0] + 1j * a[:, 1], b[:, 0] + 1j * b[:, 1]
+    c = np.sum(np.conj(za) * zb) / max(float(np.sum(np.abs(za) ** 2)), 1e-9)
+    scale = float(np.clip(abs(c), *scale_range))
+    angle = float(np.angle(c))
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    linear = np.array([[cos, -sin], [sin, cos]])
+    return np.hstack([linear, (dst_mean - linear @ src_mean)[:, None]])
 
 
 def _affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -120,18 +197,21 @@ class SkeletonField:
         self.ref_segments: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         distances = np.full((len(self.pixels), len(BONES)), np.inf)
         torso = self._torso_points(ref)
-        if torso is not None:
-            # Distance to the torso quad: 0 inside, else to its nearest edge.
-            corners = torso[[0, 1, 3, 2]]
+        corners = torso[[0, 1, 3, 2]] if torso is not None else _shoulder_strip(ref, threshold)
+        self._shoulder_band = torso is None and corners is not None
+        if corners is not None:
+            # Distance to the torso quad (or the band below the shoulders): 0 inside, else to its nearest edge.
             edges = [_segment_distance(self.pixels, corners[i], corners[(i + 1) % 4]) for i in range(4)]
             inside = _inside_polygon(self.pixels, corners)
             distances[:, 0] = np.where(inside, 0.0, np.min(edges, axis=0))
         for i, bone in enumerate(BONES[1:], start=1):
-            a, b = _point(ref, bone.start, threshold), _point(ref, bone.end, threshold)
+            a = _head_root(ref, threshold) if bone.name == "head" else _point(ref, bone.start, threshold)
+            b = _point(ref, bone.end, threshold)
             if a is None or b is None or np.allclose(a, b):
                 continue
             self.ref_segments[i] = (a.astype(np.float64), b.astype(np.float64))
             distances[:, i] = _segment_distance(self.pixels, a, b)
+        self._head_pixels: np.ndarray | None = None
         self._claim_head(distances)
         if bones is not None:
             distances[:, [i for i, bone in enumerate(BONES) if bone.name not in bones]] = np.inf
@@ -170,6 +250,8 @@ class SkeletonField:
         weights = np.exp(np.where(np.isfinite(logits), logits, -np.inf))
         weights[weights < 1e-3] = 0.0
         self.weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+        if self._shoulder_band and self._head_pixels is not None:
+            self._soften_neck(0.2 * self._head_radius)
         self.dominant = self.weights.argmax(axis=1)
         self.layer = np.array([BONES[i].layer for i in self.dominant], np.int32)
         self.active = np.flatnonzero(self.weights.any(axis=0))
@@ -246,11 +328,39 @@ class SkeletonField:
         if disc is None:
             return
         centre, radius = disc
+        self._head_radius = radius
         inside = np.linalg.norm(self.pixels - centre, axis=1) <= radius
+        if self._shoulder_band:  # the chest below a head-and-shoulders face stays with the shoulders
+            inside &= distances[:, 0] > 0
+            below = _below_jaw(self.reference, self.pixels, self.threshold)
+            if below is not None:
+                inside &= ~below
         for side, keep in arms.items():
             for limb in (f"{side}_hand", f"{side}_forearm", f"{side}_upper_arm"):
                 distances[inside & ~keep, _INDEX[limb]] = np.inf
         distances[inside, head] = 0.0
+        self._head_pixels = inside
+
+    def _soften_neck(self, radius: float) -> None:
+        """Head-and-shoulders (no hips): the head's weight fades over ``radius`` px outside the claimed
+        head, so the neck and collar stretch between head and shoulders instead of tearing open."""
+        head = self._head_pixels
+        if head is None or not head.any() or head.all():
+            return
+        xy = np.rint(self.pixels).astype(np.int64)
+        lo = xy.min(0)
+        xy -= lo
+        grid = np.ones((int(xy[:, 1].max()) + 1, int(xy[:, 0].max()) + 1), np.uint8)
+        grid[xy[head, 1], xy[head, 0]] = 0
+        distance = cv2.distanceTransform(grid, cv2.DIST_L2, 5)[xy[:, 1], xy[:, 0]]
+        fade = np.clip(1.0 - distance / max(radius, 1.0), 0.0, 1.0).astype(np.float32)
+        index = _INDEX["head"]
+        own = self.weights[:, index].copy()
+        extra = np.maximum(fade - own, 0.0)
+        rest = 1.0 - own
+        scale = np.where(rest > 1e-6, (rest - extra) / np.maximum(rest, 1e-6), 1.0)
+        self.weights *= scale[:, None]
+        self.weights[:, index] = own + extra * (rest > 1e-6)
 
     def torso_quad(self) -> np.ndarray | None:
         """The reference torso (shoulders and hips) as a (4, 2) polygon, or None when not seen."""
@@ -266,14 +376,39 @@ class SkeletonField:
         target = np.asarray(target_keypoints, np.float32)
         mats: list[np.ndarray | None] = [None] * len(BONES)
         ref_torso, tgt_torso = self._torso_points(self.reference), self._torso_points(target)
+        shoulders = [
+            i for i in (L_SHOULDER, R_SHOULDER) if min(self.reference[i, 2], target[i, 2]) >= self.threshold
+        ]
         if ref_torso is not None and tgt_torso is not None:
             mats[0] = _affine(ref_torso, tgt_torso)
+        elif len(shoulders) == 2:  # no hips: the shoulders carry the torso (not the turning head)
+            mats[0] = _similarity(
+                self.reference[shoulders, :2].astype(np.float64),
+                target[shoulders, :2].astype(np.float64),
+                HEAD_SCALE,
+            )
+        elif shoulders:
+            shift = target[shoulders[0], :2].astype(np.float64) - self.reference[shoulders[0], :2]
+            mats[0] = np.hstack([np.eye(2), shift[:, None]])
         else:
             mats[0] = np.hstack([np.eye(2), self._mean_shift(target)[:, None]])
+        head = _INDEX["head"]
+        face = FACE_POINTS[
+            (self.reference[FACE_POINTS, 2] >= self.threshold) & (target[FACE_POINTS, 2] >= self.threshold)
+        ]
+        if head in self.ref_segments and len(face) >= 3:
+            mats[head] = _similarity(
+                self.reference[face, :2].astype(np.float64), target[face, :2].astype(np.float64), HEAD_SCALE
+            )
         for i, bone in enumerate(BONES):
-            if i == 0 or i not in self.ref_segments:
+            if i == 0 or i not in self.ref_segments or mats[i] is not None:
                 continue
-            a1, b1 = _point(target, bone.start, self.threshold), _point(target, bone.end, self.threshold)
+            a1 = (
+                _head_root(target, self.threshold)
+                if bone.name == "head"
+                else _point(target, bone.start, self.threshold)
+            )
+            b1 = _point(target, bone.end, self.threshold)
             if a1 is None or b1 is None:
                 continue
             a0, b0 = self.ref_segments[i]
@@ -286,7 +421,7 @@ class SkeletonField:
             unit1 = axis1 / length1
             normal1 = np.array([-unit1[1], unit1[0]])
             if bone.name == "head":  # a head turns and scales as a whole; it does not stretch
-                scale = float(np.clip(length1 / length0, 0.7, 1.4))
+                scale = float(np.clip(length1 / length0, *HEAD_SCALE))
                 along_to, across_to = unit1 * scale, normal1 * scale
             else:
                 along_to, across_to = axis1 / length0, normal1
