@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animate.pose.draw_wan import draw_pose_wan, hand_width, stick_width
+from animate.pose.draw_wan import body20, draw_pose_wan, hand_width, stick_width
 
 R_SHOULDER, L_SHOULDER, R_HIP, R_KNEE = 6, 5, 12, 14  # COCO-WholeBody
 # limb 7 (right hip -> right knee; a shoulder would also make a neck): (0, 255, 85) x 0.6, truncated
@@ -82,6 +82,8 @@ def test_the_neck_scores_the_exact_mean_of_the_shoulders():
     kp[R_SHOULDER] = (560, 180, 0.5)
     kp[L_SHOULDER] = (720, 180, just_below)
     kp[0] = (640, 100, 1.0)  # nose: the neck -> nose limb would run from (640, 180)
+    assert body20(kp)[1, 2] < 0.5  # float32 keypoints in: the mean is still exact
+    assert body20(kp)[1, 0] == 640.0
     image = draw_pose_wan(kp, 1280, 720)
     assert not image[140, 640].any()  # no neck -> nose limb
     assert not image[180, 640].any()  # no neck disc
