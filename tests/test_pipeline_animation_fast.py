@@ -164,6 +164,7 @@ def reference_latents(
     cond_features: torch.Tensor | None = None,
     shared_features: torch.Tensor | None = None,
     flows: torch.Tensor | None = None,
+    trajectories: torch.Tensor | None = None,
     points: dict | None = None,
     motion_scale: float = 1.0,
     mode: str = "once",
@@ -218,6 +219,7 @@ def reference_latents(
                             encoder_hidden_states=context,
                             added_time_ids=ids,
                             dense_flow=None if flows is None else flows[idx],
+                            trajectory_flow=None if trajectories is None else trajectories[idx],
                             conditioning_scale=motion_scale,
                             return_dict=False,
                             **kwargs,
@@ -227,7 +229,7 @@ def reference_latents(
                 def part(features, idx=idx):
                     return None if features is None else features[idx]
 
-                uses_controlnet = flows is not None or points is not None
+                uses_controlnet = flows is not None or trajectories is not None or points is not None
                 latent = image_latent.expand(1, n, -1, -1, -1)
                 cond_part = part(cond_features)
                 if shared_features is not None:
@@ -363,18 +365,23 @@ def test_controlnet_residuals_follow_the_residual_mode(config_mode, call_mode, u
     close(out[:, :], expected[:, 1:])
 
 
+@pytest.mark.parametrize("cfg_mode", ["batched", "sequential"])
 @pytest.mark.parametrize("controlnet_cfg", ["keep", "drop"])
-def test_controlnet_negative_half_keeps_or_drops_the_residuals(pipe, controlnet_cfg):
+def test_controlnet_negative_half_keeps_or_drops_the_residuals(pipe, controlnet_cfg, cfg_mode):
     flows = rand(2, 2, SIZE, SIZE, seed=8) * 4 - 2
+    trajectories = rand(2, 2, SIZE, SIZE, seed=18) * 2 - 1
     out = run(
         pipe,
         dense_flow=flows.permute(0, 2, 3, 1).numpy(),
+        trajectory_flow=trajectories,
         controlnet_cfg=controlnet_cfg,
         prepend_reference=False,
+        cfg_mode=cfg_mode,
     )
     expected = reference_latents(
-        pipe, 2, [[0, 1]], [], prepend_reference=False, flows=flows, controlnet_cfg=controlnet_cfg
-    )
+        pipe, 2, [[0, 1]], [], prepend_reference=False, flows=flows, trajectories=trajectories,
+        controlnet_cfg=controlnet_cfg,
+    )  # fmt: skip
     close(out, expected)
 
 
@@ -936,4 +943,249 @@ def test_guider_and_encoder_sizes_are_checked_only_when_used(pipe):
         make_pipe(guidance_encoders=encoders),
         r"^guidance_encoders downsamples by 4, the VAE by 2$",
         guidance_maps={"depth": rand(1, 3, SIZE, SIZE, seed=1)},
+    )
+
+
+@pytest.mark.parametrize("feature_cache", ["none", "host"])
+def test_reference_maps_condition_the_prepended_frame_and_a_zero_pose_scale_drops_the_pose(
+    pipe, feature_cache
+):
+    poses, depth, normal = (rand(3, 3, SIZE, SIZE, seed=s) for s in (20, 21, 22))
+    ref_depth, ref_normal = rand(1, 3, SIZE, SIZE, seed=23), rand(1, 3, SIZE, SIZE, seed=24)
+    scales = {"pose": 0.0, "normal": 0.5}
+    out = run(
+        pipe,
+        pose_images=poses,
+        reference_pose_image=poses[:1],
+        guidance_maps={"depth": depth, "normal": normal},
+        reference_guidance_maps={"depth": ref_depth, "normal": ref_normal},
+        conditioning_scales=scales,
+        tile_size=3,
+        tile_overlap=1,
+        feature_cache=feature_cache,
+        keep_reference=True,
+    )
+    maps = map_features(
+        pipe, {"depth": torch.cat([ref_depth, depth]), "normal": torch.cat([ref_normal, normal])}, scales
+    )
+    expected = reference_latents(pipe, 3, [[0, 1, 2], [0, 2, 3]], [1 / 3, 1.0, 1 / 3], cond_features=maps)
+    close(out, expected)
+
+
+def test_map_scales_of_zero_everywhere_equal_no_maps(pipe):
+    kwargs = {"num_frames": 2, "max_guidance_scale": 1.0}
+    maps = {"depth": rand(2, 3, SIZE, SIZE, seed=25)}
+    plain = run(pipe, **kwargs)
+    assert torch.equal(run(pipe, guidance_maps=maps, conditioning_scales={"depth": 0.0}, **kwargs), plain)
+    assert torch.equal(
+        run(pipe, dense_flow=torch.ones(2, 2, SIZE, SIZE), conditioning_scales={"motion": 0}, **kwargs), plain
+    )
+    assert not torch.equal(run(pipe, guidance_maps=maps, **kwargs), plain)
+
+
+def test_condition_frames_in_every_form_reach_the_modules_in_minus_one_to_one(pipe):
+    pixels = (rand(2, SIZE, SIZE, 3, seed=26) * 255).round()
+    expected = (pixels / 255 * 2 - 1).permute(0, 3, 1, 2)
+    forms = [
+        pixels.numpy().astype(np.uint8),
+        pixels.numpy() / 255,
+        pixels.permute(0, 3, 1, 2) / 255,
+        [PIL.Image.fromarray(p) for p in pixels.numpy().astype(np.uint8)],
+    ]
+    for form in forms:
+        out = pipe._prepare_condition_frames(form, SIZE, SIZE, "cpu", torch.float32)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    single = [
+        pixels[0].numpy().astype(np.uint8),
+        pixels[0].permute(2, 0, 1) / 255,
+        PIL.Image.fromarray(pixels[0].numpy().astype(np.uint8)),
+    ]
+    for form in single:
+        out = pipe._prepare_condition_frames(form, SIZE, SIZE, "cpu", torch.float64)
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, expected[:1].double(), atol=1e-6, rtol=0)
+    unit = pipe._prepare_condition_frames(
+        pixels.numpy().astype(np.uint8), SIZE, SIZE, "cpu", torch.float32, unit=True
+    )
+    torch.testing.assert_close(unit, (pixels / 255).permute(0, 3, 1, 2), atol=1e-6, rtol=0)
+
+
+def test_guider_and_encoders_run_on_chunks_of_16_frames_like_on_each_frame(pipe):
+    poses = rand(18, 3, SIZE, SIZE, seed=27) * 2 - 1
+    calls = []
+    handle = pipe.pose_guider.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    try:
+        chunked = pipe._run_chunked(pipe.pose_guider, poses)
+    finally:
+        handle.remove()
+    assert calls == [16, 2]
+    with torch.no_grad():
+        each = torch.cat([pipe.pose_guider(poses[i : i + 1]) for i in range(18)])
+    torch.testing.assert_close(chunked, each, atol=1e-6, rtol=0)
+    fused = pipe._fused_chunked({"depth": poses, "normal": poses.flip(0)}, {"normal": 2.0})
+    with torch.no_grad():
+        each = torch.cat(
+            [
+                pipe.guidance_encoders(
+                    {"depth": poses[i : i + 1], "normal": poses.flip(0)[i : i + 1]}, {"normal": 2.0}
+                )
+                for i in range(18)
+            ]
+        )
+    torch.testing.assert_close(fused, each, atol=1e-5, rtol=0)
+    assert pipe._fused_chunked({"depth": poses}, {"depth": 0.0}) is None
+
+
+def test_prepare_latents_draws_periodic_noise_and_checks_given_latents(pipe):
+    pipe.scheduler.set_timesteps(sigmas=SIGMAS)
+    sigma0 = (SIGMAS[0] ** 2 + 1) ** 0.5
+    shape = (1, 5, 4, LATENT, LATENT)
+    period = torch.randn((1, 2, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(4))
+    periodic = pipe.prepare_latents(
+        1, 5, 8, SIZE, SIZE, torch.float32, "cpu", torch.Generator().manual_seed(4), noise_period=2
+    )
+    torch.testing.assert_close(periodic, period[:, [0, 1, 0, 1, 0]] * sigma0)
+    fresh = pipe.prepare_latents(1, 5, 8, SIZE, SIZE, torch.float32, "cpu", torch.Generator().manual_seed(4))
+    torch.testing.assert_close(fresh, torch.randn(shape, generator=torch.Generator().manual_seed(4)) * sigma0)
+    given = torch.ones(shape, dtype=torch.float64)
+    out = pipe.prepare_latents(1, 5, 8, SIZE, SIZE, torch.float32, "cpu", None, given, noise_period=2)
+    assert out.dtype == torch.float32 and torch.allclose(out, torch.full(shape, sigma0))
+    with pytest.raises(
+        ValueError, match=r"^`latents` must have shape \(1, 5, 4, 8, 8\), got \(1, 4, 4, 8, 8\)$"
+    ):
+        pipe.prepare_latents(
+            1, 5, 8, SIZE, SIZE, torch.float32, "cpu", None, torch.ones(1, 4, 4, LATENT, LATENT)
+        )
+
+
+def test_periodic_noise_repeats_the_first_tile_of_noise(pipe):
+    """``periodic_noise``: ``tile_size`` frames drawn after the augmentation noise, repeated along the
+    sequence (reference frame included)."""
+    generator = torch.Generator().manual_seed(0)
+    torch.randn((1, 3, SIZE, SIZE), generator=generator)  # the augmentation noise comes first
+    period = torch.randn((1, 3, 4, LATENT, LATENT), generator=generator)
+    initial = period[:, [0, 1, 2, 0, 1]]
+    out = run(
+        pipe,
+        num_frames=4,
+        tile_size=3,
+        tile_overlap=2,
+        periodic_noise=True,
+        max_guidance_scale=1.0,
+        keep_reference=True,
+    )
+    tiles = [[0, 1, 2], [0, 2, 3], [0, 3, 4]]
+    close(out, reference_latents(pipe, 4, tiles, [1 / 3, 1.0, 1 / 3], initial=initial, max_scale=1.0))
+
+
+def test_default_size_is_the_unets_sample_size_times_the_vae_factor(pipe):
+    out = run(pipe, height=None, width=None, num_frames=1, max_guidance_scale=1.0)
+    assert out.shape == (1, 1, 4, LATENT, LATENT)
+
+
+def test_added_time_ids_must_fit_the_unet():
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=LATENT, block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=8,
+        down_block_types=("DownBlockSpatioTemporal",) * 2, up_block_types=("UpBlockSpatioTemporal",) * 2,
+        num_attention_heads=(1, 1), projection_class_embeddings_input_dim=16, addition_time_embed_dim=4,
+    )  # fmt: skip
+    pipe = make_pipe(unet=unet, motion_controlnet=None)
+    with pytest.raises(
+        ValueError, match=r"^the UNet expects 16 added time features; its config does not fit SVD's 3 ids$"
+    ):
+        pipe._get_add_time_ids(7, 127, 0.0, torch.float32, 1, True)
+    ids = make_pipe()._get_add_time_ids(6, 30, 0.5, torch.float64, 2, True)
+    assert ids.dtype == torch.float64 and ids.tolist() == [[6, 30, 0.5]] * 4
+    assert make_pipe()._get_add_time_ids(6, 30, 0.5, torch.float32, 1, False).tolist() == [[6, 30, 0.5]]
+
+
+class _Calls:
+    """The UNet's calls (inputs and output) during ``with``; the hooks go at exit."""
+
+    def __init__(self, unet):
+        self.unet, self.calls = unet, []
+
+    def __enter__(self):
+        def before(module, args, kwargs):
+            self.calls.append(
+                {
+                    "args": [a.clone() for a in args[:2]],
+                    "kwargs": {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor)},
+                }
+            )
+
+        def after(module, args, kwargs, output):
+            self.calls[-1]["output"] = output[0].clone()
+
+        self.handles = [
+            self.unet.register_forward_pre_hook(before, with_kwargs=True),
+            self.unet.register_forward_hook(after, with_kwargs=True),
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def plain(self, call):
+        with torch.no_grad():
+            return self.unet(*call["args"], **call["kwargs"], return_dict=False)[0]
+
+
+def _identity_pipe() -> AnimationPipeline:
+    from controlnets import IdentityAdapter
+
+    components = micro_components()
+    torch.manual_seed(3)
+    adapter = IdentityAdapter.for_unet(components["unet"], embedding_dim=4, num_tokens=2)
+    adapter.reinitialize_output(std=0.5, generator=torch.Generator().manual_seed(3))
+    return make_pipe(identity_adapter=adapter.eval())
+
+
+@pytest.mark.parametrize("cfg_mode", ["batched", "sequential", "none"])
+def test_identity_tokens_reach_only_the_conditional_rows(cfg_mode):
+    pipe = _identity_pipe()
+    face = rand(4, seed=30)
+    kwargs = {"num_frames": 2, "face_embedding": face}
+    if cfg_mode == "none":
+        kwargs["max_guidance_scale"] = 1.0
+    else:
+        kwargs["cfg_mode"] = cfg_mode
+    with _Calls(pipe.unet) as calls:
+        run(pipe, **kwargs)
+    call = calls.calls[0]
+    plain = calls.plain(call)
+    if cfg_mode == "batched":  # rows: the unconditional video, then the conditional one
+        torch.testing.assert_close(call["output"][:1], plain[:1], atol=1e-6, rtol=0)
+        assert (call["output"][1:] - plain[1:]).abs().max() > 1e-3
+    elif cfg_mode == "sequential":  # the first call is the unconditional half, the second the conditional
+        torch.testing.assert_close(call["output"], plain, atol=1e-6, rtol=0)
+        second = calls.calls[1]
+        assert (second["output"] - calls.plain(second)).abs().max() > 1e-3
+    else:
+        assert (call["output"] - plain).abs().max() > 1e-3
+    # a 1-d embedding is one row; scale 0 or no embedding is no adapter
+    with_row = run(pipe, **(kwargs | {"face_embedding": face[None].numpy()}))
+    torch.testing.assert_close(run(pipe, **kwargs), with_row, atol=1e-6, rtol=0)
+    plain_run = run(pipe, **{k: v for k, v in kwargs.items() if k != "face_embedding"})
+    assert torch.equal(run(pipe, **kwargs, identity_scale=0.0), plain_run)
+    assert not torch.equal(with_row, plain_run)
+
+
+def test_identity_embedding_shapes_are_checked():
+    pipe = _identity_pipe()
+    for bad in (torch.zeros(3, 4), torch.zeros(1, 1, 4)):
+        with pytest.raises(ValueError, match=r"^face_embedding must be \(E,\) or \(1 or 2, E\), got \("):
+            run(pipe, image=rand(2, 3, SIZE, SIZE, seed=0), num_frames=1, face_embedding=bad)
+    two = run(
+        pipe,
+        image=rand(2, 3, SIZE, SIZE, seed=0),
+        num_frames=1,
+        face_embedding=rand(2, 4, seed=31),
+        max_guidance_scale=1.0,
+    )
+    assert two.shape == (2, 1, 4, LATENT, LATENT)
+    # without an adapter a face embedding is ignored
+    assert torch.equal(
+        run(make_pipe(), num_frames=1, face_embedding=torch.zeros(3, 4)), run(make_pipe(), num_frames=1)
     )
