@@ -1189,3 +1189,33 @@ def test_identity_embedding_shapes_are_checked():
     assert torch.equal(
         run(make_pipe(), num_frames=1, face_embedding=torch.zeros(3, 4)), run(make_pipe(), num_frames=1)
     )
+
+
+def test_decode_latents_default_chunk_is_14_frames_and_a_compiled_vae_gets_num_frames(pipe):
+    latents = torch.randn(1, 15, 4, LATENT, LATENT, generator=torch.Generator().manual_seed(32))
+    video = pipe.decode_latents(latents, 15)  # (1, 3, F, H, W) in [-1, 1]
+    assert video.shape == (1, 3, 15, SIZE, SIZE) and video.dtype == torch.float32
+    expected = vae_frames(pipe, latents[0], [14, 1])
+    torch.testing.assert_close(
+        (video[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1), expected, atol=1e-5, rtol=0
+    )
+    compiled = make_pipe()
+    compiled.vae = torch.compile(pipe.vae, backend="eager")  # as diffusers' users do, after construction
+    frames = compiled.decode_latents(
+        latents[:, :3], 3, 3
+    )  # decode itself runs eagerly; forward's signature counts
+    torch.testing.assert_close(
+        (frames[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1),
+        vae_frames(pipe, latents[0, :3], [3]),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("unit", [False, True])
+def test_condition_frames_of_another_size_are_resized(pipe, unit):
+    colours = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.4]]).view(2, 3, 1, 1)
+    big = colours.expand(2, 3, 2 * SIZE, 3 * SIZE)  # constant frames: resizing keeps every value
+    out = pipe._prepare_condition_frames(big, SIZE, SIZE, "cpu", torch.float32, unit=unit)
+    expected = colours.expand(2, 3, SIZE, SIZE) * (1 if unit else 2) - (0 if unit else 1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
