@@ -231,6 +231,12 @@ def test_fill_background_rounds_and_copies():
     assert np.abs(out.astype(int) - 77).max() <= 2
     assert (out[chebyshev_distance(person) > 16] == 77).all()
     assert np.mean(out == 77) > 0.9
+    # a person the colour of the picture: where the blend weight is small (4 to 8 px outside the grown
+    # person) the output is exactly that colour (the blend is rounded, not truncated: the fill ripples
+    # by a level or two, and 77 (1 - a) + 77 a in float32 falls a hair under 77 at some pixels)
+    out = fill_background(np.full((96, 96, 3), 77, np.uint8), person)
+    distance = chebyshev_distance(person)
+    assert (out[(distance >= 12) & (distance <= 16)] == 77).all()
 
 
 # ---------------------------------------------------------------- _extend_cut, _extend_person
@@ -411,9 +417,9 @@ def test_offbody_parts_take_the_nearest_part_unless_a_foreign_one_is_nearly_as_c
         # the middle of the gap (15 px from both): a foreign part is as close: neither
         assert out[20, 40] == (head if neighbour else -1) or out[20, 40] == (other if neighbour else -1)
         if not neighbour:
-            # own distance d, foreign 30 - d: clear while 30 - d > 2 d + 4, i.e. d < 8.67
-            assert out[20, 25 + 7] == head and out[20, 25 + 9] == -1
-            assert out[20, 54 - 7] == other and out[20, 54 - 9] == -1
+            # own distance d, foreign 31 - d: clear while 31 - d > 2 d + 4, i.e. d < 9
+            assert out[20, 24 + 8] == head and out[20, 24 + 9] == -1
+            assert out[20, 55 - 8] == other and out[20, 55 - 9] == -1
         else:
             assert (out[20, 25:55] >= 0).all()
     # nothing to do without a body or without off-body person pixels
@@ -551,6 +557,23 @@ def test_compose_steps_at_most_one_and_a_half_pixels_from_the_borrowed_source():
     assert np.abs(frame[22:24, x, 0].astype(int) - (2 * x + 10)).max() <= 1  # columns follow
 
 
+def test_compose_holes_take_their_nearest_covered_pixels_source():
+    """With a steep jacobian the first-order step is nil, so each pixel shows exactly the reference
+    pixel of its source: in the slit, that of the nearest covered pixel (the row above for the upper
+    three rows, the row below for the lower three, in the same column)."""
+    reference = gradient_image(64, 64)
+    background = np.zeros((64, 64, 3), np.uint8)
+    pixels = square_pixels(8, 8, 56, 40)
+    slit = (pixels[:, 1] >= 20) & (pixels[:, 1] < 26) & (pixels[:, 0] >= 14) & (pixels[:, 0] < 50)
+    pixels = pixels[~slit]
+    jacobians = np.broadcast_to(1000 * np.eye(2), (len(pixels), 2, 2)).copy()
+    frame, _ = compose(reference, background, pixels, pixels.copy(), jacobians=jacobians)
+    x = np.arange(18, 46)
+    for row, source_row in ((20, 19), (21, 19), (22, 19), (23, 26), (24, 26), (25, 26)):
+        assert (frame[row, x, 1] == 3 * source_row + 5).all(), (row, frame[row, x, 1])
+        assert (frame[row, x, 0] == 2 * x + 10).all(), row
+
+
 def test_compose_keeps_only_targets_inside_the_frame():
     reference = gradient_image(40, 40)
     background = np.full((40, 40, 3), 9, np.uint8)
@@ -568,6 +591,15 @@ def test_compose_keeps_only_targets_inside_the_frame():
     expected[0:20, 20:40] = True
     assert (silhouette == expected).all()
     assert (frame[0:16, 24:40] == reference[5:21, 9:25]).all()
+    # only the square's last column or row lands on the frame's first or last column or row: kept
+    for shift, line in (
+        ((-24, 0), (slice(5, 25), 0)),
+        ((34, 0), (slice(5, 25), 39)),
+        ((0, -24), (0, slice(5, 25))),
+        ((0, 34), (39, slice(5, 25))),
+    ):
+        frame, silhouette = compose(reference, background, pixels, pixels + np.array(shift))
+        assert silhouette[line].all(), shift
     # everything outside: the background, and an empty silhouette
     frame, silhouette = compose(reference, background, pixels, pixels + np.array([100, 0]))
     assert (frame == 9).all() and not silhouette.any() and silhouette.shape == (40, 40)
@@ -701,7 +733,7 @@ def test_skeleton_path_extends_a_person_cut_at_the_bottom():
     # the last 12 rows show the reference's last row (the legs continue), not grey
     for row in range(cut - 10, cut):
         shown = frame[row, inner].astype(int)
-        assert np.abs(shown - image[-1, inner].astype(int)).max(1).mean() < 20, row
+        assert (np.abs(shown - image[-1, inner].astype(int)).max(1) < 20).mean() > 0.75, row
 
 
 def hands_over_thighs(wrist: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -769,6 +801,9 @@ def test_hidden_torso_is_the_torso_and_thighs_with_what_the_arm_covers_filled():
     assert bound[cv2.erode(quad.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0].all()
     assert bound[82:110, 36:41].all() and bound[82:110, 56:61].all()
     assert not bound[~person].any() and not bound[:26].any() and not bound[60:75, 66:80].any()
+    # the capsule reaches 8 px from the thigh's line x = 38: the forearm's pixels 7 px away are in it,
+    # 10 px away not
+    assert person[96, 28] and bound[96, 31] and not bound[96, 28]
     names = {BONES[i].name for i in np.flatnonzero(hidden_field.weights.any(0))}
     assert names <= {"torso", "l_thigh", "r_thigh"} and "torso" in names
     # the image: the reference except where arm-bound pixels lie on the torso region
