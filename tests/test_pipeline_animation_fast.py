@@ -118,8 +118,9 @@ def make_pipe(residual_mode: str = "once", **replace) -> AnimationPipeline:
     return pipe
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pipe() -> AnimationPipeline:
+    """A new pipeline per test (the components are built once): every test runs ``__init__``."""
     return make_pipe()
 
 
