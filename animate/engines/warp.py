@@ -137,6 +137,29 @@ def arm_regions(keypoints: np.ndarray, person: np.ndarray, threshold: float = 0.
     return out
 
 
+HAND_PARTS = (PART_NAMES.index("left_hand"), PART_NAMES.index("right_hand"))
+
+
+def hand_regions(keypoints: np.ndarray, person: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+    """(H, W) uint8 bits: 1 where the reference shows its left hand, 2 its right (within the person): the
+    hull of the hand's seen keypoints (at least 3) grown by 0.15 of the palm (wrist to middle knuckle: about
+    half a finger's width, the outline beyond the keypoints) or 2 px. A hand not found leaves no bit."""
+    height, width = person.shape
+    out = np.zeros((height, width), np.uint8)
+    for bit, root in ((1, LEFT_HAND_ROOT), (2, RIGHT_HAND_ROOT)):
+        hand = keypoints[root : root + 21]
+        seen = hand[:, 2] >= threshold
+        if seen.sum() < 3:
+            continue
+        hull = np.zeros((height, width), np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.rint(hand[seen, :2]).astype(np.int32)), 1)
+        palm = float(np.linalg.norm(hand[9, :2] - hand[0, :2])) if seen[[0, 9]].all() else 0.0
+        grow = 2 * max(2, round(0.15 * palm)) + 1
+        hull = cv2.dilate(hull, np.ones((grow, grow), np.uint8))
+        out[(hull > 0) & person] |= bit
+    return out
+
+
 class WarpEngine:
     """Engine protocol: ``render(bundle, progress, should_cancel)`` yields (H, W, 3) uint8 frames.
 
@@ -219,6 +242,9 @@ class WarpEngine:
         person = bundle.reference_mask > 127
         background = fill_background(reference, person)
         reference, person = _extend_cut(reference, person)
+        # Samples just off the person (the closed silhouette's rim) take the person's colour, never the
+        # reference background, which would ride along the moved limbs as a halo.
+        reference = _extend_person(reference, person)
         ys, xs = np.nonzero(person)
         field = SkeletonField(bundle.reference_keypoints, np.stack([xs, ys], 1).astype(np.float64))
         fields, layers, source = [field], [field.layer], reference
@@ -427,6 +453,20 @@ class BodyWarp:
         )
         self.part_arm = np.zeros(NUM_PARTS, np.uint8)
         self.part_arm[list(LEFT_ARM_PARTS)], self.part_arm[list(RIGHT_ARM_PARTS)] = 1, 2
+        # Hands: a hand's surface is seen only inside that hand's keypoints (a fitted hand a little off
+        # lies on the sleeve or the background), and where nothing shows it, it takes the hand's own skin.
+        self.hand_region = (
+            hand_regions(keypoints, person)
+            if keypoints is not None
+            else np.zeros((height_, width_), np.uint8)
+        )
+        self.part_hand = np.zeros(NUM_PARTS, np.uint8)
+        self.part_hand[HAND_PARTS[0]], self.part_hand[HAND_PARTS[1]] = 1, 2
+        self.hand_colours = {
+            part: np.median(reference[(self.hand_region & bit) > 0].astype(np.float32), axis=0)
+            for part, bit in zip(HAND_PARTS, (1, 2), strict=True)
+            if ((self.hand_region & bit) > 0).sum() >= 20
+        }
         offbody = _offbody_parts(render.part, person, self.neighbours)
         foreign = (self.arm_region & ~self.part_arm[np.maximum(offbody, 0)]) > 0
         offbody[foreign] = -1
@@ -453,6 +493,10 @@ class BodyWarp:
         )
         # Nor where the reference shows another part's forearm or hand (by its 2D keypoints).
         seen[inside] &= (self.arm_region[y, x] & ~self.part_arm[parts[inside]]) == 0
+        # A hand only inside its own hand's keypoints, where the reference found that hand.
+        hand = self.part_hand[parts[inside]]
+        found = np.isin(parts[inside], list(self.hand_colours))
+        seen[inside] &= (hand == 0) | ~found | ((self.hand_region[y, x] & hand) > 0)
         return seen
 
     def _vertex_colours(self, body: np.ndarray) -> np.ndarray:
@@ -487,6 +531,9 @@ class BodyWarp:
         reached = missing & (sources >= 0)
         colours[reached] = colours[sources[reached]]
         colours[missing & (sources < 0)] = colours[seen].mean(0)
+        # Hand surface nobody saw takes its hand's skin, never the sleeve's colour spread along the mesh.
+        for part, colour in self.hand_colours.items():
+            colours[missing & (self.parts == part)] = colour
         return colours
 
     def _skin_colour(self, seen: np.ndarray) -> np.ndarray:
