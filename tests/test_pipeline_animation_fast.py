@@ -25,6 +25,7 @@ from controlnets import GuidanceFusion, MotionControlNet, PointAdapter, PoseGuid
 from pipelines import AnimationPipeline
 from pipelines import pipeline_animation as pa
 from pipelines.distributed import TileGroup
+from pipelines.temporal_context import TemporalContext
 from pipelines.testing import reinit_zero_layers, svd_scheduler
 from tests._unet_oracle import reference_unet
 
@@ -177,12 +178,14 @@ def reference_latents(
     aug: float = 0.02,
     sigmas: list[float] = SIGMAS,
     initial: torch.Tensor | None = None,
+    temporal_027: bool = False,
 ) -> torch.Tensor:
     """The latents (1, L, 4, h, w) of a one-video run, by hand. ``cond_features`` / ``shared_features``:
     conv_in features per frame of the sequence (L, C, h, w) for the conditional half / both halves; ``flows``
     (L, 2, H, W) dense flows per frame of the sequence; ``points``: the ControlNet's point inputs per frame
     of the sequence (``embeddings`` (1, K, E), ``positions`` (L, K, 2), ``visible`` (L, K)); ``initial``: the
-    initial latents (1, L, 4, h, w) instead of the generator's second draw."""
+    initial latents (1, L, 4, h, w) instead of the generator's second draw; ``temporal_027``: both halves in
+    one call under diffusers 0.27's time context (no conv_in features, no points)."""
     image = rand(1, 3, SIZE, SIZE, seed=0) if image is None else image
     unet, length = pipe.unet, num_frames + int(prepend_reference)
     generator = torch.Generator().manual_seed(seed)
@@ -204,7 +207,9 @@ def reference_latents(
             for idx in tiles:
                 n = len(idx)
 
-                def call(sample, context, features, controlnet, idx=idx, n=n, t=t):
+                def call(sample, context, features, controlnet, idx=idx, n=n, t=t, ids2=None):
+                    ids_ = ids if ids2 is None else ids2
+                    rows = sample.shape[0]
                     down = mid = None
                     if controlnet:
                         kwargs = {}
@@ -218,14 +223,16 @@ def reference_latents(
                             sample,
                             t,
                             encoder_hidden_states=context,
-                            added_time_ids=ids,
-                            dense_flow=None if flows is None else flows[idx],
-                            trajectory_flow=None if trajectories is None else trajectories[idx],
+                            added_time_ids=ids_,
+                            dense_flow=None if flows is None else flows[idx].repeat(rows, 1, 1, 1),
+                            trajectory_flow=None
+                            if trajectories is None
+                            else trajectories[idx].repeat(rows, 1, 1, 1),
                             conditioning_scale=motion_scale,
                             return_dict=False,
                             **kwargs,
                         )
-                    return reference_unet(unet, sample, t, context, ids, features, down, mid, mode)
+                    return reference_unet(unet, sample, t, context, ids_, features, down, mid, mode)
 
                 def part(features, idx=idx):
                     return None if features is None else features[idx]
@@ -239,7 +246,19 @@ def reference_latents(
                     )
                 cond = call(torch.cat([x_in[:, idx], latent], 2), token, cond_part, uses_controlnet)
                 prediction = cond
-                if do_cfg:
+                if do_cfg and temporal_027:  # one call of both halves: rows pair pixel p with video p mod 2
+                    uncond_sample = torch.cat([x_in[:, idx], torch.zeros_like(latent)], 2)
+                    with TemporalContext([unet, pipe.motion_controlnet], "diffusers_0.27"):
+                        both = call(
+                            torch.cat([uncond_sample, torch.cat([x_in[:, idx], latent], 2)]),
+                            torch.cat([torch.zeros_like(token), token]),
+                            None,
+                            uses_controlnet,
+                            ids2=torch.cat([ids, ids]),
+                        )
+                    uncond, cond = both.chunk(2)
+                    prediction = uncond + scales[idx].view(1, n, 1, 1, 1) * (cond - uncond)
+                elif do_cfg:
                     uncond_sample = torch.cat([x_in[:, idx], torch.zeros_like(latent)], 2)
                     uncond = call(
                         uncond_sample,
@@ -1220,3 +1239,17 @@ def test_condition_frames_of_another_size_are_resized(pipe, unit):
     out = pipe._prepare_condition_frames(big, SIZE, SIZE, "cpu", torch.float32, unit=unit)
     expected = colours.expand(2, 3, SIZE, SIZE) * (1 if unit else 2) - (0 if unit else 1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cfg_mode", ["batched", "sequential"])
+def test_diffusers_027_time_context_pairs_rows_as_one_batched_call_of_both_halves(pipe, cfg_mode):
+    """Under diffusers 0.27's context the halves see each other's CLIP token (pixel p: video p mod 2) in the
+    UNet and the ControlNet; a sequential run must pair its rows as the batched call would."""
+    flows = rand(2, 2, SIZE, SIZE, seed=40) * 4 - 2
+    common = {"dense_flow": flows, "prepend_reference": False}
+    out = run(pipe, temporal_context="diffusers_0.27", cfg_mode=cfg_mode, **common)
+    expected = reference_latents(
+        pipe, 2, [[0, 1]], [], prepend_reference=False, flows=flows, temporal_027=True
+    )
+    close(out, expected)
+    assert (run(pipe, **common) - expected).abs().max() > 1e-3  # the pairing matters here
