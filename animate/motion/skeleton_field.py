@@ -148,7 +148,7 @@ def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray, scale_range: tuple[float, float]) -> np.ndarray:
+def similarity(src: np.ndarray, dst: np.ndarray, scale_range: tuple[float, float]) -> np.ndarray:
     """Least-squares 2x3 similarity src -> dst (Umeyama, no reflection), its scale clamped to the range
     (the shift then maps the centroids onto each other)."""
     src_mean, dst_mean = src.mean(0), dst.mean(0)
@@ -382,7 +382,7 @@ class SkeletonField:
         if ref_torso is not None and tgt_torso is not None:
             mats[0] = _affine(ref_torso, tgt_torso)
         elif len(shoulders) == 2:  # no hips: the shoulders carry the torso (not the turning head)
-            mats[0] = _similarity(
+            mats[0] = similarity(
                 self.reference[shoulders, :2].astype(np.float64),
                 target[shoulders, :2].astype(np.float64),
                 HEAD_SCALE,
@@ -397,7 +397,7 @@ class SkeletonField:
             (self.reference[FACE_POINTS, 2] >= self.threshold) & (target[FACE_POINTS, 2] >= self.threshold)
         ]
         if head in self.ref_segments and len(face) >= 3:
-            mats[head] = _similarity(
+            mats[head] = similarity(
                 self.reference[face, :2].astype(np.float64), target[face, :2].astype(np.float64), HEAD_SCALE
             )
         for i, bone in enumerate(BONES):
