@@ -145,6 +145,7 @@ class BodyTrack:
     fps: float = 0.0
     valid: np.ndarray | None = None  # (T,) frames with a detection behind them
     meta: dict = field(default_factory=dict)
+    girth: np.ndarray | None = None  # (24, len(girth.STATIONS)) cross-section scales (animate.body.girth)
 
     def __len__(self) -> int:
         return len(self.root)
@@ -160,10 +161,23 @@ class BodyTrack:
     def vertices(
         self, body: BodyModel, frames: slice | None = None, rest: Rest | None = None
     ) -> torch.Tensor:
-        """(T', V, 3) camera-space mesh of the frames (all by default); pass ``rest`` to reuse one."""
+        """(T', V, 3) camera-space mesh of the frames (all by default), its cross-sections scaled by the
+        track's ``girth`` when it has one; pass ``rest`` to reuse one."""
         with torch.no_grad(), fit_threads():
             rest = rest or body.rest(body.tensor(self.shape)[None])
-            return body.pose(rest, *self.tensors(body, frames)).vertices
+            posed = body.pose(rest, *self.tensors(body, frames))
+        if self.girth is None:
+            return posed.vertices
+        from animate.body.girth import inflate
+
+        vertices = inflate(
+            posed.vertices.cpu().numpy(),
+            posed.joints.cpu().numpy(),
+            self.girth,
+            body.vertex_parts.astype(np.int64),
+            body.faces,
+        )
+        return torch.from_numpy(vertices).to(posed.vertices)
 
     def to_json(self) -> dict:
         return {
@@ -181,6 +195,7 @@ class BodyTrack:
                 for t in range(len(self))
             ],
             **({"meta": self.meta} if self.meta else {}),
+            **({"girth": np.round(self.girth, 4).tolist()} if self.girth is not None else {}),
         }
 
     @classmethod
@@ -196,6 +211,7 @@ class BodyTrack:
             fps=float(data.get("fps", 0.0)),
             valid=np.asarray([f.get("valid", True) for f in frames], bool),
             meta=data.get("meta", {}),
+            girth=np.asarray(data["girth"], np.float32) if "girth" in data else None,
         )
 
 
@@ -596,6 +612,7 @@ def concat_tracks(tracks: list[BodyTrack]) -> BodyTrack:
         fps=first.fps,
         valid=np.concatenate([t.valid if t.valid is not None else np.ones(len(t), bool) for t in tracks]),
         meta={k: v for k, v in first.meta.items() if k != "start"},
+        girth=first.girth,
     )
 
 

@@ -24,6 +24,7 @@ from animate.body.fit import (
     concat_tracks,
     fit_chunks,
     fit_shape,
+    fit_threads,
     matrix_to_rotvec,
     rotvec_to_matrix,
 )
@@ -101,8 +102,10 @@ def fit_reference(
     height: int,
     mask: np.ndarray | None = None,
     shape_options: ShapeOptions | None = None,
+    girth: bool = True,
 ) -> BodyTrack:
-    """Shape, pose and camera of the person in a reference image (one ``animate.pose.Pose``)."""
+    """Shape, pose and camera of the person in a reference image (one ``animate.pose.Pose``); with a
+    ``mask`` and ``girth``, also how much thicker or thinner than the body each limb is (``track.girth``)."""
     if pose.world is None:
         from animate.errors import AnimateError
 
@@ -112,7 +115,21 @@ def fit_reference(
     masks = None if mask is None else mask[None]
     _, track = fit_shape(body, pose.keypoints[None], pose.world[None], camera, masks, options)
     track.valid = np.ones(1, bool)
+    if mask is not None and girth:
+        track.girth = reference_girth(body, track, mask)
     return track
+
+
+def reference_girth(body: BodyModel, track: BodyTrack, mask: np.ndarray) -> np.ndarray:
+    """The girth profile (``animate.body.girth``) of a one-frame reference fit against its person mask."""
+    from animate.body.girth import measure_girth
+    from animate.body.render import Renderer
+
+    with torch.no_grad(), fit_threads():
+        rest = body.rest(body.tensor(track.shape)[None])
+        posed = body.pose(rest, *track.tensors(body, slice(0, 1)))
+    render = Renderer(body.faces, body.vertex_parts).render(posed.vertices[0].cpu().numpy(), track.camera)
+    return measure_girth(posed.joints[0].cpu().numpy(), track.camera, mask, render.mask, render.part)
 
 
 def body_height(body: BodyModel, shape: np.ndarray) -> float:
@@ -155,4 +172,5 @@ def transfer(
         transl=transl.astype(np.float32),
         camera=camera or reference.camera,
         meta={**driving.meta, "transferred": True},
+        girth=None if reference.girth is None else reference.girth.copy(),
     )
