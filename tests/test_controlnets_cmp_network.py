@@ -19,6 +19,8 @@ from controlnets.cmp import (
     CMPCheckpointError,
     CMPFlow,
     CMPImageFeatures,
+    bin_centers,
+    decode_flow_bins,
     resample_sparse_flow,
 )
 
@@ -299,3 +301,45 @@ def test_loader_strips_the_prefix_only_when_every_key_has_it(tmp_path, model):
     torch.save(mixed, tmp_path / "mixed.pth")
     with pytest.raises(CMPCheckpointError, match="unexpected"):
         CMPFlow.from_checkpoint(tmp_path / "mixed.pth", config=CONFIG)
+
+
+# --- decoding and the sparse grid --------------------------------------------------------------------
+
+
+def test_bin_decoding_refuses_the_wrong_channel_count_and_keeps_the_dtype():
+    with pytest.raises(ValueError) as info:
+        decode_flow_bins(torch.zeros(1, 10, 2, 2), 99, 50.0)
+    assert str(info.value) == "expected 198 logit channels, got 10"
+    centers = bin_centers(4, 2.0, dtype=torch.float64)  # bins of width 1 over [-2, 2]
+    assert centers.dtype == torch.float64
+    assert centers.tolist() == [-1.5, -0.5, 0.5, 1.5]
+
+
+def test_logits_to_flow_upsamples_with_aligned_corners():
+    with torch.device("meta"):
+        network = CMPFlow(**CONFIG, nbins=4, fmax=2.0)
+    logits = torch.full((1, 8, 2, 2), -1e4)
+    x_bins = [[0, 3], [1, 2]]  # a 2 x 2 field of one bin each; centres -1.5, -0.5, 0.5, 1.5
+    for row in range(2):
+        for col in range(2):
+            logits[0, x_bins[row][col], row, col] = 0.0
+            logits[0, 4 + 1, row, col] = 0.0  # y: bin 1 everywhere
+    flow = network.logits_to_flow(logits, (3, 3))
+    # align_corners=True: the corners keep their values, the middle is the mean of its neighbours
+    expected_x = torch.tensor([[-1.5, 0.0, 1.5], [-1.0, 0.0, 1.0], [-0.5, 0.0, 0.5]])
+    torch.testing.assert_close(flow[0, 0], expected_x)
+    torch.testing.assert_close(flow[0, 1], torch.full((3, 3), -0.5))
+    same = network.logits_to_flow(logits, (2, 2))
+    torch.testing.assert_close(same[0, 0], torch.tensor([[-1.5, 1.5], [-0.5, 0.5]]))
+
+
+def test_sparse_vectors_at_the_last_row_and_column_land_in_the_last_cell():
+    flow = torch.zeros(1, 2, 30, 50)
+    mask = torch.zeros(1, 1, 30, 50)  # the (B, 1, H, W) mask layout
+    flow[0, :, 29, 49] = torch.tensor([5.0, 3.0])
+    flow[0, :, 0, 0] = torch.tensor([-5.0, 6.0])
+    mask[0, 0, 29, 49] = mask[0, 0, 0, 0] = 1
+    out, out_mask = resample_sparse_flow(flow, mask, (20, 20))
+    assert out_mask[0, 0].nonzero().tolist() == [[0, 0], [19, 19]]
+    torch.testing.assert_close(out[0, :, 19, 19], torch.tensor([5.0 * 20 / 50, 3.0 * 20 / 30]))
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([-5.0 * 20 / 50, 6.0 * 20 / 30]))
