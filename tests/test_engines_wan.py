@@ -1,0 +1,265 @@
+"""``animate.engines.wan`` without running the 14B pipeline: option checks, weights and GPU reasons, the
+dry-run plan's sizes, frame counts and segments worked out by hand, and ``WanEngine.inputs`` (which needs no
+pipeline): which driving frame each 30 fps frame shows, the pose source per mode, the letterboxed replace-mode
+inputs, and a decoder that yields fewer frames than probed. The render itself: ``tests/test_wan_engine.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import animate.engines.wan as wan
+from animate.engines import wan_inputs as wi
+from animate.errors import AnimateError
+from animate.settings import Settings
+from tests._media import make_video
+
+GIB = 1024**3
+
+
+def test_options_are_checked() -> None:
+    wan.WanOptions().validate()
+    with pytest.raises(AnimateError) as err:
+        wan.WanOptions(mode="swap").validate()
+    assert (err.value.code, err.value.message) == (
+        "invalid_option",
+        "mode must be one of animate, replace, got 'swap'",
+    )
+    with pytest.raises(AnimateError) as err:
+        wan.WanOptions(resolution="1080p").validate()
+    assert err.value.message == "resolution must be one of 480p, 720p"
+    with pytest.raises(AnimateError) as err:
+        wan.WanOptions(segment_frames=9, overlap_frames=5).validate()
+    assert "segment_frames must be >= 13" in err.value.message
+    defaults = wan.WanOptions()
+    assert (defaults.segment_frames, defaults.overlap_frames, defaults.steps, defaults.guidance_scale) == (
+        77,
+        1,
+        20,
+        1.0,
+    )
+    assert defaults.prompt == "People in the video are doing actions." and defaults.negative_prompt == ""
+
+
+def test_memory_levels_at_the_documented_edges() -> None:
+    assert wan.memory_level(60 * GIB) == "none" and wan.memory_level(60 * GIB - 1) == "model"
+    assert wan.memory_level(40 * GIB) == "model" and wan.memory_level(40 * GIB - 1) == "sequential"
+    assert wan.memory_level(8 * GIB) == "sequential"
+    with pytest.raises(AnimateError) as err:
+        wan.memory_level(8 * GIB - 2**27)
+    assert err.value.code == "out_of_memory"
+    assert err.value.message == (
+        "the wan engine needs at least 8 GiB of free GPU memory (sequential offload; 40 GiB for model "
+        "offload, 60 GiB without offload), 7.9 GiB is free"
+    )
+
+
+def test_weights_and_gpu_reasons(tmp_path: Path, monkeypatch) -> None:
+    settings = Settings(weights_dir=tmp_path)
+    assert wan.weights_problem(settings) == (f"{wan.WAN_DIR}/ is not in {tmp_path} (see weights/README.md)")
+    (tmp_path / wan.WAN_DIR).mkdir()
+    problem = wan.weights_problem(settings)
+    assert problem.startswith(f"{wan.WAN_DIR}/ in {tmp_path} is ") and problem.endswith(
+        " (see weights/README.md)"
+    )
+    assert "transformer/" in problem
+    assert wan.unavailable_reason(settings) == problem  # the weights first, whatever the GPU
+    # complete weights: only the GPU's room decides (--engine auto asks for model offload's 40 GiB)
+    monkeypatch.setattr(wan, "weights_problem", lambda s: None)
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: None)
+    assert wan.unavailable_reason(settings) == "no CUDA GPU is available"
+    assert wan.unavailable_reason(settings, require_gpu=False) is None
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: 40 * GIB - 1)
+    assert wan.unavailable_reason(settings) == "the GPU has 40.0 GiB free, the wan engine wants 40 GiB"
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: 40 * GIB)
+    assert wan.unavailable_reason(settings) is None
+
+
+def test_plan_to_dict() -> None:
+    plan = wan.WanPlan("model", "bfloat16", 3, 77, 5, 20, 211)
+    assert plan.to_dict() == {"engine": "wan", "offload": "model", "dtype": "bfloat16", "segments": 3,
+                              "segment_frames": 77, "overlap_frames": 5, "steps": 20, "generated_frames": 211}  # fmt: skip
+
+
+# --- the dry run -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A 100 x 200 portrait reference; a 64 x 48 clip of 12 frames at 10 fps (1.2 s)."""
+    folder = tmp_path_factory.mktemp("inputs")
+    reference = folder / "ref.png"
+    Image.fromarray(np.full((200, 100, 3), 120, np.uint8)).save(reference)
+    return reference, make_video(folder / "clip.mp4", n_frames=12, width=64, height=48, fps=10)
+
+
+def _dry(inputs, tmp_path, monkeypatch, free=None, **options):
+    from animate.animator import AnimationOptions
+
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: free)
+    reference, driving = inputs
+    return wan.dry_run_plan(Settings(weights_dir=tmp_path), reference, driving, AnimationOptions(**options))
+
+
+def test_dry_run_animate_mode_by_hand(inputs, tmp_path, monkeypatch) -> None:
+    plan = _dry(inputs, tmp_path, monkeypatch, engine="wan")
+    # the reference's 1:2 at 720p's area: h = sqrt(921600 / 0.5) = 1357.6 -> 1344, w = 678.8 -> 672;
+    # 12 frames at 10 fps -> 36 at 30 fps: one 77-frame segment (36 padded to 77), 20 steps
+    assert plan == {
+        "engine": "wan", "weights": f"{wan.WAN_DIR}/ is not in {tmp_path} (see weights/README.md)",
+        "mode": "animate", "size": [672, 1344], "frames": 12, "fps": 10.0, "generated_frames_30fps": 36,
+        "segments": 1, "segment_frames": 77, "overlap_frames": 1, "steps": 20, "denoising_steps_total": 20,
+        "memory": "cpu", "gpu_free_gib": None,
+    }  # fmt: skip
+
+
+def test_dry_run_replace_mode_rate_cap_segments_and_gpu(inputs, tmp_path, monkeypatch) -> None:
+    plan = _dry(inputs, tmp_path, monkeypatch, free=45 * GIB, engine="wan", mode="replace", max_frames=4,
+                segment_frames=9, steps=3, resolution="480p")  # fmt: skip
+    # the driving clip's 4:3 at 480p: h = sqrt(399360 / (4/3)) = 547.3 -> 544, w = 729.7 -> 720;
+    # 4 frames at 10 fps -> 12 at 30 fps; segments of 9 with overlap 1 step by 8: 12 -> 17, two of them
+    assert plan["size"] == [720, 544] and plan["frames"] == 4 and plan["generated_frames_30fps"] == 12
+    assert (plan["segments"], plan["segment_frames"], plan["steps"], plan["denoising_steps_total"]) == (
+        2,
+        9,
+        3,
+        6,
+    )
+    assert (plan["memory"], plan["gpu_free_gib"]) == ("model", 45.0)
+    # an output rate: 1.2 s at 5 fps = 6 frames -> 36 at 30 fps; a size given wins; 10 segment frames -> 9
+    plan = _dry(inputs, tmp_path, monkeypatch, free=2 * GIB, engine="wan", fps=5.0, size=(320, 160),
+                segment_frames=10)  # fmt: skip
+    assert (plan["frames"], plan["fps"], plan["size"], plan["generated_frames_30fps"]) == (
+        6,
+        5.0,
+        [320, 160],
+        36,
+    )
+    assert plan["segment_frames"] == 9 and plan["segments"] == 5  # 36 -> 41 = 1 + 5 x 8
+    assert plan["memory"].startswith("out_of_memory: the wan engine needs at least 8 GiB")
+
+
+# --- the pipeline's inputs -------------------------------------------------------------------------------
+
+SIZE = 32
+
+
+def _keypoints(frames: int, size: int = SIZE) -> np.ndarray:
+    from tests.test_wan_draw import figure
+
+    kp, _ = figure(size, size)
+    kp[23:91] = (size / 2, size / 2, 1.0)
+    kp[23:91, 0] += np.linspace(-4, 4, 68)
+    kp[23:91, 1] += np.linspace(-4, 4, 68)[::-1]
+    keypoints = np.repeat(kp[None], frames, axis=0)
+    keypoints[:, :, 0] += np.arange(frames)[:, None] * 2.0 * (keypoints[:, :, 2] > 0)  # each frame its pose
+    return keypoints
+
+
+def _bundle(frames: int = 4, fps: float = 15.0, driving=None, driving_size=(SIZE, SIZE), size=(SIZE, SIZE)):
+    from animate.motion.bundle import GuidanceBundle
+
+    keypoints = _keypoints(frames)
+    if driving is None:  # frame i is flat grey 10 (i + 1): a face crop tells which frame it came from
+        driving = [
+            np.full((driving_size[1], driving_size[0], 3), 10 * (i + 1), np.uint8) for i in range(frames)
+        ]
+    bundle = GuidanceBundle(
+        reference=np.zeros((size[1], size[0], 3), np.uint8),
+        reference_mask=np.full((size[1], size[0]), 255, np.uint8),
+        reference_keypoints=keypoints[0],
+        keypoints=keypoints,
+        fps=fps,
+        size=size,
+    )
+    bundle.extras["wan"] = {"driving_keypoints": keypoints + 1.0 * (keypoints[..., 2:] > 0) * [1, 0, 0],
+                            "driving_size": driving_size, "driving_frames": driving, "person_masks": None}  # fmt: skip
+    return bundle
+
+
+# 4 frames at 15 fps -> 8 at 30 fps, 30 fps frame k shows source round(k / 2) (half to even), clipped to 3
+SOURCE = [0, 0, 1, 2, 2, 2, 3, 3]
+
+
+def test_animate_inputs_show_each_30_fps_frames_own_driving_frame() -> None:
+    from animate.pose.draw_wan import draw_pose_wan
+
+    bundle = _bundle()
+    out = wan.WanEngine(None, wan.WanOptions()).inputs(bundle)
+    assert [int(f[0, 0, 0]) for f in out["face"]] == [10 * (i + 1) for i in SOURCE]
+    assert {f.shape for f in out["face"]} == {(512, 512, 3)}
+    # animate mode: the retargeted keypoints of the bundle draw the pose
+    for k, i in enumerate(SOURCE):
+        assert np.array_equal(out["pose"][k], draw_pose_wan(bundle.keypoints[i], SIZE, SIZE)), k
+    assert out["index"].tolist() == [0, 2, 4, 6]  # output frame j at 15 fps: 30 fps frame 2 j
+    assert [np.asarray(p).tolist() for p in out["pil"]["pose_video"]] == [p.tolist() for p in out["pose"]]
+    assert len(out["pil"]["face_video"]) == 8 and "mask" not in out and "background_video" not in out["pil"]
+
+
+def test_a_callable_source_and_a_short_decoder() -> None:
+    bundle = _bundle()
+    frames = bundle.extras["wan"]["driving_frames"]
+    bundle.extras["wan"]["driving_frames"] = lambda: iter(frames[:3])  # one frame fewer than probed
+    out = wan.WanEngine(None, wan.WanOptions()).inputs(bundle)
+    # 30 fps frames that show source 3 hold frame 2, the last one read
+    assert [int(f[0, 0, 0]) for f in out["face"]] == [10 * (min(i, 2) + 1) for i in SOURCE]
+    bundle.extras["wan"]["driving_frames"] = frames + [np.zeros_like(frames[0])] * 3  # more than n: ignored
+    assert [int(f[0, 0, 0]) for f in wan.WanEngine(None, wan.WanOptions()).inputs(bundle)["face"]] == [
+        10 * (i + 1) for i in SOURCE
+    ]
+
+
+def test_replace_inputs_letterbox_the_drivers_frames_pose_and_mask() -> None:
+    from animate.pose.draw_wan import draw_pose_wan
+
+    # a 64 x 32 driving clip into 32 x 32: scaled by 0.5 to 32 x 16, bars of 8 above and below
+    bundle = _bundle(driving_size=(64, 32))
+    person = np.zeros((32, 64), np.uint8)
+    person[8:24, 24:40] = 255  # -> rows 12..19, columns 12..19 of the letterboxed frame
+    bundle.extras["wan"]["person_masks"] = [person, None, person, person]
+    out = wan.WanEngine(None, wan.WanOptions(mode="replace")).inputs(bundle)
+    driving_kp = bundle.extras["wan"]["driving_keypoints"]
+    for k, i in enumerate(SOURCE):
+        letterboxed = driving_kp[i].copy()
+        letterboxed[:, 0] *= 0.5
+        letterboxed[:, 1] = letterboxed[:, 1] * 0.5 + 8
+        assert np.array_equal(out["pose"][k], draw_pose_wan(letterboxed, SIZE, SIZE)), k
+    # frame 0: the given mask, letterboxed and grown (7 x 7, three times: 9 px): rows 3..28, columns 3..28
+    mask = out["mask"][0]
+    expected = np.zeros((SIZE, SIZE), np.uint8)
+    expected[3:29, 3:29] = 255
+    assert np.array_equal(mask, expected)
+    background = out["background"][0]
+    assert not background[mask > 0].any()
+    assert (background[:3] == 0).all() and (background[29:] == 0).all()  # the letterbox bars
+    assert (background[8:24][mask[8:24] == 0] == 10).all()  # frame 0's grey outside the mask, inside the box
+    # frame 1 has no segmentation: the hull of its letterboxed keypoints, grown, is the person
+    hull = wi.replace_mask(wi.keypoint_person_mask(
+        wi.letterbox_keypoints(driving_kp[1], 64, 32, SIZE, SIZE), SIZE, SIZE))  # fmt: skip
+    assert np.array_equal(out["mask"][2], hull)  # 30 fps frame 2 shows source frame 1
+    assert len(out["mask"]) == len(out["background"]) == len(out["pil"]["mask_video"]) == 8
+    assert len(out["pil"]["background_video"]) == 8
+
+
+def test_inputs_refuse_odd_sizes_and_missing_frames() -> None:
+    engine = wan.WanEngine(None, wan.WanOptions())
+    with pytest.raises(AnimateError) as err:
+        engine.inputs(_bundle(size=(40, 32)))
+    assert (err.value.code, err.value.message) == (
+        "invalid_option", "the wan engine needs sides that are multiples of 16, got 40x32"
+    )  # fmt: skip
+    with pytest.raises(AnimateError) as err:
+        engine.inputs(_bundle(size=(32, 24)))
+    assert err.value.code == "invalid_option"
+    bundle = _bundle()
+    bundle.extras["wan"]["driving_frames"] = None
+    with pytest.raises(AnimateError) as err:
+        engine.inputs(bundle)
+    assert (err.value.code, err.value.message) == ("invalid_input", "the wan engine needs the driving frames")
+    bundle.extras["wan"]["driving_frames"] = []
+    with pytest.raises(AnimateError) as err:
+        engine.inputs(bundle)
+    assert (err.value.code, err.value.message) == ("invalid_input", "no driving frame could be read")
