@@ -256,3 +256,55 @@ def test_hands_fitted_off_the_real_ones_take_the_hands_colour():
             shares.append((palette_part(frame[drawn]) == part).mean())
         assert shares[0] < 0.5, shares  # the premise: the misfit paints sleeve where the hands are
         assert shares[1] > 0.95, shares
+
+
+def test_a_finger_follows_its_own_keypoints():
+    """A drawn open hand (palm and five straight fingers, a marker on each fingertip) at the end of an arm;
+    the frame turns only the index finger by 40 degrees about its base: its tip marker goes where the turn
+    puts it, the other tips stay (2D path)."""
+    image = np.full((HEIGHT, WIDTH, 3), BACKGROUND, np.uint8)
+    person = np.zeros((HEIGHT, WIDTH), np.uint8)
+    keypoints = np.zeros((133, 3), np.float32)
+    body = {
+        NOSE: (40, 30),
+        R_EYE: (36, 26),
+        L_EYE: (44, 26),
+        R_SHOULDER: (30, 60),
+        L_SHOULDER: (50, 60),
+        11: (32, 130),
+        12: (48, 130),
+        L_ELBOW: (80, 60),
+        L_WRIST: (110, 60),
+    }
+    for index, xy in body.items():
+        keypoints[index] = (*xy, 1.0)
+    for target, value in ((image, SUIT), (person, 255)):
+        cv2.rectangle(target, (30, 55), (50, 135), value, -1)
+        cv2.circle(target, (40, 30), 12, value, -1)
+        cv2.line(target, (50, 60), (110, 60), value, 9)
+    hand = keypoints[LEFT_HAND_ROOT : LEFT_HAND_ROOT + 21]
+    hand[0] = (110, 60, 1.0)
+    tips = {}
+    for finger, (base, y) in enumerate(((1, 44), (5, 50), (9, 60), (13, 70), (17, 78))):
+        x0 = 114 if finger == 0 else 130
+        for j in range(4):  # base joint, two middle joints, tip: 7 px apart along x (a palm is 20 px)
+            hand[base + j] = (x0 + 7 * j, y, 1.0)
+        tips[base + 3] = np.array([x0 + 21.0, y])
+        for target, value in ((image, SKIN), (person, 255)):
+            cv2.line(target, (x0 - 4, y), (x0 + 23, y), value, 5)
+    for target, value in ((image, SKIN), (person, 255)):
+        cv2.rectangle(target, (108, 46), (134, 80), value, -1)  # the palm
+    colours = {4: RED, 8: BLUE, 12: YELLOW, 16: (255, 0, 255), 20: (0, 255, 255)}
+    for tip, colour in colours.items():
+        cv2.circle(image, tuple(int(v) for v in tips[tip]), 2, colour, -1)
+    moved = keypoints.copy()
+    index = moved[LEFT_HAND_ROOT + 5 : LEFT_HAND_ROOT + 9]
+    index[:, :2] = turn(index[:, :2].astype(np.float64), 40.0, centre=index[0, :2].astype(np.float64))
+    frames, _ = render(image, person, keypoints, [keypoints, moved])
+    for tip, colour in colours.items():
+        assert np.linalg.norm(marker_centre(frames[0], colour, 120) - tips[tip]) < 1.5
+    expected = turn(tips[8][None], 40.0, centre=np.array([130.0, 50.0]))[0]
+    assert np.linalg.norm(marker_centre(frames[1], BLUE, 120) - expected) < 3.0
+    for tip, colour in colours.items():
+        if tip != 8:
+            assert np.linalg.norm(marker_centre(frames[1], colour, 120) - tips[tip]) < 2.0, tip

@@ -72,6 +72,12 @@ BONES: tuple[Bone, ...] = (
     Bone("r_forearm", R_ELBOW, R_WRIST, "r_upper_arm", 4),
     Bone("l_hand", L_WRIST, LEFT_HAND_ROOT + MIDDLE_MCP, "l_forearm", 5),
     Bone("r_hand", R_WRIST, RIGHT_HAND_ROOT + MIDDLE_MCP, "r_forearm", 5),
+    # Fingers, base to tip (thumb from its CMC joint): bound only within their hand (``_split_fingers``).
+    *(
+        Bone(f"{side}_hand_{finger}", root + base, root + base + 3, f"{side}_hand", 6)
+        for side, root in (("l", LEFT_HAND_ROOT), ("r", RIGHT_HAND_ROOT))
+        for finger, base in (("thumb", 1), ("index", 5), ("middle", 9), ("ring", 13), ("pinky", 17))
+    ),
 )
 _INDEX = {bone.name: i for i, bone in enumerate(BONES)}
 FACE_POINTS = np.r_[[NOSE, L_EYE, R_EYE, L_EAR, R_EAR], np.arange(FACE.start, FACE.stop)]
@@ -84,6 +90,10 @@ def _point(keypoints: np.ndarray, index: int, threshold: float) -> np.ndarray | 
         pair = keypoints[[L_SHOULDER, R_SHOULDER]]
         return pair[:, :2].mean(0) if (pair[:, 2] >= threshold).all() else None
     return keypoints[index, :2] if keypoints[index, 2] >= threshold else None
+
+
+def _is_finger(bone: Bone) -> bool:
+    return bone.parent is not None and bone.parent.endswith("_hand")
 
 
 def _head_root(keypoints: np.ndarray, threshold: float) -> np.ndarray | None:
@@ -210,7 +220,8 @@ class SkeletonField:
             if a is None or b is None or np.allclose(a, b):
                 continue
             self.ref_segments[i] = (a.astype(np.float64), b.astype(np.float64))
-            distances[:, i] = _segment_distance(self.pixels, a, b)
+            if not _is_finger(bone):
+                distances[:, i] = _segment_distance(self.pixels, a, b)
         self._head_pixels: np.ndarray | None = None
         self._claim_head(distances)
         if bones is not None:
@@ -250,11 +261,47 @@ class SkeletonField:
         weights = np.exp(np.where(np.isfinite(logits), logits, -np.inf))
         weights[weights < 1e-3] = 0.0
         self.weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+        self._split_fingers()
         if self._shoulder_band and self._head_pixels is not None:
             self._soften_neck(0.2 * self._head_radius)
         self.dominant = self.weights.argmax(axis=1)
         self.layer = np.array([BONES[i].layer for i in self.dominant], np.int32)
         self.active = np.flatnonzero(self.weights.any(axis=0))
+
+    def _split_fingers(self) -> None:
+        """A hand's weight on each of its pixels is shared between the palm (the hand bone) and its fingers
+        by distance to the palm's hull and to each finger (base to tip), with a sigma of 0.12 palms
+        (fingers lie about a quarter palm apart), so fingers follow their own keypoints."""
+        for side, root in (("l", LEFT_HAND_ROOT), ("r", RIGHT_HAND_ROOT)):
+            hand_bone = _INDEX[f"{side}_hand"]
+            fingers = [
+                i for i, bone in enumerate(BONES) if bone.parent == f"{side}_hand" and i in self.ref_segments
+            ]
+            rows = np.flatnonzero(self.weights[:, hand_bone] > 0)
+            if hand_bone not in self.ref_segments or len(fingers) < 3 or not len(rows):
+                continue
+            hand = self.reference[root : root + 21]
+            seen = hand[:, 2] >= self.threshold
+            palm_points = [i for i in (0, 1, 5, 9, 13, 17) if seen[i]]
+            if len(palm_points) < 3 or not seen[[0, MIDDLE_MCP]].all():
+                continue
+            palm = float(np.linalg.norm(hand[MIDDLE_MCP, :2] - hand[0, :2]))
+            sigma = max(1.0, 0.12 * palm)
+            points = self.pixels[rows]
+            hull = cv2.convexHull(hand[palm_points, :2].astype(np.float32))
+            distance = np.empty((len(rows), 1 + len(fingers)))
+            distance[:, 0] = np.maximum(
+                [-cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in points], 0.0
+            )
+            for k, finger in enumerate(fingers, start=1):
+                distance[:, k] = _segment_distance(points, *self.ref_segments[finger])
+            nearest = distance.min(axis=1, keepdims=True)
+            share = np.exp(-(distance**2 - nearest**2) / (2 * sigma**2))
+            share /= share.sum(axis=1, keepdims=True)
+            own = self.weights[rows, hand_bone].copy()
+            self.weights[rows, hand_bone] = own * share[:, 0]
+            for k, finger in enumerate(fingers, start=1):
+                self.weights[rows, finger] = own * share[:, k]
 
     def _arm_pixels(self, distances: np.ndarray) -> dict[str, np.ndarray]:
         """Per side ("l", "r"), the bound pixels that surely lie on that arm's hand or forearm: inside the
