@@ -829,3 +829,128 @@ def test_hidden_torso_needs_an_arm_over_the_torso_region_and_a_seen_torso():
     no_hip = kp.copy()
     no_hip[L_HIP, 2] = 0.0
     assert WarpEngine._hidden_torso(image, pixel_field(no_hip, person), person) is None
+
+
+# ---------------------------------------------------------------- the body path on the Anny body (about 1 s each)
+
+
+@pytest.fixture(scope="module")
+def anny():
+    from animate.body import load_anny
+
+    return load_anny()
+
+
+def body_scene(anny, frame_pose=None, transl=None, size=(288, 512)):
+    """A BodyMotion (reference standing, one frame), the reference image (each part in its Champ colour
+    on grey) and its person mask."""
+    from test_motion_body_field import synthetic_motion
+    from test_warp_body import reference_of
+
+    motion = synthetic_motion(anny, {}, [frame_pose or {}], size=size, transl=transl)
+    image, person = reference_of(motion)
+    return motion, image, person
+
+
+def test_body_reference_pose_draws_exactly_the_rendered_body_at_scale_1(anny):
+    """At scale 1 the render is the output grid: the body mask is the rendered body to the pixel (the
+    working box holds all of it), the silhouette covers it, and no surface needs the mesh colours."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny)
+    vertices = motion.vertices(0, 1)[0]
+    frame, masks = BodyWarp(motion, image, person, scale=1, edge_sigma=0).frame(vertices)
+    target = motion.renderer()[0].render(vertices, motion.camera)
+    assert (masks.body == target.mask).all()
+    assert masks.silhouette[target.mask].all()
+    assert masks.fill.sum() < 0.01 * target.mask.sum()
+    # edge_sigma 0: every body pixel is the reference's pixel (the same pose, sampled in place)
+    error = np.abs(frame[target.mask].astype(int) - image[target.mask]).max(1)
+    assert (error <= 2).mean() > 0.99
+    # stepped left past the frame's edge: the box is clipped at column 0, not before it
+    motion, image, person = body_scene(anny, transl=[(-0.62, 0.0, 2.8)])
+    vertices = motion.vertices(0, 1)[0]
+    frame, masks = BodyWarp(motion, image, person, scale=1, edge_sigma=0).frame(vertices)
+    target = motion.renderer()[0].render(vertices, motion.camera)
+    assert target.mask[:, 0].sum() > 20 and target.mask[:, 0].sum() < 0.1 * target.mask.sum()
+    assert (masks.body == target.mask).all()
+    assert (np.abs(frame[:, 0].astype(int) - 128).sum(1) > 12)[target.mask[:, 0]].all()
+
+
+def test_body_ring_follows_its_part_at_scale_2_beyond_the_bodys_box(anny):
+    """Hair above the head (outside the body's bounding box) and beside it, the body stepped sideways:
+    at scale 2 the ring's offsets are in output pixels (twice the render's), and the working box is grown
+    by the ring's reach, so all of the hair moves with the head."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny, transl=[(0.15, 0.0, 2.8)])
+    head = motion.reference_render.part == PART_NAMES.index("head")
+    ys, xs = np.nonzero(head)
+    hair = np.zeros(person.shape, np.uint8)
+    cv2.ellipse(hair, (int(xs.mean()), int(ys.min()) + 2), (14, 12), 0, 0, 360, 1, -1)
+    cv2.circle(hair, (int(xs.max()) + 2, int(np.median(ys))), 6, 1, -1)
+    hair = hair.astype(bool) & ~motion.reference_render.mask
+    assert ys.min() - np.nonzero(hair)[0].min() >= 8  # the hair reaches 8+ px above the body's box
+    image[hair] = (220, 30, 30)
+    person = person | hair
+    warp = BodyWarp(motion, image, person, scale=2)
+    frame, _ = warp.frame(motion.vertices(0, 1)[0])
+    red = (frame[..., 0] > 150) & (frame[..., 1] < 90)
+    shift = round(0.15 / 2.8 * motion.camera.fx)
+    moved = np.roll(hair, shift, axis=1)
+    assert red.sum() > 0.7 * hair.sum(), (red.sum(), hair.sum())
+    assert (red & moved).sum() > 0.8 * red.sum(), ((red & moved).sum(), red.sum())
+    top = np.nonzero(moved)[0].min()
+    assert red[top : top + 4].sum() > 0.5 * moved[top : top + 4].sum()  # the hair's top moved too
+    assert not (red & hair & ~moved).any()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_body_arm_keypoints_keep_an_arms_own_pixels(anny, side):
+    """With the 2D keypoints on the reference's arms (forearm capsules), each arm still samples its own
+    pixels there: only *another* part's forearm or hand is refused (its bit differs)."""
+    from test_warp_body import palette_part, whole_body_keypoints
+
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny)
+    kp = whole_body_keypoints(motion)
+    vertices = motion.vertices(0, 1)[0]
+    frame, masks = BodyWarp(motion, image, person, scale=1, keypoints=kp).frame(vertices)
+    forearm = [PART_NAMES.index(f"{side}_elbow"), PART_NAMES.index(f"{side}_wrist")]
+    region = arm_regions(kp, person) & (1 if side == "left" else 2)
+    own = (
+        cv2.erode(np.isin(motion.reference_render.part, forearm).astype(np.uint8), np.ones((3, 3), np.uint8))
+        > 0
+    ) & (region > 0)
+    assert own.sum() > 30
+    assert np.isin(palette_part(frame[own]), forearm).mean() > 0.95
+    assert masks.fill[own].mean() < 0.05
+
+
+def test_engine_ray_casts_at_half_resolution_from_384_px(anny):
+    """WarpEngine: outputs whose short side is 384 px or more use the render scale (2), smaller ones 1;
+    the engine's masks equal a BodyWarp's at that scale."""
+    from test_warp_body import whole_body_keypoints
+
+    from animate.engines.warp import BodyWarp
+
+    for size, scale in (((384, 512), 2), ((382, 512), 1)):
+        motion, image, person = body_scene(anny, size=size)
+        kp = whole_body_keypoints(motion)
+        bundle = GuidanceBundle(
+            reference=image,
+            reference_mask=person.astype(np.uint8) * 255,
+            reference_keypoints=kp,
+            keypoints=np.zeros((1, 133, 3), np.float32),
+            fps=24.0,
+            size=size,
+            body=motion,
+        )
+        engine = WarpEngine()
+        frame = next(iter(engine.render(bundle)))
+        expected, masks = BodyWarp(
+            motion, image, person, scale=scale, unseen_parts=hidden_hands(kp), keypoints=kp
+        ).frame(motion.vertices(0, 1)[0])
+        assert (engine.last_body_mask == masks.body).all(), size
+        assert (frame == expected).all(), size
