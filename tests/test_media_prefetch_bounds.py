@@ -110,3 +110,25 @@ def test_the_worker_is_a_daemon_thread_of_the_given_name():
         assert list(stream) == [1]
         workers[0].join(5)
         assert not workers[0].is_alive()
+
+
+def test_closing_while_the_producer_fails_on_a_full_queue_returns():
+    """The producer is blocked putting an item on a full queue when the consumer closes; its source then
+    fails, and the failure needs a slot too: close keeps draining until the thread is gone."""
+    taken = threading.Event()
+
+    def failing():
+        yield 0
+        yield 1
+        taken.set()
+        yield 2
+        raise RuntimeError("decoder died after the stop")
+
+    stream = prefetched(failing(), depth=1)
+    assert next(stream) == 0
+    assert taken.wait(5)  # item 1 queued, item 2 taken: the producer waits for room
+    time.sleep(0.1)
+    closer = threading.Thread(target=stream.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive()  # a close that waits on the thread for good would hang here
