@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,18 @@ from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 from transformers import CLIPImageProcessor
 
 from controlnets import GuidanceEncoder, GuidanceFusion, MotionControlNet, PoseGuider
-from pipelines import AnimationPipeline, CheckpointError, build_pipeline, read_checkpoint
-from pipelines.checkpoints import dispose_config
+from pipelines import (
+    AnimationPipeline,
+    CheckpointError,
+    KeyReport,
+    build_pipeline,
+    check_dispose,
+    check_mimicmotion,
+    load_champ_guidance_encoders,
+    load_dispose,
+    read_checkpoint,
+)
+from pipelines.checkpoints import dispose_config, pose_guider_config_from_shapes
 from pipelines.testing import reinit_zero_layers, svd_scheduler, tiny_components, tiny_pose_guider, tiny_unet
 
 SVD_PARTS = ("vae", "image_encoder", "unet")
@@ -43,20 +54,30 @@ def _seeded_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> dict:
-    """An SVD diffusers folder in fp32 whose UNet and VAE also ship ``*.fp16.safetensors`` with OTHER values
-    (so a test can tell which file was read), plus MimicMotion, DisPose and Champ files for its UNet."""
+    """An SVD diffusers folder in fp32 whose models also ship ``*.fp16.safetensors`` with OTHER values (so a
+    test can tell which file was read), the same folder without them, and MimicMotion, DisPose and Champ
+    files for its UNet."""
     root = tmp_path_factory.mktemp("svd_build")
     components = tiny_components(with_guidance_encoders=False)
     svd = StableVideoDiffusionPipeline(
         **{k: v for k, v in components.items() if k not in ("pose_guider", "guidance_encoders")}
     )
-    svd.save_pretrained(root / "svd")
-    base = {name: {k: v.clone() for k, v in components[name].state_dict().items()} for name in SVD_PARTS}
+    # the fp16 files first: the fp32 save then writes each config.json as SVD-xt ships it (fp32)
     fp16 = {}
-    for seed, name in enumerate(("unet", "vae"), start=10):
-        other = type(components[name]).from_config(components[name].config)
+    for seed, name in enumerate(SVD_PARTS, start=10):
+        module = components[name]
+        other = (
+            type(module)(module.config)
+            if name == "image_encoder"
+            else type(module).from_config(module.config)
+        )
         fp16[name] = {k: v.half() for k, v in _seeded_state(other, seed).items()}
         other.half().save_pretrained(root / "svd" / name, variant="fp16")
+    svd.save_pretrained(root / "svd")
+    base = {name: {k: v.clone() for k, v in components[name].state_dict().items()} for name in SVD_PARTS}
+    shutil.copytree(root / "svd", root / "svd_plain", ignore=shutil.ignore_patterns("*.fp16.*"))
+    assert len(list((root / "svd").rglob("*.fp16.safetensors"))) == 3
+    assert not list((root / "svd_plain").rglob("*.fp16.*"))
 
     # MimicMotion: fp16, unet.* and pose_net.* (another UNet than SVD's, same config)
     mm_unet = tiny_unet()
@@ -89,6 +110,7 @@ def folder(tmp_path_factory) -> dict:
     return {
         "root": root,
         "svd": root / "svd",
+        "svd_plain": root / "svd_plain",
         "base": base,
         "fp16": fp16,
         "mimicmotion": root / "MimicMotion_tiny.pth",
@@ -101,7 +123,7 @@ def folder(tmp_path_factory) -> dict:
 
 
 def test_fp32_build_is_the_svd_folder_without_conditioning(folder):
-    pipe = build_pipeline(folder["svd"], dtype=torch.float32)
+    pipe = build_pipeline(folder["svd"], champ_files={}, dtype=torch.float32)
     assert isinstance(pipe, AnimationPipeline)
     for name in SVD_PARTS:
         _assert_same(getattr(pipe, name), folder["base"][name], torch.float32)
@@ -113,26 +135,10 @@ def test_fp32_build_is_the_svd_folder_without_conditioning(folder):
     assert pipe.feature_extractor.crop_size == {"height": 32, "width": 32}
 
 
-def test_fp16_build_reads_the_fp16_variant_files_where_a_component_ships_them(folder):
-    pipe = build_pipeline(folder["svd"], dtype=torch.float16)
-    _assert_same(pipe.unet, folder["fp16"]["unet"], torch.float16)
-    _assert_same(pipe.vae, folder["fp16"]["vae"], torch.float16)
-    # the image encoder ships no fp16 file: its fp32 weights, cast
-    _assert_same(pipe.image_encoder, folder["base"]["image_encoder"], torch.float16)
-
-
-@pytest.mark.parametrize(
-    ("dtype", "expected"), [(None, torch.float32), (torch.bfloat16, torch.bfloat16)], ids=["none", "bf16"]
-)
-def test_other_dtypes_read_the_plain_files(folder, dtype, expected):
-    pipe = build_pipeline(folder["svd"], dtype=dtype)
+def test_a_folder_without_fp16_files_is_read_in_fp32_and_cast_by_default(folder):
+    pipe = build_pipeline(folder["svd_plain"])  # the default dtype is half precision
     for name in SVD_PARTS:
-        _assert_same(getattr(pipe, name), folder["base"][name], expected)
-
-
-def test_default_dtype_is_half_precision(folder):
-    pipe = build_pipeline(folder["svd"])
-    _assert_same(pipe.unet, folder["fp16"]["unet"], torch.float16)
+        _assert_same(getattr(pipe, name), folder["base"][name], torch.float16)
 
 
 def test_mimicmotion_dispose_and_champ_parts_come_from_their_files(folder):
@@ -164,24 +170,28 @@ def test_mimicmotion_dispose_and_champ_parts_come_from_their_files(folder):
 
 @pytest.mark.parametrize("dtype", [torch.float16, None, torch.bfloat16], ids=["fp16", "none", "bf16"])
 def test_every_part_takes_the_requested_dtype(folder, dtype):
+    # fp16: SVD's own UNet (from its fp16 file; MimicMotion's is fp16 already, so a cast would not show)
+    half = dtype == torch.float16
     pipe = build_pipeline(
         folder["svd"],
-        mimicmotion=folder["mimicmotion"],
+        mimicmotion=None if half else folder["mimicmotion"],
         champ_files={"depth": folder["champ"]},
         dtype=dtype,
         dispose=folder["dispose"],
     )
-    # no dtype: each file's own (MimicMotion fp16, DisPose and Champ fp32)
-    mm = dtype or torch.float16
-    _assert_same(pipe.unet, {k: v.half() for k, v in folder["mm"]["unet"].items()}, mm)
-    _assert_same(pipe.pose_guider, {k: v.half() for k, v in folder["mm"]["pose_guider"].items()}, mm)
+    # no dtype: each file's own (SVD fp32, MimicMotion fp16, DisPose and Champ fp32)
+    for name in ("vae", "image_encoder"):
+        expected = folder["fp16"][name] if half else folder["base"][name]
+        _assert_same(getattr(pipe, name), expected, dtype or torch.float32)
+    if half:
+        _assert_same(pipe.unet, folder["fp16"]["unet"], torch.float16)
+        assert pipe.pose_guider is None
+    else:
+        mm = dtype or torch.float16
+        _assert_same(pipe.unet, {k: v.half() for k, v in folder["mm"]["unet"].items()}, mm)
+        _assert_same(pipe.pose_guider, {k: v.half() for k, v in folder["mm"]["pose_guider"].items()}, mm)
     _assert_same(pipe.motion_controlnet, folder["dispose_state"], dtype or torch.float32)
     _assert_same(pipe.guidance_encoders.encoders["depth"], folder["champ_state"], dtype or torch.float32)
-
-
-def test_an_empty_champ_mapping_adds_no_encoders(folder):
-    pipe = build_pipeline(folder["svd"], champ_files={}, dtype=torch.float32)
-    assert pipe.guidance_encoders is None and pipe.pose_guider is None
 
 
 def test_a_folder_without_model_index_is_refused(folder, tmp_path):
@@ -321,3 +331,98 @@ def test_a_pickle_with_code_in_it_is_refused(tmp_path, state):
         read_checkpoint(path)
     assert err.value.code == "checkpoint_unreadable"
     assert isinstance(err.value.__cause__, pickle.UnpicklingError)
+
+
+# key reports and their messages
+
+
+def test_a_checkpoint_error_is_a_mismatch_unless_told():
+    assert CheckpointError("x").code == "checkpoint_mismatch"
+    assert CheckpointError("x", "wrong_checkpoint").code == "wrong_checkpoint"
+    assert isinstance(CheckpointError("x"), ValueError)
+
+
+def test_describe_lists_five_of_each_kind_then_counts():
+    missing = [f"m{i}" for i in range(7)]
+    unexpected = ["u0", "u1"]
+    mismatched = [(f"s{i}", (i,), (i + 1,)) for i in range(6)]
+    report = KeyReport(missing=missing, unexpected=unexpected, mismatched=mismatched)
+    shapes = ", ".join(f"s{i}: file ({i},) vs model ({i + 1},)" for i in range(5))
+    assert report.describe() == (
+        f"7 missing (e.g. m0, m1, m2, m3, m4); 2 unexpected (e.g. u0, u1); 6 with another shape ({shapes})"
+    )
+    assert (
+        report.describe(limit=1)
+        == "7 missing (e.g. m0); 2 unexpected (e.g. u0); 6 with another shape (s0: file (0,) vs model (1,))"
+    )
+    assert not report.ok
+    assert KeyReport().describe() == "all keys match" and KeyReport().ok
+    assert KeyReport(unexpected=["u"]).describe() == "1 unexpected (e.g. u)"
+
+
+def test_a_pose_guider_narrower_than_the_unets_conv_in_is_reported(folder):
+    state = torch.load(folder["mimicmotion"])
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    reports = check_mimicmotion(shapes, tiny_unet().config)
+    assert set(reports) == {"unet", "pose_guider"}
+    assert reports["unet"].ok and reports["pose_guider"].ok
+    # a guider whose final_proj gives 64 channels: the tiny UNet's conv_in gives 32 (its first block width)
+    torch.manual_seed(0)
+    wide = PoseGuider(block_out_channels=(8, 16), out_channels=64)
+    shapes = {k: v for k, v in shapes.items() if k.startswith("unet.")}
+    shapes |= {f"pose_net.{k}": tuple(v.shape) for k, v in wide.state_dict().items()}
+    reports = check_mimicmotion(shapes, tiny_unet().config)
+    assert reports["unet"].ok
+    assert reports["pose_guider"].mismatched == [
+        ("final_proj out channels vs the UNet's conv_in", (64,), (32,))
+    ]
+
+
+def test_a_mimicmotion_file_is_not_taken_for_dispose(folder):
+    state = torch.load(folder["mimicmotion"])
+    config = tiny_unet().config
+    with pytest.raises(CheckpointError) as err:
+        check_dispose({k: tuple(v.shape) for k, v in state.items()}, config)
+    assert str(err.value) == "this is a MimicMotion checkpoint, not DisPose's ControlNet"
+    assert err.value.code == "wrong_checkpoint"
+    with pytest.raises(CheckpointError) as err:
+        load_dispose(state, config)
+    assert str(err.value) == "this is a MimicMotion checkpoint, not DisPose's ControlNet"
+    assert err.value.code == "wrong_checkpoint"
+
+
+def test_a_champ_file_lacking_keys_names_five_of_them(folder):
+    state = torch.load(folder["champ"])
+    lacking = [k for k in state if k.startswith(("conv_in", "blocks.0", "blocks.1", "blocks.2"))]
+    assert len(lacking) > 5
+    kept = {k: v for k, v in state.items() if k not in lacking}
+    with pytest.raises(CheckpointError) as err:
+        load_champ_guidance_encoders({"depth": kept})
+    assert str(err.value) == f"Champ depth encoder lacks {len(lacking)} keys: {tuple(lacking[:5])}"
+
+
+def test_the_pose_guider_config_is_read_off_its_shapes():
+    guider = PoseGuider(conditioning_channels=4, block_out_channels=(8, 16, 24), out_channels=40)
+    shapes = {f"pose_net.{k}": tuple(v.shape) for k, v in guider.state_dict().items()}
+    assert pose_guider_config_from_shapes(shapes) == {
+        "conditioning_channels": 4,
+        "block_out_channels": (8, 16, 24),
+        "out_channels": 40,
+    }
+    plain = {k.removeprefix("pose_net."): v for k, v in shapes.items()}  # the prefix is optional
+    assert pose_guider_config_from_shapes(plain) == pose_guider_config_from_shapes(shapes)
+
+
+@pytest.mark.parametrize("broken", ["no final_proj", "no convs", "a conv missing"])
+def test_a_state_without_a_pose_guider_layout_is_refused(broken):
+    shapes = {k: tuple(v.shape) for k, v in tiny_pose_guider().state_dict().items()}
+    if broken == "no final_proj":
+        shapes = {k: v for k, v in shapes.items() if not k.startswith("final_proj")}
+    elif broken == "no convs":
+        shapes = {k: v for k, v in shapes.items() if not k.startswith("conv_layers")}
+    else:
+        shapes = {k: v for k, v in shapes.items() if not k.startswith("conv_layers.4.")}
+    with pytest.raises(CheckpointError) as err:
+        pose_guider_config_from_shapes(shapes)
+    assert str(err.value) == "no pose guider layout (conv_layers.*, final_proj) in the checkpoint"
+    assert err.value.code == "checkpoint_mismatch"
