@@ -67,7 +67,10 @@ def test_letterbox_keypoints_scale_and_shift_into_the_box() -> None:
     assert out.dtype == np.float32 and out.shape == kp.shape
     assert out[0, :, :2].tolist() == [[0.0, 437.0], [720.0, 405.0 + 437.0], [37.5, 75.0 + 437.0]]
     assert out[0, :, 2] == pytest.approx([0.9, 0.4, 0.0])
-    assert kp[0, 1, 0] == 1920.0  # the input is not changed
+    assert kp[0, 1, 0] == 1920.0  # the input is not changed, float32 input included
+    single = np.array([[1920.0, 1080.0, 1.0]], np.float32)
+    wi.letterbox_keypoints(single, 1920, 1080, 720, 1280)
+    assert single.tolist() == [[1920.0, 1080.0, 1.0]]
     # portrait into a square: x + 16, scale 0.64 on both axes
     assert wi.letterbox_keypoints(np.array([[50.0, 100.0, 1.0]]), 50, 100, 64, 64)[0, :2].tolist() == [48, 64]
 
@@ -79,6 +82,7 @@ def test_30_fps_indices_by_hand() -> None:
     assert wi.to_wan_rate(6, 60.0).tolist() == [0, 2, 4]
     assert wi.to_wan_rate(2, 60.0).tolist() == [0, 1]  # 1 frame by the rate, at least 2
     assert wi.to_wan_rate(3, 30.0).tolist() == [0, 1, 2]  # the same rate: identity
+    assert wi.to_wan_rate(5, 10.0).dtype.kind == "i" and wi.from_wan_rate(5, 10.0, 15).dtype.kind == "i"
     # back: output frame j at 10 fps takes the 30 fps frame 3 j, clipped to what was generated
     assert wi.from_wan_rate(5, 10.0, 15).tolist() == [0, 3, 6, 9, 12]
     assert wi.from_wan_rate(5, 10.0, 8).tolist() == [0, 3, 6, 7, 7]
@@ -140,14 +144,16 @@ def test_generation_size_message_names_the_tiers() -> None:
     with pytest.raises(AnimateError) as err:
         wi.generation_size(640, 480, "4k")
     assert err.value.message == "resolution must be one of 480p, 720p"
-    # 480p of a square: sqrt(399360) = 631.9 -> 624 both ways
+    # 480p of a square: sqrt(399360) = 631.9 -> 624 both ways; 720p is the default tier
+    assert wi.generation_size(1920, 1080) == (1280, 720)
     assert wi.generation_size(500, 500, "480p") == (624, 624)
 
 
 def test_replace_mask_threshold_is_above_127() -> None:
     person = np.zeros((40, 40), np.uint8)
     person[20, 20] = 127  # not a person pixel
-    assert not wi.replace_mask(person).any()
+    empty = wi.replace_mask(person)
+    assert empty.shape == (40, 40) and empty.dtype == np.uint8 and not empty.any()
     person[20, 20] = 128
     mask = wi.replace_mask(person)
     # one dot grows by 3 x 3 = 9 each way: rows and columns 11..29; the rectangle [11, 29) leaves 29 as dilated
@@ -163,7 +169,7 @@ def test_keypoint_person_mask_is_the_hull_grown_by_a_tenth_of_the_height() -> No
     # seen: the rectangle x 10..30, y 10..50 (0.3 counts, 0.29 does not); pad int(0.1 x 40) = 4
     expected = np.zeros((80, 80), np.uint8)
     expected[6:55, 6:35] = 255
-    assert np.array_equal(mask, expected)
+    assert np.array_equal(mask, expected) and mask.dtype == np.uint8
     # two seen points are no hull: an empty mask of the frame's size
     assert wi.keypoint_person_mask(kp[[0, 1, 4]], 80, 60).shape == (60, 80)
     assert not wi.keypoint_person_mask(kp[[0, 1, 4]], 80, 60).any()
