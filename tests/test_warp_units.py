@@ -954,3 +954,42 @@ def test_engine_ray_casts_at_half_resolution_from_384_px(anny):
         ).frame(motion.vertices(0, 1)[0])
         assert (engine.last_body_mask == masks.body).all(), size
         assert (frame == expected).all(), size
+
+
+def test_body_samples_the_reference_bilinearly_between_pixels(anny):
+    """The body stepped sideways by half a pixel, the reference's body painted with a horizontal ramp
+    (red = 4 x (column mod 60)): each body pixel shows the reference half a pixel to its left,
+    4 x (column mod 60) - 2 (bilinear; a nearest sample would be off by 2)."""
+    from animate.engines.warp import BodyWarp
+
+    probe, _, _ = body_scene(anny)
+    step = 0.5 * 2.8 / probe.camera.fx  # metres for half a pixel at the body's depth
+    motion, image, person = body_scene(anny, transl=[(step, 0.0, 2.8)])
+    columns = np.broadcast_to(np.arange(person.shape[1]), person.shape)
+    ramp = 4 * (columns % 60)
+    image[person, 0] = ramp[person]
+    image[person, 1] = 60
+    vertices = motion.vertices(0, 1)[0]
+    frame, _ = BodyWarp(motion, image, person, scale=1, edge_sigma=0).frame(vertices)
+    target = motion.renderer()[0].render(vertices, motion.camera)
+    inside = interior_of(target.mask & person, 2) & (columns % 60 >= 2)
+    assert inside.sum() > 2000
+    error = frame[inside, 0].astype(float) - (ramp[inside] - 2)
+    assert np.percentile(np.abs(error), 95) <= 1.0, np.percentile(np.abs(error), [50, 95])
+
+
+def interior_of(mask: np.ndarray, pixels: int) -> np.ndarray:
+    return cv2.erode(mask.astype(np.uint8), np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)) > 0
+
+
+def test_body_with_every_part_unseen_takes_the_mean_colour_of_the_reference_body(anny):
+    """No vertex is seen (every part hidden): each vertex takes the reference body's mean colour, not
+    the whole picture's (mostly grey background)."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny)
+    warp = BodyWarp(motion, image, person, scale=1, unseen_parts=tuple(range(len(PART_NAMES))))
+    body = motion.reference_render.mask
+    expected = image[body].astype(float).mean(0)
+    assert np.abs(expected - 128).max() > 20  # differs from the grey picture
+    np.testing.assert_allclose(warp.colours, np.broadcast_to(expected, warp.colours.shape), atol=3)
