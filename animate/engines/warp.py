@@ -56,9 +56,17 @@ FrameProgress = Callable[[int, int], None]
 HEAD_PART = PART_NAMES.index("head")
 
 
-def fill_background(image: np.ndarray, person: np.ndarray, scale: int = 4) -> np.ndarray:
-    """The image with the person region inpainted (at 1/scale resolution, pasted back with a soft edge)."""
+def fill_background(image: np.ndarray, person: np.ndarray, scale: int | None = None) -> np.ndarray:
+    """The image with the person region inpainted (Navier-Stokes, at 1/scale resolution, pasted back with
+    a soft edge), once per reference: it stays still while the person moves over it.
+
+    scale: default the smallest that brings the long side to 384 px or less (benchmarks/quality.py,
+    bg PSNR where the reference person stood, 1/4 Telea -> this: talking 20.5 -> 21.3, dance 28.7 ->
+    30.9, half-body dance 30.7 -> 31.8 dB at a 512 px long side).
+    """
     height, width = person.shape
+    if scale is None:
+        scale = max(1, -(-max(height, width) // 384))
     grown = cv2.dilate(person.astype(np.uint8), np.ones((9, 9), np.uint8), iterations=2)
     if not grown.any():
         return image.copy()
@@ -66,7 +74,7 @@ def fill_background(image: np.ndarray, person: np.ndarray, scale: int = 4) -> np
     small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
     small_mask = (cv2.resize(grown, small_size, interpolation=cv2.INTER_NEAREST) > 0).astype(np.uint8)
     small_mask = cv2.dilate(small_mask, np.ones((3, 3), np.uint8))
-    filled = cv2.inpaint(small, small_mask, 5, cv2.INPAINT_TELEA)
+    filled = cv2.inpaint(small, small_mask, 5, cv2.INPAINT_NS)
     filled = cv2.resize(filled, (width, height), interpolation=cv2.INTER_CUBIC)
     alpha = cv2.GaussianBlur(grown.astype(np.float32), (0, 0), 2.0)[..., None]
     return (image * (1 - alpha) + filled * alpha + 0.5).astype(np.uint8)
