@@ -316,7 +316,7 @@ def test_pose_and_maps_reach_conv_in_of_the_conditional_half_tiles_blend_triangu
     out = run(
         pipe,
         pose_images=poses,
-        reference_pose_image=ref_pose,
+        reference_pose_image=torch.cat([ref_pose, poses[:1]]),  # only its first frame counts
         guidance_maps={"depth": depth},
         conditioning_scales=scales,
         tile_size=3,
@@ -978,7 +978,7 @@ def test_reference_maps_condition_the_prepended_frame_and_a_zero_pose_scale_drop
         pose_images=poses,
         reference_pose_image=poses[:1],
         guidance_maps={"depth": depth, "normal": normal},
-        reference_guidance_maps={"depth": ref_depth, "normal": ref_normal},
+        reference_guidance_maps={"depth": torch.cat([ref_depth, depth[:1]]), "normal": ref_normal},
         conditioning_scales=scales,
         tile_size=3,
         tile_overlap=1,
@@ -1253,3 +1253,25 @@ def test_diffusers_027_time_context_pairs_rows_as_one_batched_call_of_both_halve
     )
     close(out, expected)
     assert (run(pipe, **common) - expected).abs().max() > 1e-3  # the pairing matters here
+
+
+def test_condition_frames_of_another_size_in_a_run(pipe):
+    """Pose images and maps of any size are resized to the output's: constant frames at 32 x 48 act as
+    the same colours at 16 x 16."""
+    colours = rand(2, 3, 1, 1, seed=41)
+    kwargs = {"max_guidance_scale": 1.0, "prepend_reference": False}
+    small = run(
+        pipe,
+        pose_images=colours.expand(2, 3, SIZE, SIZE),
+        guidance_maps={"depth": colours.expand(2, 3, SIZE, SIZE)},
+        **kwargs,
+    )
+    big = colours.expand(2, 3, 2 * SIZE, 3 * SIZE)
+    close(run(pipe, pose_images=big, guidance_maps={"depth": big}, **kwargs), small, atol=1e-5)
+    close(
+        run(pipe, guidance_maps={"normal": big}, guidance_range="unit", **kwargs),
+        run(
+            pipe, guidance_maps={"normal": colours.expand(2, 3, SIZE, SIZE)}, guidance_range="unit", **kwargs
+        ),
+        atol=1e-5,
+    )
