@@ -108,12 +108,21 @@ def test_saturation_is_the_magnitude_over_the_largest():
 
 
 def test_preview_strokes_scale_with_the_picture():
-    """thickness = max(2, round(min(W, H) / 120)): 2 below 300 px, 4 at 480 px, 5 at 600 px; the bone is an
+    """thickness = max(2, round(min(W, H) / 120)): 2 below 300 px, 4 at 480 px, 5 at 600 px, 6 at 660; the bone is an
     anti-aliased line of that thickness, the joints anti-aliased discs of radius thickness + 1, drawn here
     with OpenCV directly on a white picture (no motion)."""
     import cv2
 
-    for (width, height), thickness in (((64, 64), 2), ((480, 640), 4), ((800, 600), 5), ((300, 900), 2)):
+    # 660 / 120 = 5.5 rounds to 6 (Python rounds halves to even); 540 / 120 = 4.5 rounds to 4
+    cases = (
+        ((64, 64), 2),
+        ((480, 640), 4),
+        ((800, 600), 5),
+        ((300, 900), 2),
+        ((700, 660), 6),
+        ((540, 560), 4),
+    )
+    for (width, height), thickness in cases:
         a, b = (width // 5, height // 2), (4 * width // 5, height // 3)
         keypoints = np.zeros((133, 3), np.float32)
         keypoints[6] = (*a, 0.9)  # right shoulder
@@ -133,3 +142,18 @@ def test_preview_threshold_is_at_least():
     flow = np.zeros((64, 64, 2), np.float32)
     assert tuple(motion_preview(flow, keypoints, threshold=0.5)[20, 30]) == PREVIEW_BONES
     assert motion_preview(flow, keypoints, threshold=0.51).min() == 255
+
+
+def test_a_float64_flow_and_a_small_largest_motion():
+    """float64 flows are read as float32; when the largest motion is under a pixel it still sets full
+    saturation (the 1e-6 floor only guards against a still frame)."""
+    flow = np.zeros((1, 3, 2), np.float64)
+    flow[0, 0] = (-0.5, 0)  # the largest: full cyan-blue
+    flow[0, 1] = (-0.25, 0)  # half of it
+    out = flow_to_color(flow).astype(int)
+    assert tuple(out[0, 0]) == (0, 209, 255)
+    assert abs(out[0, 1, 0] - 127.5) <= 0.51 and out[0, 2].tolist() == [255, 255, 255]
+    np.testing.assert_array_equal(flow_to_color(flow.astype(np.float32)), out)
+    tiny = np.zeros((1, 2, 2), np.float32)
+    tiny[0, 0] = (0, 1e-3)  # a thousandth of a pixel is still the largest motion: full colour
+    assert tuple(flow_to_color(tiny)[0, 0]) == tuple(flow_to_color(tiny * 1000)[0, 0])
