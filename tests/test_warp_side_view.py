@@ -202,6 +202,9 @@ def test_inflate_scales_the_torso_across_and_not_along(anny):
 
     ratio = np.median(radius(fat[0][waist]) / radius(plain[0][waist]))
     assert ratio == pytest.approx(1.25, abs=0.04)
+    # Across only: the waist stays at its height along the spine.
+    moved_along = ((fat[0][waist] - hips) @ axis) - along[waist]
+    assert np.abs(moved_along).max() < 0.005, np.abs(moved_along).max()
     tall = np.ptp(plain[0][:, 1]), np.ptp(fat[0][:, 1])
     assert tall[1] == pytest.approx(tall[0], rel=0.01)
     ends = np.isin(anny.vertex_parts, [PART_NAMES.index(n) for n in ("left_wrist", "right_ankle")])
