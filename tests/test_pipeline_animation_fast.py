@@ -1275,3 +1275,85 @@ def test_condition_frames_of_another_size_in_a_run(pipe):
         ),
         atol=1e-5,
     )
+
+
+def _count_calls(module) -> tuple[list, object]:
+    calls = []
+    return calls, module.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+
+
+@pytest.mark.parametrize(("cache", "expected"), [("none", [2, 2, 2, 2]), ("host", [2, 1])])
+def test_feature_cache_decides_how_often_frames_are_encoded(pipe, cache, expected):
+    """3 frames + the reference in tiles [0, 1, 2], [0, 2, 3], two steps: "none" encodes each tile's frames
+    every step (2 frames a tile), "host" each frame once (frames 1-2, then 3)."""
+    calls, handle = _count_calls(pipe.pose_guider)
+    try:
+        run(
+            pipe,
+            pose_images=rand(3, 3, SIZE, SIZE, seed=42),
+            tile_size=3,
+            tile_overlap=2,
+            feature_cache=cache,
+        )
+    finally:
+        handle.remove()
+    assert calls == expected
+
+
+def test_a_zero_motion_scale_runs_no_controlnet(pipe):
+    calls, handle = _count_calls(pipe.motion_controlnet)
+    try:
+        run(pipe, num_frames=2, dense_flow=torch.ones(2, 2, SIZE, SIZE), conditioning_scales={"motion": 0.0})
+        assert calls == []
+        run(pipe, num_frames=2, dense_flow=torch.ones(2, 2, SIZE, SIZE), max_guidance_scale=1.0)
+        assert calls == [1, 1]  # one call per step
+    finally:
+        handle.remove()
+
+
+def test_prepare_motion_samples_reads_and_repeats_the_reference_points(pipe):
+    features = rand(4, 4, 4, seed=43)  # (E, h, w): one map for every video
+    reference = np.array([[4.0, 8.0, 0.9], [12.0, 2.0, 0.3], [6.0, 6.0, 0.1]])
+    keypoints = np.zeros((2, 3, 3))
+    common = dict(dense_flow=None, trajectory_flow=None, keypoints=keypoints, reference_keypoints=reference,
+                  keypoint_threshold=0.3, scale=0.5, residual_mode=None, controlnet_cfg="keep",
+                  prepend_reference=True, height=SIZE, width=SIZE, device=torch.device("cpu"))  # fmt: skip
+    motion = pipe._prepare_motion(point_features=features, batch_size=2, num_videos_per_prompt=3, **common)
+    positions = torch.tensor([[0.25, 0.5], [0.75, 0.125], [0.375, 0.375]])
+    sampled = PointAdapter.sample_reference(features[None], positions)
+    assert motion.embeddings.shape == (6, 3, 4)
+    torch.testing.assert_close(motion.embeddings, sampled.expand(6, -1, -1))
+    torch.testing.assert_close(motion.reference_positions, positions)
+    assert motion.reference_visible.tolist() == [True, True, False]  # >= 0.3
+    assert (motion.scale, motion.mode, motion.cfg, motion.size) == (0.5, "once", "keep", (SIZE, SIZE))
+    assert motion.keypoints is keypoints and motion.prepend_reference and motion.point_rules == "default"
+    # one map per image: video b's rows are its own map's samples, each repeated per prompt video
+    two = torch.stack([features, features.flip(0)])
+    rows = pipe._prepare_motion(
+        point_features=two, batch_size=2, num_videos_per_prompt=2, **common
+    ).embeddings
+    by_image = PointAdapter.sample_reference(two, positions)
+    torch.testing.assert_close(rows, by_image.repeat_interleave(2, 0))
+    dispose = pipe._prepare_motion(
+        point_features=features, batch_size=1, num_videos_per_prompt=1, point_rules="dispose", **common
+    )
+    assert dispose.reference_visible.tolist() == [True, False, False]  # > 0.3
+    cells = PointAdapter.read_reference_cells(features[None], positions, (SIZE, SIZE))
+    torch.testing.assert_close(dispose.embeddings, cells * torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1))
+    # nothing to do: no ControlNet input, or scale 0
+    none = {**common, "keypoints": None, "reference_keypoints": None}
+    assert pipe._prepare_motion(point_features=None, batch_size=1, num_videos_per_prompt=1, **none) is None
+    assert (
+        pipe._prepare_motion(
+            point_features=features, batch_size=1, num_videos_per_prompt=1, **(common | {"scale": 0})
+        )
+        is None
+    )
+    flows = pipe._prepare_motion(
+        point_features=None,
+        batch_size=1,
+        num_videos_per_prompt=1,
+        **(none | {"trajectory_flow": np.zeros((2, 4, 4, 2)), "residual_mode": "dispose"}),
+    )
+    assert flows.embeddings is None and flows.keypoints is None and flows.mode == "dispose"
+    assert flows.prepare_flow(np.ones((1, 4, 4, 2))).shape == (1, 2, SIZE, SIZE)
