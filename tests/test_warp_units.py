@@ -239,6 +239,21 @@ def test_fill_background_rounds_and_copies():
     assert (out[(distance >= 12) & (distance <= 16)] == 77).all()
 
 
+def test_fill_background_default_scale_brings_the_long_side_to_384_px():
+    """scale defaults to ceil(long side / 384), at least 1: the result equals the explicit scale's and
+    differs from the neighbouring scales'."""
+    rng = np.random.default_rng(8)
+    for height, width, scale in ((200, 384, 1), (200, 385, 2), (769, 200, 3), (100, 120, 1)):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), np.uint8), (0, 0), 3)
+        person = np.zeros((height, width), bool)
+        person[height // 3 : height // 2, width // 3 : width // 2] = True
+        out = fill_background(image, person)
+        assert (out == fill_background(image, person, scale=scale)).all(), (height, width)
+        assert not (out == fill_background(image, person, scale=scale + 1)).all(), (height, width)
+        if scale > 1:
+            assert not (out == fill_background(image, person, scale=scale - 1)).all(), (height, width)
+
+
 # ---------------------------------------------------------------- _extend_cut, _extend_person
 
 
