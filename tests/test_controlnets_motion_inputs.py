@@ -225,3 +225,15 @@ def test_three_levels_place_points_on_the_first_blocks_grid_and_resize_it_deeper
     assert len(down) == controlnet.num_skip_connections == 6  # conv_in + (1 + 1) + (1 + 1) + 1
     assert_same((down, mid), expected, atol=2e-5)
     assert (without[1] - mid).abs().max() > 1e-3
+
+
+def test_a_float64_controlnet_gives_the_float32_residuals(controlnet):
+    """The time projections are float32 in diffusers: they must follow the model's dtype."""
+    inputs = make_inputs(2, seed=7)
+    expected = run(controlnet, inputs, torch.tensor([2.0, 5.0]))
+    double = MotionControlNet.from_config(controlnet.config).double().eval()
+    double.load_state_dict(controlnet.state_dict())
+    as_double = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+    down, mid = run(double, as_double, torch.tensor([2.0, 5.0]))
+    assert mid.dtype == torch.float64 and all(r.dtype == torch.float64 for r in down)
+    assert_same((down, mid), ([r.double() for r in expected[0]], expected[1].double()), atol=1e-4)
