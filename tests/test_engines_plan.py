@@ -5,6 +5,7 @@ frame counts, tiles) or counted another way (parameters summed over the modules 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -380,3 +381,114 @@ def test_calibration_path_setting(monkeypatch, tmp_path) -> None:
     flat = tmp_path / "flat.json"
     flat.write_text('{"unet_row": 3.5, "unknown": 1}')  # without the "coefficients" wrapper; unknown dropped
     assert P.Coefficients.from_json(flat).unet_row == 3.5
+
+
+# --- the memory and time formulas on round numbers ------------------------------------------------------
+
+UNIT_SHAPES = P.ModelShapes(unet_params=100, controlnet_params=0, image_encoder_params=0, vae_params=0,
+                            small_params=0, channels=320, vae_channels=128)  # fmt: skip
+#: every figure zero but the activations per row (in feature maps): peaks read as whole feature maps
+ROUND = P.Coefficients(unet_row=1.0, unet_call=0.0, unet_row_chunked=1.0, unet_call_chunked=0.0,
+                       controlnet_row=10.0, controlnet_residuals_row=0.0, feature_row=1.0, vae_frame=0.0,
+                       sequence_frame_bytes=0.0, window_frame_elements=0.0, overhead=1.0, context_bytes=0.0)  # fmt: skip
+MAP = 320 * 72 * 128 * 2  # one feature map at 576x1024 in float16
+
+
+def _peak_in_maps(shapes: P.ModelShapes, level: str, frames: int = 7) -> float:
+    work = P.Workload(576, 1024, frames, tile_size=8, tile_overlap=2, shapes=shapes)
+    plan = P.estimate(work, P.Hardware.detect(gpu_memory=80 * GIB), level, ROUND)
+    return (plan.gpu_peak - shapes.weights * 2) / MAP
+
+
+def test_activation_peak_counts_features_and_the_controlnet_by_hand() -> None:
+    # 7 frames + the reference = 8 rows; batched CFG doubles them: 16 rows of 1 UNet map + 1 pose map
+    assert _peak_in_maps(UNIT_SHAPES, "fast") == pytest.approx(16 * 2)
+    assert _peak_in_maps(UNIT_SHAPES, "sequential_cfg") == pytest.approx(8 * 2)
+    # Champ's maps add one more feature map per row, however many encoders there are; no pose guider: one less
+    maps = dataclasses.replace(UNIT_SHAPES, guidance_maps=1)
+    assert _peak_in_maps(maps, "fast") == pytest.approx(16 * 3)
+    assert _peak_in_maps(dataclasses.replace(maps, guidance_maps=3), "fast") == pytest.approx(16 * 3)
+    assert _peak_in_maps(dataclasses.replace(maps, pose_guider=False), "fast") == pytest.approx(16 * 2)
+    # the ControlNet's 10 maps per row (half with chunking) plus the features: its pass is the peak here
+    dispose = dataclasses.replace(UNIT_SHAPES, controlnet_params=50)
+    assert _peak_in_maps(dispose, "fast") == pytest.approx(16 * 10 + 16)
+    assert _peak_in_maps(dispose, "chunked") == pytest.approx(8 * 5 + 8)
+
+
+def test_host_memory_by_hand() -> None:
+    hw = P.Hardware.detect(gpu_memory=80 * GIB)
+    hw = dataclasses.replace(hw, host_available=64 * GIB)
+    work = P.Workload(576, 1024, 72, shapes=P.ModelShapes.published())
+    pixels = 576 * 1024
+    cache = MAP * 73  # the pose features of every frame, cached: 73 x 5.9 MB fits a quarter of 64 GiB
+    windows = 12 * pixels * 72  # a tile's guidance windows
+    base = 2.5 * GIB + cache + windows
+    fast = P.estimate(work, hw, "fast")
+    assert fast.host_memory == int(base + 12 * pixels * 8) and fast.feature_cache == "host"  # decode 8 frames
+    chunked = P.estimate(work, hw, "chunked")
+    assert chunked.host_memory == int(base + 12 * pixels * 2)
+    # offloaded weights live on the host
+    offload = P.estimate(work, hw, "model_offload")
+    assert offload.host_memory == int(base + 12 * pixels * 1 + work.shapes.weights * 2)
+    # two feature kinds (pose + Champ maps) double the cache
+    maps = dataclasses.replace(work, shapes=P.ModelShapes.published(guidance_maps=2))
+    assert P.estimate(maps, hw, "fast").host_memory - fast.host_memory == cache
+    # no room for the cache (a quarter of 1 GiB): recomputed, not counted
+    small = dataclasses.replace(hw, host_available=GIB)
+    assert P.estimate(work, small, "fast").host_memory == int(2.5 * GIB + windows + 12 * pixels * 8)
+    assert P.estimate(work, small, "fast").feature_cache == "none"
+
+
+def test_cpu_plans_count_float32_and_the_weights_on_the_host() -> None:
+    cpu = P.Hardware(device="cpu", host_available=64 * GIB)
+    work = P.Workload(64, 64, 7, tile_size=8, tile_overlap=2, shapes=UNIT_SHAPES)
+    plan = P.estimate(work, cpu, "fast", ROUND)
+    unit = 320 * 8 * 8 * 4  # a feature map of the 8x8 latent in float32
+    peak = 100 * 4 + 16 * 2 * unit  # weights + 16 rows of (UNet + pose) maps, no CUDA context
+    host = 2.5 * GIB + unit * 8 + 12 * 64 * 64 * 8 + 12 * 64 * 64 * 8 + 100 * 4
+    assert plan.host_memory == max(int(peak), int(host)) == int(host)
+    assert (plan.gpu_peak, plan.gpu_budget, plan.fits) == (None, None, True)
+    tight = P.estimate(work, P.Hardware(device="cpu", host_available=int(peak / 0.8) - 8), "fast", ROUND)
+    assert not tight.fits and tight.notes[0].startswith("expected peak")
+
+
+def test_step_time_scales_with_widths_controlnet_and_offload_by_hand() -> None:
+    hw = P.Hardware.detect(gpu_memory=80 * GIB)
+    work = P.Workload(576, 1024, 72, shapes=P.ModelShapes.published())  # 2 tiles of 72 rows
+    base = 2 * 72 * 2 * 3.2 / 40  # rows x TFLOPs / (100 TFLOP/s x 40%)
+    assert P.estimate(work, hw, "fast").seconds_per_step == pytest.approx(base)
+    half = dataclasses.replace(work, shapes=dataclasses.replace(work.shapes, channels=160, vae_channels=64))
+    # half the widths: a quarter of the UNet work and of the decode (72 frames x 6.8 TFLOPs at 20 TFLOP/s)
+    quarter = P.estimate(half, hw, "fast")
+    assert quarter.seconds_per_step == pytest.approx(base / 4)
+    assert quarter.seconds_total == pytest.approx(25 * base / 4 + 72 * 6.8 / 20 / 4)
+    dispose = dataclasses.replace(work, shapes=P.ModelShapes.published(controlnet=True))
+    assert P.estimate(dispose, hw, "fast").seconds_per_step == pytest.approx(2 * 72 * 2 * (3.2 + 1.27) / 40)
+    # sequential offload streams the denoisers' float16 weights over PCIe (16 GB/s) on each UNet call:
+    # two calls per tile with sequential CFG, one batched
+    denoisers = 1_524_623_082 + 205_557
+    streamed = P.estimate(work, hw, "sequential_offload").seconds_per_step - base
+    assert streamed == pytest.approx(2 * 2 * denoisers * 2 / 16e9)
+    batched = P.estimate(work, hw, "fast", override=P.Knobs("batched", None, 8, "sequential"))
+    assert batched.seconds_per_step - base == pytest.approx(2 * 1 * denoisers * 2 / 16e9)
+
+
+def test_the_given_coefficients_follow_every_path() -> None:
+    k = P.Coefficients(efficiency=0.5, calibrated=True)
+    hw = P.Hardware.detect(gpu_memory=24 * GIB)
+    long = P.Workload(576, 1024, 14_400, shapes=P.ModelShapes.published())
+    plan = P.make_plan(long, dataclasses.replace(hw, host_available=64 * GIB), k)
+    assert plan.latents_on_host and plan.coefficients is k and plan.calibrated
+    lower = plan.lower()
+    assert lower.latents_on_host and lower.coefficients is k and lower.calibrated
+    short = P.make_plan(P.Workload(576, 1024, 72, shapes=P.ModelShapes.published()), hw, k)
+    assert short.lower().coefficients is k
+    assert P.make_plan(long, hw, k, speed="fast").coefficients is k
+
+
+def test_warp_plan_fields() -> None:
+    plan = P.warp_plan(320, 240, 99)
+    assert (plan.engine, plan.device, plan.width, plan.height, plan.frames, plan.level) == (
+        "warp", "cpu", 320, 240, 99, None
+    )  # fmt: skip
+    assert plan.notes == ("the warp engine runs on the CPU; memory is flat in length (frames are streamed)",)
