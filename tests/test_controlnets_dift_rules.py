@@ -143,3 +143,30 @@ def test_keypoint_features_read_the_first_map_and_ignore_extra_columns():
     sampled = sample_keypoint_features(features, points, (32, 32))
     assert sampled.dtype == torch.float32 and sampled.shape == (2, 1)
     torch.testing.assert_close(sampled[:, 0], torch.tensor([0.0, 3.0]))  # the border values of map 0
+
+
+def test_from_pretrained_in_float64_computes_the_prompt_in_float64_too(sd_dir):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    with DiftFeaturizer.from_pretrained(sd_dir, torch_dtype=torch.float64, ensemble_size=1) as dift:
+        assert dift.unet.dtype == dift.vae.dtype == dift.prompt_embeds.dtype == torch.float64
+        tokenizer = CLIPTokenizer.from_pretrained(sd_dir, subfolder="tokenizer")
+        encoder = CLIPTextModel.from_pretrained(sd_dir, subfolder="text_encoder", torch_dtype=torch.float64)
+        assert torch.equal(dift.prompt_embeds, encode_prompt(tokenizer, encoder, "photo of a human"))
+        features = dift(np.full((64, 64, 3), 128, np.uint8))
+        assert features.dtype == torch.float32 and features.shape == (1, 32, 4, 4)
+
+
+def test_close_empties_the_cuda_cache_only_for_a_model_on_cuda(dift, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    unet, vae, scheduler, embeds = dift.unet, dift.vae, dift.scheduler, dift.prompt_embeds
+    on_cpu = DiftFeaturizer(unet, vae, scheduler, embeds)
+    on_cpu.close()
+    assert calls == [] and on_cpu.closed
+    on_cpu.close()  # twice is fine
+    assert calls == []
+    on_gpu = DiftFeaturizer(unet, vae, scheduler, embeds)
+    on_gpu.unet = type("CudaUNet", (), {"device": torch.device("cuda", 0)})()  # only its device is read
+    on_gpu.close()
+    assert calls == [1] and on_gpu.closed
