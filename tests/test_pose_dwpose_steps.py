@@ -117,6 +117,8 @@ def test_crop_affine_pads_and_widens_to_the_models_aspect():
     np.testing.assert_allclose(centre, [60, 170])
     np.testing.assert_allclose(scale, [281.25, 375])  # the width grows to 375 x 0.75
     assert centre.dtype == np.float32 and scale.dtype == np.float32
+    _, scale = crop_affine(np.array([0.0, 0.0, 80.0, 80.0]), (288, 384))  # square: 100 x 100 is wide at 3:4
+    np.testing.assert_allclose(scale, [100, 100 / 0.75], rtol=1e-6)
     _, scale = crop_affine(np.array([0.0, 0.0, 100.0, 100.0]), (100, 100), padding=1.0)
     np.testing.assert_allclose(scale, [100, 100])
     _, scale = crop_affine(np.array([0.0, 0.0, 30.0, 40.0]), (30, 40), padding=2.0)  # exactly the aspect
