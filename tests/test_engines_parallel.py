@@ -113,3 +113,41 @@ def test_run_split_refuses_before_spawning(tmp_path: Path) -> None:
         )  # fmt: skip
     assert err.value.code == "invalid_option"  # the options are validated first
     assert not list(tmp_path.iterdir())
+
+
+def test_one_cpu_process_runs_the_job_through_a_tile_group(tiny_weights: Path, tmp_path: Path) -> None:
+    """``run_split`` with one device spawns nothing: rank 0 joins a one-rank gloo group, renders every tile
+    and writes the video; the group is left and the note says how the tiles were split."""
+    import torch.distributed as dist
+    from conftest import DANCE, HERO_RGBA
+
+    from animate.animator import AnimationOptions
+    from animate.media import open_video
+
+    options = AnimationOptions(engine="diffusion", body=False, size=(64, 64), max_frames=3, steps=1)
+    out = tmp_path / "one.mp4"
+    result = parallel.run_split(Settings(weights_dir=tiny_weights), ["cpu"], HERO_RGBA, DANCE, out, options)
+    assert result.video == out and result.frames == 3 and result.engine == "diffusion"
+    assert result.notes[-1] == "tiles split over 1 processes (cpu)"
+    assert result.plan["gpus"] == 1  # the group's size reached the planner
+    info = open_video(out).info
+    assert (info.width, info.height, info.frame_count) == (64, 64, 3)
+    assert not dist.is_initialized()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4"]
+
+
+def test_a_rank_renders_its_share_and_leaves_the_group(tiny_weights: Path, tmp_path: Path) -> None:
+    """``_rank_main`` as the only rank: it prepares the same guidance and renders (nothing is written but the
+    rendezvous file), then leaves the group without an error file."""
+    import torch.distributed as dist
+    from conftest import DANCE, HERO_RGBA
+
+    from animate.animator import AnimationOptions
+
+    options = AnimationOptions(engine="diffusion", body=False, size=(64, 64), max_frames=2, steps=1)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    parallel._rank_main(0, 1, "cpu", f"file://{workdir}/rendezvous", "gloo",
+                        Settings(weights_dir=tiny_weights), str(HERO_RGBA), str(DANCE), options, str(workdir))  # fmt: skip
+    assert not (workdir / "rank0.error.json").exists()
+    assert not dist.is_initialized()
