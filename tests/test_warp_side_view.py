@@ -176,6 +176,11 @@ def test_girth_of_a_naked_reference_is_one_and_of_clothes_their_share(anny):
     station = int(np.argmin(np.abs(STATIONS - 0.5)))
     assert profile[TORSO[0], station] == pytest.approx((width + 2 * CLOTHES) / width, rel=0.08)
     assert (profile >= 1.0 - 1e-6).all()  # clothes never make a part thinner
+    # A person thinner than the body thins the torso; never the head (that would narrow the face).
+    eroded = cv2.erode(render.mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    thin = reference_girth(anny, reference, eroded)
+    assert (thin[TORSO[0]] < 0.97).all(), thin[TORSO[0]]
+    assert (thin[PART_NAMES.index("head")] == 1.0).all(), thin[PART_NAMES.index("head")]
 
 
 def test_inflate_scales_the_torso_across_and_not_along(anny):

@@ -8,7 +8,7 @@ side-on keeps the thickness its front view showed, and a side-on reference measu
 
 The profile is measured on the reference (``measure_girth``): at each station, the person mask's width
 across the projected bone over the rendered body's width there (the runs of mask pixels through the
-bone's point along the bone's normal), kept within ``GIRTH_RANGE``. A station the reference does not show
+bone's point along the bone's normal), kept within ``GIRTH_RANGE`` (``HEAD_RANGE``). A station the reference does not show
 (another part in front, off the picture) takes the left/right twin's value, else the part's median.
 ``inflate`` applies a profile to posed vertices; the displacement is smoothed over the mesh so parts with
 different profiles meet without a step.
@@ -26,6 +26,7 @@ from animate.body.parts import MIRROR_PART, NUM_PARTS, PART_NAMES
 #: Positions along a bone (0 its start joint, 1 its end joint) where the girth is measured.
 STATIONS = np.linspace(0.1, 0.9, 5).astype(np.float32)
 GIRTH_RANGE = (0.7, 1.5)
+HEAD_RANGE = (1.0, 1.5)  # hair adds to a head; a narrower head is a misfit, and narrowing hides the face
 SMOOTHING_STEPS = 4  # neighbour-averaging passes over the displacement
 
 # Posed.joints indices (0 the root, then 1 + model.JOINT_NAMES index).
@@ -126,7 +127,8 @@ def measure_girth(
             body_width = run_width(body_mask, point, normal, limit)
             person_width = run_width(person, point, normal, limit)
             if np.isfinite(body_width) and np.isfinite(person_width) and body_width > 0:
-                profile[p, k] = np.clip(person_width / body_width, *GIRTH_RANGE)
+                limits = HEAD_RANGE if PART_NAMES[p] == "head" else GIRTH_RANGE
+                profile[p, k] = np.clip(person_width / body_width, *limits)
     for p in MEASURED:  # stations not seen: the twin's, else the part's median, else 1
         twin = MIRROR_PART[p]
         missing = np.isnan(profile[p])
