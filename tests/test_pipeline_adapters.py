@@ -8,6 +8,7 @@ or, for the LoRA, the hand-computed ``W x + (alpha / r) B A x`` of one projectio
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,48 @@ def test_load_partial_unet_assigns_exactly_the_files_tensors(tmp_path):
         assert err.value.code == "checkpoint_unreadable" and str(err.value).startswith(
             f"{bad} is unreadable: "
         )
+
+
+def test_a_partial_unet_error_names_three_keys(tmp_path):
+    save_file({f"nope{i}.weight": torch.zeros(1) for i in range(5)}, tmp_path / "t.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        load_partial_unet(tiny_unet(), tmp_path / "t.safetensors")
+    assert str(err.value).endswith(
+        "5 unknown keys, 0 of another shape (e.g. ['nope0.weight', 'nope1.weight', 'nope2.weight'])"
+    )
+
+
+def test_an_adapter_json_that_is_a_folder_is_unreadable(tmp_path):
+    (tmp_path / ADAPTER_FILE).mkdir()
+    assert not is_adapter_dir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"adapter\.json is unreadable: ") as err:
+        read_adapter_info(tmp_path)
+    assert err.value.code == "checkpoint_unreadable"
+
+
+def test_a_part_whose_weights_do_not_match_its_config_is_refused(adapter, tmp_path):
+    root = tmp_path / "final"
+    _write_info(root, ["pose_guider"])
+    shutil.copytree(adapter["root"] / "pose_guider", root / "pose_guider")
+    config = json.loads((root / "pose_guider" / "config.json").read_text())
+    (root / "pose_guider" / "config.json").write_text(json.dumps(config | {"out_channels": 64}))
+    with pytest.raises(CheckpointError) as err:
+        load_adapter(_pipeline(False), root)
+    assert str(err.value).startswith(f"{root / 'pose_guider'} cannot be loaded as PoseGuider: ")
+    assert "final_proj" in str(err.value) and err.value.code == "checkpoint_mismatch"
+
+
+def test_a_pipeline_without_such_a_part_gets_it_on_the_unets_dtype(adapter, tmp_path):
+    from diffusers import StableVideoDiffusionPipeline
+
+    root = tmp_path / "final"
+    _write_info(root, ["pose_guider"])
+    (root / "pose_guider").symlink_to(adapter["root"] / "pose_guider")
+    components = tiny_components(with_guidance_encoders=False)
+    svd = StableVideoDiffusionPipeline(
+        **{k: v for k, v in components.items() if k not in ("pose_guider", "guidance_encoders")}
+    )
+    svd.unet.to(torch.bfloat16)
+    assert not hasattr(svd, "pose_guider")
+    assert load_adapter(svd, root) == ["pose_guider"]
+    _assert_state(svd.pose_guider, adapter["states"]["pose_guider"], torch.bfloat16)
