@@ -170,3 +170,28 @@ def test_close_empties_the_cuda_cache_only_for_a_model_on_cuda(dift, monkeypatch
     on_gpu.unet = type("CudaUNet", (), {"device": torch.device("cuda", 0)})()  # only its device is read
     on_gpu.close()
     assert calls == [1] and on_gpu.closed
+
+
+def test_from_pretrained_reads_the_asked_variant_of_every_part(sd_dir, tmp_path):
+    """A directory holding only ``*.fp16.*`` weight files (as SD 1.5's fp16 variant) loads with
+    ``variant="fp16"`` and not without it."""
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    root = tmp_path / "variant"
+    shutil.copytree(sd_dir, root)
+    for name, cls in (
+        ("unet", UNet2DConditionModel),
+        ("vae", AutoencoderKL),
+        ("text_encoder", CLIPTextModel),
+    ):
+        model = cls.from_pretrained(root / name)
+        for weights in [*(root / name).glob("*.safetensors"), *(root / name).glob("*.bin")]:
+            weights.unlink()
+        model.save_pretrained(root / name, variant="fp16")
+    with DiftFeaturizer.from_pretrained(root, variant="fp16", ensemble_size=1) as dift:
+        assert dift.channels == 32
+    with pytest.raises(DiftLoadError, match="cannot load Stable Diffusion"):
+        DiftFeaturizer.from_pretrained(root)
