@@ -174,3 +174,59 @@ def test_weights_files_are_both_needed(tmp_path: Path):
     assert not DWPoseEstimator.available(tmp_path)
     with pytest.raises(PoseError, match="DWPose needs"):
         DWPoseEstimator.from_weights(tmp_path)
+
+
+def test_letterbox_ratio_takes_the_tighter_side_of_a_wide_input_size():
+    rgb = np.zeros((60, 100, 3), np.uint8)
+    blob, ratio = letterbox(rgb, (32, 80))  # height 32 / 60 < width 80 / 100
+    assert ratio == pytest.approx(32 / 60)
+    assert (blob[0, :, :, 53:] == 114).all() and (blob[0, :, :, :53] == 0).all()  # 100 x 0.533 = 53 px
+
+
+def test_decode_yolox_leaves_a_float32_output_alone():
+    raw = np.zeros((1, 4 * 8 + 2 * 4 + 2, 6), np.float32)
+    before = raw.copy()
+    decode_yolox(raw, (32, 64))
+    np.testing.assert_array_equal(raw, before)
+
+
+def test_nms_overlap_is_the_true_intersection_over_union():
+    # identical boxes under a pixel wide: IoU 1, one is kept
+    thin = np.array([[0, 0, 0.5, 10], [0, 0, 0.5, 10]], float)
+    assert nms(thin, np.array([0.9, 0.8]), 0.45) == [0]
+    # touching boxes share no area, side by side or one above the other
+    for other in ([10, 0, 20, 10], [0, 10, 10, 20]):
+        boxes = np.array([[0, 0, 10, 10], other], float)
+        assert nms(boxes, np.array([0.9, 0.8]), 0.01) == [0, 1]
+    # a half box: IoU 50 / 100 (to within the 1e-9 guard); kept at a threshold of exactly that IoU, not below
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 5]], float)
+    scores = np.array([0.9, 0.8])
+    assert nms(boxes, scores, 0.5) == [0, 1]
+    assert nms(boxes, scores, 50 / (100 + 1e-9)) == [0, 1]  # DWPose keeps iou <= threshold
+    assert nms(boxes, scores, 0.499) == [0]
+
+
+def test_the_detection_floor_is_above_a_tenth():
+    predictions = np.stack([_pred(100, 100, 20, 20, 1.0, 0, 0.5), _pred(300, 100, 20, 20, 1.0, 0, 0.2)])
+    predictions = predictions.astype(np.float64)
+    predictions[0, 5] = 0.1  # exactly 0.1 in float64 (objectness 1)
+    boxes = person_boxes(predictions, ratio=1.0, score_threshold=0.05)
+    np.testing.assert_allclose(boxes, [[290, 90, 310, 110]])  # a score of exactly 0.1 is not above it
+
+
+def test_simcc_score_is_per_keypoint():
+    simcc_x, simcc_y = np.zeros((3, 8)), np.zeros((3, 8))
+    simcc_x[0, 1], simcc_y[0, 1] = 0.9, 0.9
+    simcc_x[1, 2], simcc_y[1, 2] = 0.2, 0.5  # its own x peak, not keypoint 0's
+    kp = decode_simcc(simcc_x, simcc_y, np.zeros(2, np.float32), np.ones(2, np.float32) * 4, (4, 4))
+    np.testing.assert_allclose(kp[:, 2], [0.9, 0.2, 0.0], rtol=1e-6)
+
+
+def test_dwpose_without_onnxruntime_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # an import of it fails as if not installed
+    with pytest.raises(PoseError) as info:
+        DWPoseEstimator("detector.onnx", "pose.onnx")
+    assert info.value.code == "pose_model_missing"
+    assert info.value.message == "DWPose needs onnxruntime (pip install onnxruntime)"
