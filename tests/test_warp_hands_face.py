@@ -152,6 +152,20 @@ def test_the_chest_stays_with_the_shoulders_and_the_person_in_one_piece(tilts):
         assert (holes[1:, cv2.CC_STAT_AREA] >= 10).sum() == 1, sorted(holes[1:, cv2.CC_STAT_AREA])
 
 
+def test_a_lifted_head_stretches_the_neck_instead_of_tearing_it(head_and_shoulders):
+    """The face keypoints lifted by 16 px (the chin up), the shoulders still: the neck stretches, as wide as
+    drawn (28 px) on every row from the lifted chin to the chest; no notch or gap opens under the chin."""
+    image, person, keypoints = head_and_shoulders
+    lifted = keypoints.copy()
+    face = np.r_[[NOSE, L_EYE, R_EYE, L_EAR, R_EAR], np.arange(FACE.start, FACE.start + 17)]
+    lifted[face, 1] -= 16.0
+    frames, silhouettes = render(image, person, keypoints, [lifted])
+    chin = round(85 + 0.95 * HEAD_RADIUS - 16)
+    assert silhouettes[0][chin:150, 87:114].all()
+    green = np.abs(frames[0][chin:150, 88:113].astype(int) - BACKGROUND).sum(-1) < 150
+    assert not green.any()
+
+
 def test_the_background_stays_still_outside_the_person(tilts, head_and_shoulders):
     image, person, _ = head_and_shoulders
     _, frames, silhouettes = tilts
