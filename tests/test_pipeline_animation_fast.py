@@ -1065,6 +1065,8 @@ def test_prepare_latents_draws_periodic_noise_and_checks_given_latents(pipe):
         1, 5, 8, SIZE, SIZE, torch.float32, "cpu", torch.Generator().manual_seed(4), noise_period=2
     )
     torch.testing.assert_close(periodic, period[:, [0, 1, 0, 1, 0]] * sigma0)
+    double = pipe.prepare_latents(1, 5, 8, SIZE, SIZE, torch.float64, "cpu", None, noise_period=2)
+    assert double.dtype == torch.float64  # drawn in the pipeline's dtype (fp16 on a GPU)
     fresh = pipe.prepare_latents(1, 5, 8, SIZE, SIZE, torch.float32, "cpu", torch.Generator().manual_seed(4))
     torch.testing.assert_close(fresh, torch.randn(shape, generator=torch.Generator().manual_seed(4)) * sigma0)
     given = torch.ones(shape, dtype=torch.float64)
