@@ -183,6 +183,16 @@ def test_plan_job_without_weights_plans_mimicmotion_at_the_reference_aspect(inpu
     assert plan.workload.shapes == P.ModelShapes.published()
     assert plan.notes[0] == "no weights here: planned for MimicMotion 1.1 (SVD-xt + pose guider)"
     assert plan.gpus == 1 and plan.gpu_budget == int(0.92 * 80 * GIB) and plan.level == "fast"
+    from animate.animator import AnimationOptions
+
+    reference, driving, _ = inputs
+    two = P.plan_job(settings, reference, driving, AnimationOptions(engine="diffusion"), gpu_memory=80 * GIB,
+                     gpus=2)  # fmt: skip
+    assert two.gpus == 2
+    # a weights folder without diffusion weights plans the published model too, and says so
+    (tmp_path / "empty").mkdir()
+    empty = _job(Settings(weights_dir=tmp_path / "empty"), inputs, engine="diffusion")
+    assert empty.notes[0].startswith("no weights here") and empty.workload.shapes == P.ModelShapes.published()
     two = _job(settings, inputs, engine="diffusion", gpu_memory=24 * GIB)
     assert two.gpu_budget == int(0.92 * 24 * GIB)
 
@@ -331,6 +341,10 @@ def test_table_rows_of_a_gpu_plan() -> None:
     assert rows["time per step"] == "23.04 s"
     assert rows["time in total"] == f"{(25 * 23.04 + 72 * 6.8 / 20) / 60:.1f} min (denoising + VAE decode)"
     assert rows["fits"] == "yes" and rows["calibrated"].startswith("no (coefficients from module shapes")
+    tight = P.format_table(P.make_plan(_work(72), P.Hardware.detect(gpu_memory=8 * GIB)))
+    assert "\nfits               no\n" in tight
+    assert "\ncalibrated         yes" in P.format_table(P.make_plan(_work(72), P.Hardware.detect(gpu_memory=80 * GIB),
+                                                              P.Coefficients(calibrated=True)))  # fmt: skip
     # the names are padded to one column: every value starts at the same place
     assert len({line.index(value) for line, value in zip(lines, rows.values(), strict=False)}) == 1
     chunked = P.format_table(P.estimate(_work(), P.Hardware.detect(gpu_memory=80 * GIB), "chunked"))
@@ -369,6 +383,9 @@ def test_to_dict_rounds_and_lists() -> None:
     assert data["engine"] == "diffusion" and data["device"] == "cuda (a 80 GiB card)" and data["fits"] is True
     assert data["level"] == "fast" and data["dtype"] == "float16" and data["attention"] == "sdpa"
     assert data["seconds_total"] == round(25 * 23.04 + 72 * 6.8 / 20, 2)
+    # two GPUs: one tile each plus the all-reduce, 11.52215 s: rounded to the hundredth
+    two = P.make_plan(_work(72), P.Hardware.detect(gpu_memory=80 * GIB, gpus=2)).to_dict()
+    assert two["seconds_per_step"] == 11.52 and two["gpus"] == 2
     assert math.isclose(data["host_memory_gib"], round(plan.host_memory / GIB, 2))
 
 
@@ -388,7 +405,7 @@ def test_calibration_path_setting(monkeypatch, tmp_path) -> None:
 UNIT_SHAPES = P.ModelShapes(unet_params=100, controlnet_params=0, image_encoder_params=0, vae_params=0,
                             small_params=0, channels=320, vae_channels=128)  # fmt: skip
 #: every figure zero but the activations per row (in feature maps): peaks read as whole feature maps
-ROUND = P.Coefficients(unet_row=1.0, unet_call=0.0, unet_row_chunked=1.0, unet_call_chunked=0.0,
+ROUND = P.Coefficients(unet_row=1.0, unet_call=3.0, unet_row_chunked=1.0, unet_call_chunked=3.0,
                        controlnet_row=10.0, controlnet_residuals_row=0.0, feature_row=1.0, vae_frame=0.0,
                        sequence_frame_bytes=0.0, window_frame_elements=0.0, overhead=1.0, context_bytes=0.0)  # fmt: skip
 MAP = 320 * 72 * 128 * 2  # one feature map at 576x1024 in float16
@@ -401,18 +418,37 @@ def _peak_in_maps(shapes: P.ModelShapes, level: str, frames: int = 7) -> float:
 
 
 def test_activation_peak_counts_features_and_the_controlnet_by_hand() -> None:
-    # 7 frames + the reference = 8 rows; batched CFG doubles them: 16 rows of 1 UNet map + 1 pose map
-    assert _peak_in_maps(UNIT_SHAPES, "fast") == pytest.approx(16 * 2)
-    assert _peak_in_maps(UNIT_SHAPES, "sequential_cfg") == pytest.approx(8 * 2)
+    # 7 frames + the reference = 8 rows; batched CFG doubles them: 16 rows of 1 UNet map + 1 pose map, plus
+    # 3 maps per UNet call
+    assert _peak_in_maps(UNIT_SHAPES, "fast") == pytest.approx(16 * 2 + 3)
+    assert _peak_in_maps(UNIT_SHAPES, "sequential_cfg") == pytest.approx(8 * 2 + 3)
     # Champ's maps add one more feature map per row, however many encoders there are; no pose guider: one less
     maps = dataclasses.replace(UNIT_SHAPES, guidance_maps=1)
-    assert _peak_in_maps(maps, "fast") == pytest.approx(16 * 3)
-    assert _peak_in_maps(dataclasses.replace(maps, guidance_maps=3), "fast") == pytest.approx(16 * 3)
-    assert _peak_in_maps(dataclasses.replace(maps, pose_guider=False), "fast") == pytest.approx(16 * 2)
-    # the ControlNet's 10 maps per row (half with chunking) plus the features: its pass is the peak here
+    assert _peak_in_maps(maps, "fast") == pytest.approx(16 * 3 + 3)
+    assert _peak_in_maps(dataclasses.replace(maps, guidance_maps=3), "fast") == pytest.approx(16 * 3 + 3)
+    assert _peak_in_maps(dataclasses.replace(maps, pose_guider=False), "fast") == pytest.approx(16 * 2 + 3)
+    # the ControlNet's 10 maps per row (half with chunking), its call's 3 and the features: its pass is the
+    # peak here
     dispose = dataclasses.replace(UNIT_SHAPES, controlnet_params=50)
-    assert _peak_in_maps(dispose, "fast") == pytest.approx(16 * 10 + 16)
-    assert _peak_in_maps(dispose, "chunked") == pytest.approx(8 * 5 + 8)
+    assert _peak_in_maps(dispose, "fast") == pytest.approx(16 * 10 + 3 + 16)
+    assert _peak_in_maps(dispose, "chunked") == pytest.approx(8 * 5 + 3 + 8)
+
+
+def test_decode_and_dift_peaks_by_hand() -> None:
+    """Where the VAE decode or SD 1.5's UNet (loaded for DIFT before denoising) is the largest part."""
+    decode_only = dataclasses.replace(ROUND, unet_row=0.0, unet_call=0.0, unet_row_chunked=0.0,
+                                      unet_call_chunked=0.0, feature_row=0.0, vae_frame=1.0)  # fmt: skip
+    hw = P.Hardware.detect(gpu_memory=80 * GIB)
+    work = P.Workload(576, 1024, 7, tile_size=8, tile_overlap=2, shapes=UNIT_SHAPES)
+    for level, chunk in (("fast", 8), ("sequential_cfg", 4), ("chunked", 2)):
+        peak = P.estimate(work, hw, level, decode_only).gpu_peak - 100 * 2
+        assert peak == pytest.approx(128 * 576 * 1024 * 2 * chunk), level  # a 128-wide map per decoded frame
+    small = P.Workload(64, 64, 7, tile_size=8, tile_overlap=2, shapes=P.ModelShapes.published(dift=True))
+    plan = P.estimate(small, hw, "fast")
+    resident = P.ModelShapes.published().weights * 2
+    assert plan.gpu_peak == int(
+        1.15 * (resident + 96 * 64 * 8 + 16 * 2 * 64 * 8 + 859_520_964 * 2) + 0.6 * GIB
+    )
 
 
 def test_host_memory_by_hand() -> None:
@@ -431,7 +467,7 @@ def test_host_memory_by_hand() -> None:
     offload = P.estimate(work, hw, "model_offload")
     assert offload.host_memory == int(base + 12 * pixels * 1 + work.shapes.weights * 2)
     # two feature kinds (pose + Champ maps) double the cache
-    maps = dataclasses.replace(work, shapes=P.ModelShapes.published(guidance_maps=2))
+    maps = dataclasses.replace(work, shapes=P.ModelShapes.published(guidance_maps=1))
     assert P.estimate(maps, hw, "fast").host_memory - fast.host_memory == cache
     # no room for the cache (a quarter of 1 GiB): recomputed, not counted
     small = dataclasses.replace(hw, host_available=GIB)
