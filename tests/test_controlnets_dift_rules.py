@@ -104,8 +104,15 @@ def test_constructor_rules_and_strides_per_block(dift, sd_dir):
     with pytest.raises(DiftLoadError) as info:
         DiftFeaturizer(unet, vae, scheduler, torch.zeros(1, 77, 16))
     assert str(info.value) == "prompt embedding width 16 does not fit the UNet's cross_attention_dim 32"
-    with pytest.raises(ValueError, match="ensemble_size must be at least 1"):
+    with pytest.raises(ValueError) as info:
         DiftFeaturizer(unet, vae, scheduler, embeds, ensemble_size=0)
+    assert str(info.value) == "ensemble_size must be at least 1"
+    # a float64 prompt embedding follows the UNet's dtype; both models are frozen
+    featurizer = DiftFeaturizer(unet, vae, scheduler, embeds.double())
+    assert featurizer.prompt_embeds.dtype == torch.float32
+    assert torch.equal(featurizer.prompt_embeds, embeds)
+    assert not any(p.requires_grad for p in [*unet.parameters(), *vae.parameters()])
+    assert not unet.training and not vae.training
     assert DiftFeaturizer(unet, vae, scheduler, embeds, ensemble_size=1).ensemble_batch == 1
 
 
