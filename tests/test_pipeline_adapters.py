@@ -7,6 +7,7 @@ or, for the LoRA, the hand-computed ``W x + (alpha / r) B A x`` of one projectio
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -344,6 +345,8 @@ def test_load_lora_keeps_the_unets_mode_and_refuses_what_does_not_fit(tmp_path):
         f"LoRA in {tmp_path / 'part'} does not fit the UNet: {len(dropped)} missing, 0 unexpected"
     )
     assert err.value.code == "checkpoint_mismatch"
+    named = ast.literal_eval(str(err.value).split("(e.g. ", 1)[1][:-1])
+    assert len(named) == 3 and all(".to_v.lora_B" in name for name in named)  # three of the missing
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "adapter_config.json").write_text(
         (tmp_path / "lora" / "adapter_config.json").read_text()
@@ -352,8 +355,10 @@ def test_load_lora_keeps_the_unets_mode_and_refuses_what_does_not_fit(tmp_path):
         state | {"down_blocks.7.attn.to_q.lora_A.weight": torch.zeros(2, 4)},
         tmp_path / "extra" / LORA_WEIGHTS,
     )
-    with pytest.raises(CheckpointError, match=r"does not fit the UNet: 0 missing, 1 unexpected"):
+    with pytest.raises(CheckpointError, match=r"does not fit the UNet: 0 missing, 1 unexpected") as err:
         load_lora(tiny_unet(), tmp_path / "extra")
+    named = ast.literal_eval(str(err.value).split("(e.g. ", 1)[1][:-1])
+    assert len(named) == 1 and "down_blocks.7.attn.to_q.lora_A" in named[0]  # the unexpected one
 
 
 def test_load_partial_unet_assigns_exactly_the_files_tensors(tmp_path):
