@@ -272,3 +272,39 @@ def test_render_defaults_and_cancel(mimicmotion, monkeypatch) -> None:
     )  # fmt: skip
     assert (call["tile_size"], call["tile_overlap"]) == (72, 6) and call["generator"].initial_seed() == 0
     assert len(frames) == 2
+
+
+def test_controlnet_inputs_name_their_sources_and_pass_the_options(mimicmotion, monkeypatch) -> None:
+    """With DisPose's ControlNet: the bundle's own flows go through unchanged; missing ones are made from the
+    keypoints (the 2D skeleton field, the trajectory rules), and the options' residual mode and CFG rule are
+    handed on; the parts say which source each flow came from."""
+    spy = CallSpy(monkeypatch)
+    pipeline = _pipeline(controlnet=True)
+    options = DiffusionOptions(steps=1, residual_mode="dispose", controlnet_cfg="drop")
+    engine = DiffusionEngine(pipeline, options)
+    bundle = _bundle(frames=2)
+    frames = list(engine.render(bundle))
+    assert len(frames) == 2
+    (call,) = spy.calls
+    assert (call["residual_mode"], call["controlnet_cfg"]) == ("dispose", "drop")
+    assert (engine.parts["dense_flow"], engine.parts["trajectory_flow"]) == ("2D skeleton field", "keypoints")
+    assert engine.parts["guidance_rules"] == engine.guidance_conventions.describe()
+    assert len(call["dense_flow"]) == len(call["trajectory_flow"]) == 2  # one flow per frame, read lazily
+    assert "point_features" not in call  # no Stable Diffusion 1.5: no point adapter
+    # flows the bundle carries are the ones used
+    dense = np.zeros((2, 64, 64, 2), np.float32)
+    trajectory = np.ones((2, 64, 64, 2), np.float32)
+    bundle = dataclasses.replace(_bundle(frames=2), dense_flow=dense, trajectory_flow=trajectory)
+    list(DiffusionEngine(pipeline, DiffusionOptions(steps=1)).render(bundle))
+    assert spy.calls[1]["dense_flow"] is dense and spy.calls[1]["trajectory_flow"] is trajectory
+    assert (spy.calls[1]["residual_mode"], spy.calls[1]["controlnet_cfg"]) == (None, "keep")
+    # without a ControlNet no flow is made or passed
+    assert DiffusionEngine(mimicmotion)._motion_inputs(_bundle(frames=2), None) == {}
+
+
+def test_a_folder_that_is_not_a_training_output_is_the_users_error(mimicmotion, tmp_path) -> None:
+    from animate.engines.diffusion import load_trained_parts
+
+    with pytest.raises(AnimateError) as err:
+        load_trained_parts(mimicmotion, tmp_path, torch.float32)
+    assert err.value.code == "adapter_invalid"
