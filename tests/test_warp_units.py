@@ -158,6 +158,67 @@ def test_arm_regions_hand_hull_uses_only_seen_points_with_the_threshold():
     assert arm_regions(kp, person, threshold=0.2)[76, 40] == 1
 
 
+def test_arm_regions_a_short_left_forearm_does_not_stop_the_right_and_the_capsule_is_exact():
+    kp = np.zeros((133, 3), np.float32)
+    person = np.ones((220, 220), bool)
+    kp[L_ELBOW], kp[L_WRIST] = (20, 20, 1.0), (20, 21, 1.0)  # 1 px: skipped
+    kp[R_ELBOW], kp[R_WRIST] = (150, 50, 1.0), (150, 150, 1.0)  # 100 px: r = round(12 + 2) = 14
+    regions = arm_regions(kp, person)
+    assert not (regions & 1).any()
+    # OpenCV draws the 2 r + 1 = 29 px line as a capsule reaching 15 px from the segment: x 135..165
+    assert (regions[100, 135:166] == 2).all() and regions[100, 134] == 0 and regions[100, 166] == 0
+    assert (
+        regions[35, 150] == 2 and regions[34, 150] == 0 and regions[165, 150] == 2 and regions[166, 150] == 0
+    )
+
+
+def hand_points(
+    kp: np.ndarray, root: int, points: dict[int, tuple[float, float]], score: float = 1.0
+) -> None:
+    for index, (x, y) in points.items():
+        kp[root + index] = (x, y, score)
+
+
+def test_hand_regions_by_hand():
+    """A hand's region: the hull of its seen keypoints (at least 3) grown by a square of
+    2 max(2, round(0.15 palm)) + 1 px, palm = wrist to middle knuckle (points 0 and 9) when both are
+    seen; bit 1 for the left hand, 2 for the right, only inside the person."""
+    from animate.engines.warp import hand_regions
+
+    person = np.ones((120, 160), bool)
+    kp = np.zeros((133, 3), np.float32)
+    # left hand: wrist (40, 40), middle knuckle (40, 80): palm 40, grown by round(6) = 6 px
+    hand_points(kp, LEFT_HAND_ROOT, {0: (40, 40), 5: (30, 70), 9: (40, 80), 17: (50, 70)})
+    regions = hand_regions(kp, person)
+    assert regions[86, 40] == 1 and regions[87, 40] == 0  # 6 px below the knuckle
+    assert regions[70, 24] == 1 and regions[70, 23] == 0  # 6 px left of point 5
+    assert regions[34, 40] == 1 and regions[33, 40] == 0  # 6 px above the wrist
+    assert not (regions & 2).any()
+    # the middle knuckle not seen: no palm, grown by 2 px around the three other points
+    unseen = kp.copy()
+    unseen[LEFT_HAND_ROOT + 9, 2] = 0.29
+    regions = hand_regions(unseen, person)
+    assert regions[72, 40] == 1 and regions[73, 40] == 0 and regions[70, 28] == 1 and regions[70, 27] == 0
+    # exactly at the threshold is seen; a custom threshold applies
+    at = kp.copy()
+    at[LEFT_HAND_ROOT : LEFT_HAND_ROOT + 21, 2] *= 0.3
+    assert hand_regions(at, person)[86, 40] == 1
+    assert not hand_regions(at, person, threshold=0.31).any()
+    # two seen points: no region; the right hand still gets its own (bit 2), which overlaps the left
+    two = np.zeros((133, 3), np.float32)
+    hand_points(two, LEFT_HAND_ROOT, {0: (40, 40), 9: (40, 80)})
+    hand_points(two, RIGHT_HAND_ROOT, {0: (100, 40), 5: (90, 70), 9: (100, 80)})
+    regions = hand_regions(two, person)
+    assert not (regions & 1).any() and regions[60, 97] == 2
+    both = kp.copy()
+    hand_points(both, RIGHT_HAND_ROOT, {0: (45, 45), 5: (35, 75), 9: (45, 85)})
+    regions = hand_regions(both, person)
+    assert regions[70, 40] == 3 and regions[35, 40] == 1 and regions[90, 45] == 2
+    # the person mask clips
+    clipped = hand_regions(kp, person & (np.arange(160) < 40)[None])
+    assert clipped[60, 39] == 1 and not clipped[:, 40:].any()
+
+
 # ---------------------------------------------------------------- fill_background
 
 
@@ -507,6 +568,12 @@ def test_compose_soft_edge_is_a_gaussian_of_the_silhouette_cut_one_pixel_out():
             expected = (20 * (1 - alpha) + colour.astype(float) * alpha + 0.5).astype(int)
             assert np.abs(frame[24, x].astype(int) - expected).max() <= 1, (sigma, x, frame[24, x], expected)
         assert (frame[24, :9] == 20).all()  # cut 1 px outside the silhouette, however wide the blur
+        # the same across the top edge (column 24, rows 9..11)
+        for y, inside in ((9, False), (10, True), (11, True)):
+            alpha = g[(y + k) >= 10].sum()
+            colour = reference[24, 24] if inside else reference[0, 0]
+            expected = (20 * (1 - alpha) + colour.astype(float) * alpha + 0.5).astype(int)
+            assert np.abs(frame[y, 24].astype(int) - expected).max() <= 1, (sigma, y, frame[y, 24], expected)
 
 
 def test_compose_front_layer_wins_and_later_lower_layers_do_not_overwrite():
@@ -589,6 +656,39 @@ def test_compose_holes_take_their_nearest_covered_pixels_source():
         assert (frame[row, x, 0] == 2 * x + 10).all(), row
 
 
+def test_compose_fills_holes_only_within_3_px_of_cover():
+    """An enclosed slit 8 rows tall: rows within 3 px of the cover above or below are drawn, the two
+    middle rows (4 px from both) are not: they show the background."""
+    reference = gradient_image(64, 64)
+    background = np.zeros((64, 64, 3), np.uint8)
+    pixels = square_pixels(8, 8, 56, 44)
+    slit = (pixels[:, 1] >= 20) & (pixels[:, 1] < 28) & (pixels[:, 0] >= 14) & (pixels[:, 0] < 50)
+    pixels = pixels[~slit]
+    frame, silhouette = compose(reference, background, pixels, pixels.copy())
+    assert silhouette[20:23, 14:50].all() and silhouette[25:28, 14:50].all()
+    assert not silhouette[23:25, 18:46].any()
+    assert (frame[23:25, 22:42, 1] < 10).all()  # only the soft edge's bleed, not the reference (G 74+)
+
+
+def test_compose_inverts_a_sheared_field():
+    """positions = A p with A = [[2, 0], [0.5, 1]] (stretched and sheared): each target pixel t samples
+    the reference at A^-1 t = (t_x / 2, t_y - t_x / 4), both components of the inverse used."""
+    reference = gradient_image(48, 48)
+    background = np.zeros((96, 96, 3), np.uint8)
+    pixels = square_pixels(8, 8, 40, 40)
+    a = np.array([[2.0, 0.0], [0.5, 1.0]])
+    frame, silhouette = compose(
+        reference, background, pixels, pixels @ a.T, jacobians=np.broadcast_to(a, (len(pixels), 2, 2)).copy()
+    )
+    ty, tx = np.mgrid[24:40, 24:70]
+    inner = silhouette[24:40, 24:70] & (ty - tx / 4 > 10) & (ty - tx / 4 < 36)
+    assert inner.sum() > 300
+    expected_r = 2 * (tx / 2) + 10
+    expected_g = 3 * (ty - tx / 4) + 5
+    assert np.abs(frame[24:40, 24:70, 0] - expected_r)[inner].max() <= 1
+    assert np.abs(frame[24:40, 24:70, 1] - expected_g)[inner].max() <= 1
+
+
 def test_compose_keeps_only_targets_inside_the_frame():
     reference = gradient_image(40, 40)
     background = np.full((40, 40, 3), 9, np.uint8)
@@ -618,6 +718,7 @@ def test_compose_keeps_only_targets_inside_the_frame():
     # everything outside: the background, and an empty silhouette
     frame, silhouette = compose(reference, background, pixels, pixels + np.array([100, 0]))
     assert (frame == 9).all() and not silhouette.any() and silhouette.shape == (40, 40)
+    assert silhouette.dtype == bool
     assert frame is not background
 
 
@@ -1008,3 +1109,38 @@ def test_body_with_every_part_unseen_takes_the_mean_colour_of_the_reference_body
     expected = image[body].astype(float).mean(0)
     assert np.abs(expected - 128).max() > 20  # differs from the grey picture
     np.testing.assert_allclose(warp.colours, np.broadcast_to(expected, warp.colours.shape), atol=3)
+
+
+def test_skeleton_path_shows_the_hidden_torso_where_an_arm_moved_away():
+    """The right forearm hung over the right thigh; in the frame it swings out sideways: where it lay,
+    the frame shows the hidden torso layer (filled from the torso and legs, red), not the arm (green)
+    and not the background (grey)."""
+    kp, person, image, _ = hands_over_thighs((38, 108))
+    hidden = WarpEngine._hidden_torso(image, pixel_field(kp, person), person)
+    assert hidden is not None
+    moved = kp.copy()
+    moved[R_WRIST] = (2, 86, 1.0)  # the forearm swung out about the elbow (22, 80)
+    bundle = skeleton_bundle(kp, person, image, [moved])
+    engine = WarpEngine()
+    frame = next(iter(engine.render(bundle)))
+    forearm = np.zeros(person.shape, np.uint8)
+    cv2.line(forearm, (22, 80), (38, 108), 1, 5)
+    thigh = np.zeros(person.shape, np.uint8)
+    cv2.line(thigh, (38, 80), (38, 112), 1, 9)
+    # the forearm's pixels that the field binds to the arm (those that move with it)
+    from animate.motion.skeleton_field import BONES
+
+    field = pixel_field(kp, person)
+    dominant = np.full(person.shape, -1)
+    ys, xs = np.nonzero(person)
+    dominant[ys, xs] = field.dominant
+    on_arm = np.isin(dominant, [i for i, bone in enumerate(BONES) if "arm" in bone.name])
+    revealed = ((forearm & thigh) > 0) & on_arm
+    revealed &= ~(
+        cv2.dilate((engine.last_silhouette & (np.arange(96) < 28)[None]).astype(np.uint8), None) > 0
+    )
+    assert revealed.sum() > 15
+    shown = frame[revealed].astype(int)
+    assert (np.abs(shown - 128).sum(1) > 40).all()  # never the background
+    assert shown[:, 0].mean() > 100 and shown[:, 1].mean() < 180  # the torso layer, not the arm
+    assert engine.last_silhouette[revealed].all()
