@@ -133,6 +133,9 @@ def test_describe_names_the_system_and_its_rules():
         == "mimicmotion: decode_reference=True, periodic_noise=True, uint8 truncation"
     )
     assert parity.describe(parts(guidance_encoders=True)) == "svd: guidance_range=unit, guidance_cfg=both"
+    assert parity.describe(EVERYTHING, "mimicmotion") == (
+        "mimicmotion: decode_reference=True, periodic_noise=True, uint8 truncation"
+    )  # the preset's system, not the loaded parts' (dispose)
     assert parity.describe(DISPOSE, "dispose") == (
         "dispose: decode_reference=True, periodic_noise=True, temporal_context=diffusers_0.27, "
         "point_rules=dispose, uint8 truncation"

@@ -127,6 +127,7 @@ def test_call_resets_after_the_block_and_hooks_leave_with_the_context(unet):
 
 def test_modes_are_checked():
     assert TEMPORAL_CONTEXTS == ("per_video", "diffusers_0.27")
+    assert TemporalContext([]).mode == "per_video"  # diffusers' own pairing unless asked
     with pytest.raises(
         ValueError, match=r"^temporal_context must be one of \('per_video', 'diffusers_0.27'\), got '0.28'$"
     ):
@@ -145,3 +146,12 @@ def test_repair_leaves_calls_without_context_alone_and_reads_num_frames_from_arg
     )
     assert kwargs["encoder_hidden_states"].dtype == torch.float64
     assert kwargs["encoder_hidden_states"].flatten().tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_given_tokens_take_the_context_dtype():
+    temporal = TemporalContext([], "diffusers_0.27")
+    hidden, context = torch.zeros(2, 3, 32), torch.zeros(6, 1, 1, dtype=torch.float64)
+    with temporal.call(torch.arange(2.0).view(2, 1, 1), 1):  # float32 tokens of a 2-video batch, video 1 here
+        _, kwargs = temporal._repair(None, (hidden,), {"num_frames": 2, "encoder_hidden_states": context})
+    repaired = kwargs["encoder_hidden_states"]
+    assert repaired.dtype == torch.float64 and repaired.flatten().tolist() == [1, 0, 1]
