@@ -1144,3 +1144,48 @@ def test_skeleton_path_shows_the_hidden_torso_where_an_arm_moved_away():
     assert (np.abs(shown - 128).sum(1) > 40).all()  # never the background
     assert shown[:, 0].mean() > 100 and shown[:, 1].mean() < 180  # the torso layer, not the arm
     assert engine.last_silhouette[revealed].all()
+
+
+def test_body_out_of_view_gives_the_background_and_empty_masks(anny):
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny, transl=[(6.0, 0.0, 2.8)])
+    warp = BodyWarp(motion, image, person, scale=1)
+    frame, masks = warp.frame(motion.vertices(0, 1)[0])
+    assert (frame == warp.background).all() and frame is not warp.background
+    for mask in (masks.silhouette, masks.body, masks.fill):
+        assert mask.shape == person.shape and mask.dtype == bool and not mask.any()
+
+
+def test_body_soft_edge_is_a_gaussian_of_the_body_in_both_directions(anny):
+    """No ring (the person is the body), the reference's own pose: alpha is the body mask blurred with
+    edge_sigma, so a body pixel on the edge is the blend of its own colour and the background by that
+    alpha (scipy's Gaussian as the reference), across vertical and horizontal edges alike."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny)
+    vertices = motion.vertices(0, 1)[0]
+    warp = BodyWarp(motion, image, person, scale=1, edge_sigma=1.0)
+    frame, _ = warp.frame(vertices)
+    body = motion.renderer()[0].render(vertices, motion.camera).mask
+    alpha = ndimage.gaussian_filter(body.astype(np.float64), 1.0, truncate=4.0)
+    edge = body & ~(cv2.erode(body.astype(np.uint8), None) > 0)  # the body's outer pixels
+    expected = warp.background[edge] * (1 - alpha[edge])[:, None] + warp.source[edge] * alpha[edge][:, None]
+    error = np.abs(frame[edge].astype(float) - expected).max(1)
+    assert edge.sum() > 300
+    assert np.percentile(error, 90) <= 3.0, np.percentile(error, [50, 90, 100])
+
+
+def test_body_background_fill_covers_the_fitted_body_beyond_the_person_mask(anny):
+    """The fitted body reaches 12 px past the person mask (painted in body colours there, beyond the fill's
+    own 8 px growth of the person): the background is filled over the body too, so where the body was,
+    once it steps away, no body colour is left."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny, transl=[(0.6, 0.0, 2.8)])
+    narrow = cv2.erode(person.astype(np.uint8), np.ones((25, 25), np.uint8)) > 0
+    warp = BodyWarp(motion, image, narrow, scale=1)
+    frame, masks = warp.frame(motion.vertices(0, 1)[0])
+    rim = person & ~narrow & ~(cv2.dilate(masks.silhouette.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+    assert rim.sum() > 200
+    assert np.percentile(np.abs(frame[rim].astype(int) - 128).max(1), 95) < 12
