@@ -1189,3 +1189,22 @@ def test_body_background_fill_covers_the_fitted_body_beyond_the_person_mask(anny
     rim = person & ~narrow & ~(cv2.dilate(masks.silhouette.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
     assert rim.sum() > 200
     assert np.percentile(np.abs(frame[rim].astype(int) - 128).max(1), 95) < 12
+
+
+def test_body_ring_reach_is_capped_at_a_tenth_of_the_bodys_height(anny):
+    """A huge hair bun: the ring reaches no further than 0.1 of the reference body's height in pixels
+    (not of the picture's)."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny)
+    body = motion.reference_render.mask
+    rows = np.nonzero(body)[0]
+    head_y, head_x = np.nonzero(motion.reference_render.part == PART_NAMES.index("head"))
+    bun = np.zeros(person.shape, np.uint8)
+    cv2.circle(bun, (int(head_x.mean()), int(head_y.min())), 90, 1, -1)
+    bun = (bun > 0) & ~body
+    image[bun] = (30, 30, 220)
+    warp = BodyWarp(motion, image, person | bun, scale=1)
+    tall = float(rows.max() - rows.min())
+    assert tall < 0.9 * person.shape[0]
+    assert warp.reach == pytest.approx(0.1 * tall)
