@@ -22,6 +22,7 @@ from controlnets.cmp import (
     bin_centers,
     decode_flow_bins,
     resample_sparse_flow,
+    resize_flow,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -207,7 +208,9 @@ def test_image_normalisations_by_hand():
     assert IMAGENET_MEAN == (123.675, 116.28, 103.53) and IMAGENET_STD == (58.395, 57.12, 57.375)
     double = imagenet.normalize_image(image.double())
     assert double.dtype == torch.float64
-    torch.testing.assert_close(double, expected.double())
+    mean64 = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std64 = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    assert torch.equal(double, (image.double() * 255 - mean64) / std64)  # float64 constants, not float32 ones
     with pytest.raises(ValueError, match="image_normalization must be one of"):
         CMPFlow(**CONFIG, image_normalization="zero_one")
     with pytest.raises(ValueError, match="multiple of 8"):
@@ -269,7 +272,12 @@ def test_fresh_weights_follow_cmp_s_init_rule():
 
 def test_loader_messages_name_what_does_not_fit(tmp_path, model):
     state = dict(model.state_dict())
-    for key in ("flow_decoder.head.weight", "flow_decoder.head.bias", "image_encoder.conv5.bias", "x.y"):
+    for key in (
+        "flow_decoder.head.weight",
+        "flow_decoder.head.bias",
+        "image_encoder.conv5.bias",
+        "image_encoder.bn1.bias",
+    ):
         state.pop(key, None)
     state["stray.weight"] = torch.zeros(1)
     state["image_encoder.conv5.weight"] = torch.zeros(3, 3, 1, 1)
@@ -277,8 +285,8 @@ def test_loader_messages_name_what_does_not_fit(tmp_path, model):
     with pytest.raises(CMPCheckpointError) as info:
         CMPFlow.from_checkpoint(tmp_path / "bad.pth", config=CONFIG)
     assert str(info.value) == (
-        "bad.pth does not fit CMPFlow: 3 missing (e.g. image_encoder.conv5.bias, flow_decoder.head.weight, "
-        "flow_decoder.head.bias); 1 unexpected (e.g. stray.weight); 1 mismatched (e.g. "
+        "bad.pth does not fit CMPFlow: 4 missing (e.g. image_encoder.bn1.bias, image_encoder.conv5.bias, "
+        "flow_decoder.head.weight); 1 unexpected (e.g. stray.weight); 1 mismatched (e.g. "
         "image_encoder.conv5.weight: file (3, 3, 1, 1) vs model (16, 256, 1, 1))"
     )
     assert info.value.code == "weights_invalid"
@@ -324,11 +332,13 @@ def test_logits_to_flow_upsamples_with_aligned_corners():
         for col in range(2):
             logits[0, x_bins[row][col], row, col] = 0.0
             logits[0, 4 + 1, row, col] = 0.0  # y: bin 1 everywhere
-    flow = network.logits_to_flow(logits, (3, 3))
-    # align_corners=True: the corners keep their values, the middle is the mean of its neighbours
-    expected_x = torch.tensor([[-1.5, 0.0, 1.5], [-1.0, 0.0, 1.0], [-0.5, 0.0, 0.5]])
+    flow = network.logits_to_flow(logits, (4, 4))
+    # align_corners=True: output pixel i sits at i / 3 of the way between the two input pixels
+    t = torch.arange(4, dtype=torch.float32) / 3
+    top, bottom = -1.5 + 3 * t, -0.5 + t  # rows 0 and 1 of the x field, interpolated along x
+    expected_x = (1 - t)[:, None] * top + t[:, None] * bottom
     torch.testing.assert_close(flow[0, 0], expected_x)
-    torch.testing.assert_close(flow[0, 1], torch.full((3, 3), -0.5))
+    torch.testing.assert_close(flow[0, 1], torch.full((4, 4), -0.5))
     same = network.logits_to_flow(logits, (2, 2))
     torch.testing.assert_close(same[0, 0], torch.tensor([[-1.5, 1.5], [-0.5, 0.5]]))
 
@@ -341,5 +351,16 @@ def test_sparse_vectors_at_the_last_row_and_column_land_in_the_last_cell():
     mask[0, 0, 29, 49] = mask[0, 0, 0, 0] = 1
     out, out_mask = resample_sparse_flow(flow, mask, (20, 20))
     assert out_mask[0, 0].nonzero().tolist() == [[0, 0], [19, 19]]
+    assert out.dtype == out_mask.dtype == torch.float32  # a {0, 1} mask in the flow's dtype
+    _, mask64 = resample_sparse_flow(flow.double(), mask, (20, 20))
+    assert mask64.dtype == torch.float64
     torch.testing.assert_close(out[0, :, 19, 19], torch.tensor([5.0 * 20 / 50, 3.0 * 20 / 30]))
     torch.testing.assert_close(out[0, :, 0, 0], torch.tensor([-5.0 * 20 / 50, 6.0 * 20 / 30]))
+
+
+def test_resize_flow_scales_float64_vectors_by_float64_ratios():
+    flow = torch.rand(1, 2, 384, 384, dtype=torch.float64)
+    out = resize_flow(flow, (200, 250))
+    resized = F.interpolate(flow, size=(200, 250), mode="bilinear", align_corners=False)
+    ratios = torch.tensor([250 / 384, 200 / 384], dtype=torch.float64).view(1, 2, 1, 1)
+    assert out.dtype == torch.float64 and torch.equal(out, resized * ratios)
