@@ -194,6 +194,7 @@ def test_nms_overlap_is_the_true_intersection_over_union():
     # identical boxes under a pixel wide: IoU 1, one is kept
     thin = np.array([[0, 0, 0.5, 10], [0, 0, 0.5, 10]], float)
     assert nms(thin, np.array([0.9, 0.8]), 0.45) == [0]
+    assert nms(thin[:, [1, 0, 3, 2]], np.array([0.9, 0.8]), 0.45) == [0]  # under a pixel tall
     # touching boxes share no area, side by side or one above the other
     for other in ([10, 0, 20, 10], [0, 10, 10, 20]):
         boxes = np.array([[0, 0, 10, 10], other], float)
