@@ -528,3 +528,16 @@ def test_warp_plan_fields() -> None:
         "warp", "cpu", 320, 240, 99, None
     )  # fmt: skip
     assert plan.notes == ("the warp engine runs on the CPU; memory is flat in length (frames are streamed)",)
+
+
+def test_plan_job_reads_the_inputs_under_the_settings_media_limits(inputs, tmp_path) -> None:
+    from animate.settings import MediaLimits
+
+    image_cap = Settings(weights_dir=tmp_path / "none", media=MediaLimits(max_image_pixels=100 * 200 - 1))
+    with pytest.raises(AnimateError) as err:
+        _job(image_cap, inputs, engine="diffusion")  # the 100 x 200 reference is one pixel over
+    assert err.value.code == "too_large"
+    frame_cap = Settings(weights_dir=tmp_path / "none", media=MediaLimits(max_video_frames=11))
+    with pytest.raises(AnimateError) as err:
+        _job(frame_cap, inputs, engine="diffusion")  # 12 driving frames
+    assert err.value.code == "too_long"
