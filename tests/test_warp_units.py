@@ -1208,3 +1208,36 @@ def test_body_ring_reach_is_capped_at_a_tenth_of_the_bodys_height(anny):
     tall = float(rows.max() - rows.min())
     assert tall < 0.9 * person.shape[0]
     assert warp.reach == pytest.approx(0.1 * tall)
+
+
+def test_engine_person_is_the_mask_above_127(anny):
+    """The reference mask is thresholded at > 127: hair at 128 is the person (the ring carries it along
+    with the stepping head), hair at 127 is not (nothing red where the head went; the fill removes it
+    from its old place either way, being within 8 px of the body)."""
+    from test_warp_body import whole_body_keypoints
+
+    motion, image, person = body_scene(anny, transl=[(0.15, 0.0, 2.8)])
+    head_y, head_x = np.nonzero(motion.reference_render.part == PART_NAMES.index("head"))
+    hair = np.zeros(person.shape, np.uint8)
+    cv2.circle(hair, (int(head_x.max()) + 2, int(np.median(head_y))), 6, 1, -1)
+    hair = (hair > 0) & ~motion.reference_render.mask
+    image[hair] = (220, 30, 30)
+    shift = round(0.15 / 2.8 * motion.camera.fx)
+    moved = np.roll(hair, shift, axis=1)
+    carried = []
+    for value in (127, 128):
+        mask = person.astype(np.uint8) * 255
+        mask[hair] = value
+        bundle = GuidanceBundle(
+            reference=image,
+            reference_mask=mask,
+            reference_keypoints=whole_body_keypoints(motion),
+            keypoints=np.zeros((1, 133, 3), np.float32),
+            fps=24.0,
+            size=(288, 512),
+            body=motion,
+        )
+        frame = next(iter(WarpEngine().render(bundle)))
+        red = (frame[..., 0] > 150) & (frame[..., 1] < 90)
+        carried.append((red & moved).sum() / moved.sum())
+    assert carried[0] < 0.05 and carried[1] > 0.5, carried
