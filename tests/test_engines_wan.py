@@ -117,7 +117,7 @@ def test_dry_run_animate_mode_by_hand(inputs, tmp_path, monkeypatch) -> None:
 
 
 def test_dry_run_replace_mode_rate_cap_segments_and_gpu(inputs, tmp_path, monkeypatch) -> None:
-    plan = _dry(inputs, tmp_path, monkeypatch, free=45 * GIB, engine="wan", mode="replace", max_frames=4,
+    plan = _dry(inputs, tmp_path, monkeypatch, free=int(45.26 * GIB), engine="wan", mode="replace", max_frames=4,
                 segment_frames=9, steps=3, resolution="480p")  # fmt: skip
     # the driving clip's 4:3 at 480p: h = sqrt(399360 / (4/3)) = 547.3 -> 544, w = 729.7 -> 720;
     # 4 frames at 10 fps -> 12 at 30 fps; segments of 9 with overlap 1 step by 8: 12 -> 17, two of them
@@ -128,7 +128,7 @@ def test_dry_run_replace_mode_rate_cap_segments_and_gpu(inputs, tmp_path, monkey
         3,
         6,
     )
-    assert (plan["memory"], plan["gpu_free_gib"]) == ("model", 45.0)
+    assert (plan["memory"], plan["gpu_free_gib"]) == ("model", 45.3)
     # an output rate: 1.2 s at 5 fps = 6 frames -> 36 at 30 fps; a size given wins; 10 segment frames -> 9
     plan = _dry(inputs, tmp_path, monkeypatch, free=2 * GIB, engine="wan", fps=5.0, size=(320, 160),
                 segment_frames=10)  # fmt: skip
@@ -263,3 +263,54 @@ def test_inputs_refuse_odd_sizes_and_missing_frames() -> None:
     with pytest.raises(AnimateError) as err:
         engine.inputs(bundle)
     assert (err.value.code, err.value.message) == ("invalid_input", "no driving frame could be read")
+
+
+# --- the pipeline call's inputs on the tiny random pipeline -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline():
+    from tests._wan_tiny import tiny_wan_pipeline
+
+    pipeline = tiny_wan_pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    for module in pipeline.components.values():  # as from_pretrained leaves them (no dropout)
+        if isinstance(module, __import__("torch").nn.Module):
+            module.eval()
+    return pipeline
+
+
+def test_prompt_embeddings_are_the_pipelines_own(tiny_pipeline, monkeypatch) -> None:
+    """Diffusers' ``_get_t5_prompt_embeds`` is the reference (its ``ftfy`` clean-up is the identity on a plain
+    prompt, and ftfy is not installed here): padded to 512 tokens, zero past the prompt's own tokens."""
+    import torch
+    from diffusers.pipelines.wan import pipeline_wan_animate
+
+    monkeypatch.setattr(pipeline_wan_animate, "prompt_clean", lambda text: text)
+    engine = wan.WanEngine(tiny_pipeline, wan.WanOptions())
+    for text in (wan.PROMPT, ""):
+        ours = engine._prompt_embeds(text)
+        theirs = tiny_pipeline._get_t5_prompt_embeds(
+            text, max_sequence_length=512, device=torch.device("cpu")
+        )
+        assert ours.shape == theirs.shape == (1, 512, ours.shape[-1])
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)  # float summation order only
+
+
+def test_render_writes_the_inputs_as_artifacts_and_records_the_plan(tiny_pipeline, tmp_path) -> None:
+    from animate.media import open_video
+
+    engine = wan.WanEngine(tiny_pipeline, wan.WanOptions(segment_frames=5, steps=1))  # parts: none given
+    bundle = _bundle(frames=4)
+    bundle.extras["wan"]["artifacts_dir"] = tmp_path
+    frames = list(engine.render(bundle))
+    assert len(frames) == 4 and {f.shape for f in frames} == {(SIZE, SIZE, 3)}
+    # 8 frames at 30 fps in segments of 5 overlapping by 1: 8 -> 9 = 1 + 2 x 4, two segments
+    assert engine.plan == wan.WanPlan("none", "float32", 2, 5, 1, 1, 8)
+    assert engine.parts["segments"] == "2 x 5 frames, overlap 1"
+    assert sorted(engine.artifacts) == ["wan_face", "wan_pose"]
+    for name in ("wan_face", "wan_pose"):
+        info = open_video(engine.artifacts[name]).info
+        assert (info.frame_count, info.fps) == (8, 30.0), name
+    pose = list(open_video(engine.artifacts["wan_pose"]).frames())
+    assert pose[0].shape == (SIZE, SIZE, 3) and max(p.std() for p in pose) > 1  # the drawn skeletons
