@@ -426,3 +426,13 @@ def test_a_state_without_a_pose_guider_layout_is_refused(broken):
         pose_guider_config_from_shapes(shapes)
     assert str(err.value) == "no pose guider layout (conv_layers.*, final_proj) in the checkpoint"
     assert err.value.code == "checkpoint_mismatch"
+
+
+def test_a_dispose_file_missing_a_key_names_it(folder):
+    state = torch.load(folder["dispose"])
+    key = next(iter(state))
+    del state[key]
+    with pytest.raises(CheckpointError) as err:
+        load_dispose(state, tiny_unet().config)
+    assert str(err.value) == f"DisPose ControlNet does not fit: 1 missing (e.g. {key})"
+    assert err.value.code == "checkpoint_mismatch"
