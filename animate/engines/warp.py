@@ -408,6 +408,8 @@ class BodyWarp:
 
     #: A surface point counts as seen by the reference within this depth (metres) of the reference render.
     DEPTH_TOLERANCE = 0.03
+    #: Head surface counts as seen only within this many pixels of the reference person.
+    HEAD_OFF_PERSON = 2.0
 
     def __init__(
         self,
@@ -439,6 +441,9 @@ class BodyWarp:
         self.depth_limit = cv2.dilate(depth, np.ones((3, 3), np.uint8)) + self.DEPTH_TOLERANCE
         self.reference_part = render.part
         self.source = _extend_person(reference, person)
+        # How far each pixel lies outside the person: a head fitted wider than the photo's head would
+        # sample streaks of the extended edge there (a smeared cheek the face detector rejects).
+        self.off_person = cv2.distanceTransform((~person).astype(np.uint8), cv2.DIST_L2, 3)
         self.renderer, self.camera = motion.renderer(scale)
         self.background = fill_background(reference, person | (cv2.dilate(body.astype(np.uint8), None) > 0))
         # Ring pixels show only where the reference is clearly the person: segmentation masks bleed a
@@ -501,6 +506,8 @@ class BodyWarp:
         )
         # Nor where the reference shows another part's forearm or hand (by its 2D keypoints).
         seen[inside] &= (self.arm_region[y, x] & ~self.part_arm[parts[inside]]) == 0
+        # The head only on the photo's person (within the tolerance): beyond, its twin or its colours.
+        seen[inside] &= (parts[inside] != HEAD_PART) | (self.off_person[y, x] <= self.HEAD_OFF_PERSON)
         # A hand only inside its own hand's keypoints, where the reference found that hand.
         hand = self.part_hand[parts[inside]]
         found = np.isin(parts[inside], list(self.hand_colours))
@@ -556,6 +563,40 @@ class BodyWarp:
             return np.median(samples[:, 0].astype(np.float32), axis=0)
         return np.array([200.0, 160.0, 140.0], np.float32)
 
+    #: Head surface drawn over more than this many times the area the reference showed it on is stretched.
+    HEAD_STRETCH = 3.0
+
+    def _unstretch_head(
+        self,
+        src: np.ndarray,
+        seen: np.ndarray,
+        triangles: np.ndarray,
+        bary: np.ndarray,
+        parts: np.ndarray,
+        uv_frame: np.ndarray,
+        twinned: np.ndarray,
+    ) -> None:
+        """Head pixels whose surface the reference saw at a grazing angle (a face turned from the profile
+        toward the camera) sample its mirror twin instead, where the twin is seen and at most half as
+        stretched: streaks across a cheek are what make a face unrecognisable. In place on ``src`` and
+        ``twinned`` (which pixels sample their twin)."""
+        head = np.flatnonzero(seen & (parts == HEAD_PART))
+        if not len(head):
+            return
+        drawn = _triangle_areas(uv_frame, triangles[head])
+        stretch = drawn / np.maximum(_triangle_areas(self.uv, triangles[head]), 1e-3)
+        pick = np.flatnonzero(stretch > self.HEAD_STRETCH)
+        if not len(pick):
+            return
+        rows = head[pick]
+        twins = self.mirror[triangles[rows]]
+        twin_stretch = drawn[pick] / np.maximum(_triangle_areas(self.uv, twins), 1e-3)
+        twin_src = interpolate(self.uv, twins, bary[rows])
+        better = twin_stretch <= 0.5 * stretch[pick]
+        better &= self._visible(twin_src, interpolate(self.z, twins, bary[rows]), MIRROR_PART[parts[rows]])
+        src[rows[better]] = twin_src[better]
+        twinned[rows[better]] = True
+
     def frame(self, vertices: np.ndarray) -> tuple[np.ndarray, FrameMasks]:
         """One output frame for the body at (V, 3) ``vertices``, and its masks (see ``FrameMasks``)."""
         s = self.scale
@@ -581,6 +622,9 @@ class BodyWarp:
         seen = self._visible(src, interpolate(self.z, triangles, bary), parts)
         if self.unseen_parts.any():
             seen &= ~self.unseen_parts[parts]
+        uv_frame, _ = project(self.motion.camera, vertices)
+        twinned = np.zeros(len(src), bool)
+        self._unstretch_head(src, seen, triangles, bary, parts, uv_frame - 0.5, twinned)
         fill = np.flatnonzero(~seen)
         if len(fill):
             twins = self.mirror[triangles[fill]]
@@ -590,6 +634,7 @@ class BodyWarp:
             if self.unseen_parts.any():
                 twin_seen &= ~self.unseen_parts[twin_parts]
             src[fill[twin_seen]] = twin_src[twin_seen]
+            twinned[fill[twin_seen]] = True
             fill = fill[~twin_seen]
         # 2. The ring around the body: sample beside the nearest body pixel, moved with its part. Maps
         # reach past the accepted ring so upsampling never blends with unset values.
@@ -597,7 +642,6 @@ class BodyWarp:
         ring = ~body & (distance <= radius + 1.5)
         ry, rx = np.nonzero(ring)
         anchor = nearest[ry, rx]
-        uv_frame, _ = project(self.motion.camera, vertices)
         inverse = inverse_linear(part_affines(self.uv, uv_frame - 0.5, self.parts))
         anchor_part = parts[anchor]
         offset = np.stack([rx - xs[anchor], ry - ys[anchor]], 1).astype(np.float32) * s
@@ -607,6 +651,9 @@ class BodyWarp:
         source_part = self.offbody_part[py, px].astype(np.int64)
         accept = (source_part >= 0) & (distance[ry, rx] <= radius)
         accept &= self.neighbours[anchor_part, np.maximum(source_part, 0)]
+        # Not beside surface drawn from its mirror twin: the hair beside the twin is the other side's,
+        # and drawing it would show a bun or tuft twice.
+        accept &= ~twinned[anchor]
 
         # 3. Low-resolution maps of the box, upsampled to the output.
         maps = np.full((box_h, box_w, 2), -1.0, np.float32)
@@ -733,6 +780,13 @@ def _extend_person(image: np.ndarray, person: np.ndarray) -> np.ndarray:
         return image.copy()
     _, nearest = nearest_pixel(core)
     return image.reshape(-1, 3)[np.flatnonzero(core)[nearest]].reshape(image.shape)
+
+
+def _triangle_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(N,) unsigned areas of (N, 3) vertex-index triangles over (V, 2) points."""
+    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
+    ab, ac = b - a, c - a
+    return 0.5 * np.abs(ab[:, 0] * ac[:, 1] - ab[:, 1] * ac[:, 0])
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
