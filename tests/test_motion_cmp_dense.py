@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from test_cmp import FMAX, NBINS, constant_flow_model, loaded_small_model
+from test_cmp import FMAX, NBINS, SMALL, constant_flow_model, loaded_small_model
 
 from animate.errors import AnimateError
 from animate.motion.cmp import CMP_CHECKPOINT, cmp_dense_flow, find_cmp_checkpoint, load_cmp
@@ -144,3 +144,45 @@ def test_checkpoint_lookup_needs_a_file_and_bad_files_are_weights_invalid(tmp_pa
         load_cmp(bad)
     assert info.value.code == "weights_invalid"
     assert info.value.message.startswith("CMP checkpoint: ")
+
+
+def test_the_soft_mask_of_a_symmetric_person_is_symmetric():
+    """A person mask symmetric about the image's centre lines grows and fades the same way on every side."""
+    from animate.motion.cmp import _soft_mask
+
+    for width, height in ((101, 61), (201, 151)):
+        person = np.zeros((height, width), np.uint8)
+        cy, cx = height // 2, width // 2
+        person[cy - 10 : cy + 11, cx - 20 : cx + 21] = 255
+        soft = _soft_mask(person)
+        np.testing.assert_allclose(soft, soft[:, ::-1], atol=1e-6)
+        np.testing.assert_allclose(soft, soft[::-1], atol=1e-6)
+
+
+def test_load_cmp_keeps_the_asked_dtype_and_device(tmp_path):
+    import torch
+    from test_cmp import save_cmp_checkpoint
+
+    from controlnets.cmp import CMPFlow
+
+    torch.manual_seed(0)
+    path = save_cmp_checkpoint(tmp_path / "ckpt_iter_42000.pth.tar", CMPFlow())  # the released size
+    assert load_cmp(path).dtype == torch.float32
+    half = load_cmp(path, device="cpu", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.device.type == "cpu"
+    assert half.checkpoint_path == str(path)
+
+
+def test_dispose_runs_a_bfloat16_model(tmp_path):
+    """The reference goes in at the model's dtype: a bfloat16 CMP gives its constant flow too."""
+    import torch
+
+    from controlnets.cmp import CMPFlow
+
+    float_model = constant_flow_model(tmp_path / "const.pth.tar", ix=70, iy=20)
+    model = CMPFlow.from_checkpoint(float_model.checkpoint_path, config=SMALL, dtype=torch.bfloat16)
+    reference, person, flow, mask = _inputs(160, 90, frames=1, grid=(384, 384))
+    out = cmp_dense_flow(reference, person, flow, mask, model, io="dispose")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[..., 0], CENTERS[70] * 160 / 384, rtol=2e-2)
+    np.testing.assert_allclose(out[..., 1], CENTERS[20] * 90 / 384, rtol=2e-2)
