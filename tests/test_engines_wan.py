@@ -288,7 +288,7 @@ def test_prompt_embeddings_are_the_pipelines_own(tiny_pipeline, monkeypatch) -> 
 
     monkeypatch.setattr(pipeline_wan_animate, "prompt_clean", lambda text: text)
     engine = wan.WanEngine(tiny_pipeline, wan.WanOptions())
-    for text in (wan.PROMPT, ""):
+    for text in (wan.PROMPT, "", "dance " * 600):  # the last one is cut at 512 tokens
         ours = engine._prompt_embeds(text)
         theirs = tiny_pipeline._get_t5_prompt_embeds(
             text, max_sequence_length=512, device=torch.device("cpu")
@@ -314,3 +314,33 @@ def test_render_writes_the_inputs_as_artifacts_and_records_the_plan(tiny_pipelin
         assert (info.frame_count, info.fps) == (8, 30.0), name
     pose = list(open_video(engine.artifacts["wan_pose"]).frames())
     assert pose[0].shape == (SIZE, SIZE, 3) and max(p.std() for p in pose) > 1  # the drawn skeletons
+
+
+def test_the_plan_records_the_loaded_offload_and_dtype_and_cancel_stops_early(tiny_pipeline) -> None:
+    from animate.animator import Canceled
+
+    engine = wan.WanEngine(tiny_pipeline, wan.WanOptions(segment_frames=5, steps=2),
+                           parts={"offload": "model", "dtype": "bfloat16"})  # fmt: skip
+    assert len(list(engine.render(_bundle(frames=2)))) == 2
+    assert (engine.plan.offload, engine.plan.dtype, engine.plan.segments) == ("model", "bfloat16", 1)
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(Canceled) as err:
+        list(engine.render(_bundle(frames=4), progress=lambda *p: seen.append(p), should_cancel=lambda: True))
+    assert (err.value.code, err.value.message) == ("canceled", "the job was canceled")
+    # 2 segments x 2 steps planned; the pipeline stops at the first step's interrupt
+    assert seen[0] == (1, 4) and len(seen) < 4
+
+
+def test_image_tokens_read_a_dict_crop_size_like_an_int(tiny_pipeline, monkeypatch) -> None:
+    """CLIP processors give ``crop_size`` as an int or as ``{"height", "width"}``: the same tokens."""
+    import torch
+
+    engine = wan.WanEngine(tiny_pipeline, wan.WanOptions())
+    reference = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    processor = tiny_pipeline.image_processor
+    crop = processor.crop_size
+    side = crop if isinstance(crop, int) else crop["height"]
+    monkeypatch.setattr(processor, "crop_size", side)
+    as_int = engine._image_embeds(reference)
+    monkeypatch.setattr(processor, "crop_size", {"height": side, "width": side})
+    torch.testing.assert_close(engine._image_embeds(reference), as_int, rtol=0, atol=0)
