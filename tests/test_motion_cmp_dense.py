@@ -68,6 +68,20 @@ def test_batches_and_callback(constant):
     calls.clear()
     cmp_dense_flow(reference, person, flow, mask, constant, batch=8, callback=lambda *a: calls.append(a))
     assert calls == [(3, 3)]
+    reference, person, flow, mask = _inputs(8, 6, frames=9)
+    calls.clear()
+    cmp_dense_flow(reference, person, flow, mask, constant, callback=lambda *a: calls.append(a))
+    assert calls == [(8, 9), (9, 9)]  # 8 frames a batch by default
+
+
+def test_random_weights_are_refused_with_the_reason():
+    from controlnets.cmp import CMPFlow
+
+    reference, person, flow, mask = _inputs(8, 6, frames=1)
+    with pytest.raises(AnimateError) as info:
+        cmp_dense_flow(reference, person, flow, mask, CMPFlow(**SMALL))
+    assert info.value.code == "weights_missing"
+    assert info.value.message == "CMP has no loaded checkpoint; refusing to run random weights"
 
 
 def test_dispose_output_is_scaled_per_axis_to_output_pixels(constant):
