@@ -8,7 +8,9 @@ side-on keeps the thickness its front view showed, and a side-on reference measu
 
 The profile is measured on the reference (``measure_girth``): at each station, the person mask's width
 across the projected bone over the rendered body's width there (the runs of mask pixels through the
-bone's point along the bone's normal), kept within ``GIRTH_RANGE`` (``HEAD_RANGE``). A station the reference does not show
+bone's point along the bone's normal), kept within ``GIRTH_RANGE`` (``HEAD_RANGE``). A person more than
+``GIRTH_RANGE[1]`` times as wide (a dress, long hair, an arm against the part) is not measured there: those
+pixels follow the body as before (the warp engine's off-body ring). A station the reference does not show
 (another part in front, off the picture) takes the left/right twin's value, else the part's median.
 ``inflate`` applies a profile to posed vertices; the displacement is smoothed over the mesh so parts with
 different profiles meet without a step.
@@ -127,8 +129,11 @@ def measure_girth(
             body_width = run_width(body_mask, point, normal, limit)
             person_width = run_width(person, point, normal, limit)
             if np.isfinite(body_width) and np.isfinite(person_width) and body_width > 0:
+                ratio = person_width / body_width
+                if ratio > GIRTH_RANGE[1]:
+                    continue  # a dress, long hair, an arm against it: the ring's business, not the body's
                 limits = HEAD_RANGE if PART_NAMES[p] == "head" else GIRTH_RANGE
-                profile[p, k] = np.clip(person_width / body_width, *limits)
+                profile[p, k] = np.clip(ratio, *limits)
     for p in MEASURED:  # stations not seen: the twin's, else the part's median, else 1
         twin = MIRROR_PART[p]
         missing = np.isnan(profile[p])
