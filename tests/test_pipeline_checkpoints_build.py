@@ -26,6 +26,7 @@ from pipelines import (
     check_mimicmotion,
     load_champ_guidance_encoders,
     load_dispose,
+    load_mimicmotion,
     read_checkpoint,
 )
 from pipelines.checkpoints import dispose_config, pose_guider_config_from_shapes
@@ -435,4 +436,25 @@ def test_a_dispose_file_missing_a_key_names_it(folder):
     with pytest.raises(CheckpointError) as err:
         load_dispose(state, tiny_unet().config)
     assert str(err.value) == f"DisPose ControlNet does not fit: 1 missing (e.g. {key})"
+    assert err.value.code == "checkpoint_mismatch"
+
+
+def test_keys_outside_the_two_prefixes_name_the_wrong_checkpoint(folder):
+    state = torch.load(folder["mimicmotion"])
+    stray = {f"model.layer{i}.weight": torch.zeros(1) for i in range(6)}
+    with pytest.raises(CheckpointError) as err:
+        load_mimicmotion(state | stray, tiny_unet().config)
+    shown = ", ".join(f"model.layer{i}.weight" for i in range(5))
+    assert (
+        str(err.value) == f"6 keys outside unet.* / pose_net.* (e.g. {shown}); not a MimicMotion checkpoint"
+    )
+    assert err.value.code == "wrong_checkpoint"
+
+
+def test_a_mimicmotion_guider_that_does_not_fit_is_named(folder):
+    state = torch.load(folder["mimicmotion"])
+    del state["pose_net.scale"]
+    with pytest.raises(CheckpointError) as err:
+        load_mimicmotion(state, tiny_unet().config, tiny_pose_guider().config)
+    assert str(err.value) == "MimicMotion pose_net.* does not fit: 1 missing (e.g. scale)"
     assert err.value.code == "checkpoint_mismatch"
