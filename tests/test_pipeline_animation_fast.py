@@ -1361,3 +1361,10 @@ def test_prepare_motion_samples_reads_and_repeats_the_reference_points(pipe):
     )
     assert flows.embeddings is None and flows.keypoints is None and flows.mode == "dispose"
     assert flows.prepare_flow(np.ones((1, 4, 4, 2))).shape == (1, 2, SIZE, SIZE)
+
+
+def test_guidance_cfg_both_without_pose_gives_the_maps_to_both_halves(pipe):
+    depth = rand(2, 3, SIZE, SIZE, seed=44)
+    out = run(pipe, guidance_maps={"depth": depth}, guidance_cfg="both", prepend_reference=False)
+    maps = map_features(pipe, {"depth": depth})
+    close(out, reference_latents(pipe, 2, [[0, 1]], [], prepend_reference=False, shared_features=maps))
