@@ -1172,6 +1172,13 @@ def test_skeleton_path_shows_the_hidden_torso_where_an_arm_moved_away():
     assert (np.abs(shown - 128).sum(1) > 40).all()  # never the background
     assert shown[:, 0].mean() > 100 and shown[:, 1].mean() < 180  # the torso layer, not the arm
     assert engine.last_silhouette[revealed].all()
+    # and exactly the hidden layer's own colours there (its torso and thighs did not move), sampled from
+    # the second image beside the reference (the engine extends the reference past the person first)
+    from animate.engines.warp import _extend_person
+
+    _, layer_image = WarpEngine._hidden_torso(_extend_person(image, person), field, person)
+    error = np.abs(shown - layer_image[revealed].astype(int)).max(1)
+    assert np.median(error) <= 3, np.percentile(error, [50, 90])
 
 
 def test_body_out_of_view_gives_the_background_and_empty_masks(anny):
