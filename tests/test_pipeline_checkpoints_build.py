@@ -458,3 +458,30 @@ def test_a_mimicmotion_guider_that_does_not_fit_is_named(folder):
         load_mimicmotion(state, tiny_unet().config, tiny_pose_guider().config)
     assert str(err.value) == "MimicMotion pose_net.* does not fit: 1 missing (e.g. scale)"
     assert err.value.code == "checkpoint_mismatch"
+
+
+def test_a_legacy_pickle_with_code_in_it_is_refused_too(tmp_path, state):
+    path = tmp_path / "legacy_with_args.pth"
+    torch.save(
+        {"state_dict": state, "args": argparse.Namespace(lr=1.0)}, path, _use_new_zipfile_serialization=False
+    )
+    with pytest.raises(CheckpointError, match="cannot be read as a checkpoint") as err:
+        read_checkpoint(path)
+    assert err.value.code == "checkpoint_unreadable"
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
+
+
+def test_loaded_weights_own_their_storage_even_in_the_files_dtype(folder, tmp_path):
+    # DisPose.pth's tensors as views of one storage: without a copy the ControlNet would share (and
+    # memory-map) it, and safetensors refuses shared tensors
+    state = torch.load(folder["dispose"])
+    flat = torch.cat([v.reshape(-1) for v in state.values()])
+    shared, offset = {}, 0
+    for key, value in state.items():
+        shared[key] = flat[offset : offset + value.numel()].view(value.shape)
+        offset += value.numel()
+    torch.save(shared, tmp_path / "shared.pth")
+    controlnet = load_dispose(tmp_path / "shared.pth", tiny_unet().config)
+    tensors = list(controlnet.state_dict().values())
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == len(tensors)
+    _assert_same(controlnet, folder["dispose_state"], torch.float32)
