@@ -344,3 +344,15 @@ def test_image_tokens_read_a_dict_crop_size_like_an_int(tiny_pipeline, monkeypat
     as_int = engine._image_embeds(reference)
     monkeypatch.setattr(processor, "crop_size", {"height": side, "width": side})
     torch.testing.assert_close(engine._image_embeds(reference), as_int, rtol=0, atol=0)
+
+
+def test_a_driving_video_no_longer_than_the_overlap_is_refused(tiny_pipeline) -> None:
+    """2 frames at 15 fps are 4 at 30 fps: with overlap 5 the pipeline's own count gives no segment (and
+    diffusers fails on an empty concatenation), so the engine refuses before generating anything."""
+    engine = wan.WanEngine(tiny_pipeline, wan.WanOptions(segment_frames=13, overlap_frames=5, steps=1))
+    with pytest.raises(AnimateError) as err:
+        list(engine.render(_bundle(frames=2)))
+    assert err.value.code == "invalid_input" and "4 frames at 30 fps" in err.value.message
+    # overlap 1 on the same clip is one segment
+    engine = wan.WanEngine(tiny_pipeline, wan.WanOptions(segment_frames=5, overlap_frames=1, steps=1))
+    assert len(list(engine.render(_bundle(frames=2)))) == 2

@@ -339,6 +339,12 @@ class WanEngine:
         count = len(inputs["pose"])
         length = segment_length(opts.segment_frames)
         planned = segments(count, length, opts.overlap_frames)
+        if not planned:  # the pipeline would fail on an empty concatenation
+            raise AnimateError(
+                "invalid_input",
+                f"the driving video gives {count} frames at 30 fps, no more than overlap_frames "
+                f"{opts.overlap_frames}: use overlap_frames 1 or a longer video",
+            )
         total = len(planned) * opts.steps
         self.parts["segments"] = f"{len(planned)} x {length} frames, overlap {opts.overlap_frames}"
         self.plan = WanPlan(
