@@ -436,20 +436,9 @@ def segment_width(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     if length < 2:
         return float("nan")
     normal = np.array([-direction[1], direction[0]]) / length
-    middle = 0.5 * (a + b)
-    steps = np.arange(-mask.shape[0], mask.shape[0] + 1, 0.5)
-    points = np.rint(middle[None] + steps[:, None] * normal[None]).astype(int)
-    inside = (points[:, 0] >= 0) & (points[:, 0] < mask.shape[1]) & (points[:, 1] >= 0)
-    inside &= points[:, 1] < mask.shape[0]
-    on = np.zeros(len(steps), bool)
-    on[inside] = mask[points[inside, 1], points[inside, 0]]
-    centre = len(steps) // 2
-    if not on[centre]:
-        return float("nan")
-    off_before, off_after = np.flatnonzero(~on[:centre]), np.flatnonzero(~on[centre:])
-    lo = off_before[-1] + 1 if len(off_before) else 0
-    hi = centre + off_after[0] if len(off_after) else len(steps)
-    return 0.5 * float(hi - lo)
+    from animate.body.girth import run_width  # the rule the engine's girth fit measures with
+
+    return run_width(mask, 0.5 * (a + b), normal, limit=mask.shape[0])
 
 
 def width_ratios(out: Analysis, drv: Analysis) -> dict[str, float]:
