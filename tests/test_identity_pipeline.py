@@ -69,7 +69,9 @@ def test_batched_and_sequential_cfg_agree():
     pipe = make_pipe(reinit=True)
     batched = run(pipe, cfg_mode="batched")
     sequential = run(pipe, cfg_mode="sequential")
-    torch.testing.assert_close(batched, sequential, atol=1e-5, rtol=1e-5)
+    # float summation order only (batch 2 vs 1 GEMMs block differently on some CPUs: 4e-5 seen on AMD EPYC);
+    # the adapter itself moves frames by > 1e-3 on average
+    torch.testing.assert_close(batched, sequential, atol=2e-4, rtol=2e-4)
 
 
 def test_pipeline_save_load_keeps_the_adapter(tmp_path):
@@ -80,7 +82,8 @@ def test_pipeline_save_load_keeps_the_adapter(tmp_path):
     loaded = AnimationPipeline.from_pretrained(tmp_path / "pipe")
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.identity_adapter, IdentityAdapter)
-    assert torch.equal(run(loaded), before)
+    # the same weights; kernels may pick another blocking for freshly loaded tensors on some CPUs
+    torch.testing.assert_close(run(loaded), before, atol=2e-4, rtol=2e-4)
 
 
 def test_wrong_face_embedding_shape_is_a_clear_error():

@@ -118,7 +118,10 @@ def test_two_processes_render_the_one_process_video(tiny_weights, capsys, data_d
     expected, frames = _frames(one), _frames(two)
     assert frames.shape == expected.shape == (9, 64, 64, 3)
     assert expected.std() > 1  # a picture, not a blank canvas
-    assert np.abs(frames - expected).max() <= 1  # the same latents up to float summation order
+    # the same latents up to float summation order, which a tiny random UNet amplifies over the steps on
+    # some CPUs (8 levels at a few pixels on AMD EPYC); a wrong tile share changes whole frames
+    diff = np.abs(frames - expected)
+    assert diff.max() <= 16 and diff.mean() <= 0.25, (diff.max(), diff.mean())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "two.mp4"]
 
 

@@ -90,7 +90,8 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(tmp_path):
     assert two.keys() == one.keys()
     changed = 0
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+        # a twentieth of one AdamW step (lr 1e-3): summation order differs by CPU (AMD EPYC showed > 1e-5)
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=key)
         changed += int(not torch.equal(one[key], _initial_weight(base, key)))
     assert changed > 0  # training moved the weights: the comparison is not of two untouched copies
 

@@ -79,7 +79,8 @@ def _assert_same(
             continue
         moved = (b[key] - start[key]).abs() > LR / 4
         real, total = real + int(moved.sum()), total + moved.numel()
-        torch.testing.assert_close(a[key][moved], b[key][moved], rtol=1e-4, atol=2e-6, msg=key)
+        # a twentieth of one step's move: summation order differs by CPU (AMD EPYC showed > 2e-6)
+        torch.testing.assert_close(a[key][moved], b[key][moved], rtol=1e-4, atol=LR / 20, msg=key)
         assert (a[key] - b[key]).abs().max() < LR / 2, key
     assert real > total / 2, (real, total)  # most trained elements are compared exactly
 

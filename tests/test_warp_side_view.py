@@ -229,7 +229,8 @@ def test_transfer_and_json_keep_the_reference_girth(anny):
     rest = anny.rest(anny.tensor(driving.shape)[None])
     with torch.no_grad():
         posed = anny.pose(rest, *driving.tensors(anny))
-    np.testing.assert_array_equal(driving.vertices(anny).numpy(), posed.vertices.numpy())
+    # (float32 rounding only: the two paths batch the skinning differently on some CPUs; girth is mm-scale)
+    np.testing.assert_allclose(driving.vertices(anny).numpy(), posed.vertices.numpy(), rtol=0, atol=1e-5)
 
 
 def test_measure_girth_skips_a_part_hidden_behind_another(anny):
