@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from animate.face.align import umeyama
 from animate.pose.layout import (
     FACE,
     L_ANKLE,
@@ -159,18 +160,19 @@ def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
 
 
 def similarity(src: np.ndarray, dst: np.ndarray, scale_range: tuple[float, float]) -> np.ndarray:
-    """Least-squares 2x3 similarity src -> dst (Umeyama, no reflection), its scale clamped to the range
-    (the shift then maps the centroids onto each other)."""
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    a, b = src - src_mean, dst - dst_mean
-    # For complex numbers z -> c z the least-squares c is sum(conj(a) b) / sum(|a|^2).
-    za, zb = a[:, 0] + 1j * a[:, 1], b[:, 0] + 1j * b[:, 1]
-    c = np.sum(np.conj(za) * zb) / max(float(np.sum(np.abs(za) ** 2)), 1e-9)
-    scale = float(np.clip(abs(c), *scale_range))
-    angle = float(np.angle(c))
-    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
-    linear = np.array([[cos, -sin], [sin, cos]])
-    return np.hstack([linear, (dst_mean - linear @ src_mean)[:, None]])
+    """Least-squares 2x3 similarity src -> dst (``animate.face.align.umeyama``, no reflection), its scale
+    clamped to the range (the shift then maps the centroids onto each other). Points that coincide (or a
+    single pair) give no rotation: the identity at the clamped scale 0, mapping the centroids."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    try:
+        fitted = umeyama(src, dst)[:, :2]
+        scale = float(np.hypot(fitted[0, 0], fitted[1, 0]))
+    except ValueError:
+        fitted, scale = np.eye(2), 0.0
+    rotation = fitted / scale if scale > 1e-12 else np.eye(2)
+    linear = float(np.clip(scale, *scale_range)) * rotation
+    return np.hstack([linear, (dst.mean(0) - linear @ src.mean(0))[:, None]])
 
 
 def _affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
