@@ -356,3 +356,40 @@ def test_a_driving_video_no_longer_than_the_overlap_is_refused(tiny_pipeline) ->
     # overlap 1 on the same clip is one segment
     engine = wan.WanEngine(tiny_pipeline, wan.WanOptions(segment_frames=5, overlap_frames=1, steps=1))
     assert len(list(engine.render(_bundle(frames=2)))) == 2
+
+
+def _t5_like_tokenizer():
+    """The tiny vocabulary with T5's post-processor: ``$A </s>``. umT5's tokenizer (Wan's) ends every text
+    with ``</s>`` (id 1) the same way; the tiny pipeline's own tokenizer adds nothing."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "people": 3, "in": 4, "the": 5, "video": 6}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def test_prompt_tokens_end_with_the_eos_token_as_umt5_adds_it(tiny_pipeline) -> None:
+    """``people in the video`` is 3 4 5 6 and T5's ``</s>`` (1), padded with 0 to 512: the embeddings are the
+    encoder's on exactly those ids and that mask, zero past the 5 real tokens (without the special token the
+    EOS position would be zero and the mask one shorter)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    tokenizer = _t5_like_tokenizer()
+    encoder = tiny_pipeline.text_encoder
+    engine = wan.WanEngine(SimpleNamespace(tokenizer=tokenizer, text_encoder=encoder), wan.WanOptions())
+    ids = torch.zeros((1, 512), dtype=torch.long)
+    ids[0, :5] = torch.tensor([3, 4, 5, 6, 1])
+    mask = (torch.arange(512) < 5).long()[None]
+    with torch.no_grad():
+        expected = encoder(ids, mask).last_hidden_state
+    expected[:, 5:] = 0
+    ours = engine._prompt_embeds("people in the video")
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    assert ours[0, 4].abs().sum() > 0 and not ours[0, 5:].any()
