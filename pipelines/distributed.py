@@ -52,6 +52,12 @@ class TileGroup:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
 
 
+def default_backend(cuda_available: bool) -> str:
+    """The collective backend for ranks that compute where the pipeline runs: ``nccl`` on CUDA, else
+    ``gloo`` (a pure function of the device, so the CUDA choice is testable without a GPU)."""
+    return "nccl" if cuda_available else "gloo"
+
+
 def init_tile_group(
     rank: int,
     world_size: int,
@@ -61,7 +67,7 @@ def init_tile_group(
 ) -> TileGroup:
     """Join the default process group (``backend``: ``nccl`` when CUDA is available, else ``gloo``);
     ``timeout``: how long a collective call waits for the other ranks (``None``: PyTorch's default)."""
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = backend or default_backend(torch.cuda.is_available())
     extra = {"timeout": timeout} if timeout is not None else {}
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, **extra)
     return TileGroup.from_process_group()
