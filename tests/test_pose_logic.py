@@ -174,7 +174,7 @@ def _waving(frames: int, scale: float, offset: tuple[float, float]) -> PoseSeque
 def test_retarget_uses_reference_lengths_and_driver_angles() -> None:
     driving = _waving(24, scale=2.0, offset=(100, 50))
     ref = person((40, 0), scale=0.8)
-    ref.keypoints[13:17, 1] += 30  # the reference has longer legs than the (scaled) driver
+    ref.keypoints[13:23, 1] += 30  # the reference has longer legs (knees, ankles, feet) than the driver
     out = retarget(driving, ref, 512, 768)
     ref_len = _bone_lengths(ref.keypoints)
     for t in range(len(out)):

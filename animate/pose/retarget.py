@@ -1,12 +1,20 @@
 """Retargeting: the driving motion, re-drawn with the reference person's proportions and placement.
 
-``retarget`` (default) walks a kinematic tree over the 133 keypoints from a root (pelvis, else neck, else
-nose): every bone keeps the driving frame's direction and takes the reference's length, so joint angles
-come from the driver and proportions from the reference. The root follows the driver's displacement
-scaled by the torso ratio, starting at the reference's root; with feet visible on both sides, the lowest
-foot follows the driver's ground line instead, so legs of a different length neither float nor sink.
-Bones the reference does not show (a head-and-shoulders photo has no legs) take the driver's length times
-the torso ratio. ``global_fit`` is MimicMotion's alignment (one scale and offset for the clip), for parity.
+``retarget`` (default) measures the driver against its *base frame*: the driving frame whose pose is most
+like the reference's once position and size are removed (FOMM's "best frame"; for a clip whose first frame
+is the reference, that frame). It walks a kinematic tree over the 133 keypoints from a root (pelvis, else
+neck, else nose): every bone keeps the driving frame's direction and its length is the driving length times
+that bone's ratio, reference length / base-frame length (Wan-Animate's limb ratios), so a bone the driver
+foreshortens shortens the same way and the same person retargets onto itself unchanged. A hand takes one
+ratio for all its bones (sum over its bones seen on both sides), ratios stay within ``RATIO_RANGE`` of the
+body ratio. The head (eyes, ears, the 68 face points) moves as a whole around the placed nose: the
+reference's head turned and scaled by the driver's head motion since the base frame (a similarity fit),
+plus the driver's own change of shape (mouth, blinks, a turn), mapped into the reference's face by the
+similarity from the driver's base head to the reference's. The root follows the driver's displacement from
+the base frame scaled by the torso ratio, starting at the reference's root; with feet visible on both
+sides, the lowest foot follows the driver's ground line instead, so legs of a different length neither
+float nor sink. Bones the reference does not show (a head-and-shoulders photo has no legs) take the body
+ratio. ``global_fit`` is MimicMotion's alignment (one scale and offset for the clip), for parity.
 """
 
 from __future__ import annotations
@@ -60,6 +68,18 @@ BONES: tuple[tuple[int, int], ...] = (
     *((RIGHT_HAND_ROOT + a, RIGHT_HAND_ROOT + b) for a, b in HAND_EDGES),
     *((NOSE, i) for i in range(FACE.start, FACE.stop)),  # the face as a star around the nose
 )  # fmt: skip
+
+#: The head moves as one piece around the nose: eyes, ears and the 68 face points.
+HEAD = (L_EYE, R_EYE, L_EAR, R_EAR, *range(FACE.start, FACE.stop))
+#: Each hand's joints below the wrist (its root and 20 finger joints): one ratio per hand.
+HANDS = (
+    tuple(range(LEFT_HAND_ROOT, LEFT_HAND_ROOT + 21)),
+    tuple(range(RIGHT_HAND_ROOT, RIGHT_HAND_ROOT + 21)),
+)
+#: The body points (and virtual neck, pelvis) that choose the base frame.
+MATCH_POINTS = (*range(17), NECK, PELVIS)
+#: A bone's (or the head's, or a hand's) ratio stays within this factor of the body ratio.
+RATIO_RANGE = 3.0
 
 Anchor = Literal["auto", "hips", "feet"]
 
@@ -130,6 +150,99 @@ def _ground(points: np.ndarray, threshold: float) -> float | None:
     return float(feet[:, 1].max()) if len(feet) else None
 
 
+def _length(points: np.ndarray, a: int, b: int, threshold: float) -> float:
+    """|a-b| in one frame's keypoints; nan unless both are seen."""
+    if points[a, 2] < threshold or points[b, 2] < threshold:
+        return float("nan")
+    return float(np.linalg.norm(points[a, :2] - points[b, :2]))
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """The 2x2 rotation-and-scale ``[[a, -b], [b, a]]`` that best maps the centred ``src`` points onto the
+    centred ``dst`` points (least squares, no reflection); None when ``src`` has no extent."""
+    src = src - src.mean(axis=0)
+    dst = dst - dst.mean(axis=0)
+    den = float((src**2).sum())
+    if den < 1e-9:
+        return None
+    a = float((src * dst).sum()) / den
+    b = float((src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum()) / den
+    return np.array([[a, -b], [b, a]])
+
+
+def _base_frame(ref: np.ndarray, drv: np.ndarray, root: int, threshold: float) -> int:
+    """The driving frame (one that shows the root) whose body is most like the reference's: both sets of
+    ``MATCH_POINTS`` centred and divided by their RMS radius, mean squared distance over the reference's
+    points, a point the frame does not show counting 1. Ties go to the earliest frame."""
+    frames = np.flatnonzero(drv[:, root, 2] >= threshold)
+    ids = [i for i in MATCH_POINTS if ref[i, 2] >= threshold]
+    best, best_cost = int(frames[0]), np.inf
+    for t in frames:
+        seen = [i for i in ids if drv[t, i, 2] >= threshold]
+        if len(seen) < 3:
+            continue
+        a = ref[seen, :2] - ref[seen, :2].mean(axis=0)
+        b = drv[t, seen, :2] - drv[t, seen, :2].mean(axis=0)
+        na, nb = np.sqrt((a**2).sum(axis=1).mean()), np.sqrt((b**2).sum(axis=1).mean())
+        if na < 1e-6 or nb < 1e-6:
+            continue
+        cost = (float(((a / na - b / nb) ** 2).sum()) + len(ids) - len(seen)) / len(ids)
+        if cost < best_cost:
+            best, best_cost = int(t), cost
+    return best
+
+
+def _bone_ratios(
+    ref: np.ndarray, drv: np.ndarray, base: int, parent: dict[int, int], scale: float, threshold: float
+) -> np.ndarray:
+    """Per child joint: reference bone length / the driver's (its base frame's, else its median), within
+    ``RATIO_RANGE`` of ``scale``; a hand's bones share one ratio; ``scale`` where either side lacks it."""
+    ratio = np.full(len(ref), scale)
+    ref_len, drv_len = np.full(len(ref), np.nan), np.full(len(ref), np.nan)
+    for child, par in parent.items():
+        ref_len[child] = _length(ref, child, par, threshold)
+        drv_len[child] = _length(drv[base], child, par, threshold)
+        if not np.isfinite(drv_len[child]):
+            drv_len[child] = _median_length(drv, child, par, threshold)
+    both = np.isfinite(ref_len) & np.isfinite(drv_len) & (drv_len > 1e-6)
+    ratio[both] = ref_len[both] / drv_len[both]
+    for hand in HANDS:
+        bones = [i for i in hand if both[i]]
+        if bones:
+            ratio[list(hand)] = ref_len[bones].sum() / drv_len[bones].sum()
+    return np.clip(ratio, scale / RATIO_RANGE, scale * RATIO_RANGE)
+
+
+def _clip_scale(matrix: np.ndarray, low: float, high: float) -> np.ndarray:
+    size = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    return matrix * (np.clip(size, low, high) / size)
+
+
+def _head(
+    frame: np.ndarray, nose: np.ndarray, ref: np.ndarray, base: np.ndarray, fit: np.ndarray, thr: float
+) -> np.ndarray:
+    """The ``HEAD`` points of one frame around the placed ``nose``: the reference's head turned and scaled
+    by the driver's head motion since its base frame (``motion``), plus the driver's change of shape mapped
+    by ``fit`` (driver's base head -> reference head). Points the reference does not show: the driver's
+    own, mapped by ``fit``; shown by the reference but not the base frame: the reference's, moved rigidly."""
+    head = list(HEAD)
+    ref_seen = (ref[head, 2] >= thr) & (ref[NOSE, 2] >= thr)
+    base_seen = (base[head, 2] >= thr) & (base[NOSE, 2] >= thr)
+    d_now = frame[head, :2] - frame[NOSE, :2]
+    out = nose + d_now @ fit.T
+    common = [i for i in (NOSE, *head) if base[i, 2] >= thr and frame[i, 2] >= thr]
+    motion = _similarity(base[common, :2], frame[common, :2]) if len(common) >= 2 else None
+    if motion is None:
+        return out
+    r = ref[head, :2] - ref[NOSE, :2]
+    d_base = base[head, :2] - base[NOSE, :2]
+    full = ref_seen & base_seen
+    out[full] += (r[full] - d_base[full] @ fit.T) @ motion.T
+    rigid = ref_seen & ~base_seen
+    out[rigid] = nose + r[rigid] @ motion.T
+    return out
+
+
 def retarget(
     driving: PoseSequence,
     reference: Pose,
@@ -137,34 +250,44 @@ def retarget(
     ref_height: int,
     options: RetargetOptions | None = None,
 ) -> PoseSequence:
-    """The driving poses with the reference's bone lengths, placed on the reference image (its pixels)."""
+    """The driving poses in the reference's proportions, placed on the reference image (its pixels)."""
     options = options or RetargetOptions()
     thr = options.threshold
     ref = _extended(reference.keypoints[None])[0]
     drv = _extended(driving.keypoints)
     drv[~driving.detected, :, 2] = 0.0
-    scale = body_scale_ratio(ref, drv, thr)
+    clip_scale = body_scale_ratio(ref, drv, thr)
     root = next(
         (
             r
             for r in (PELVIS, NECK, NOSE)
-            if ref[r, 2] >= thr and (drv[:, r, 2] >= thr).mean() >= options.min_root_fraction
+            if ref[r, 2] >= thr
+            and (drv[:, r, 2] >= thr).any()
+            and (drv[:, r, 2] >= thr).mean() >= options.min_root_fraction
         ),
         None,
     )
     if root is None:
         raise PoseError("retarget_failed", "reference and driving video share no pelvis, neck or nose")
+    base = _base_frame(ref, drv, root, thr)
+    try:  # the base frame is the driver in the reference's pose: its torso is the one to compare
+        scale = body_scale_ratio(ref, drv[base : base + 1], thr)
+    except PoseError:
+        scale = clip_scale
     order, parent = _tree(root)
-    ref_len = np.full(len(ref), np.nan)
-    for child, par in parent.items():
-        if ref[child, 2] >= thr and ref[par, 2] >= thr:
-            ref_len[child] = float(np.linalg.norm(ref[child, :2] - ref[par, :2]))
-    drv_root0 = _first_seen(drv, root, thr)
+    ratio = _bone_ratios(ref, drv, base, parent, scale, thr)
+    head_ids = [NOSE, *HEAD]
+    shared = [i for i in head_ids if ref[i, 2] >= thr and drv[base, i, 2] >= thr]
+    fit = _similarity(drv[base, shared, :2], ref[shared, :2]) if len(shared) >= 3 else None
+    fit = np.eye(2) * scale if fit is None else _clip_scale(fit, scale / RATIO_RANGE, scale * RATIO_RANGE)
+    drv_root0 = drv[base, root, :2]
     use_feet = options.anchor != "hips" and _ground(ref, thr) is not None
     if options.anchor == "feet" and not use_feet:
         raise PoseError("retarget_failed", "anchor 'feet' needs the reference's feet")
     grounds = [_ground(frame, thr) for frame in drv]
-    drv_ground0 = next((g for g in grounds if g is not None), None)
+    drv_ground0 = (
+        grounds[base] if grounds[base] is not None else next((g for g in grounds if g is not None), None)
+    )
     ref_ground = _ground(ref, thr)
 
     out = np.zeros((len(drv), NUM_KEYPOINTS, 3), np.float32)
@@ -188,16 +311,16 @@ def retarget(
                 anchor = parent[anchor]
             delta = frame[node, :2] - frame[anchor, :2]
             if frame[node, 2] >= thr and anchor == parent[node]:
-                norm = float(np.hypot(*delta))
-                length = ref_len[node] if np.isfinite(ref_len[node]) else norm * scale
-                if norm > 1e-6:
-                    pts[node, :2] = pts[anchor, :2] + delta / norm * length
+                if np.hypot(*delta) > 1e-6:
+                    pts[node, :2] = pts[anchor, :2] + delta * ratio[node]
                 else:  # a zero-length driving bone has no direction: borrow the reference's
                     pts[node, :2] = pts[anchor, :2] + (ref[node, :2] - ref[anchor, :2])
                 placed[node] = True
             else:
                 pts[node, :2] = pts[anchor, :2] + delta * scale
                 placed[node] = frame[node, 2] >= thr
+        if frame[NOSE, 2] >= thr:
+            pts[head_ids[1:], :2] = _head(frame, pts[NOSE, :2], ref, drv[base], fit, thr)
         if use_feet and grounds[t] is not None and drv_ground0 is not None and ref_ground is not None:
             target = ref_ground + (grounds[t] - drv_ground0) * scale
             current = _ground(pts, thr)
