@@ -138,11 +138,6 @@ def body_scale_ratio(reference: np.ndarray, driving: np.ndarray, threshold: floa
     raise PoseError("retarget_failed", "reference and driving video share no torso, shoulders or eyes")
 
 
-def _first_seen(points: np.ndarray, index: int, threshold: float) -> np.ndarray | None:
-    seen = np.flatnonzero(points[:, index, 2] >= threshold)
-    return points[seen[0], index, :2] if len(seen) else None
-
-
 def _ground(points: np.ndarray, threshold: float) -> float | None:
     """Lowest (largest y) foot point seen in one frame's keypoints."""
     feet = points[list(GROUND)]
