@@ -57,7 +57,12 @@ class Machine:
             return loader
 
         monkeypatch.setattr(wan, "unavailable_reason", wan_reason)
-        monkeypatch.setattr(wan, "weights_problem", lambda settings: wan_weights)
+
+        def weights_problem(settings):
+            assert settings is SETTINGS
+            return wan_weights
+
+        monkeypatch.setattr(wan, "weights_problem", weights_problem)
         monkeypatch.setattr(wan.WanEngine, "from_settings", staticmethod(load("wan engine")))
         monkeypatch.setattr(DiffusionEngine, "unavailable_reason", staticmethod(diffusion_reason))
         monkeypatch.setattr(DiffusionEngine, "from_settings", staticmethod(load("diffusion engine")))
