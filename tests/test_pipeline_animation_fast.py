@@ -12,6 +12,7 @@ The pipeline's latents must equal it; narrower tests pin the decode, the outputs
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -704,10 +705,11 @@ def test_tile_features_encode_each_window_and_the_reference_once(cache):
         frames = torch.arange(start, stop, dtype=torch.float32).view(-1, 1, 1, 1)
         return frames + 100, frames + 200  # (pose, maps) features of input frames start..stop-1
 
-    ref = (torch.full((1, 1, 1, 1), -1.0), None)
+    ref = (torch.full((1, 1, 1, 1), -1.0, dtype=torch.float64), None)  # cast to the features' dtype
     features = pa._TileFeatures(encode, ref, 4, True, "both", cache, torch.device("cpu"))
     for _ in range(2):  # two steps
         pose, maps = features.tile([0, 1, 2])
+        assert pose.dtype == maps.dtype == torch.float32
         assert pose.flatten().tolist() == [-1, 100, 101] and maps.flatten().tolist() == [0, 200, 201]
         pose, maps = features.tile([0, 2, 3, 4])
         assert pose.flatten().tolist() == [-1, 101, 102, 103] and maps.flatten().tolist() == [
@@ -1368,3 +1370,59 @@ def test_guidance_cfg_both_without_pose_gives_the_maps_to_both_halves(pipe):
     out = run(pipe, guidance_maps={"depth": depth}, guidance_cfg="both", prepend_reference=False)
     maps = map_features(pipe, {"depth": depth})
     close(out, reference_latents(pipe, 2, [[0, 1]], [], prepend_reference=False, shared_features=maps))
+
+
+@pytest.mark.parametrize("as_pil", [False, True])
+def test_the_feature_extractor_only_normalises_whatever_its_own_config(as_pil):
+    """SVD's CLIP pixels are already at the encoder's size (a PIL reference is resized by the pipeline with
+    antialiasing): the processor only normalises, even one configured for 8 px and no normalising."""
+    pixels = (rand(SIZE, SIZE, 3, seed=12) * 255).to(torch.uint8)
+    tensor = pixels.permute(2, 0, 1)[None].float() / 255
+    image = PIL.Image.fromarray(pixels.numpy()) if as_pil else tensor
+    odd = CLIPImageProcessor(crop_size=8, size=8, do_normalize=False)
+    out = run(make_pipe(feature_extractor=odd), image=image, num_frames=2, prepend_reference=False)
+    expected = reference_latents(make_pipe(), 2, [[0, 1]], [], image=tensor, prepend_reference=False)
+    close(out, expected, atol=1e-4 if as_pil else ATOL)
+
+
+def test_modules_in_another_dtype_than_the_unet_give_the_float32_result():
+    """The pose guider, the guidance encoders and the ControlNet in float64 (as fp32 side modules of an fp16
+    UNet): each is fed its own dtype and its output cast to the UNet's, so the latents are the float32
+    reference's up to float32 rounding."""
+    plain = make_pipe()
+    wide = {
+        name: copy.deepcopy(getattr(plain, name)).to(torch.float64)
+        for name in ("pose_guider", "guidance_encoders", "motion_controlnet")
+    }
+    pipe = make_pipe(**wide)
+    poses, ref_pose, depth, ref_depth = (
+        rand(n, 3, SIZE, SIZE, seed=s) for n, s in ((2, 50), (1, 51), (2, 52), (1, 53))
+    )
+    flows = rand(2, 2, SIZE, SIZE, seed=54) * 4 - 2
+    features = rand(1, 4, 4, 4, seed=55)
+    reference = torch.tensor([[4.0, 8.0, 0.9], [12.0, 2.0, 0.8]])
+    keypoints = torch.tensor([[[5.0, 9.0, 0.9], [11.0, 3.0, 0.8]], [[3.0, 10.0, 0.9], [13.0, 1.0, 0.5]]])
+    out = run(
+        pipe, pose_images=poses, reference_pose_image=ref_pose, guidance_maps={"depth": depth},
+        reference_guidance_maps={"depth": ref_depth}, dense_flow=flows, point_features=features,
+        keypoints=keypoints, reference_keypoints=reference, keep_reference=True,
+    )  # fmt: skip
+    cond = pose_features(plain, torch.cat([ref_pose, poses])) + map_features(
+        plain, {"depth": torch.cat([ref_depth, depth])}
+    )
+    size = torch.tensor([SIZE, SIZE], dtype=torch.float32)
+    points = {
+        "embeddings": PointAdapter.sample_reference(features, reference[:, :2] / size),
+        "positions": torch.cat([reference[None, :, :2], keypoints[..., :2]]) / size,
+        "visible": torch.ones(3, 2, dtype=torch.bool),
+    }
+    flows = torch.cat([torch.zeros_like(flows[:1]), flows])
+    expected = reference_latents(plain, 2, [[0, 1, 2]], [], cond_features=cond, flows=flows, points=points)
+    close(out, expected)
+    # the features are handed over in the UNet's dtype (an fp16 UNet's take half the guider's memory)
+    pose, maps = pipe._guidance_features(
+        poses, {"depth": depth}, ref_pose, {"depth": ref_depth}, {}, 2, True, SIZE, SIZE, torch.device("cpu"),
+        guidance_cfg="both",
+    ).tile([0, 1, 2])  # fmt: skip
+    assert pose.dtype == maps.dtype == torch.float32
+    close(pose + maps, cond, atol=1e-6)
