@@ -32,6 +32,10 @@ _ZERO_INIT_SUFFIXES = (
 
 
 def tiny_unet() -> UNetSpatioTemporalConditionModel:
+    """diffusers' SVD test UNet. Its blocks normalise in 32 groups: at the 32-channel level (one channel a
+    group) the next GroupNorm removes the per-channel time embedding, so the timestep and the added time ids
+    reach the prediction through the 64-channel level only (keep a level of more than 32 channels, or a
+    pipeline passing the wrong ones goes unseen: ``tests/test_pipeline_animation_tiny_unet.py``)."""
     return UNetSpatioTemporalConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
