@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-_SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")  # whole suffix (fullmatch): "$" would let a trailing newline in
 ARTIFACT_NAMES = (
     "skeleton", "motion", "poses", "depth", "normal", "semantic", "dense_flow",
     "wan_pose", "wan_face", "wan_mask",  # the wan engine's inputs (30 fps)
@@ -62,7 +62,7 @@ class JobFiles:
 
     def input_name(self, kind: str, filename: str | None) -> str:
         suffix = Path(filename or "").suffix.lower()
-        return kind + (suffix if _SUFFIX.match(suffix) else "")
+        return kind + (suffix if _SUFFIX.fullmatch(suffix) else "")
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
         return self.job_dir(job_id) / f"attempt-{attempt}"

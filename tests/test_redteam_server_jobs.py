@@ -1,0 +1,95 @@
+"""Red team (issue 20): the job routes with two real API keys against a real SQLite store, on the paths
+the other API tests do not reach (the idempotency race, caps without keys, ...).
+
+Each test states the rule it pins; the expectation is written out (which key owns which job), never taken
+from an earlier run of the code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from server import create_app
+from tests.test_server_api import KEY_A, KEY_B, assert_error, make_settings, submit
+
+
+def _keys() -> tuple[dict, dict]:
+    return ({"Authorization": f"Bearer {k}"} for k in (KEY_A, KEY_B))  # type: ignore[return-value]
+
+
+def test_the_idempotency_race_replays_the_callers_own_job_never_another_keys(tmp_path: Path) -> None:
+    """Two submits with one Idempotency-Key race: the second sees no job at its first look, loses the insert
+    to the unique (owner, key) constraint, and must then replay the winner, which is its own key's job. Key B
+    holds a job under the same key text; it must not come back to A (nor may the request fail)."""
+    settings = make_settings(tmp_path, api_keys=[KEY_A, KEY_B], rate_limit_per_minute=1000)
+    with TestClient(create_app(settings)) as client:
+        a, b = _keys()
+        job_b = submit(client, data={"max_frames": 4}, headers={**b, "Idempotency-Key": "race"}).json()
+        job_a = submit(client, data={"max_frames": 4}, headers={**a, "Idempotency-Key": "race"}).json()
+        assert job_a["id"] != job_b["id"]
+
+        store = client.app.state.animate.store
+        real = store.find_idempotent
+        calls: list[tuple[str, str]] = []
+
+        def first_look_misses(owner: str, key: str):
+            calls.append((owner, key))
+            return None if len(calls) == 1 else real(owner, key)  # the race: the winner lands meanwhile
+
+        store.find_idempotent = first_look_misses
+        try:
+            again = submit(client, data={"max_frames": 4}, headers={**a, "Idempotency-Key": "race"})
+        finally:
+            store.find_idempotent = real
+        assert again.status_code == 202, again.text
+        assert again.json()["id"] == job_a["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+        assert len(calls) == 2 and calls[0] == calls[1]  # both looks are A's, under A's key
+        # and B's job is untouched, still B's only
+        assert [j["id"] for j in client.get("/v1/jobs", headers=b).json()["jobs"]] == [job_b["id"]]
+        assert len(client.get("/v1/jobs", headers=a).json()["jobs"]) == 1
+
+
+def test_the_idempotency_race_with_another_body_is_still_key_reused(tmp_path: Path) -> None:
+    """The same race, but the loser's body differs from the winner's: 422 idempotency_key_reused."""
+    settings = make_settings(tmp_path, api_keys=[KEY_A], rate_limit_per_minute=1000)
+    with TestClient(create_app(settings)) as client:
+        (a, _) = _keys()
+        submit(client, data={"max_frames": 4}, headers={**a, "Idempotency-Key": "race"})
+        store = client.app.state.animate.store
+        real = store.find_idempotent
+        misses = [True]
+
+        def first_look_misses(owner: str, key: str):
+            return None if misses and misses.pop() else real(owner, key)
+
+        store.find_idempotent = first_look_misses
+        try:
+            other = submit(client, data={"max_frames": 5}, headers={**a, "Idempotency-Key": "race"})
+        finally:
+            store.find_idempotent = real
+        assert_error(other, 422, "idempotency_key_reused")
+
+
+def test_without_api_keys_the_per_key_queued_cap_does_not_apply(tmp_path: Path) -> None:
+    """Without keys every caller is the one owner "": a per-key cap of 1 would become a cap of one queued
+    job for the whole service, so it is not applied (README: the cap is per API key)."""
+    with TestClient(create_app(make_settings(tmp_path, max_queued_per_key=1))) as client:
+        ids = [submit(client, data={"max_frames": 4}) for _ in range(3)]
+        assert [r.status_code for r in ids] == [202, 202, 202], ids[-1].text
+        assert [j["queue_position"] for j in client.get("/v1/jobs").json()["jobs"]] == [2, 1, 0]
+
+
+def test_with_api_keys_the_cap_is_per_key(tmp_path: Path) -> None:
+    """With keys, each key gets its own cap of queued jobs: A at its cap does not stop B."""
+    settings = make_settings(
+        tmp_path, api_keys=[KEY_A, KEY_B], max_queued_per_key=1, rate_limit_per_minute=1000
+    )
+    with TestClient(create_app(settings)) as client:
+        a, b = _keys()
+        assert submit(client, headers=a).status_code == 202
+        assert_error(submit(client, headers=a), 429, "queued_limit")
+        assert submit(client, headers=b).status_code == 202
+        assert_error(submit(client, headers=b), 429, "queued_limit")
