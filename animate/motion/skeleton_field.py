@@ -83,6 +83,7 @@ BONES: tuple[Bone, ...] = (
 _INDEX = {bone.name: i for i, bone in enumerate(BONES)}
 FACE_POINTS = np.r_[[NOSE, L_EYE, R_EYE, L_EAR, R_EAR], np.arange(FACE.start, FACE.stop)]
 HEAD_SCALE = (0.7, 1.4)  # a head turns and scales as a whole, within these limits
+HAIR_REACH = 1.6  # hair above the neck up to this many head-disc radii from its centre is the head's
 TORSO_POINTS = (L_SHOULDER, R_SHOULDER, L_HIP, R_HIP)
 
 
@@ -378,7 +379,21 @@ class SkeletonField:
             return
         centre, radius = disc
         self._head_radius = radius
-        inside = np.linalg.norm(self.pixels - centre, axis=1) <= radius
+        distance = np.linalg.norm(self.pixels - centre, axis=1)
+        inside = distance <= radius
+        # Hair that flares out beyond the disc (a bob, drawn hair) above the neck: the head's too, except
+        # what surely lies on an arm (the upper arm within 0.2 of its length as well), so a hand raised
+        # beside the face never drags locks of hair along as ribbons.
+        neck, nose = self.ref_segments[head]
+        hair = (distance <= HAIR_REACH * radius) & ((self.pixels - neck) @ (nose - neck) > 0)
+        hair &= _point(self.reference, NECK, self.threshold) is not None  # the root is the neck
+        hair &= ~(arms["l"] | arms["r"])
+        for side in ("l", "r"):
+            upper = _INDEX[f"{side}_upper_arm"]
+            if upper in self.ref_segments:
+                length = float(np.linalg.norm(np.subtract(*self.ref_segments[upper])))
+                hair &= distances[:, upper] > 0.2 * length
+        inside |= hair
         if self._shoulder_band:  # the chest below a head-and-shoulders face stays with the shoulders
             inside &= distances[:, 0] > 0
             below = _below_jaw(self.reference, self.pixels, self.threshold)
