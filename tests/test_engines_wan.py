@@ -6,6 +6,7 @@ inputs, and a decoder that yields fewer frames than probed. The render itself: `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -393,3 +394,172 @@ def test_prompt_tokens_end_with_the_eos_token_as_umt5_adds_it(tiny_pipeline) -> 
     ours = engine._prompt_embeds("people in the video")
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
     assert ours[0, 4].abs().sum() > 0 and not ours[0, 5:].any()
+
+
+# --- loading, without the 14B weights: the pipeline class is a recorder ----------------------------------
+
+
+class FakeWanPipeline:
+    """``WanAnimatePipeline`` stand-in: records ``from_pretrained``'s arguments and what is done to it."""
+
+    loads: ClassVar[list] = []
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    @classmethod
+    def from_pretrained(cls, root, **kwargs):
+        cls.loads.append((root, kwargs))
+        return cls()
+
+    def to(self, device):
+        self.calls.append(("to", device))
+
+    def enable_model_cpu_offload(self):
+        self.calls.append(("model offload",))
+
+    def enable_sequential_cpu_offload(self):
+        self.calls.append(("sequential offload",))
+
+    def set_progress_bar_config(self, **kwargs):
+        self.calls.append(("progress bar", kwargs))
+
+
+@pytest.mark.parametrize(
+    ("free", "level", "dtype", "placement"),
+    [
+        (None, "cpu", "float32", []),  # no GPU: fp32 on the CPU, nothing moved
+        (60 * GIB, "none", "bfloat16", [("to", "cuda")]),
+        (45 * GIB, "model", "bfloat16", [("model offload",)]),
+        (8 * GIB, "sequential", "bfloat16", [("sequential offload",)]),
+    ],
+)
+def test_from_settings_loads_at_the_memory_level(
+    tmp_path, monkeypatch, free, level, dtype, placement
+) -> None:
+    import diffusers
+    import torch
+
+    FakeWanPipeline.loads = []
+    monkeypatch.setattr(diffusers, "WanAnimatePipeline", FakeWanPipeline)
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: free)
+    settings = Settings(weights_dir=tmp_path)
+    monkeypatch.setattr(wan, "weights_problem", lambda s: None if s is settings else "other settings")
+    options = wan.WanOptions(steps=3)
+    engine = wan.WanEngine.from_settings(settings, options)
+    assert FakeWanPipeline.loads == [
+        (tmp_path / "Wan2.2-Animate-14B-Diffusers", {"dtype": getattr(torch, dtype)})
+    ]
+    assert engine.pipeline.calls == [*placement, ("progress bar", {"disable": True})]
+    assert engine.parts == {"weights": "Wan2.2-Animate-14B-Diffusers/", "dtype": dtype, "offload": level}
+    assert engine.options is options and engine.plan is None and engine.artifacts == {}
+    assert wan.WanEngine.from_settings(settings).options == wan.WanOptions()  # the defaults
+
+
+def test_from_settings_refuses_before_loading(tmp_path, monkeypatch) -> None:
+    import diffusers
+
+    FakeWanPipeline.loads = []
+    monkeypatch.setattr(diffusers, "WanAnimatePipeline", FakeWanPipeline)
+    settings = Settings(weights_dir=tmp_path)
+    with pytest.raises(AnimateError) as err:  # the options first
+        wan.WanEngine.from_settings(settings, wan.WanOptions(mode="swap"))
+    assert err.value.code == "invalid_option"
+    with pytest.raises(AnimateError) as err:
+        wan.WanEngine.from_settings(settings)
+    assert (err.value.code, err.value.message) == (
+        "weights_missing", f"{wan.WAN_DIR}/ is not in {tmp_path} (see weights/README.md)"
+    )  # fmt: skip
+    monkeypatch.setattr(wan, "weights_problem", lambda s: None)
+    monkeypatch.setattr(wan, "_free_gpu_bytes", lambda: 8 * GIB - 1)
+    with pytest.raises(AnimateError) as err:  # no room: stopped before 48 GB are read
+        wan.WanEngine.from_settings(settings)
+    assert err.value.code == "out_of_memory"
+    assert FakeWanPipeline.loads == []
+
+
+def test_free_gpu_memory_is_cudas_free_bytes(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (123 * GIB, 141 * GIB))
+    assert wan._free_gpu_bytes() == 123 * GIB
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert wan._free_gpu_bytes() is None
+
+
+def test_resolution_refusal_code() -> None:
+    with pytest.raises(AnimateError) as err:
+        wan.WanOptions(resolution="4k").validate()
+    assert err.value.code == "invalid_option"
+
+
+def test_dry_run_counts_the_headers_frames_without_an_output_rate(inputs, tmp_path, monkeypatch) -> None:
+    """A variable-rate phone clip: 13 frames in the header, 1.2 s x 10 fps on average = 12. Without ``--fps``
+    the header's count is the clip; with ``--fps 10`` the frames are duration x rate."""
+    import dataclasses
+
+    import animate.media.video as video
+
+    real = video.probe_video
+    monkeypatch.setattr(video, "probe_video", lambda *a: dataclasses.replace(real(*a), frame_count=13))
+    plan = _dry(inputs, tmp_path, monkeypatch, engine="wan")
+    assert (plan["frames"], plan["generated_frames_30fps"]) == (13, 39)
+    plan = _dry(inputs, tmp_path, monkeypatch, engine="wan", fps=10.0)
+    assert (plan["frames"], plan["generated_frames_30fps"]) == (12, 36)
+
+
+def test_a_driver_above_30_fps_skips_the_frames_between(monkeypatch) -> None:
+    """8 frames at 60 fps are 4 at 30 fps, showing source frames 0, 2, 4, 6: the odd ones are read past."""
+    bundle = _bundle(frames=8, fps=60.0)
+    out = wan.WanEngine(None, wan.WanOptions()).inputs(bundle)
+    assert [int(f[0, 0, 0]) for f in out["face"]] == [10, 30, 50, 70]
+    # output frame j at 60 fps: 30 fps frame round(j / 2), half to even (0.5 -> 0, 1.5 -> 2, 2.5 -> 2), 7 -> 3
+    assert out["index"].tolist() == [0, 0, 1, 2, 2, 2, 3, 3]
+
+
+def test_without_driving_keypoints_or_size_the_bundles_own_are_used() -> None:
+    from animate.face.wan import crop_face, face_boxes
+
+    rng = np.random.default_rng(1)  # textured frames: a crop at another box differs
+    bundle = _bundle(driving=[rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(4)])
+    bundle.extras["wan"] = {"driving_frames": bundle.extras["wan"]["driving_frames"]}
+    out = wan.WanEngine(None, wan.WanOptions()).inputs(bundle)
+    boxes = face_boxes(bundle.keypoints, SIZE, SIZE)
+    frames = bundle.extras["wan"]["driving_frames"]
+    for k, i in enumerate(SOURCE):
+        assert np.array_equal(out["face"][k], crop_face(frames[i], boxes[i])), k
+    # replace mode: the driver's pose letterboxed from the bundle's own size to itself, i.e. unchanged
+    from animate.pose.draw_wan import draw_pose_wan
+
+    out = wan.WanEngine(None, wan.WanOptions(mode="replace")).inputs(bundle)
+    for k, i in enumerate(SOURCE):
+        assert np.array_equal(out["pose"][k], draw_pose_wan(bundle.keypoints[i], SIZE, SIZE)), k
+
+
+def test_replace_mode_artifacts_are_named_and_hold_the_mask(tmp_path) -> None:
+    from animate.media import open_video
+
+    bundle = _bundle(driving_size=(64, 32))
+    bundle.extras["wan"]["artifacts_dir"] = tmp_path / "art"
+    (tmp_path / "art").mkdir()
+    engine = wan.WanEngine(None, wan.WanOptions(mode="replace"))
+    inputs = engine.inputs(bundle)
+    engine._write_artifacts(bundle, inputs)
+    assert engine.artifacts == {
+        name: tmp_path / "art" / f"{name}.mp4" for name in ("wan_pose", "wan_face", "wan_mask")
+    }
+    frames = list(open_video(engine.artifacts["wan_mask"]).frames())
+    assert len(frames) == 8 and frames[0].shape == (SIZE, SIZE, 3)
+    for got, mask in zip(frames, inputs["mask"], strict=True):  # grey: the 0/255 mask in all three channels
+        assert np.abs(got.astype(int) - mask[..., None]).mean() < 12
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == [
+        "wan_face.mp4",
+        "wan_mask.mp4",
+        "wan_pose.mp4",
+    ]
+    # no folder given: nothing written
+    del bundle.extras["wan"]["artifacts_dir"]
+    other = wan.WanEngine(None, wan.WanOptions(mode="replace"))
+    other._write_artifacts(bundle, inputs)
+    assert other.artifacts == {}
