@@ -93,3 +93,28 @@ def test_with_api_keys_the_cap_is_per_key(tmp_path: Path) -> None:
         assert_error(submit(client, headers=a), 429, "queued_limit")
         assert submit(client, headers=b).status_code == 202
         assert_error(submit(client, headers=b), 429, "queued_limit")
+
+
+def test_cancel_answers_by_the_jobs_state(tmp_path: Path) -> None:
+    """queued -> canceled at once; running -> still running (its worker stops it); succeeded or failed ->
+    409 job_finished and the job untouched; canceled -> canceled again (idempotent)."""
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        store = client.app.state.animate.store
+        ids = [submit(client, data={"max_frames": 4}).json()["id"] for _ in range(4)]
+        queued, running, succeeded, failed = ids
+        for job_id in (running, succeeded, failed):
+            claim = store.claim(job_id, "worker-1")
+            assert claim is not None and claim.attempt == 1
+        assert store.finish(succeeded, 1, "succeeded", output_dir="attempt-1")
+        assert store.finish(failed, 1, "failed", error_code="internal_error", error_message="boom")
+
+        assert client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "canceled"
+        assert client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "canceled"
+        assert client.post(f"/v1/jobs/{running}/cancel").json()["status"] == "running"
+        assert store.get(running).cancel_requested is True
+        for job_id, status in ((succeeded, "succeeded"), (failed, "failed")):
+            body = assert_error(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "job_finished")
+            assert status in body["error"]["message"]
+            after = store.get(job_id)
+            assert (after.status, after.cancel_requested) == (status, False)
+        assert client.get(f"/v1/jobs/{failed}").json()["error"]["code"] == "internal_error"
