@@ -1426,3 +1426,26 @@ def test_modules_in_another_dtype_than_the_unet_give_the_float32_result():
     ).tile([0, 1, 2])  # fmt: skip
     assert pose.dtype == maps.dtype == torch.float32
     close(pose + maps, cond, atol=1e-6)
+
+
+def test_tiles_without_overlap_share_only_the_reference_frame(pipe):
+    """``tile_overlap=0`` is allowed: 4 frames + the reference in tiles of 3 are [0, 1, 2], [0, 3, 4]; only
+    the reference frame is blended (weight 1/3 in each)."""
+    poses = rand(4, 3, SIZE, SIZE, seed=56)
+    out = run(pipe, pose_images=poses, tile_size=3, tile_overlap=0, keep_reference=True)
+    features = pose_features(pipe, poses)
+    features = torch.cat([torch.zeros_like(features[:1]), features])  # no reference pose: zeros
+    tiles = [[0, 1, 2], [0, 3, 4]]
+    close(out, reference_latents(pipe, 4, tiles, [1 / 3, 1.0, 1 / 3], cond_features=features))
+
+
+def test_check_inputs_leaves_an_unused_pose_guider_alone_by_default():
+    """``check_inputs`` is public (diffusers' pipelines call it first): without ``uses_pose`` a pose guider
+    that does not fit the VAE is not in the way."""
+    deep = PoseGuider(block_out_channels=(4, 4, 4), out_channels=64)
+    image = rand(1, 3, SIZE, SIZE, seed=0)
+    make_pipe(pose_guider=deep).check_inputs(image, SIZE, SIZE, 3, 0, "batched", "latent", {}, None, [])
+    with pytest.raises(ValueError, match=r"^pose_guider downsamples by 4, the VAE by 2$"):
+        make_pipe(pose_guider=deep).check_inputs(
+            image, SIZE, SIZE, 3, 0, "batched", "latent", {}, None, [], uses_pose=True
+        )
