@@ -288,4 +288,116 @@ def test_similarity_recovers_a_rotation_and_scale():
     matrix = 1.7 * rotation(-40.0)
     dst = src @ matrix.T + np.array([5.0, -9.0])
     np.testing.assert_allclose(_similarity(src, dst), matrix, atol=1e-9)
+    # a face a tenth of a pixel across is still a face
+    np.testing.assert_allclose(_similarity(src * 0.005, dst * 0.005), matrix, atol=1e-9)
     assert _similarity(np.ones((3, 2)), src[:3]) is None
+
+
+def test_a_base_frame_with_exactly_three_shared_points_is_a_candidate():
+    """With the nose as root, a frame showing the nose and both eyes (three points, the reference's
+    shape) beats an upside-down body."""
+    ref = _extended(body()[None])[0]
+    three = body(0.5)
+    three[[i for i in range(17) if i not in (0, 1, 2)], 2] = 0.1
+    far = body(0.5)
+    far[:, 1] = 500 - far[:, 1]
+    assert _base_frame(ref, _extended(np.stack([far, three])), 0, 0.3) == 1
+
+
+def test_undetected_frames_are_never_the_base():
+    """A frame without a person whose stale keypoints are exactly the reference's pose is no base: the
+    ratio comes from a detected frame (reference torso 100 px / 50 px)."""
+    stale = body()
+    bent = body(0.5)
+    bent[[7, 8], 0] += np.array([3.0, -3.0])  # the elbows a little out: not the reference's exact pose
+    poses = [Pose(bent.copy()), Pose(stale.copy(), detected=False), Pose(bent.copy())]
+    out = retarget(PoseSequence(poses, 512, 768, 30.0), Pose(body()), 512, 768, HIPS)
+    assert out.meta["scale"] == pytest.approx(2.0)
+
+
+def test_a_bone_the_base_frame_hides_takes_the_clips_median_length():
+    """The base frame hides the left wrist; the other frames show a forearm of 40 and 60 px (median
+    50): the reference's 100 px forearm makes the ratio 2, so the 60 px forearm is drawn 120 px."""
+    ref = body()
+    ref[9, :2] = ref[7, :2] + (0, 100)
+    base = body()
+    base[9, 2] = 0.1
+    frames = []
+    for length in (40.0, 60.0):
+        kp = body()
+        kp[9, :2] = kp[7, :2] + (0, length)
+        kp[[8, 10], 1] -= 250.0  # the right arm up: not the reference's pose
+        frames.append(kp)
+    out = retarget(sequence([base, *frames]), Pose(ref), 512, 768, HIPS).keypoints
+    assert out[2, 9, :2] - out[2, 7, :2] == pytest.approx([0.0, 120.0], abs=1e-3)
+
+
+@pytest.mark.parametrize(("face", "drop"), [(5.0, 18.0), (0.2, 2.0)])
+def test_the_face_ratio_stays_within_three_times_the_body_ratio(face, drop):
+    """A reference face 5x (or 0.2x) the driver's on a body of the same size: its expression moves 3x (or
+    1/3x) the driver's, the clamped face ratio (the lower lip drops 18 or 2 px for 6), and at rest it is
+    the reference's own face."""
+    ref = body(face=face)
+    ref[1:5, :2] = ref[0, :2] + (ref[1:5, :2] - ref[0, :2]) * face
+    driver = body()
+    opened = driver.copy()
+    opened[MOUTH_LOW, 1] += 6.0
+    out = retarget(sequence([driver, opened]), Pose(ref), 512, 768, HIPS).keypoints
+    np.testing.assert_allclose(out[0, :91, :2], ref[:91, :2], atol=1e-3)
+    expected = ref[:91, :2].copy()
+    expected[MOUTH_LOW, 1] += drop
+    np.testing.assert_allclose(out[1, :91, :2], expected, atol=1e-3)
+
+
+def test_a_base_frame_without_the_nose_moves_the_reference_head_rigidly():
+    """The base frame hides the nose (stale coordinates at the origin): no head point has a base offset,
+    so in a frame with the head turned 20 degrees the reference's head (another shape) turns rigidly
+    about the output nose, fitted on the eyes, ears and face only."""
+    ref = body()
+    ref[FACE, 0] = ref[0, 0] + (ref[FACE, 0] - ref[0, 0]) * 1.6
+    base = body()
+    base[0] = (0.0, 0.0, 0.1)
+    now = turn_head(body(), 20.0)
+    now[[7, 8, 9, 10], 1] -= 150  # arms up: no base
+    out = retarget(sequence([base, now]), Pose(ref), 512, 768, HIPS).keypoints[1]
+    assert out[0, :2] == pytest.approx(ref[0, :2], abs=1e-3)
+    expected = ref[0, :2] + (ref[HEAD, :2] - ref[0, :2]) @ rotation(20.0).T
+    np.testing.assert_allclose(out[HEAD, :2], expected, atol=1e-3)
+
+
+def test_two_head_points_are_enough_to_turn_the_head():
+    """Only the nose and the left eye are seen in a frame whose head turned 25 degrees: that pair gives
+    the turn, and the reference's head (another shape) turns by it."""
+    ref = body()
+    ref[FACE, 1] = ref[0, 1] + (ref[FACE, 1] - ref[0, 1]) * 1.4
+    driver = body()
+    now = turn_head(driver, 25.0)
+    now[[2, 3, 4, *FACE], 2] = 0.1
+    out = retarget(sequence([driver, now]), Pose(ref), 512, 768, HIPS).keypoints[1]
+    expected = ref[0, :2] + (ref[HEAD, :2] - ref[0, :2]) @ rotation(25.0).T
+    np.testing.assert_allclose(out[HEAD, :2], expected, atol=1e-3)
+
+
+def test_the_feet_follow_the_ground_of_the_first_frame_that_shows_them():
+    """The reference's legs are 1.25x the driver's; the base frame shows no feet. The next frame stands,
+    with its arms up, then squats (hips 20 px down, knees 10, feet stay) and jumps (everything 20 px up):
+    with the feet anchor the output's lowest foot stays on the reference's ground in the squat and rises
+    20 px in the jump. The hips alone would lift it about 5 px in the squat: the hips sink 20 px, the legs
+    lose about 20 x 1.25 (the ratios are of lengths, and x is not scaled: 641.9 px)."""
+    ref = body()
+    ref[13:23, 1] = 320 + (ref[13:23, 1] - 320) * 1.25
+    base = body()
+    base[[15, 16, *range(17, 23)], 2] = 0.1
+    standing = body()
+    standing[[7, 8, 9, 10], 1] -= 200.0  # arms up: not the base
+    squat = standing.copy()
+    squat[:13, 1] += 20.0
+    squat[[13, 14], 1] += 10.0
+    jump = standing.copy()
+    jump[:, 1] -= 20.0
+    frames = [base, standing, squat, jump]
+    out = retarget(sequence(frames), Pose(ref), 512, 768, RetargetOptions(anchor="feet")).keypoints
+    ground = ref[15:23, 1].max()
+    assert out[1:, 15:23, 1].max(axis=1) == pytest.approx([ground, ground, ground - 20.0], abs=1e-3)
+    hips = retarget(sequence(frames), Pose(ref), 512, 768, HIPS).keypoints
+    assert ground - 7.0 < hips[2, 15:23, 1].max() < ground - 4.0

@@ -71,6 +71,10 @@ BONES: tuple[tuple[int, int], ...] = (
 
 #: The head moves as one piece around the nose: eyes, ears and the 68 face points.
 HEAD = (L_EYE, R_EYE, L_EAR, R_EAR, *range(FACE.start, FACE.stop))
+#: The head points that move rigidly with it (nose, eyes, ears; iBUG 27-47: nose bridge, nostrils, eye
+#: corners and lids): the head's motion is fitted on these, so an opening mouth or a raised brow is not
+#: read as the head turning or growing.
+HEAD_RIGID = (NOSE, L_EYE, R_EYE, L_EAR, R_EAR, *range(FACE.start + 27, FACE.start + 48))
 #: Each hand's joints below the wrist (its root and 20 finger joints): one ratio per hand.
 HANDS = (
     tuple(range(LEFT_HAND_ROOT, LEFT_HAND_ROOT + 21)),
@@ -217,15 +221,16 @@ def _head(
     frame: np.ndarray, nose: np.ndarray, ref: np.ndarray, base: np.ndarray, fit: np.ndarray, thr: float
 ) -> np.ndarray:
     """The ``HEAD`` points of one frame around the placed ``nose``: the reference's head turned and scaled
-    by the driver's head motion since its base frame (``motion``), plus the driver's change of shape mapped
-    by ``fit`` (driver's base head -> reference head). Points the reference does not show: the driver's
-    own, mapped by ``fit``; shown by the reference but not the base frame: the reference's, moved rigidly."""
+    by the driver's head motion since its base frame (``motion``, fitted on ``HEAD_RIGID``), plus the
+    driver's change of shape mapped by ``fit`` (driver's base head -> reference head). Points the reference
+    does not show: the driver's own, mapped by ``fit``; shown by the reference but not the base frame: the
+    reference's, moved rigidly."""
     head = list(HEAD)
     ref_seen = (ref[head, 2] >= thr) & (ref[NOSE, 2] >= thr)
     base_seen = (base[head, 2] >= thr) & (base[NOSE, 2] >= thr)
     d_now = frame[head, :2] - frame[NOSE, :2]
     out = nose + d_now @ fit.T
-    common = [i for i in (NOSE, *head) if base[i, 2] >= thr and frame[i, 2] >= thr]
+    common = [i for i in HEAD_RIGID if base[i, 2] >= thr and frame[i, 2] >= thr]
     motion = _similarity(base[common, :2], frame[common, :2]) if len(common) >= 2 else None
     if motion is None:
         return out
