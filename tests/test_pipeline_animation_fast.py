@@ -1333,6 +1333,13 @@ def test_prepare_motion_samples_reads_and_repeats_the_reference_points(pipe):
     assert motion.reference_visible.tolist() == [True, True, False]  # >= 0.3
     assert (motion.scale, motion.mode, motion.cfg, motion.size) == (0.5, "once", "keep", (SIZE, SIZE))
     assert motion.keypoints is keypoints and motion.prepend_reference and motion.point_rules == "default"
+    # features in reduced precision are sampled in float32 (bf16 sampling would be off by ~1e-3)
+    coarse = features.to(torch.bfloat16)
+    sampled_bf16 = pipe._prepare_motion(
+        point_features=coarse, batch_size=1, num_videos_per_prompt=1, **common
+    ).embeddings
+    expected_bf16 = PointAdapter.sample_reference(coarse.float()[None], positions)
+    torch.testing.assert_close(sampled_bf16, expected_bf16, atol=1e-6, rtol=0)
     # one map per image: video b's rows are its own map's samples, each repeated per prompt video
     two = torch.stack([features, features.flip(0)])
     rows = pipe._prepare_motion(
