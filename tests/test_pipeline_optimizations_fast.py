@@ -8,6 +8,9 @@ and cross in each), no attention elsewhere.
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType, SimpleNamespace
+
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
@@ -258,3 +261,280 @@ def test_optimize_applies_the_options_to_unet_and_controlnet():
             opt.optimize(make_pipe(), OptimizationOptions(cpu_offload=True))
     offloaded = opt.optimize(make_pipe(), OptimizationOptions(cpu_offload=True, offload_device="cpu"))
     assert offloaded._offload_device.type == "cpu"
+
+
+# --- the step cache on a UNet shaped like SVD's outer levels ----------------------------------------------
+# The micro UNet above has 2 levels without cross-attention, so a cached step there recomputes one up block
+# without upsampler or context. This one has 3 levels, cross-attention in the outer two (as SVD-xt), 64
+# channels (see micro_components: the time embedding must survive the GroupNorm), and is run at a latent
+# size of 5 x 9 (down: 3 x 5, 2 x 3), where each upsampler must be given its skip's size (twice 3 x 5 is
+# not 5 x 9): diffusers forwards it when a side is not a multiple of 4 (its 2 upsamplers).
+
+
+def _cross_unet() -> torch.nn.Module:
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    torch.manual_seed(0)
+    return UNetSpatioTemporalConditionModel(
+        sample_size=8,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=(
+            "CrossAttnDownBlockSpatioTemporal",
+            "CrossAttnDownBlockSpatioTemporal",
+            "DownBlockSpatioTemporal",
+        ),
+        up_block_types=(
+            "UpBlockSpatioTemporal",
+            "CrossAttnUpBlockSpatioTemporal",
+            "CrossAttnUpBlockSpatioTemporal",
+        ),
+        block_out_channels=(64, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=8,
+        num_attention_heads=(1, 1, 1),
+        projection_class_embeddings_input_dim=12,
+        addition_time_embed_dim=4,
+        num_frames=2,
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def cross_unet():
+    return _cross_unet()
+
+
+def _batch(size=(5, 9), seed=1, dtype=torch.float32):
+    """Two videos of 2 frames with their own contexts and time ids (every per-video tensor differs)."""
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, 2, 8, *size, generator=generator, dtype=torch.float64).to(dtype)
+    context = torch.randn(2, 1, 8, generator=generator, dtype=torch.float64).to(dtype)
+    ids = torch.tensor([[6.0, 127.0, 0.02], [11.0, 40.0, 0.3]], dtype=dtype)
+    return sample, context, ids
+
+
+def _deep_input(unet, levels, call):
+    """Run ``call`` on the plain UNet, returning its output and the input of the first recomputed up block."""
+    seen = {}
+
+    def keep(module, args, kwargs):
+        seen["deep"] = kwargs["hidden_states"]
+
+    hook = unet.up_blocks[-levels].register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        out = call()
+    finally:
+        hook.remove()
+    return out, seen["deep"]
+
+
+def _with_deep(unet, levels, deep, call):
+    """The reference for a cached step: diffusers' full forward, its deep levels' output replaced by ``deep``."""
+
+    def swap(module, args, kwargs):
+        return args, kwargs | {"hidden_states": deep}
+
+    hook = unet.up_blocks[-levels].register_forward_pre_hook(swap, with_kwargs=True)
+    try:
+        return call()
+    finally:
+        hook.remove()
+
+
+def _forward(unet, sample, t, context, ids):
+    return type(unet).forward(unet, sample, t, context, ids, return_dict=False)[0]
+
+
+def _check_cached_step(unet, levels, sample, context, ids, t0, t1, atol=1e-5):
+    with torch.no_grad():
+        full0, deep0 = _deep_input(unet, levels, lambda: _forward(unet, sample, t0, context, ids))
+        expected1 = _with_deep(unet, levels, deep0, lambda: _forward(unet, sample, t1, context, ids))
+        plain1 = _forward(unet, sample, t1, context, ids)
+    cache = StepCache(unet, interval=2, levels=levels).attach()
+    try:
+        with torch.no_grad():
+            got0 = unet(sample, t0, context, ids, return_dict=False)[0]
+            got1 = unet(sample, t1, context, ids).sample
+        assert (cache.full_calls, cache.cached_calls) == (1, 1)
+        assert set(cache._features) == {0}  # one stored feature per call of a step, none from a cached call
+    finally:
+        cache.detach()
+    torch.testing.assert_close(got0, full0, atol=0, rtol=0)
+    assert (expected1 - plain1).abs().max() > 1e-3  # the stored features do act on the cached step
+    torch.testing.assert_close(got1, expected1, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("size", [(5, 9), (8, 8)])
+def test_cached_step_is_the_full_forward_with_the_stored_deep_features(cross_unet, levels, size):
+    sample, context, ids = _batch(size)
+    _check_cached_step(cross_unet, levels, sample, context, ids, torch.tensor(900.0), torch.tensor(400.0))
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(float, id="float"),
+        pytest.param(int, id="int"),
+        pytest.param(lambda t: torch.tensor([float(t)]), id="1d"),
+        pytest.param(lambda t: torch.tensor([float(t)] * 2), id="per-video"),
+    ],
+)
+def test_cached_step_takes_every_timestep_form_diffusers_takes(cross_unet, form):
+    sample, context, ids = _batch()
+    _check_cached_step(cross_unet, 2, sample, context, ids, form(900), form(400))
+
+
+def test_cached_step_in_float64(cross_unet):
+    unet = _cross_unet().double()
+    sample, context, ids = _batch(dtype=torch.float64)
+    _check_cached_step(unet, 1, sample, context, ids, torch.tensor(900.0), torch.tensor(400.0), atol=1e-10)
+
+
+def test_full_calls_return_what_return_dict_asks(cross_unet):
+    from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
+
+    sample, context, ids = _batch()
+    cache = StepCache(cross_unet, interval=3).attach()
+    try:
+        with torch.no_grad():
+            full_tuple = cross_unet(sample, 900.0, context, ids, return_dict=False)
+            cached_tuple = cross_unet(sample, 800.0, context, ids, return_dict=False)
+            cached_output = cross_unet(sample, 700.0, context, ids)
+            full_output = cross_unet(sample, 600.0, context, ids)  # step 3 of interval 3: full
+        assert (cache.full_calls, cache.cached_calls) == (2, 2)
+    finally:
+        cache.detach()
+    assert type(full_tuple) is tuple and type(cached_tuple) is tuple
+    assert type(full_output) is UNetSpatioTemporalConditionOutput
+    assert type(cached_output) is UNetSpatioTemporalConditionOutput
+
+
+def test_capture_reads_the_up_blocks_input_by_keyword_or_position(unet):
+    cache = StepCache(unet)
+    block = unet.up_blocks[-1]
+    first, second, third = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    cache._capture(block, (first,), {})  # no capture key: outside a full call, nothing is kept
+    assert cache._features == {}
+    cache._capture_key = 3
+    cache._capture(block, (first, third), {})
+    assert cache._features[3] is first
+    cache._capture(block, (), {"hidden_states": second, "temb": third})
+    assert cache._features == {3: second}
+
+
+def test_optimize_reaches_a_third_level_and_pipelines_without_a_controlnet(cross_unet):
+    """diffusers' own SVD pipeline has no ``motion_controlnet``: the paths act on what is there."""
+    unet = _cross_unet()
+    svd_like = SimpleNamespace(unet=unet, image_encoder=object())
+    options = OptimizationOptions(channels_last=True, step_cache_interval=3, step_cache_levels=2)
+    assert opt.optimize(svd_like, options) is svd_like
+    cache = unet._step_cache
+    try:
+        assert (cache.interval, cache.levels) == (3, 2)
+        assert unet.up_blocks[-2]._forward_pre_hooks and not unet.up_blocks[-1]._forward_pre_hooks
+        sample, context, ids = _batch()
+        with torch.no_grad():
+            for t in (900.0, 800.0, 700.0, 600.0):
+                unet(sample, t, context, ids)
+        assert (cache.full_calls, cache.cached_calls) == (2, 2)  # steps 0 and 3 full
+    finally:
+        cache.detach()
+
+
+def _record_compile(monkeypatch) -> list:
+    """``nn.Module.compile`` calls ``torch.compile(self._call_impl, ...)``: record the block and the arguments
+    and leave the block eager (inductor needs minutes on this CPU)."""
+    calls = []
+
+    def record(fn, **kwargs):
+        calls.append((fn.__self__, kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    return calls
+
+
+def _compilable(module) -> list:
+    from diffusers.models.resnet import SpatioTemporalResBlock
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    return [
+        m for m in module.modules() if isinstance(m, SpatioTemporalResBlock | TransformerSpatioTemporalModel)
+    ]
+
+
+def test_compile_blocks_asks_for_static_shapes_in_the_given_mode_and_raises_the_limits(unet, monkeypatch):
+    calls = _record_compile(monkeypatch)
+    config = torch._dynamo.config
+    with config.patch(recompile_limit=8, accumulated_recompile_limit=8):  # dynamo's defaults before ours
+        assert opt.compile_blocks(unet, mode="max-autotune-no-cudagraphs") == 9
+        assert (config.recompile_limit, config.accumulated_recompile_limit) == (64, 256)
+    assert [block for block, _ in calls] == _compilable(unet)
+    assert all(kwargs == {"mode": "max-autotune-no-cudagraphs", "dynamic": False} for _, kwargs in calls)
+    calls.clear()
+    with config.patch(recompile_limit=100, accumulated_recompile_limit=1000):  # a higher setting is kept
+        assert opt.compile_blocks(unet) == 9
+        assert (config.recompile_limit, config.accumulated_recompile_limit) == (100, 1000)
+    assert all(kwargs == {"mode": None, "dynamic": False} for _, kwargs in calls)
+
+
+def test_optimize_compiles_the_unet_and_the_controlnet_in_the_options_mode(monkeypatch):
+    calls = _record_compile(monkeypatch)
+    components = micro_components()
+    pipe = make_pipe(unet=components["unet"], motion_controlnet=components["motion_controlnet"])
+    opt.optimize(pipe, OptimizationOptions(compile_blocks=True, compile_mode="reduce-overhead"))
+    expected = _compilable(pipe.unet) + _compilable(pipe.motion_controlnet)
+    assert [block for block, _ in calls] == expected and len(expected) > 9
+    assert all(kwargs == {"mode": "reduce-overhead", "dynamic": False} for _, kwargs in calls)
+
+
+def test_forward_chunks_are_frames_not_tokens(unet):
+    """Chunk size 1 runs a spatial feed-forward once per frame of the batch (rows of dim 0), not once per
+    token: the micro UNet's mid block sees 2 frames of 4 x 4 tokens."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    spatial = [m for m in unet.modules() if type(m) is BasicTransformerBlock]
+    assert len(spatial) == 1
+    calls = []
+    spatial[0].ff.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    opt.enable_forward_chunking(unet, 1)
+    sample, context, ids = _inputs(frames=2)
+    with torch.no_grad():
+        unet(sample, 1.0, context, ids)
+    assert calls == [torch.Size([1, (LATENT // 2) ** 2, 64])] * 2
+
+
+def test_fusing_twice_keeps_the_fused_projections(unet):
+    opt.fuse_qkv(unet)
+    fused = [(a.to_qkv if hasattr(a, "to_qkv") else a.to_kv) for a in opt._attention_layers(unet)]
+    opt.fuse_qkv(unet)  # idempotent: no second copy of the weights is built
+    again = [(a.to_qkv if hasattr(a, "to_qkv") else a.to_kv) for a in opt._attention_layers(unet)]
+    assert all(a is b for a, b in zip(fused, again, strict=True))
+
+
+def test_xformers_backend_sets_xformers_processors(unet, monkeypatch):
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    package, ops = ModuleType("xformers"), ModuleType("xformers.ops")
+    package.ops = ops
+    monkeypatch.setitem(sys.modules, "xformers", package)  # the import check only: nothing runs here
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    assert opt.set_attention(unet, "xformers") == 4
+    assert all(type(a.processor) is XFormersAttnProcessor for a in opt._attention_layers(unet))
+
+
+def test_step_cache_defaults_interval_one_and_detaching_when_not_attached(unet):
+    assert (StepCache(unet).interval, StepCache(unet).levels) == (2, 1)
+    every = StepCache(unet, interval=1).attach()  # 1: a full pass every step (the cache is off)
+    sample, context, ids = _inputs()
+    try:
+        with torch.no_grad():
+            for t in (3.0, 2.0, 1.0):
+                unet(sample, t, context, ids)
+        assert (every.full_calls, every.cached_calls) == (3, 0)
+    finally:
+        every.detach()
+    every.detach()  # twice, and a cache never attached: nothing to undo
+    StepCache(unet).detach()
+    assert "forward" not in unet.__dict__ and not unet.up_blocks[-1]._forward_pre_hooks
