@@ -1366,8 +1366,9 @@ def test_prepare_motion_samples_reads_and_repeats_the_reference_points(pipe):
         point_features=None,
         batch_size=1,
         num_videos_per_prompt=1,
-        **(none | {"trajectory_flow": np.zeros((2, 4, 4, 2)), "residual_mode": "dispose"}),
+        **(common | {"trajectory_flow": np.zeros((2, 4, 4, 2)), "residual_mode": "dispose"}),
     )
+    # keypoints without point features are not kept (nothing reads them)
     assert flows.embeddings is None and flows.keypoints is None and flows.mode == "dispose"
     assert flows.prepare_flow(np.ones((1, 4, 4, 2))).shape == (1, 2, SIZE, SIZE)
 
