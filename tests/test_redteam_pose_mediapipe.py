@@ -8,6 +8,7 @@ right into 112-132, x scaled by the width and y by the height, the stand-in smal
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -118,3 +119,101 @@ def test_a_hand_outside_the_frame_scores_0_and_a_missing_one_stays_empty() -> No
     assert pose.keypoints[91 + 4, 2] == 0.0 and pose.keypoints[91 + 3, 2] == 1.0
     assert (pose.keypoints[112:133] == 0).all() and (pose.keypoints[23:91] == 0).all()
     assert pose.world is None and pose.mask is None
+
+
+class _FakeMediaPipe:
+    """Stands in for the ``mediapipe`` package: records which solution was built with which arguments."""
+
+    def __init__(self) -> None:
+        self.built: list[tuple[str, dict]] = []
+        outer = self
+
+        class Solution:
+            def __init__(self, kind: str, **kwargs) -> None:
+                outer.built.append((kind, kwargs))
+                self.closed = 0
+
+            def close(self) -> None:
+                self.closed += 1
+
+        self.solutions = SimpleNamespace(
+            holistic=SimpleNamespace(Holistic=lambda **kw: Solution("holistic", **kw)),
+            pose=SimpleNamespace(Pose=lambda **kw: Solution("pose", **kw)),
+        )
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_the_graph_is_built_once_with_mediapipes_own_argument_names(monkeypatch, static: bool) -> None:
+    fake = _FakeMediaPipe()
+    monkeypatch.setitem(sys.modules, "mediapipe", fake)
+    estimator = MediaPipeEstimator(static=static, min_detection_confidence=0.4, min_tracking_confidence=0.7)
+    graph = estimator._open()
+    assert estimator._open() is graph  # built once, then reused
+    expected = {
+        "static_image_mode": static,
+        "model_complexity": 1,  # the one pose landmark model inside the wheel
+        "smooth_landmarks": False,  # smoothing.py does it
+        "enable_segmentation": True,
+        "smooth_segmentation": not static,  # a mask follows the video, not a still
+        "min_detection_confidence": 0.4,
+        "min_tracking_confidence": 0.7,
+    }
+    assert fake.built == [("holistic", {"refine_face_landmarks": False, **expected})]
+    estimator.reset()  # a new video: the tracking state goes with the graph
+    assert graph.closed == 1 and estimator._graph is None
+    estimator.close()  # nothing left to close
+    assert graph.closed == 1
+
+
+def test_body_only_builds_blazepose_without_segmentation_smoothing(monkeypatch) -> None:
+    fake = _FakeMediaPipe()
+    monkeypatch.setitem(sys.modules, "mediapipe", fake)
+    MediaPipeEstimator(whole_body=False, segmentation=False, smooth_landmarks=True)._open()
+    ((kind, kwargs),) = fake.built
+    assert kind == "pose"
+    assert kwargs["enable_segmentation"] is False and kwargs["smooth_segmentation"] is False
+    assert kwargs["smooth_landmarks"] is True and kwargs["static_image_mode"] is False
+    assert (kwargs["min_detection_confidence"], kwargs["min_tracking_confidence"]) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    "rgb",
+    [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32)],
+)
+def test_only_an_rgb_uint8_frame_is_accepted(rgb) -> None:
+    estimator = MediaPipeEstimator()
+    estimator._graph = _Graph(None)
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 RGB frame"):
+        estimator.detect(rgb)
+    assert estimator._graph.frames == []
+
+
+def test_nobody_found_is_an_empty_list() -> None:
+    estimator = MediaPipeEstimator()
+    estimator._graph = _Graph(SimpleNamespace(pose_landmarks=None))
+    assert estimator.detect(np.zeros((8, 8, 3), np.uint8)) == []
+
+
+def test_frame_edges_count_as_inside_and_the_mask_is_clipped_to_0_255() -> None:
+    hand = _landmarks(21, 0.3, visibility=False)
+    hand.landmark[0].x, hand.landmark[0].y = 0.0, 1.0  # exactly on the edges: inside
+    hand.landmark[1].x = -1e-6  # just outside
+    mask = np.array([[-0.3, 0.0, 0.5], [1.0, 1.4, 0.25]], np.float32)
+    result = SimpleNamespace(
+        pose_landmarks=_landmarks(33, 0.1),
+        pose_world_landmarks=None,
+        face_landmarks=None,
+        left_hand_landmarks=hand,
+        right_hand_landmarks=None,
+        segmentation_mask=mask,
+    )
+    estimator = MediaPipeEstimator()
+    estimator._graph = _Graph(result)
+    (pose,) = estimator.detect(np.zeros((2, 3, 3), np.uint8))
+    assert pose.detected is True and pose.keypoints.dtype == np.float32
+    assert pose.keypoints[91, 2] == 1.0 and pose.keypoints[92, 2] == 0.0
+    assert pose.mask.dtype == np.uint8
+    assert pose.mask.tolist() == [[0, 0, 128], [255, 255, 64]]  # round(v * 255), v clipped to [0, 1]
+    estimator.segmentation = False  # asked for no mask: none, even when the graph made one
+    (pose,) = estimator.detect(np.zeros((2, 3, 3), np.uint8))
+    assert pose.mask is None
