@@ -1457,3 +1457,39 @@ def test_check_inputs_leaves_an_unused_pose_guider_alone_by_default():
         make_pipe(pose_guider=deep).check_inputs(
             image, SIZE, SIZE, 3, 0, "batched", "latent", {}, None, [], uses_pose=True
         )
+
+
+def test_tensors_go_to_the_device_asked_for(pipe):
+    """The meta device (shapes, no data) stands in for a GPU: the latents are drawn on or moved to the
+    device asked for, condition frames, point embeddings and the CLIP pixels go there, and a tile's flows
+    follow the UNet call's sample to the ControlNet."""
+    meta = torch.device("meta")
+    pipe.scheduler.set_timesteps(sigmas=SIGMAS)
+    shape = (1, 3, 4, LATENT, LATENT)
+    for kwargs in ({}, {"noise_period": 2}, {"latents": torch.zeros(shape)}):
+        latents = pipe.prepare_latents(1, 3, 8, SIZE, SIZE, torch.float32, meta, None, **kwargs)
+        assert latents.device == meta and latents.shape == shape, kwargs
+    frames = pipe._prepare_condition_frames(rand(2, 3, SIZE, SIZE, seed=1), SIZE, SIZE, meta, torch.float32)
+    assert frames.device == meta and frames.shape == (2, 3, SIZE, SIZE)
+    common = dict(dense_flow=None, trajectory_flow=None, keypoints=np.zeros((2, 3, 3)),
+                  reference_keypoints=np.array([[4.0, 8.0, 0.9], [12.0, 2.0, 0.3], [6.0, 6.0, 0.1]]),
+                  keypoint_threshold=0.3, scale=0.5, residual_mode=None, controlnet_cfg="keep",
+                  prepend_reference=True, height=SIZE, width=SIZE, device=meta)  # fmt: skip
+    for rules in ("default", "dispose"):
+        motion = pipe._prepare_motion(
+            point_features=rand(4, 4, 4, seed=43), batch_size=1, num_videos_per_prompt=1, point_rules=rules,
+            **common,
+        )  # fmt: skip
+        assert motion.embeddings.device == meta and motion.embeddings.shape == (1, 3, 4), rules
+    encoder = make_pipe(image_encoder=copy.deepcopy(pipe.image_encoder).to(meta))
+    tokens = encoder._encode_image(rand(1, 3, SIZE, SIZE, seed=0), meta, 2, True)
+    assert tokens.device == meta and tokens.shape == (4, 1, 8)
+    controlnet = make_pipe(motion_controlnet=copy.deepcopy(pipe.motion_controlnet).to(meta))
+    flows = rand(3, 2, SIZE, SIZE, seed=1)  # on the host, as a tile's flows are read
+    tile = pa._MotionInputs(flows, flows, None, None, None, 1.0, "once", "keep")
+    *down, mid = controlnet._motion_residuals(
+        torch.zeros(2, 3, 8, LATENT, LATENT, device=meta), torch.tensor(0.1, device=meta),
+        torch.zeros(2, 1, 8, device=meta), torch.zeros(2, 3, device=meta), tile,
+    )  # fmt: skip
+    assert mid.device == meta and mid.shape == (6, 64, LATENT // 2, LATENT // 2)
+    assert [d.device for d in down[0]] == [meta] * 4
