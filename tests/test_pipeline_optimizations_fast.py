@@ -271,7 +271,8 @@ def test_optimize_applies_the_options_to_unet_and_controlnet():
 # not 5 x 9): diffusers forwards it when a side is not a multiple of 4 (its 2 upsamplers).
 
 
-def _cross_unet() -> torch.nn.Module:
+def _cross_unet(levels: int = 3) -> torch.nn.Module:
+    """``levels`` = 4: SVD-xt's layout (3 cross-attention levels over a plain one, 3 upsamplers)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
     torch.manual_seed(0)
@@ -279,20 +280,12 @@ def _cross_unet() -> torch.nn.Module:
         sample_size=8,
         in_channels=8,
         out_channels=4,
-        down_block_types=(
-            "CrossAttnDownBlockSpatioTemporal",
-            "CrossAttnDownBlockSpatioTemporal",
-            "DownBlockSpatioTemporal",
-        ),
-        up_block_types=(
-            "UpBlockSpatioTemporal",
-            "CrossAttnUpBlockSpatioTemporal",
-            "CrossAttnUpBlockSpatioTemporal",
-        ),
-        block_out_channels=(64, 64, 64),
+        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (levels - 1) + ("DownBlockSpatioTemporal",),
+        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (levels - 1),
+        block_out_channels=(64,) * levels,
         layers_per_block=1,
         cross_attention_dim=8,
-        num_attention_heads=(1, 1, 1),
+        num_attention_heads=(1,) * levels,
         projection_class_embeddings_input_dim=12,
         addition_time_embed_dim=4,
         num_frames=2,
@@ -369,6 +362,14 @@ def _check_cached_step(unet, levels, sample, context, ids, t0, t1, atol=1e-5):
 def test_cached_step_is_the_full_forward_with_the_stored_deep_features(cross_unet, levels, size):
     sample, context, ids = _batch(size)
     _check_cached_step(cross_unet, levels, sample, context, ids, torch.tensor(900.0), torch.tensor(400.0))
+
+
+def test_cached_step_recomputes_three_of_four_levels():
+    """SVD-xt's 4 levels, 3 recomputed: each up block takes its own 2 skips (of 6 kept), and at 6 x 12
+    (down: 3 x 6, 2 x 3, 1 x 2) the upsamplers need the skips' sizes although 6 divides both sides."""
+    unet = _cross_unet(levels=4)
+    sample, context, ids = _batch((6, 12))
+    _check_cached_step(unet, 3, sample, context, ids, torch.tensor(900.0), torch.tensor(400.0))
 
 
 @pytest.mark.parametrize(
