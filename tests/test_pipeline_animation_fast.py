@@ -757,6 +757,17 @@ def test_all_reduce_of_host_sums_over_nccl_goes_chunk_by_chunk():
     pa._all_reduce_sums(gloo, torch.device("cpu"), 2, sums, weights)
     assert gloo.seen == [[(1, 5, 2), (5,)]] and torch.equal(weights, torch.full((5,), 4.0))
 
+    class OnGpu(torch.Tensor):  # sums that report a CUDA device: NCCL reduces them whole, in place
+        @property
+        def device(self):
+            return torch.device("cuda")
+
+    direct = Doubling(0, 2, backend="nccl")
+    object.__setattr__(direct, "seen", [])
+    on_gpu = torch.arange(10.0).view(1, 5, 2).as_subclass(OnGpu)
+    pa._all_reduce_sums(direct, torch.device("cpu"), 2, on_gpu, torch.ones(5))
+    assert direct.seen == [[(1, 5, 2), (5,)]] and torch.equal(on_gpu, 2 * torch.arange(10.0).view(1, 5, 2))
+
 
 def test_one_rank_tile_group_gives_the_latents_of_no_group(pipe):
     class One(TileGroup):
@@ -1043,6 +1054,8 @@ def test_guider_and_encoders_run_on_chunks_of_16_frames_like_on_each_frame(pipe)
     finally:
         handle.remove()
     assert calls == [16, 2]
+    # keyword arguments reach every chunk's call
+    torch.testing.assert_close(pipe._run_chunked(torch.mul, poses, other=2.0), poses * 2, atol=0, rtol=0)
     with torch.no_grad():
         each = torch.cat([pipe.pose_guider(poses[i : i + 1]) for i in range(18)])
     torch.testing.assert_close(chunked, each, atol=1e-6, rtol=0)
@@ -1102,6 +1115,10 @@ def test_periodic_noise_repeats_the_first_tile_of_noise(pipe):
     )
     tiles = [[0, 1, 2], [0, 2, 3], [0, 3, 4]]
     close(out, reference_latents(pipe, 4, tiles, [1 / 3, 1.0, 1 / 3], initial=initial, max_scale=1.0))
+
+
+def test_a_pipeline_built_without_a_vae_assumes_svds_factor_of_8():
+    assert AnimationPipeline(**(micro_components() | {"vae": None})).vae_scale_factor == 8
 
 
 def test_default_size_is_the_unets_sample_size_times_the_vae_factor(pipe):
