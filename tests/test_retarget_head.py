@@ -260,7 +260,7 @@ def test_the_body_ratio_comes_from_the_base_frame():
     crouch[[11, 12], 1] -= 50
     crouch[13:23, 1] -= 50
     crouch[[7, 8, 9, 10], 0] += np.array([60, -60, 120, -120])
-    out = retarget(sequence([crouch, crouch, body()]), Pose(ref), 768, 1152, HIPS)
+    out = retarget(sequence([body(), crouch, crouch]), Pose(ref), 768, 1152, HIPS)
     assert out.meta["scale"] == pytest.approx(1.5)
     # a base frame without torso, shoulders or eyes leaves the clip's ratio (torso: 150 / 125)
     faceless = body()
@@ -401,3 +401,32 @@ def test_the_feet_follow_the_ground_of_the_first_frame_that_shows_them():
     assert out[1:, 15:23, 1].max(axis=1) == pytest.approx([ground, ground, ground - 20.0], abs=1e-3)
     hips = retarget(sequence(frames), Pose(ref), 512, 768, HIPS).keypoints
     assert ground - 7.0 < hips[2, 15:23, 1].max() < ground - 4.0
+
+
+def test_an_unseen_joint_below_a_placed_parent_takes_the_body_ratio():
+    """The reference's forearms are 2x the driver's on a body of the same size (ratio 1): a wrist the
+    driver does not see in a frame hangs off its elbow by the driver's offset times the body ratio, not
+    the forearm's 2."""
+    ref = body()
+    ref[9, :2] = ref[7, :2] + (ref[9, :2] - ref[7, :2]) * 2
+    driver = body()
+    blind = body()
+    blind[9] = (blind[7, 0] + 30.0, blind[7, 1] + 40.0, 0.1)
+    out = retarget(sequence([driver, blind]), Pose(ref), 512, 768, HIPS).keypoints[1]
+    assert out[9, :2] - out[7, :2] == pytest.approx([30.0, 40.0], abs=1e-3)
+
+
+@pytest.mark.parametrize(("shown", "turn"), [((0, 1), 0.0), ((0, 1, 2), 30.0)])
+def test_the_face_map_needs_three_points_the_reference_shows(shown, turn):
+    """The reference (2x the driver) shows its head turned 30 degrees, but only the nose and the given
+    eyes. With the nose and both eyes the driver's head maps onto it by 2x turned 30 degrees; with two
+    points the map is the body ratio alone (2x). The driver's ears and face, which the reference does
+    not show, are drawn with that map around the output nose."""
+    ref = body(2.0)
+    ref = turn_head(ref, 30.0)
+    ref[[i for i in HEAD if i not in shown], 2] = 0.1
+    driver = body()
+    out = retarget(sequence([driver, driver.copy()]), Pose(ref), 1024, 1536, HIPS).keypoints[1]
+    hidden = [i for i in HEAD if i not in shown]
+    expected = ref[0, :2] + (driver[hidden, :2] - driver[0, :2]) @ (2.0 * rotation(turn)).T
+    np.testing.assert_allclose(out[hidden, :2], expected, atol=1e-3)

@@ -254,8 +254,7 @@ def retarget(
     options = options or RetargetOptions()
     thr = options.threshold
     ref = _extended(reference.keypoints[None])[0]
-    drv = _extended(driving.keypoints)
-    drv[~driving.detected, :, 2] = 0.0
+    drv = _extended(driving.keypoints)  # undetected frames: all zero (PoseSequence.keypoints)
     clip_scale = body_scale_ratio(ref, drv, thr)
     root = next(
         (
