@@ -13,7 +13,10 @@ for the whole sequence.
    pelvis -> chest rotation on each of its two joints), the head frame from the ears and the nose (half on
    the neck). Each limb joint then takes the smallest rotation that turns its rest segment (shoulder ->
    elbow, elbow -> wrist, wrist -> hand, hip -> knee, knee -> ankle, ankle -> toes) onto the landmarks'
-   direction, given its parent's rotation: ``G_c = R_min(G_p d_rest -> d_target) G_p``. The translation
+   direction, given its parent's rotation: ``G_c = R_min(G_p d_rest -> d_target) G_p``; the upper arm and
+   thigh are then twisted about their segment so that the elbow or knee below bends about its hinge axis,
+   in the plane of the two segments (a shortest arc there bends it sideways, out of the joint limits, and
+   the refinement settles with a forearm pointing the wrong way, often at the camera). The translation
    follows from the 2D keypoints by linear least squares (the pinhole equations are linear in it).
 2. Refinement, batched (``refine``): a few Adam steps over a window of frames at once on
    - 2D: robust (Charbonnier) distance between the projected model keypoints (COCO body + feet: Anny's
@@ -106,6 +109,9 @@ MAX_ROTATION = {
     J_L_HIP: 2.3, J_R_HIP: 2.3, J_L_ANKLE: 0.8, J_R_ANKLE: 0.8,
 }  # fmt: skip
 HINGES = (J_L_ELBOW, J_R_ELBOW, J_L_KNEE, J_R_KNEE)
+#: The hinge below each limb joint (shoulder -> elbow, hip -> knee) and each limb joint's end landmarks.
+HINGE_OF = {J_L_SHOULDER: J_L_ELBOW, J_R_SHOULDER: J_R_ELBOW, J_L_HIP: J_L_KNEE, J_R_HIP: J_R_KNEE}
+LIMB_STOP = {joint: stop for joint, _parent, _start, stop in LIMBS}
 HINGE_MAX, HINGE_OFF_AXIS = 2.7, 0.35
 # Model keypoints that are the same anatomical points as COCO's (used for the bone-length scale).
 
@@ -128,6 +134,7 @@ class FitOptions:
     warm_start: bool = True  # each chunk starts from the previous chunk's solution (see fit_sequence)
     warm_lr_scale: float = 0.3
     warm_steps: int = 0
+    cold_steps: int = 0  # steps of the first window, which starts from the closed form (0: 2 x ``steps``)
     focal_factor: float = 1.0
     threads: int = 1  # torch threads while fitting (see fit_threads)
 
@@ -296,15 +303,40 @@ def initial_pose(body: BodyModel, rest: Rest, world: torch.Tensor) -> tuple[torc
     pose[:, J_HEAD] = half
     g[J_NECK] = g_chest @ rotvec_to_matrix(half)
     g[J_HEAD] = g_head
+    hinge_axes = dict(zip(HINGES, _hinge_axes(body, rest), strict=True))
     for joint, parent, _start, stop in LIMBS:
         g_p = g_root if parent < 0 else g[parent]
         start_t = w[:, _start].mean(1)
         d_t = w[:, stop].mean(1) - start_t
         d_r = ends[joint] - j(joint)
         g_c = _min_rotation((g_p @ d_r[:, None])[..., 0], d_t) @ g_p
+        child = HINGE_OF.get(joint)
+        if child is not None:
+            # Twist the limb about its segment so that the hinge below it bends in the plane of the two
+            # segments: the hinge then takes a pure flexion, as the joint limits require (a min rotation
+            # there would bend the elbow sideways, and the fit settles with the forearm out of that plane).
+            d_child = w[:, LIMB_STOP[child]].mean(1) - w[:, stop].mean(1)
+            g_c = _twist_to_hinge(g_c, d_t, d_child, hinge_axes[child]) @ g_c
         pose[:, joint] = matrix_to_rotvec(g_p.transpose(1, 2) @ g_c)
         g[joint] = g_c
     return matrix_to_rotvec(g_root), pose
+
+
+def _twist_to_hinge(
+    g: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, axis_rest: torch.Tensor, min_bend: float = 0.25
+) -> torch.Tensor:
+    """(T, 3, 3) rotation about the (T, 3) ``upper`` segment that turns the hinge axis carried by ``g``
+    (``axis_rest`` in rest axes) onto the flexion axis taking ``upper`` to ``lower`` (``upper x lower``).
+    A nearly straight hinge has no plane to match: the twist fades out as the sine of the bend falls from
+    ``min_bend`` to half of it (so the initialisation does not jump between frames)."""
+    u = _normalize(upper)
+    target = torch.linalg.cross(u, _normalize(lower))
+    share = ((target.norm(dim=-1) - 0.5 * min_bend) / (0.5 * min_bend)).clamp(0.0, 1.0)
+    target = _normalize(target)
+    axis = g @ axis_rest
+    axis = _normalize(axis - (axis * u).sum(-1, keepdim=True) * u)
+    angle = torch.atan2((torch.linalg.cross(axis, target) * u).sum(-1), (axis * target).sum(-1))
+    return rotvec_to_matrix(u * (share * angle)[:, None])
 
 
 def solve_translation(
@@ -537,7 +569,8 @@ def fit_chunks(
                 n = len(carried[0])
                 r, p, tr = (torch.cat([c, x[n:]]) for c, x in zip(carried, (r, p, tr), strict=True))
             if options.steps > 0:
-                opts = options
+                # The first window starts far from its solution (the closed form): more steps.
+                opts = replace(options, steps=options.cold_steps or 2 * options.steps)
                 if correction is not None:
                     opts = replace(
                         options,

@@ -1,10 +1,14 @@
 """Shape transfer and the two fits the guidance needs: the reference (shape) and the driving video (pose).
 
 The body the video model must draw is the reference person's: ``transfer`` keeps the driving poses and
-motion but gives them the reference's body shape, orientation and place in the reference's camera. The
+motion but gives them the reference's body shape, heading and place in the reference's camera. The
 driver's turning and travelling are applied relative to its first frame: orientation
-``R_ref R_drv[0]^T R_drv[t]``, position ``t_ref + s (t_drv[t] - t_drv[0])`` with ``s`` the ratio of the
-two bodies' heights.
+``H R_drv[t]``, position ``t_ref + s (t_drv[t] - t_drv[0])`` with ``s`` the ratio of the two bodies'
+heights. ``H`` turns about the camera's vertical axis by the reference's heading relative to the driver's
+first frame (of ``R_ref R_drv[0]^T``), less ``HEADING_TOLERANCE``; its tilt and roll are dropped. Two
+fits of people who both face the camera differ by up to ~10 degrees of pitch, roll and heading (fit
+error, camera height), and a limb pointing at the camera swings by several times that in the picture
+when such a rotation is applied to it; a reference clearly turned away keeps most of its turn.
 """
 
 from __future__ import annotations
@@ -146,6 +150,21 @@ def _body_height(body: BodyModel, shape: tuple[float, ...]) -> float:
     return float(up.max() - up.min())
 
 
+#: Heading differences (degrees) up to this are fit noise between two people facing the camera: dropped
+#: (and taken off larger ones, so the kept turn grows continuously from zero).
+HEADING_TOLERANCE = 20.0
+
+
+def heading_turn(rotation: np.ndarray, tolerance: float = HEADING_TOLERANCE) -> np.ndarray:
+    """(3, 3) the turn about the camera's vertical (y) axis kept of a relative ``rotation``: its heading
+    (where it takes the camera's forward axis, seen from above) less ``tolerance`` degrees, zero within."""
+    forward = rotation[:, 2]
+    heading = np.degrees(np.arctan2(forward[0], forward[2]))
+    kept = np.radians(np.sign(heading) * max(abs(heading) - tolerance, 0.0))
+    c, s = np.cos(kept), np.sin(kept)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
 def transfer(
     body: BodyModel,
     driving: BodyTrack,
@@ -162,7 +181,8 @@ def transfer(
     r_ref = rotvec_to_matrix(torch.as_tensor(reference.root[0], dtype=torch.float32))
     r_drv = rotvec_to_matrix(torch.as_tensor(driving.root, dtype=torch.float32))
     r_origin = rotvec_to_matrix(torch.as_tensor(origin.root[0], dtype=torch.float32))
-    root = matrix_to_rotvec(r_ref @ r_origin.T @ r_drv).numpy()
+    turn = heading_turn((r_ref @ r_origin.T).numpy())
+    root = matrix_to_rotvec(torch.as_tensor(turn, dtype=torch.float32) @ r_drv).numpy()
     scale = body_height(body, reference.shape) / body_height(body, driving.shape)
     transl = reference.transl[0] + scale * (driving.transl - origin.transl[0])
     return replace(
