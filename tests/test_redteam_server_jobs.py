@@ -7,6 +7,7 @@ from an earlier run of the code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -118,3 +119,21 @@ def test_cancel_answers_by_the_jobs_state(tmp_path: Path) -> None:
             after = store.get(job_id)
             assert (after.status, after.cancel_requested) == (status, False)
         assert client.get(f"/v1/jobs/{failed}").json()["error"]["code"] == "internal_error"
+
+
+def test_job_events_stream_only_to_the_jobs_key(tmp_path: Path) -> None:
+    """Server-sent events of A's finished job: A gets one ``job`` event with the job and the stream ends;
+    B gets 404 not_found before any event (no stream that says ``deleted`` or leaks the job)."""
+    settings = make_settings(tmp_path, api_keys=[KEY_A, KEY_B], rate_limit_per_minute=1000)
+    with TestClient(create_app(settings)) as client:
+        a, b = _keys()
+        job = submit(client, data={"max_frames": 4}, headers=a).json()
+        client.post(f"/v1/jobs/{job['id']}/cancel", headers=a)  # finished: the stream ends after one event
+        assert_error(client.get(f"/v1/jobs/{job['id']}/events", headers=b), 404, "not_found")
+        response = client.get(f"/v1/jobs/{job['id']}/events", headers=a)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in response.text.split("\n\n") if e]
+        assert len(events) == 1 and events[0].startswith("event: job\ndata: ")
+        sent = json.loads(events[0].split("data: ", 1)[1])
+        assert (sent["id"], sent["status"]) == (job["id"], "canceled")
