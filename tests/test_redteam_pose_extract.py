@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animate.pose.extract import finish_sequence
+from animate.pose.extract import SequenceOptions, finish_sequence
 from animate.pose.types import Pose
 
 
@@ -43,3 +43,26 @@ def test_scaling_the_frame_and_the_coordinates_scales_the_result() -> None:
     large = finish_sequence(_moving_person(factor=3.0), 1920, 1080, 25.0).keypoints
     np.testing.assert_allclose(large[:, :17, :2], 3.0 * small[:, :17, :2], rtol=1e-4, atol=1e-2)
     assert large[:, :17, 2] == pytest.approx(small[:, :17, 2])
+
+
+def _present(flags: list[bool]) -> list[list[Pose]]:
+    people = []
+    for t, seen in enumerate(flags):
+        kp = np.zeros((133, 3), np.float32)
+        kp[:17, 0], kp[:17, 1], kp[:17, 2] = 100.0 + t + np.arange(17), 50.0 + 10 * np.arange(17), 1.0
+        people.append([Pose(kp)] if seen else [])
+    return people
+
+
+@pytest.mark.parametrize(("fps", "longest_filled"), [(12.0, 4), (25.0, 8), (20.0, 6), (2.0, 1)])
+def test_the_longest_filled_gap_is_max_gap_seconds_to_the_nearest_frame(
+    fps: float, longest_filled: int
+) -> None:
+    # 0.3 s is 3.6 frames at 12 fps (-> 4), 7.5 at 25 (-> 8), 6 at 20, 0.6 at 2 (-> at least 1)
+    raw = SequenceOptions(smoothing=None)
+    for gap, filled in ((longest_filled, True), (longest_filled + 1, False)):
+        flags = [True] * 10 + [False] * gap + [True] * 10
+        sequence = finish_sequence(_present(flags), 640, 360, fps, raw)
+        assert bool(sequence.detected.all()) is filled, (fps, gap)
+        if filled:  # linear between the frames either side of the gap
+            assert sequence[10].keypoints[0, 0] == pytest.approx(100.0 + 10)
