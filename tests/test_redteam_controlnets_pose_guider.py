@@ -1,6 +1,7 @@
 """Red team (issue 20): the pose guider and the guidance encoders against MimicMotion's / Champ's forward
 written out with ``F.conv2d`` from the published layer list (kernel, stride, padding, activation), not from
-our module's attributes; and a 5-D ``(batch, frames, ...)`` input is batch-major, as the UNet's rows are.
+our module's attributes; a 5-D ``(batch, frames, ...)`` input is batch-major, as the UNet's rows are; the
+learned fusion weight of each guidance type is its own, in the configured order.
 
 MimicMotion's ``PoseNet``: 3x3 c->c, SiLU; per stage a 4x4 stride-2 conv (padding 1), SiLU, a 3x3 conv, SiLU;
 a 3x3 conv to the last width, SiLU; a 1x1 ``final_proj``; the result times the learnable ``scale``.
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from controlnets import GuidanceEncoder, PoseGuider
+from controlnets import GuidanceEncoder, GuidanceFusion, PoseGuider
 from pipelines.testing import reinit_zero_layers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -89,3 +90,28 @@ def test_guidance_encoder_equals_champs_forward_and_is_batch_major(use_attention
             for f in range(3):
                 expected = champ_encoder_reference(encoder, maps[b, f][None])[0]
                 torch.testing.assert_close(out[b * 3 + f], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_learned_fusion_weights_follow_the_configured_type_order_and_scales_multiply_once():
+    """``fusion_weights[i]`` belongs to ``guidance_types[i]`` whatever order the types were configured in
+    (here not alphabetical) or the maps given in; a map's scale multiplies its features once."""
+    torch.manual_seed(0)
+    kwargs = {"block_out_channels": (4, 8), "out_channels": 4, "attention_num_heads": 1}
+    fusion = GuidanceFusion(
+        guidance_types=("semantic", "depth", "normal"),
+        fusion="learned",
+        attention_norm_num_groups=4,
+        **kwargs,
+    ).eval()
+    reinit_zero_layers(fusion)
+    with torch.no_grad():
+        fusion.fusion_weights.copy_(torch.tensor([3.0, -1.0, 0.5]))
+    generator = torch.Generator().manual_seed(4)
+    maps = {name: torch.rand(2, 3, 8, 8, generator=generator) for name in ("normal", "depth", "semantic")}
+    with torch.no_grad():
+        parts = {name: fusion.encoders[name](x) for name, x in maps.items()}
+        expected = 3.0 * parts["semantic"] - 1.0 * parts["depth"] + 0.5 * parts["normal"]
+        torch.testing.assert_close(fusion(maps), expected, atol=1e-6, rtol=1e-5)
+        scaled = fusion(maps, {"semantic": 0.5, "normal": 2.0})
+        expected = 1.5 * parts["semantic"] - 1.0 * parts["depth"] + 1.0 * parts["normal"]
+        torch.testing.assert_close(scaled, expected, atol=1e-6, rtol=1e-5)
