@@ -158,6 +158,22 @@ def test_default_options_are_made_and_checked(monkeypatch, tmp_path) -> None:
     assert err.value.code == "invalid_option"
 
 
+def test_warp_is_refused_before_anything_is_spawned(monkeypatch) -> None:
+    rec = Recorder(monkeypatch)
+    with pytest.raises(AnimateError) as err:
+        parallel.run_split(SETTINGS, ["cpu", "cpu"], "r.png", "d.mp4", "o.mp4", _warp())
+    assert (err.value.code, err.value.message) == (
+        "invalid_option", "--gpus splits the diffusion engine's tiles: not with --engine warp"
+    )  # fmt: skip
+    assert rec.contexts == [] and rec.log == []
+
+
+def _warp():
+    from animate.animator import AnimationOptions
+
+    return AnimationOptions(engine="warp")
+
+
 def test_a_peers_error_replaces_rank_0s_connection_error(monkeypatch, tmp_path) -> None:
     def peer_fails(workdir: Path) -> None:
         (workdir / "rank2.error.json").write_text(
@@ -258,6 +274,7 @@ class FakeRank:
         rank = self
 
         def render(bundle):
+            assert bundle is rank.bundle  # the prepared guidance, not another
             for i in range(frames):
                 rank.log.append(("frame", i))
                 yield i
@@ -270,7 +287,7 @@ class FakeRank:
 
             def prepare(self, reference, driving, options):
                 rank.log.append(("prepare", reference, driving, options))
-                bundle = SimpleNamespace(close=lambda: rank.log.append(("close",)))
+                bundle = rank.bundle = SimpleNamespace(close=lambda: rank.log.append(("close",)))
                 return SimpleNamespace(engine=SimpleNamespace(render=render), bundle=bundle)
 
         def join(r, world, device, init, backend):
