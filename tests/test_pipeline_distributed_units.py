@@ -151,8 +151,8 @@ while not (flags / "done").exists() and time.monotonic() < deadline:  # joins no
 dist.destroy_process_group()
 """
 
-TIMEOUT_S = 8.0  # this rank's collective timeout; long enough for a loaded machine to keep the two in step
-CHILD_WAIT_S = 45.0  # how long the child idles without joining: without the timeout the call waits for it
+TIMEOUT_S = 12.0  # this rank's collective timeout; long enough for a loaded machine to keep the two in step
+CHILD_WAIT_S = 60.0  # how long the child idles without joining: without the timeout the call waits for it
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the default backend is nccl with CUDA")
