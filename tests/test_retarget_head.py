@@ -430,3 +430,15 @@ def test_the_face_map_needs_three_points_the_reference_shows(shown, turn):
     hidden = [i for i in HEAD if i not in shown]
     expected = ref[0, :2] + (driver[hidden, :2] - driver[0, :2]) @ (2.0 * rotation(turn)).T
     np.testing.assert_allclose(out[hidden, :2], expected, atol=1e-3)
+
+
+def test_a_person_a_pixel_across_still_has_a_shape():
+    """The match normalises size away: a driving frame (or a reference) 0.004x the size, under a pixel
+    across, matches its own pose better than an upside-down body."""
+    ref = _extended(body()[None])[0]
+    far = body()
+    far[:, 1] = 900 - far[:, 1]
+    tiny = body(0.004, (3.0, 3.0))
+    assert _base_frame(ref, _extended(np.stack([far, tiny])), 134, 0.3) == 1
+    tiny_ref = _extended(tiny[None])[0]
+    assert _base_frame(tiny_ref, _extended(np.stack([far, body()])), 134, 0.3) == 1
