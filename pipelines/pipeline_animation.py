@@ -317,8 +317,11 @@ class AnimationPipeline(DiffusionPipeline):
             motion_controlnet=motion_controlnet,
             identity_adapter=identity_adapter,
         )
+        # `is not None`: a compiled VAE (torch.compile's OptimizedModule) raises on the truth test (`len()`)
         self.vae_scale_factor = (
-            2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+            2 ** (len(self.vae.config.block_out_channels) - 1)
+            if getattr(self, "vae", None) is not None
+            else 8
         )
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
         self.unit_processor = VideoProcessor(

@@ -1242,8 +1242,8 @@ def test_decode_latents_default_chunk_is_14_frames_and_a_compiled_vae_gets_num_f
     torch.testing.assert_close(
         (video[0].permute(1, 0, 2, 3) / 2 + 0.5).clamp(0, 1), expected, atol=1e-5, rtol=0
     )
-    compiled = make_pipe()
-    compiled.vae = torch.compile(pipe.vae, backend="eager")  # as diffusers' users do, after construction
+    compiled = make_pipe(vae=torch.compile(pipe.vae, backend="eager"))  # an OptimizedModule has no len()
+    assert compiled.vae_scale_factor == 2
     frames = compiled.decode_latents(
         latents[:, :3], 3, 3
     )  # decode itself runs eagerly; forward's signature counts
