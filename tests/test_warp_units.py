@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from animate.body.parts import PART_NAMES
 from animate.engines.warp import (
+    BodyWarp,
     FrameMasks,
     WarpEngine,
     _extend_cut,
@@ -503,6 +504,54 @@ def test_offbody_parts_take_the_nearest_part_unless_a_foreign_one_is_nearly_as_c
     assert (_offbody_parts(empty, np.ones((10, 10), bool), near) == -1).all()
     full = np.zeros((10, 10), np.int16)
     assert (_offbody_parts(full, np.ones((10, 10), bool), near) == -1).all()
+
+
+def test_offbody_parts_count_the_pelvis_as_body():
+    """Part 0 is the pelvis, body like any other part: a skirt pixel beside it takes the pelvis, the pelvis
+    itself is not off-body."""
+    near = part_neighbours()
+    pelvis, head = PART_NAMES.index("pelvis"), PART_NAMES.index("head")
+    assert pelvis == 0
+    part = np.full((40, 80), -1, np.int16)
+    part[10:30, 5:25] = pelvis
+    part[10:30, 60:75] = head
+    person = np.zeros((40, 80), bool)
+    person[8:32, 3:30] = True  # the pelvis with a 5 px skirt to its right
+    person[10:30, 60:75] = True
+    out = _offbody_parts(part, person, near)
+    assert (out[part == pelvis] == -1).all()
+    assert (out[12:28, 25:30] == pelvis).all()
+
+
+def _visibility(shown: np.ndarray) -> BodyWarp:
+    """A BodyWarp with only what ``_visible`` reads: the reference shows parts ``shown`` at depth 1."""
+    warp = object.__new__(BodyWarp)
+    warp.depth_limit = np.full(shown.shape, 1.0 + BodyWarp.DEPTH_TOLERANCE, np.float32)
+    warp.reference_part = shown
+    warp.neighbours = part_neighbours()
+    warp.arm_region = np.zeros(shown.shape, np.uint8)
+    warp.part_arm = np.zeros(24, np.uint8)
+    warp.off_person = np.zeros(shown.shape, np.float32)
+    warp.part_hand = np.zeros(24, np.uint8)
+    warp.hand_region = np.zeros(shown.shape, np.uint8)
+    warp.hand_colours = {}
+    return warp
+
+
+def test_visible_where_the_reference_shows_the_pelvis_only_for_its_neighbours():
+    pelvis, spine1, spine2 = (PART_NAMES.index(n) for n in ("pelvis", "spine1", "spine2"))
+    near = part_neighbours()
+    assert near[spine1, pelvis] and not near[spine2, pelvis] and not near[spine1, 1]
+    shown = np.full((10, 10), -1, np.int16)
+    shown[:, :5] = pelvis
+    warp = _visibility(shown)
+    points = np.array([[2.0, 5.0], [2.0, 5.0], [7.0, 5.0], [2.0, 5.0]])
+    parts = np.array([spine1, spine2, spine2, pelvis])
+    seen = warp._visible(points, np.ones(4, np.float32), parts)
+    # spine1 and the pelvis itself over the pelvis: seen; spine2 over the pelvis: another part hides it;
+    # off the reference body (shown -1): anything is seen at any depth
+    assert seen.tolist() == [True, False, True, True]
+    assert not warp._visible(points[:1], np.array([1.2], np.float32), parts[:1])[0]  # behind: hidden
 
 
 # ---------------------------------------------------------------- WarpEngine._compose
