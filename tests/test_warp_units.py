@@ -1070,6 +1070,28 @@ def test_body_reference_pose_draws_exactly_the_rendered_body_at_scale_1(anny):
     assert (np.abs(frame[:, 0].astype(int) - 128).sum(1) > 12)[target.mask[:, 0]].all()
 
 
+def test_body_offbody_pixels_under_another_parts_forearm_belong_to_no_part(anny):
+    """Hair above the head with the 2D keypoints' left forearm lying across it: off-body pixels there are
+    no part's (-1, nothing carries them); without the keypoints they are the head's."""
+    from animate.engines.warp import BodyWarp
+
+    motion, image, person = body_scene(anny)
+    head = motion.reference_render.part == PART_NAMES.index("head")
+    ys, xs = np.nonzero(head)
+    top, centre = int(ys.min()), int(np.median(xs[ys == ys.min()]))
+    hair = np.zeros_like(person)
+    hair[top - 6 : top, centre - 4 : centre + 5] = True
+    assert not (hair & motion.reference_render.mask).any()
+    keypoints = np.zeros((133, 3), np.float32)
+    keypoints[L_ELBOW] = (centre - 20, top - 3, 1.0)
+    keypoints[L_WRIST] = (centre + 20, top - 3, 1.0)
+    plain = BodyWarp(motion, image, person | hair, scale=1)
+    assert (plain.offbody_part[hair] == PART_NAMES.index("head")).all()
+    crossed = BodyWarp(motion, image, person | hair, scale=1, keypoints=keypoints)
+    assert (crossed.arm_region[hair] == 1).all()
+    assert (crossed.offbody_part[hair] == -1).all()
+
+
 def test_body_ring_follows_its_part_at_scale_2_beyond_the_bodys_box(anny):
     """Hair above the head (outside the body's bounding box) and beside it, the body stepped sideways:
     at scale 2 the ring's offsets are in output pixels (twice the render's), and the working box is grown
