@@ -47,3 +47,63 @@ def test_orphan_folders_go_after_the_retention_but_never_within_an_hour(tmp_path
     finally:
         queue.close()
         store.close()
+
+
+def _runner(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", server={"heartbeat_seconds": 0.05})
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    files = JobFiles(settings.data_dir)
+    queue = JobQueue(settings)
+    return JobRunner(settings, store, files, queue), store, files, queue
+
+
+def _queued(store: JobStore, job_id: str) -> None:
+    store.create(Job(id=job_id, owner="", reference_name="reference.jpg", driving_name="driving.mp4"))
+
+
+def test_the_winning_attempt_keeps_its_output_and_dead_attempts_folders_go(tmp_path: Path) -> None:
+    from animate.animator import AnimationResult
+
+    runner, store, files, queue = _runner(tmp_path)
+    try:
+        job_id = "d" * 32
+        _queued(store, job_id)
+        dead = files.attempt_dir(job_id, 7)  # a killed worker's half-written attempt
+        dead.mkdir(parents=True)
+        (dead / "video.mp4").write_bytes(b"half")
+
+        class Animator:
+            def run(self, reference, driving, output, options, **kwargs):
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_bytes(b"whole")
+                return AnimationResult(video=output, engine="warp", frames=4, fps=24.0, size=(64, 64))
+
+        runner._animator = Animator()
+        runner.run(job_id)
+        job = store.get(job_id)
+        assert (job.status, job.attempts, job.output_dir) == ("succeeded", 1, "attempt-1")
+        assert files.video(job_id, "attempt-1").read_bytes() == b"whole"
+        assert not dead.exists()
+    finally:
+        queue.close()
+        store.close()
+
+
+def test_a_job_handed_back_at_shutdown_is_queued_again_and_enqueued(tmp_path: Path) -> None:
+    from server.worker import RunningJob
+
+    runner, store, _files, queue = _runner(tmp_path)
+    try:
+        job_id = "e" * 32
+        _queued(store, job_id)
+        claim = store.claim(job_id, runner.worker_id)
+        runner.current = RunningJob(job_id, claim.attempt)
+        assert queue.depth() == 0
+        runner.interrupt(job_id)
+        assert store.get(job_id).status == "queued" and runner.current.interrupted
+        assert queue.depth() == 1  # a message for the next worker, or it would wait for the reaper
+        runner.interrupt("other")  # not the job in hand: nothing happens
+        assert queue.depth() == 1
+    finally:
+        queue.close()
+        store.close()
