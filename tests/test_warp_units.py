@@ -1014,6 +1014,34 @@ def test_hidden_torso_is_the_torso_and_thighs_with_what_the_arm_covers_filled():
     assert hidden_image[under][:, 0].mean() > 100 and hidden_image[under][:, 1].mean() < 180
 
 
+def test_hidden_torso_fill_has_no_half_resolution_blocks():
+    """The covered torso is inpainted at half resolution and brought back bilinearly: on a torso whose red
+    rises 2 levels a row, rows under the arm still change from one to the next (nearest upsampling would
+    repeat every row: half the steps flat)."""
+    from animate.motion.skeleton_field import BONES
+
+    kp, person, image, _ = hands_over_thighs((38, 108))
+    height, width = person.shape
+    arms = (image[..., 1] > 150) & (image[..., 0] < 100)
+    rows = np.mgrid[0:height, 0:width][0]
+    torso = person & ~arms
+    image = image.copy()
+    image[torso, 0] = 2 * rows[torso]
+    field = pixel_field(kp, person)
+    hidden_field, hidden_image = WarpEngine._hidden_torso(image, field, person)
+    bound = np.zeros((height, width), bool)
+    bound[hidden_field.pixels[:, 1].astype(int), hidden_field.pixels[:, 0].astype(int)] = True
+    dominant = np.full((height, width), -1)
+    ys, xs = np.nonzero(person)
+    dominant[ys, xs] = field.dominant
+    arm_bones = [i for i, bone in enumerate(BONES) if "arm" in bone.name or "hand" in bone.name]
+    under = np.isin(dominant, arm_bones) & bound
+    pairs = under[:-1] & under[1:]
+    assert pairs.sum() > 80
+    steps = hidden_image[1:, :, 0].astype(int) - hidden_image[:-1, :, 0].astype(int)
+    assert np.mean(steps[pairs] == 0) < 0.25, np.mean(steps[pairs] == 0)
+
+
 def test_hidden_torso_needs_an_arm_over_the_torso_region_and_a_seen_torso():
     # the forearm hangs outside the thighs: fewer than 50 arm pixels on the torso region
     kp, person, image, _ = hands_over_thighs((16, 108))
