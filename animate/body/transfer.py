@@ -1,14 +1,15 @@
 """Shape transfer and the two fits the guidance needs: the reference (shape) and the driving video (pose).
 
 The body the video model must draw is the reference person's: ``transfer`` keeps the driving poses and
-motion but gives them the reference's body shape, heading and place in the reference's camera. The
+motion but gives them the reference's body shape, orientation and place in the reference's camera. The
 driver's turning and travelling are applied relative to its first frame: orientation
-``H R_drv[t]``, position ``t_ref + s (t_drv[t] - t_drv[0])`` with ``s`` the ratio of the two bodies'
-heights. ``H`` turns about the camera's vertical axis by the reference's heading relative to the driver's
-first frame (of ``R_ref R_drv[0]^T``), less ``HEADING_TOLERANCE``; its tilt and roll are dropped. Two
-fits of people who both face the camera differ by up to ~10 degrees of pitch, roll and heading (fit
-error, camera height), and a limb pointing at the camera swings by several times that in the picture
-when such a rotation is applied to it; a reference clearly turned away keeps most of its turn.
+``D R_drv[t]`` with ``D = R_ref R_drv[0]^T``, position ``t_ref + s (t_drv[t] - t_drv[0])`` with ``s`` the
+ratio of the two bodies' heights. The limbs (from the shoulders and hips down) are turned by ``H`` only,
+not ``D``: ``H`` turns about the camera's vertical axis by ``D``'s heading less ``HEADING_TOLERANCE``.
+Two fits of people who both face the camera differ by up to ~10 degrees of pitch, roll and heading (fit
+error, camera height), and a limb pointing at the camera swings by several times that in the picture when
+such a rotation is applied to it; the torso and head keep ``D`` (in a self-reconstruction, the reference
+fit's exact pose at frame 0), a reference clearly turned away keeps most of its turn on the limbs too.
 """
 
 from __future__ import annotations
@@ -165,6 +166,31 @@ def heading_turn(rotation: np.ndarray, tolerance: float = HEADING_TOLERANCE) -> 
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
+#: The joints where a limb starts: below them the limbs keep the driver's orientation in the camera.
+LIMB_ROOTS = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+
+
+def _limbs_turned(
+    body: BodyModel, pose: np.ndarray, r_drv: torch.Tensor, delta: torch.Tensor, turn: torch.Tensor
+) -> np.ndarray:
+    """(T, J, 3) the driver's ``pose`` with the limb roots re-solved so that, on a body whose root is
+    turned by ``delta`` (``delta @ r_drv``), every limb segment is turned by ``turn`` only: in world-aligned
+    local axes a joint's rotation is ``G_c = G_p exp(pose_c)``, so ``exp(pose_c') = G_p^T delta^T turn
+    G_p exp(pose_c)`` with ``G_p`` its parent's rotation in the driver's body."""
+    local = rotvec_to_matrix(torch.as_tensor(pose, dtype=torch.float32))
+    names, parents = body.joint_names, body.joint_parents
+    world: list[torch.Tensor] = []
+    for j, parent in enumerate(parents):
+        world.append((r_drv if parent < 0 else world[parent]) @ local[:, j])
+    out = torch.as_tensor(pose, dtype=torch.float32).clone()
+    swap = delta.T @ turn.to(delta)
+    for name in LIMB_ROOTS:
+        j = names.index(name)
+        g_p = r_drv if parents[j] < 0 else world[parents[j]]
+        out[:, j] = matrix_to_rotvec(g_p.transpose(1, 2) @ swap @ g_p @ local[:, j])
+    return out.numpy()
+
+
 def transfer(
     body: BodyModel,
     driving: BodyTrack,
@@ -181,14 +207,16 @@ def transfer(
     r_ref = rotvec_to_matrix(torch.as_tensor(reference.root[0], dtype=torch.float32))
     r_drv = rotvec_to_matrix(torch.as_tensor(driving.root, dtype=torch.float32))
     r_origin = rotvec_to_matrix(torch.as_tensor(origin.root[0], dtype=torch.float32))
-    turn = heading_turn((r_ref @ r_origin.T).numpy())
-    root = matrix_to_rotvec(torch.as_tensor(turn, dtype=torch.float32) @ r_drv).numpy()
+    delta = r_ref @ r_origin.T
+    root = matrix_to_rotvec(delta @ r_drv).numpy()
+    pose = _limbs_turned(body, driving.pose, r_drv, delta, torch.as_tensor(heading_turn(delta.numpy())))
     scale = body_height(body, reference.shape) / body_height(body, driving.shape)
     transl = reference.transl[0] + scale * (driving.transl - origin.transl[0])
     return replace(
         driving,
         shape=reference.shape.copy(),
         root=root.astype(np.float32),
+        pose=pose.astype(np.float32),
         transl=transl.astype(np.float32),
         camera=camera or reference.camera,
         meta={**driving.meta, "transferred": True},
