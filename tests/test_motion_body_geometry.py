@@ -79,11 +79,34 @@ def test_inverse_linear_inverts_and_refuses_near_singular_maps():
     affines = np.array(
         [[[2.0, 1.0, 9.0], [1.0, 3.0, 9.0]], [[0.05, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.049, 0, 0], [0, 1, 0]]]
     )
-    out = inverse_linear(affines)
+    out = inverse_linear(affines, max_stretch=100.0)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[0], np.array([[3.0, -1.0], [-1.0, 2.0]]) / 5, atol=1e-6)
     np.testing.assert_allclose(out[1], [[20.0, 0.0], [0.0, 1.0]], atol=1e-5)  # det 0.05: still inverted
     np.testing.assert_array_equal(out[2], np.eye(2))
+
+
+def test_inverse_linear_clips_the_stretch_of_a_limb_seen_end_on():
+    """A forearm pointing at the camera: its part map shrinks along the limb 5x (or stretches it 8x).
+    By hand: the exact inverse diag(5, 1) R^T is clipped to diag(4, 1) R^T (at most 4x, at least 1/4x per
+    direction, the same directions); a map within the limits is inverted exactly."""
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    rot = np.array([[c, -s], [s, c]])
+
+    def affine(linear: np.ndarray) -> np.ndarray:
+        return np.concatenate([linear, [[7.0], [-3.0]]], 1)
+
+    shrink = rot @ np.diag([0.2, 1.0])  # along the limb (x before the turn) 5x shorter
+    stretch = rot @ np.diag([8.0, 1.5])
+    fine = rot @ np.diag([2.0, 0.5])
+    out = inverse_linear(np.stack([affine(shrink), affine(stretch), affine(fine)]))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[0], np.diag([4.0, 1.0]) @ rot.T, atol=1e-5)
+    np.testing.assert_allclose(out[1], np.diag([0.25, 1 / 1.5]) @ rot.T, atol=1e-5)
+    np.testing.assert_allclose(out[2], np.linalg.inv(fine), atol=1e-5)
+    # An offset beside the limb goes back no further than 4x its length.
+    offset = rot @ np.array([3.0, 0.0])
+    assert np.linalg.norm(out[0] @ offset) == pytest.approx(12.0, abs=1e-4)
 
 
 def test_falloff_is_one_then_a_cosine_to_zero():

@@ -81,8 +81,19 @@ def part_affines(source: np.ndarray, target: np.ndarray, parts: np.ndarray) -> n
     return out
 
 
-def inverse_linear(affines: np.ndarray) -> np.ndarray:
-    """(P, 2, 2) float32 inverses of the linear parts of (P, 2, 3) affine maps; near-singular -> identity."""
+#: The most a part's inverse map may stretch or shrink an offset (its singular values are clipped to
+#: [1 / MAX_STRETCH, MAX_STRETCH]).
+MAX_STRETCH = 4.0
+
+
+def inverse_linear(affines: np.ndarray, max_stretch: float = MAX_STRETCH) -> np.ndarray:
+    """(P, 2, 2) float32 inverses of the linear parts of (P, 2, 3) affine maps; near-singular -> identity.
+
+    A limb seen end-on in one image and along its length in the other (a forearm pointing at the camera)
+    has a map that shrinks one direction many times: its exact inverse would carry a pixel beside the limb
+    tens of pixels away in the other image (hair or a sleeve smeared from far along the limb). The
+    inverse's singular values are clipped to ``[1 / max_stretch, max_stretch]``, its rotation kept.
+    """
     a, b = affines[:, 0, 0], affines[:, 0, 1]
     c, d = affines[:, 1, 0], affines[:, 1, 1]
     det = a * d - b * c
@@ -90,6 +101,9 @@ def inverse_linear(affines: np.ndarray) -> np.ndarray:
     det = np.where(bad, 1.0, det)
     inverse = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1) / det[:, None, None]
     inverse[bad] = np.eye(2)
+    u, sigma, vt = np.linalg.svd(inverse)
+    sigma = np.clip(sigma, 1.0 / max_stretch, max_stretch)
+    inverse = (u * sigma[:, None, :]) @ vt
     return inverse.astype(np.float32)
 
 
