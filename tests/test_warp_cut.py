@@ -53,21 +53,30 @@ def keypoints(moves: dict[int, tuple[float, float]] | None = None) -> np.ndarray
 
 
 def test_cut_legs_names_the_leg_bones_whose_end_the_picture_does_not_show():
-    size = (WIDTH, HEIGHT)
+    cut = np.zeros((HEIGHT, WIDTH), bool)
+    cut[60:, 40:120] = True  # the person goes on past the bottom edge (half its width)
     kp = keypoints()
-    assert set(cut_legs(kp, size)) == {"l_thigh", "r_thigh"}  # knees at 197 of 200 (>= 0.97 * 200 = 194)
+    assert set(cut_legs(kp, cut)) == {"l_thigh", "r_thigh"}  # knees at 197 of 200 (>= 0.97 * 200 = 194)
     kp[L_KNEE, 1] = CUT_EDGE * HEIGHT - 1  # just above the edge band: shown
-    assert cut_legs(kp, size) == ("r_thigh",)
+    assert cut_legs(kp, cut) == ("r_thigh",)
     kp[R_KNEE, 2] = 0.2  # not seen: no bone to cut
-    assert cut_legs(kp, size) == ()
+    assert cut_legs(kp, cut) == ()
     # Knees in view, ankles below the picture (cut at the shins): the shins are cut, not the thighs.
     kp = keypoints({L_KNEE: (92, 160), R_KNEE: (68, 160), L_ANKLE: (92, 230), R_ANKLE: (68, 230)})
     kp[[L_ANKLE, R_ANKLE], 2] = 0.5
-    assert set(cut_legs(kp, size)) == {"l_shin", "r_shin"}
+    assert set(cut_legs(kp, cut)) == {"l_shin", "r_shin"}
     # A full figure (ankles well inside): nothing is cut.
-    kp = keypoints({L_KNEE: (92, 130), R_KNEE: (68, 130), L_ANKLE: (92, 170), R_ANKLE: (68, 170)})
-    kp[[L_ANKLE, R_ANKLE], 2] = 0.9
-    assert cut_legs(kp, size) == ()
+    full = keypoints({L_KNEE: (92, 130), R_KNEE: (68, 130), L_ANKLE: (92, 170), R_ANKLE: (68, 170)})
+    full[[L_ANKLE, R_ANKLE], 2] = 0.9
+    assert cut_legs(full, cut) == ()
+    # Feet standing just above the bottom edge, the person not cut by it (its bottom row 4% person): the
+    # ankles are shown however low they lie.
+    standing = np.zeros((HEIGHT, WIDTH), bool)
+    standing[60 : HEIGHT - 1, 40:120] = True
+    standing[HEIGHT - 1, 60:66] = True  # 6 px of 160: under 5%
+    assert cut_legs(kp, standing) == ()
+    standing[HEIGHT - 1, 60:68] = True  # 8 px: 5%, cut
+    assert set(cut_legs(kp, standing)) == {"l_shin", "r_shin"}
 
 
 @pytest.fixture(scope="module")

@@ -100,13 +100,18 @@ LEG_BONES = ("l_thigh", "r_thigh", "l_shin", "r_shin", "l_foot", "r_foot")
 CUT_EDGE = 0.97
 
 
-def cut_legs(keypoints: np.ndarray, size: tuple[int, int], threshold: float = 0.3) -> tuple[str, ...]:
+def cut_legs(keypoints: np.ndarray, person: np.ndarray, threshold: float = 0.3) -> tuple[str, ...]:
     """2D path: the leg bones whose end joint the picture does not show, below its bottom edge or within
-    3% of the height of it. On a picture cut at the thighs the pose estimator guesses the knees from the
-    dress or the cut; turned about the hip toward the driving thigh, such a stub swung a skirt's sides down
-    like spread legs (benchmarks/quality.py anime_half_dance: thighs 54 and 66 degrees off the driving
-    ones, 36 and 39 when they stay with the torso). Their pixels stay with the torso."""
-    bottom = CUT_EDGE * size[1]
+    3% of the height of it, when the picture cuts the person there (its bottom row is 5% or more person,
+    as ``_extend_cut``; feet standing above the edge are shown). On a picture cut at the thighs the pose
+    estimator guesses the knees from the dress or the cut; turned about the hip toward the driving thigh,
+    such a stub swung a skirt's sides down like spread legs (benchmarks/quality.py anime_half_dance:
+    thighs 54 and 66 degrees off the driving ones, 36 and 39 when they stay with the torso). Their pixels
+    stay with the torso (the parent bones that are left)."""
+    height, width = person.shape
+    if person[-1].sum() < 0.05 * width:
+        return ()
+    bottom = CUT_EDGE * height
     return tuple(
         bone.name
         for bone in BONES
@@ -268,12 +273,12 @@ class WarpEngine:
         reference = bundle.reference
         person = bundle.reference_mask > 127
         background = fill_background(reference, person)
+        cut = cut_legs(bundle.reference_keypoints, person)
         reference, person = _extend_cut(reference, person)
         # Samples just off the person (the closed silhouette's rim) take the person's colour, never the
         # reference background, which would ride along the moved limbs as a halo.
         reference = _extend_person(reference, person)
         ys, xs = np.nonzero(person)
-        cut = cut_legs(bundle.reference_keypoints, bundle.size)
         field = SkeletonField(
             bundle.reference_keypoints,
             np.stack([xs, ys], 1).astype(np.float64),
