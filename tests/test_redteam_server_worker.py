@@ -107,3 +107,43 @@ def test_a_job_handed_back_at_shutdown_is_queued_again_and_enqueued(tmp_path: Pa
     finally:
         queue.close()
         store.close()
+
+
+def test_an_attempt_that_lost_its_job_records_nothing_and_sends_no_webhook(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Attempt 1 is given up on (re-queued), attempt 2 runs and succeeds meanwhile; when attempt 1 then
+    ends, the job stays attempt 2's success and only attempt 2 may announce it: attempt 1 sends nothing."""
+    import server.worker as worker_module
+    from animate.animator import AnimationResult
+
+    runner, store, files, queue = _runner(tmp_path)
+    sent: list[tuple] = []
+    monkeypatch.setattr(worker_module, "deliver_in_background", lambda *args: sent.append(args))
+    try:
+        job_id = "f" * 32
+        store.create(
+            Job(
+                id=job_id, owner="", reference_name="reference.jpg", driving_name="driving.mp4",
+                webhook_url="http://hook.example/x",
+            )
+        )  # fmt: skip
+
+        class Animator:
+            def run(self, reference, driving, output, options, **kwargs):
+                assert store.requeue(job_id, 1)  # the reaper gives attempt 1 up
+                assert store.claim(job_id, "other-worker").attempt == 2
+                assert store.finish(job_id, 2, "succeeded", output_dir="attempt-2")
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.write_bytes(b"late")
+                return AnimationResult(video=output, engine="warp", frames=4, fps=24.0, size=(64, 64))
+
+        runner._animator = Animator()
+        runner.run(job_id)
+        job = store.get(job_id)
+        assert (job.status, job.attempts, job.output_dir) == ("succeeded", 2, "attempt-2")
+        assert sent == []  # attempt 2's worker announces it, not this one
+        assert not files.attempt_dir(job_id, 1).exists()  # the loser's output is not kept
+    finally:
+        queue.close()
+        store.close()
