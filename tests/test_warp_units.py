@@ -1120,6 +1120,33 @@ def test_body_offbody_pixels_under_another_parts_forearm_belong_to_no_part(anny)
     assert (crossed.offbody_part[hair] == -1).all()
 
 
+def test_body_vertex_colours_sample_the_blurred_reference_bilinearly(anny):
+    """Seen vertices take the reference (blurred, sigma 1.5) at their projection, interpolated between
+    pixels: on a red ramp of 3 levels a pixel, scipy's linear interpolation agrees within rounding (nearest
+    sampling is off by up to 1.5 levels)."""
+    from scipy import ndimage
+
+    from animate.engines.warp import BodyWarp
+
+    motion, _, person = body_scene(anny)
+    height, width = person.shape
+    rows, cols = np.mgrid[0:height, 0:width]
+    left = np.nonzero(person)[1].min()
+    ramp = np.zeros((height, width, 3), np.uint8)
+    ramp[..., 0] = np.clip(3.0 * (cols - left), 0, 255)
+    ramp[..., 1] = np.clip(0.5 * rows, 0, 255)
+    ramp[..., 2] = 90
+    warp = BodyWarp(motion, ramp, person, scale=1)
+    seen = warp._visible(warp.uv, warp.z, warp.parts) & ~warp.unseen
+    assert seen.sum() > 5000
+    blurred = cv2.GaussianBlur(warp.source, (0, 0), 1.5).astype(np.float64)
+    at = [warp.uv[seen, 1], warp.uv[seen, 0]]
+    expected = np.stack([ndimage.map_coordinates(blurred[..., c], at, order=1) for c in range(3)], 1)
+    error = np.abs(warp.colours[seen] - expected)
+    assert np.percentile(error[:, 0], 99) < 0.8, np.percentile(error[:, 0], 99)
+    assert error.max() < 1.0
+
+
 def test_body_ring_follows_its_part_at_scale_2_beyond_the_bodys_box(anny):
     """Hair above the head (outside the body's bounding box) and beside it, the body stepped sideways:
     at scale 2 the ring's offsets are in output pixels (twice the render's), and the working box is grown
