@@ -152,3 +152,23 @@ def test_initialisation_bends_elbows_and_knees_about_their_hinges(anny):
         off = float((got[0, i] - flex * axis).norm())
         assert flex == pytest.approx(bend, abs=0.05), (name, flex, bend)
         assert off < 0.05, (name, off)
+
+
+def test_dance_fit_keeps_the_forearms_where_the_keypoints_put_them(anny, data_dir):
+    """The shared dance opens with the dancer's forearms pointing at the camera and swinging up: the fitted
+    body's projected forearms follow the detected ones (they once stayed pointing forward, up to 59
+    degrees off in the picture, for the whole first window)."""
+    from animate.body.transfer import fit_driving
+    from animate.pose import estimate_video
+    from tests.conftest import DANCE
+
+    poses = estimate_video(DANCE, max_frames=32)
+    track = fit_driving(anny, poses)
+    fitted = projected_keypoints(anny, track)
+    detected = poses.keypoints[:, :23]
+    for elbow, wrist in ((7, 9), (8, 10)):
+        seen = (detected[:, elbow, 2] >= 0.5) & (detected[:, wrist, 2] >= 0.5)
+        assert seen.sum() >= 24
+        error = angle_error(angle(fitted, elbow, wrist), angle(detected[..., :2], elbow, wrist))[seen]
+        print("forearm", wrist, error.round(0))
+        assert error.mean() < 8.0 and error.max() < 30.0, error.round(0)
