@@ -1147,6 +1147,27 @@ def test_body_vertex_colours_sample_the_blurred_reference_bilinearly(anny):
     assert error.max() < 1.0
 
 
+def test_body_ring_alpha_is_the_person_eroded_by_one_pixel_each_side_blurred(anny):
+    """The ring draws only where the reference is clearly the person: the person without its outermost
+    pixel on every side (segmentation bleeds a pixel), blurred with sigma 1: a red 100 x 100 square on grey
+    gives scipy's Gaussian of the 98 x 98 square within rounding."""
+    from scipy import ndimage
+
+    from animate.engines.warp import BodyWarp
+
+    motion, image, _ = body_scene(anny)
+    height, width = image.shape[:2]
+    person = np.zeros((height, width), bool)
+    person[100:200, 60:160] = True
+    square = np.full((height, width, 3), 128, np.uint8)
+    square[person] = (220, 30, 30)
+    warp = BodyWarp(motion, square, person, scale=1)
+    core = np.zeros((height, width))
+    core[101:199, 61:159] = 255.0
+    expected = ndimage.gaussian_filter(core, 1.0, truncate=4.0)
+    assert np.abs(warp.canvas[:height, :width, 3] - expected).max() < 1.0
+
+
 def test_body_ring_follows_its_part_at_scale_2_beyond_the_bodys_box(anny):
     """Hair above the head (outside the body's bounding box) and beside it, the body stepped sideways:
     at scale 2 the ring's offsets are in output pixels (twice the render's), and the working box is grown
