@@ -26,3 +26,19 @@ def test_trajectory_flow_peaks_at_the_nearest_pixel_of_the_end_point():
     y, x = np.unravel_index(np.argmax(magnitude), magnitude.shape)
     assert (x, y) == (44, 31)  # rint(43.6), rint(30.6)
     np.testing.assert_allclose(flow[1, y, x], [3.6, 0.6], atol=1e-4)
+
+
+def test_the_downsampled_trajectory_blur_is_not_biased_towards_the_bottom_right():
+    """At 1024 px the blur runs on a 4x smaller grid; over four consecutive end positions (one small cell)
+    the flow's peak sits on average where the keypoints are (a cell chosen by rounding y / 4 puts it about
+    1.5 px right of and below them)."""
+    offsets = []
+    for shift in range(4):
+        end = 300.0 + shift
+        frames = np.array([[[end - 3, end - 3, 1.0]], [[end, end, 1.0]]], np.float32)
+        magnitude = np.linalg.norm(trajectory_flow(frames, (1024, 576))[1], axis=-1)
+        weight = np.clip(magnitude - 0.9 * magnitude.max(), 0, None)
+        ys, xs = np.indices(weight.shape)
+        offsets.append(((xs * weight).sum() / weight.sum() - end, (ys * weight).sum() / weight.sum() - end))
+    mean_x, mean_y = np.mean(offsets, axis=0)
+    assert abs(mean_x) < 0.25 and abs(mean_y) < 0.25, offsets

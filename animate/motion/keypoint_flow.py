@@ -102,7 +102,8 @@ def trajectory_flow(
         both = seen(prev[:, 2], threshold, strict) & seen(cur[:, 2], threshold, strict)
         if not both.any():
             continue
-        px = _pixel(cur[both, :2] / factor, small_w, small_h)
+        # the small cell holding the point's full-size pixel (cell k spans pixels k * factor .. + factor - 1)
+        px = _pixel((cur[both, :2] + 0.5) / factor - 0.5, small_w, small_h)
         planes = np.zeros((3, small_h, small_w), np.float32)
         delta = cur[both, :2] - prev[both, :2]
         np.add.at(planes[0], (px[:, 1], px[:, 0]), delta[:, 0])
