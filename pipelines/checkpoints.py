@@ -28,13 +28,6 @@ from controlnets import GuidanceFusion, MotionControlNet, PoseGuider, convert_ch
 from pipelines.pipeline_animation import AnimationPipeline
 
 MIMICMOTION_PREFIXES = {"unet.": "unet", "pose_net.": "pose_guider"}
-# Champ's file names -> our guidance types
-CHAMP_GUIDANCE_FILES = {
-    "depth": "guidance_encoder_depth.pth",
-    "normal": "guidance_encoder_normal.pth",
-    "semantic": "guidance_encoder_semantic_map.pth",
-    "skeleton": "guidance_encoder_dwpose.pth",
-}
 
 
 class CheckpointError(ValueError):
