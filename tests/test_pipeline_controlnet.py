@@ -331,3 +331,49 @@ def test_points_reach_the_controlnet_normalised_by_width_and_height():
     assert torch.equal(call["point_visible"], expected_visible)
     embeddings = torch.stack([features[0, :, r, c] for r, c in cells])  # (K, E)
     torch.testing.assert_close(call["point_embeddings"], embeddings.expand(3, -1, -1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("controlnet_cfg", ["keep", "drop"])
+def test_the_controlnet_sees_the_unets_inputs(controlnet_cfg):
+    """DisPose's ControlNet is a copy of the UNet's encoder and must be asked what the UNet is asked: at every
+    call the same noisy sample (+ reference latent), timestep, CLIP embedding and added time ids, all rows
+    under "keep", the conditional (second) half under "drop". The UNet's inputs are pinned by the SVD oracle
+    elsewhere; here the time ids are also the SVD values written out (fps - 1, motion bucket, noise aug)."""
+    pipe = oracle.make_pipe(controlnet=True, residual_mode="dispose")
+    unet = oracle.UNetCalls(pipe.unet)
+    seen: list[dict] = []
+
+    def capture(module, args, kwargs):
+        sample, t = args[:2]
+        seen.append(
+            {
+                "sample": sample.clone(),
+                "t": torch.as_tensor(t).clone(),
+                "encoder_hidden_states": kwargs["encoder_hidden_states"].clone(),
+                "added_time_ids": kwargs["added_time_ids"].clone(),
+            }
+        )
+
+    pipe.motion_controlnet.register_forward_pre_hook(capture, with_kwargs=True)
+    flow = torch.randn(2, oracle.SIZE, oracle.SIZE, 2, generator=torch.Generator().manual_seed(1)) * 3
+    oracle.run(
+        pipe,
+        dense_flow=flow,
+        controlnet_cfg=controlnet_cfg,
+        num_inference_steps=2,
+        fps=9,
+        motion_bucket_id=100,
+        noise_aug_strength=0.05,
+    )
+    assert len(seen) == len(unet.calls) == 2
+    for ours, theirs in zip(seen, unet.calls, strict=True):
+        rows = slice(None) if controlnet_cfg == "keep" else slice(theirs["sample"].shape[0] // 2, None)
+        torch.testing.assert_close(ours["sample"], theirs["sample"][rows], atol=0, rtol=0)
+        torch.testing.assert_close(ours["t"].flatten()[0], theirs["t"].flatten()[0], atol=0, rtol=0)
+        torch.testing.assert_close(
+            ours["encoder_hidden_states"], theirs["encoder_hidden_states"][rows], atol=0, rtol=0
+        )
+        torch.testing.assert_close(ours["added_time_ids"], theirs["added_time_ids"][rows], atol=0, rtol=0)
+        expected = torch.tensor([8.0, 100.0, 0.05]).expand_as(ours["added_time_ids"])
+        torch.testing.assert_close(ours["added_time_ids"], expected.to(ours["added_time_ids"].dtype))
+    assert seen[0]["t"].flatten()[0] != seen[1]["t"].flatten()[0]  # the two steps' own timesteps
