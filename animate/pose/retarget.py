@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from animate.face.align import umeyama
 from animate.pose.errors import PoseError
 from animate.pose.layout import (
     FACE,
@@ -157,16 +158,11 @@ def _length(points: np.ndarray, a: int, b: int, threshold: float) -> float:
 
 
 def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
-    """The 2x2 rotation-and-scale ``[[a, -b], [b, a]]`` that best maps the centred ``src`` points onto the
-    centred ``dst`` points (least squares, no reflection); None when ``src`` has no extent."""
-    src = src - src.mean(axis=0)
-    dst = dst - dst.mean(axis=0)
-    den = float((src**2).sum())
-    if den < 1e-9:
+    """The 2x2 rotation-and-scale that best maps the centred ``src`` points onto the centred ``dst`` points
+    (``animate.face.align.umeyama``: least squares, no reflection); None when ``src`` has no extent."""
+    if float(((src - src.mean(axis=0)) ** 2).sum()) < 1e-9:
         return None
-    a = float((src * dst).sum()) / den
-    b = float((src[:, 0] * dst[:, 1] - src[:, 1] * dst[:, 0]).sum()) / den
-    return np.array([[a, -b], [b, a]])
+    return umeyama(src, dst)[:, :2]
 
 
 def _base_frame(ref: np.ndarray, drv: np.ndarray, root: int, threshold: float) -> int:
